@@ -1,0 +1,253 @@
+"""rdeploy settings: one module, every value from the environment (see config/env.py).
+
+The embedded defaults (SQLite and artifacts under RDEPLOY_DATA_DIR, Redis on localhost,
+the local target) need no configuration. Production switches are explicit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import Env
+
+# Lets runtime code write `admin.ModelAdmin[Model]` as the type checker expects.
+django_stubs_ext.monkeypatch()
+
+env = Env()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env.text("RDEPLOY_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+
+DEBUG = env.flag("DJANGO_DEBUG", False)
+
+_DEV_SECRET_KEY = "insecure-development-key-never-use-in-production"  # noqa: S105 (DEBUG only)
+SECRET_KEY = env.optional_text("DJANGO_SECRET_KEY") or ""
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE) must be set when DJANGO_DEBUG is off; "
+            "`make run` generates one under RDEPLOY_DATA_DIR."
+        )
+    SECRET_KEY = _DEV_SECRET_KEY
+elif not DEBUG and (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY == _DEV_SECRET_KEY):
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY is too weak for production: use 50+ random characters.")
+
+ALLOWED_HOSTS = env.items("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.items("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# Where users and CI reach this installation; used to build invoke and public URLs.
+PUBLIC_BASE_URL = env.text("RDEPLOY_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_htmx",
+    "template_partials",
+    "deployer",
+    "webui",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+DATABASES = {
+    "default": dj_database_url.parse(
+        env.text("DATABASE_URL", f"sqlite:///{DATA_DIR / 'rdeploy.sqlite3'}"),
+        conn_max_age=env.integer("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        # The web server, the worker and beat share one file: WAL lets readers run beside a
+        # writer, IMMEDIATE takes the write lock up front so concurrent writers wait
+        # (busy timeout) instead of failing with "database is locked" mid-transaction.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # A file, not :memory:, so a real Celery worker started by the tests sees the test data.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-rdeploy.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: Celery broker and Django cache ---------------------------------------------
+REDIS_URL = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
+# --- Artifact storage ------------------------------------------------------------------
+# Everything that stores files goes through django.core.files.storage.storages["artifacts"],
+# so switching to S3 is configuration only.
+ARTIFACT_STORAGE = env.choice("RDEPLOY_ARTIFACT_STORAGE", "filesystem", choices=("filesystem", "s3"))
+_artifact_backend: dict[str, object]
+if ARTIFACT_STORAGE == "s3":
+    _artifact_backend = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.text("RDEPLOY_ARTIFACT_BUCKET", ""),
+            "location": env.text("RDEPLOY_ARTIFACT_PREFIX", "artifacts"),
+            "default_acl": None,
+            "file_overwrite": False,
+        },
+    }
+    if not _artifact_backend["OPTIONS"]["bucket_name"]:  # type: ignore[index]
+        raise ImproperlyConfigured("RDEPLOY_ARTIFACT_STORAGE=s3 needs RDEPLOY_ARTIFACT_BUCKET.")
+else:
+    _artifact_backend = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(DATA_DIR / "artifacts"), "file_permissions_mode": 0o640},
+    }
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(DATA_DIR / "media")},
+    },
+    "artifacts": _artifact_backend,
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+# WhiteNoise serves straight from the apps' static folders, so `make run` and the tests
+# need no collectstatic step; the Docker image runs collectstatic for compressed copies.
+WHITENOISE_USE_FINDERS = True
+
+# --- rdeploy ---------------------------------------------------------------------------
+# Tags every cloud resource so teardown and `rdeploy_gc` find what this installation owns.
+INSTALLATION_ID = env.text("RDEPLOY_INSTALLATION_ID", "default")
+MAX_UPLOAD_BYTES = env.integer("RDEPLOY_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+# Uploads stream to disk above 2.5 MB (Django's default) so a 1 GiB model costs no memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "tmp")
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("RDEPLOY_MAX_REQUEST_BODY", 7 * 1024 * 1024, minimum=1024)
+RSCRIPT = env.text("RDEPLOY_RSCRIPT", "Rscript")
+CRAN_REPO = env.optional_text("RDEPLOY_CRAN_REPO")
+RUNTIME_DIR = BASE_DIR / "container_templates" / "runtime"
+
+# --- Auth ------------------------------------------------------------------------------
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "deployer.authentication.HashedTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "rdeploy API",
+    "DESCRIPTION": "Deploy fitted R models to a local endpoint or AWS SageMaker.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Served from static files (the sidecar package): no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -------------
+CELERY_BROKER_URL = REDIS_URL
+# Results are not used: tasks write their outcome to the database rows they advance.
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+# JSON only: pickle from a broker is remote code execution waiting to happen.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+# Tasks are idempotent, so a message is acknowledged after the task ran, and re-queued
+# when the worker dies mid-task (SIGKILL, OOM): the next worker resumes the step.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message at a time per process: a slow inspection must not hold queued steps hostage.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Hard limit kills a runaway task; the soft limit lets it record a clean failure first.
+# Pipeline steps are short polls; inspection and package installs are the longest tasks.
+CELERY_TASK_SOFT_TIME_LIMIT = env.integer("RDEPLOY_TASK_SOFT_TIME_LIMIT", 900, minimum=10)
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
+# Redis re-delivers unacknowledged messages after the visibility timeout: it must exceed
+# the longest task, or a still-running task would be started a second time.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 300}
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "rdeploy"
+# Periodic reconciliation (filled by the pipeline): advances or repairs whatever a dead
+# worker left behind.
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+
+# --- Security (clean `manage.py check --deploy` with production values) ------------------
+# HTTPS is the production default. The local quick start serves plain HTTP on loopback
+# (DJANGO_HTTPS=0): redirects, HSTS and secure-only cookies would lock it out.
+HTTPS = env.flag("DJANGO_HTTPS", not DEBUG)
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = env.integer("DJANGO_SECURE_HSTS_SECONDS", 31536000, minimum=0) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = env.flag("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+# Behind a TLS-terminating proxy (nginx, an ALB), trust its X-Forwarded-Proto.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.flag("DJANGO_BEHIND_TLS_PROXY", False) else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.text("RDEPLOY_LOG_LEVEL", "INFO")},
+}
+
+for _directory in (DATA_DIR / "tmp", STATIC_ROOT):
+    os.makedirs(_directory, exist_ok=True)

@@ -1,0 +1,1 @@
+"""The rdeploy domain: model versions, endpoints, deployments, their services and targets."""

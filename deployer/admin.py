@@ -1,0 +1,51 @@
+from django.contrib import admin
+
+from deployer.models import ApiToken, Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin[ModelVersion]):
+    list_display = ["name", "version", "owner", "status", "size", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["name", "sha256"]
+    readonly_fields = ["sha256", "size", "inspection", "created_at", "inspected_at"]
+
+
+class DeploymentStepInline(admin.TabularInline[DeploymentStep, Deployment]):
+    model = DeploymentStep
+    extra = 0
+    readonly_fields = ["position", "name", "status", "message", "started_at", "finished_at"]
+
+
+@admin.register(Endpoint)
+class EndpointAdmin(admin.ModelAdmin[Endpoint]):
+    list_display = ["name", "owner", "target", "status", "model_version", "updated_at"]
+    list_filter = ["status", "target"]
+    search_fields = ["name"]
+    readonly_fields = ["api_key_hash", "runtime"]
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin[Deployment]):
+    list_display = ["id", "endpoint", "kind", "model_version", "status", "created_at", "finished_at"]
+    list_filter = ["status", "kind"]
+    inlines = [DeploymentStepInline]
+
+
+@admin.register(LogLine)
+class LogLineAdmin(admin.ModelAdmin[LogLine]):
+    list_display = ["id", "endpoint", "source", "level", "created_at", "message"]
+    list_filter = ["source", "level"]
+    raw_id_fields = ["endpoint", "deployment"]
+
+
+@admin.register(ExternalResource)
+class ExternalResourceAdmin(admin.ModelAdmin[ExternalResource]):
+    list_display = ["kind", "identifier", "target", "endpoint", "created_at", "deleted_at"]
+    list_filter = ["target", "kind"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
+    list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "key_hash"]

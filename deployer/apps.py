@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DeployerConfig(AppConfig):
+    name = "deployer"
+    verbose_name = "rdeploy"

@@ -1,0 +1,290 @@
+"""The rdeploy data model.
+
+ModelVersion (an uploaded, inspected R model) -> Endpoint (a stable name serving one
+version on a target) -> Deployment (one rollout, a sequence of DeploymentStep rows)
+-> LogLine (tailable by id) and ExternalResource (everything created outside the
+database, so teardown and garbage collection can find it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
+# DNS-label shaped, which is also what SageMaker, ECR and Lambda accept in names.
+NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+name_validator = RegexValidator(
+    NAME_PATTERN,
+    "Use 1-63 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
+)
+
+
+class OwnedQuerySet(models.QuerySet[Any]):
+    """Every query that reaches user data starts here: users see their own rows, staff all."""
+
+    def visible_to(self, user: User | AnonymousUser) -> OwnedQuerySet:
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_staff:
+            return self.all()
+        return self.filter(owner=user)
+
+
+# A callable, so the storage is chosen by settings at run time, not frozen in migrations.
+def _artifact_storage() -> Any:
+    from django.core.files.storage import storages
+
+    return storages["artifacts"]
+
+
+class ModelVersion(models.Model):
+    class Status(models.TextChoices):
+        INSPECTING = "inspecting"
+        READY = "ready"
+        INVALID = "invalid"
+
+    class ArtifactKind(models.TextChoices):
+        RDS = "rds"
+        TAR_GZ = "tar.gz"
+        ZIP = "zip"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="model_versions")
+    name = models.CharField(max_length=63, validators=[name_validator])
+    version = models.PositiveIntegerField()
+    artifact = models.FileField(storage=_artifact_storage, max_length=500)
+    artifact_kind = models.CharField(max_length=8, choices=ArtifactKind.choices)
+    original_filename = models.CharField(max_length=255, blank=True)
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    sample = models.FileField(storage=_artifact_storage, max_length=500, blank=True)
+    requested_packages = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.INSPECTING)
+    # Why the model is invalid, in words a data scientist understands.
+    status_reason = models.TextField(blank=True)
+    # class, R versions, packages, input schema, prediction kind, example payload and
+    # predictions, timings: written by inspection, read by targets and the dashboard.
+    inspection = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    inspected_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name", "version"], name="unique_model_version"),
+            models.UniqueConstraint(fields=["owner", "name", "sha256"], name="unique_model_content"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class Endpoint(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        BUILDING = "building"
+        DEPLOYING = "deploying"
+        LIVE = "live"
+        UPDATING = "updating"
+        FAILED = "failed"
+        DELETING = "deleting"
+        DELETED = "deleted"
+
+    class Target(models.TextChoices):
+        LOCAL = "local"
+        SAGEMAKER = "sagemaker", "SageMaker"
+
+    name = models.CharField(max_length=63, unique=True, validators=[name_validator])
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="endpoints")
+    target = models.CharField(max_length=16, choices=Target.choices, default=Target.LOCAL)
+    options = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    # The version traffic goes to now; null until the first rollout is live.
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="serving_endpoints"
+    )
+    # The version live before the current one: what "rollback" goes back to.
+    previous_model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    current_deployment = models.ForeignKey(
+        "Deployment", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    invoke_url = models.URLField(blank=True)
+    public_url = models.URLField(blank=True)
+    public = models.BooleanField(default=False)
+    # Public API key: only its hash is kept; the key is shown once on creation/rotation.
+    api_key_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    api_key_prefix = models.CharField(max_length=12, blank=True)
+    # Target-specific facts about what serves traffic now (local: port and pid; SageMaker:
+    # endpoint name, region); written only by the target through the pipeline.
+    runtime = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Deployment(models.Model):
+    """One rollout of one model version onto one endpoint (or its teardown)."""
+
+    class Kind(models.TextChoices):
+        CREATE = "create"
+        UPDATE = "update"
+        ROLLBACK = "rollback"
+        DELETE = "delete"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED)
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deployments")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    error = models.TextField(blank=True)
+    # Identifiers of what this rollout created, keyed by role ("model_data", "image",
+    # "sagemaker_model", "process"...): the target reads them to resume and to tear down.
+    resources = models.JSONField(default=dict, blank=True)
+    # Guards concurrent advancement: a task claims the row until this time.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.endpoint} -> {self.model_version}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class DeploymentStep(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        SKIPPED = "skipped"
+        FAILED = "failed"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    message = models.TextField(blank=True)
+    # The deterministic name of what the step is about to create, written before creating
+    # it, so a retry after a crash finds it instead of creating a duplicate.
+    intent = models.JSONField(default=dict, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # When a waiting step (an endpoint coming up) should be polled next.
+    next_check_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["deployment", "position"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "position"], name="unique_step_position")]
+
+    def __str__(self) -> str:
+        return f"{self.position}. {self.name} ({self.status})"
+
+
+class LogLine(models.Model):
+    """A log line or pipeline event; its id is the cursor clients tail by."""
+
+    class Source(models.TextChoices):
+        PIPELINE = "pipeline"
+        BUILD = "build"
+        RUNTIME = "runtime"
+        ENDPOINT = "endpoint"
+        GATEWAY = "gateway"
+
+    class Level(models.TextChoices):
+        DEBUG = "debug"
+        INFO = "info"
+        WARNING = "warning"
+        ERROR = "error"
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="log_lines")
+    deployment = models.ForeignKey(Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["id"]
+        # Tailing is "lines of this endpoint with id > cursor": one index range scan.
+        indexes = [models.Index(fields=["endpoint", "id"], name="logline_tail")]
+
+    def __str__(self) -> str:
+        return f"[{self.source}] {self.message[:80]}"
+
+
+class ExternalResource(models.Model):
+    """Anything created outside the database (a process, an S3 object, a SageMaker model).
+
+    Recorded as intent before creation and marked deleted after removal; teardown walks
+    these rows in reverse, and `rdeploy_gc` compares them with what the cloud reports.
+    """
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="resources")
+    deployment = models.ForeignKey(Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    target = models.CharField(max_length=16, choices=Endpoint.Target.choices)
+    kind = models.CharField(max_length=64)
+    identifier = models.CharField(max_length=512)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["target", "kind", "identifier"], name="unique_external_resource")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.identifier}"
+
+
+class ApiToken(models.Model):
+    """A REST API token. Only a SHA-256 of the token is stored: tokens are 256-bit random,
+    so a slow password hash adds nothing but latency to every request."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    # The first characters, shown in lists so a user can tell tokens apart.
+    prefix = models.CharField(max_length=12)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"

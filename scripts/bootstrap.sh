@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs whatever is missing on a Debian machine (as root): Debian packages, then the
+# pinned Python dependencies into .venv. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  python3-venv redis-server
+  r-base-core r-cran-rserve r-cran-jsonlite r-cran-plumber r-cran-httpuv
+  r-cran-randomforest r-cran-ranger r-cran-glmnet r-cran-rpart r-cran-e1071
+  nginx-light wrk chromium chromium-driver unzip curl
+)
+
+missing=()
+for package in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Debian starts redis-server as a service on install; rdeploy starts its own where it needs one.
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+wanted=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "bootstrap: installing Python packages"
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+  echo "$wanted" > "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""Test support: the environment plugin, real service processes and factories."""

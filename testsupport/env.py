@@ -1,0 +1,37 @@
+"""Pytest plugin (`-p testsupport.env`) that sets the environment before Django loads.
+
+It must run before pytest-django reads the settings, which a conftest.py cannot do:
+every test session gets its own data directory, its own Redis port and a real secret.
+Child processes started by tests (Celery workers, R, gunicorn) inherit it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import tempfile
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_data_dir = tempfile.mkdtemp(prefix="rdeploy-test-")
+os.environ["RDEPLOY_DATA_DIR"] = _data_dir
+os.environ.setdefault("RDEPLOY_TEST_REDIS_PORT", str(free_port()))
+os.environ["REDIS_URL"] = f"redis://127.0.0.1:{os.environ['RDEPLOY_TEST_REDIS_PORT']}/0"
+os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+os.environ["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
+os.environ["DJANGO_DEBUG"] = "0"
+os.environ["DJANGO_HTTPS"] = "0"
+os.environ["DJANGO_ALLOWED_HOSTS"] = "localhost,127.0.0.1,testserver"
+os.environ["RDEPLOY_PUBLIC_BASE_URL"] = "http://testserver"
+# Tests must never reach a real AWS account, whatever the developer's shell holds.
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    os.environ.pop(_name, None)
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

@@ -1,0 +1,1 @@
+"""The htmx dashboard: thin views over deployer services."""
