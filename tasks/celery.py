@@ -1,6 +1,8 @@
 """Celery application. Settings live in config/settings.py under the CELERY_ namespace."""
 
 import os
+import pkgutil
+from pathlib import Path
 
 from celery import Celery
 
@@ -8,5 +10,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("rdeploy")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-# Task modules are listed explicitly: autodiscovery would look for `tasks.py` in apps.
-app.conf.include = ["tasks.system"]
+# Every module of this package holds tasks (autodiscovery would look for `tasks.py` in apps).
+app.conf.include = [
+    f"tasks.{module.name}"
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)])
+    if module.name not in {"celery", "tests"}
+]
