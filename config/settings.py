@@ -161,6 +161,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("RDEPLOY_MAX_REQUEST_BODY", 7 * 1024 *
 RSCRIPT = env.text("RDEPLOY_RSCRIPT", "Rscript")
 CRAN_REPO = env.optional_text("RDEPLOY_CRAN_REPO")
 RUNTIME_DIR = BASE_DIR / "container_templates" / "runtime"
+# Model intake (docs/model-intake.md): archive-bomb limits for bundles, and the sandbox
+# R inspects uploads in (every .rds is code: CVE-2024-27322).
+MAX_BUNDLE_MEMBERS = env.integer("RDEPLOY_MAX_BUNDLE_MEMBERS", 1000, minimum=1)
+MAX_UNPACKED_BYTES = env.integer("RDEPLOY_MAX_UNPACKED_BYTES", 4 * 1024**3, minimum=1)
+INSPECT_TIMEOUT_SECONDS = env.integer("RDEPLOY_INSPECT_TIMEOUT", 120, minimum=5)
+INSPECT_MEMORY_BYTES = env.integer("RDEPLOY_INSPECT_MEMORY_BYTES", 4 * 1024**3, minimum=256 * 1024**2)
+# Cached R libraries, one per set of packages installed from RDEPLOY_CRAN_REPO.
+R_LIBRARY_DIR = Path(env.text("RDEPLOY_R_LIBRARY_DIR", str(DATA_DIR / "r-libs")))
 
 # --- Auth ------------------------------------------------------------------------------
 LOGIN_URL = "login"

@@ -1,0 +1,405 @@
+"""Uploaded model files: recognised by content, hashed while received, checked before
+anything unpacks them, and unpacked only into the runtime's model-directory layout.
+
+Nothing here deserializes R data: an `.rds` is only sniffed by its header bytes. R reads
+it later, in the sandbox (deployer/integrations/rprocess.py).
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import lzma
+import os
+import posixpath
+import shutil
+import stat
+import struct
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
+
+CHUNK_SIZE = 1024 * 1024
+MODEL_FILE = "model.rds"
+
+
+class ArtifactRejected(ValueError):
+    """An upload rdeploy refuses; the message says what is wrong (HTTP 400)."""
+
+
+class ArtifactTooLarge(ArtifactRejected):
+    """An upload above RDEPLOY_MAX_UPLOAD_BYTES (HTTP 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the file is larger than the upload limit of {limit} bytes (RDEPLOY_MAX_UPLOAD_BYTES)")
+        self.limit = limit
+
+
+# ---- Format sniffing --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RdsHeader:
+    """What the first bytes of an R serialization say, without deserializing anything."""
+
+    compression: str  # gzip, bzip2, xz or none
+    format: str  # xdr (binary big-endian), binary (native) or ascii
+    serialization_version: int
+    writer_r_version: str
+    min_reader_r_version: str
+
+
+_RDS_FORMATS = {b"X\n": "xdr", b"B\n": "binary", b"A\n": "ascii"}
+
+
+def _r_version(packed: int) -> str:
+    return f"{packed >> 16}.{(packed >> 8) & 0xFF}.{packed & 0xFF}"
+
+
+def parse_rds_header(head: bytes, compression: str = "none") -> RdsHeader | None:
+    """The header of an (already decompressed) R serialization stream, or None."""
+    marker = head[:2]
+    if marker not in _RDS_FORMATS:
+        return None
+    fmt = _RDS_FORMATS[marker]
+    try:
+        if fmt == "ascii":
+            fields = head[2:].split(b"\n")[:3]
+            version, writer, reader = (int(field) for field in fields)
+        else:
+            endian = "<" if fmt == "binary" else ">"
+            version, writer, reader = struct.unpack(f"{endian}iii", head[2:14])
+    except (ValueError, struct.error):
+        return None
+    if version not in (2, 3) or not 0 < writer < 1 << 24:
+        return None
+    return RdsHeader(compression, fmt, version, _r_version(writer), _r_version(reader))
+
+
+def _decompressed_head(data: bytes, compression: str) -> bytes:
+    """The first bytes of a compressed stream, tolerating truncation (we read only a prefix)."""
+    try:
+        if compression == "gzip":
+            return zlib.decompressobj(wbits=31).decompress(data, 512)
+        if compression == "bzip2":
+            return bz2.BZ2Decompressor().decompress(data, max_length=512)
+        if compression == "xz":
+            return lzma.LZMADecompressor().decompress(data, max_length=512)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError):
+        return b""
+    return data[:512]
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    kind: str  # rds, tar.gz or zip (ModelVersion.ArtifactKind values)
+    rds: RdsHeader | None = None
+
+
+_SAVE_HINT = (
+    "this is an R workspace written by save() (an .RData file), not a single model: "
+    "save the model with saveRDS(model, 'model.rds') and upload that file"
+)
+
+
+def sniff(head: bytes) -> Sniffed:
+    """Recognise a model upload by its first bytes (4 KiB is plenty), never by its name."""
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return Sniffed("zip")
+    compression = "none"
+    if head.startswith(b"\x1f\x8b"):
+        compression = "gzip"
+    elif head.startswith(b"BZh"):
+        compression = "bzip2"
+    elif head.startswith(b"\xfd7zXZ\x00"):
+        compression = "xz"
+    inner = _decompressed_head(head, compression)
+    if inner.startswith((b"RDX2\n", b"RDX3\n", b"RDA2\n", b"RDA3\n", b"RDB2\n", b"RDB3\n")):
+        raise ArtifactRejected(_SAVE_HINT)
+    header = parse_rds_header(inner, compression)
+    if header is not None:
+        return Sniffed("rds", header)
+    if compression == "gzip" and inner[257:262] == b"ustar":
+        return Sniffed("tar.gz")
+    if compression != "none" and not inner:
+        raise ArtifactRejected(f"the file is {compression}-compressed but corrupt or empty")
+    raise ArtifactRejected(
+        "unrecognised file format: upload an R model saved with saveRDS() (.rds, any compression) "
+        "or a .tar.gz / .zip bundle holding model.rds"
+    )
+
+
+def sniff_file(path: Path) -> Sniffed:
+    with path.open("rb") as handle:
+        return sniff(handle.read(4096))
+
+
+# ---- Receiving uploads ------------------------------------------------------------------
+
+
+class HashingUploadHandler(TemporaryFileUploadHandler):
+    """Streams every uploaded file to a temporary file, computing its SHA-256 on the way
+    and stopping as soon as it passes RDEPLOY_MAX_UPLOAD_BYTES: memory stays flat and an
+    oversized upload is refused without being received in full."""
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        super().new_file(*args, **kwargs)
+        self.digest = hashlib.sha256()
+        self.received = 0
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
+        self.received += len(raw_data)
+        if self.received > settings.MAX_UPLOAD_BYTES:
+            self.file.close()
+            raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
+        self.digest.update(raw_data)
+        return super().receive_data_chunk(raw_data, start)
+
+    def file_complete(self, file_size: int) -> UploadedFile | None:
+        uploaded = super().file_complete(file_size)
+        if uploaded is not None:
+            uploaded.sha256 = self.digest.hexdigest()  # type: ignore[attr-defined]
+        return uploaded
+
+
+def uploaded_sha256(upload: UploadedFile) -> str:
+    """The SHA-256 of an upload: from HashingUploadHandler when it received the file, else
+    computed here (uploads that came through other handlers)."""
+    known = getattr(upload, "sha256", None)
+    if known:
+        return str(known)
+    digest = hashlib.sha256()
+    upload.seek(0)
+    for chunk in upload.chunks(CHUNK_SIZE):
+        digest.update(chunk)
+    upload.seek(0)
+    return digest.hexdigest()
+
+
+@contextmanager
+def local_copy(upload: UploadedFile) -> Iterator[Path]:
+    """A path on local disk holding the upload's bytes (zip needs random access)."""
+    temporary_path = getattr(upload, "temporary_file_path", None)
+    if temporary_path is not None:
+        yield Path(temporary_path())
+        return
+    scratch = Path(settings.FILE_UPLOAD_TEMP_DIR) / f"upload-{os.getpid()}-{id(upload)}"
+    try:
+        with scratch.open("wb") as out:
+            upload.seek(0)
+            for chunk in upload.chunks(CHUNK_SIZE):
+                out.write(chunk)
+        upload.seek(0)
+        yield scratch
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+# ---- Bundles ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleLimits:
+    max_members: int
+    max_unpacked_bytes: int
+
+    @classmethod
+    def from_settings(cls) -> BundleLimits:
+        return cls(settings.MAX_BUNDLE_MEMBERS, settings.MAX_UNPACKED_BYTES)
+
+
+@dataclass(frozen=True)
+class BundleListing:
+    files: tuple[str, ...]  # paths in the model directory (after removing a wrapping folder)
+    unpacked_bytes: int
+    prefix: str  # a single wrapping folder ("mymodel/") that unpacking removes, or ""
+    rds: RdsHeader | None
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    size: int
+    is_dir: bool
+
+
+def _clean_name(raw: str) -> str:
+    """A member name as a safe relative POSIX path, or ArtifactRejected."""
+    name = raw.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise ArtifactRejected(f"the archive member '{raw}' has an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ArtifactRejected(f"the archive member '{raw}' points outside the bundle ('..')")
+    if any("\x00" in part for part in parts):
+        raise ArtifactRejected(f"the archive member '{raw}' has a NUL byte in its name")
+    return "/".join(parts)
+
+
+def _tar_members(path: Path) -> Iterator[tuple[_Member, IO[bytes] | None]]:
+    # Streaming mode ("r|gz"): one pass, no seeking, bounded memory.
+    try:
+        with tarfile.open(path, mode="r|gz") as archive:
+            for info in archive:
+                if info.issym() or info.islnk():
+                    raise ArtifactRejected(f"the archive member '{info.name}' is a link; bundles hold only files")
+                if info.ischr() or info.isblk() or info.isfifo() or info.isdev():
+                    raise ArtifactRejected(
+                        f"the archive member '{info.name}' is a device or FIFO; bundles may hold only files"
+                    )
+                if not (info.isfile() or info.isdir()):
+                    raise ArtifactRejected(f"the archive member '{info.name}' is not a regular file or directory")
+                member = _Member(_clean_name(info.name), info.size if info.isfile() else 0, info.isdir())
+                yield member, archive.extractfile(info) if info.isfile() else None
+    except (*_CORRUPT, OSError) as exc:
+        raise _corrupt("tar.gz", exc) from exc
+
+
+def _zip_members(path: Path) -> Iterator[tuple[_Member, IO[bytes] | None]]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise ArtifactRejected(
+                        f"the archive member '{info.filename}' is a link; bundles may hold only files"
+                    )
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                    raise ArtifactRejected(
+                        f"the archive member '{info.filename}' is a device or FIFO; bundles hold only files"
+                    )
+                if info.flag_bits & 0x1:
+                    raise ArtifactRejected(f"the archive member '{info.filename}' is encrypted")
+                member = _Member(_clean_name(info.filename), 0 if info.is_dir() else info.file_size, info.is_dir())
+                if member.is_dir:
+                    yield member, None
+                else:
+                    with archive.open(info) as stream:
+                        yield member, stream
+    except (*_CORRUPT, OSError, NotImplementedError) as exc:
+        raise _corrupt("zip", exc) from exc
+
+
+def _members(path: Path, kind: str, limits: BundleLimits) -> Iterator[tuple[_Member, IO[bytes] | None]]:
+    """Every member, checked for shape and against the limits before it is yielded."""
+    walker = _tar_members(path) if kind == "tar.gz" else _zip_members(path)
+    total = 0
+    seen: set[str] = set()
+    for count, (member, stream) in enumerate(walker, start=1):
+        if count > limits.max_members:
+            raise ArtifactRejected(f"the bundle has more than {limits.max_members} members")
+        total += member.size
+        if total > limits.max_unpacked_bytes:
+            raise ArtifactRejected(
+                f"the bundle unpacks to more than {limits.max_unpacked_bytes} bytes (RDEPLOY_MAX_UNPACKED_BYTES)"
+            )
+        if member.name and not member.is_dir:
+            if member.name in seen:
+                raise ArtifactRejected(f"the bundle holds '{member.name}' twice")
+            seen.add(member.name)
+        yield member, stream
+
+
+def _wrapping_prefix(files: list[str]) -> str:
+    """A single folder wrapping the whole bundle (`tar czf m.tar.gz mymodel/`), or ""."""
+    if MODEL_FILE in files:
+        return ""
+    tops = {name.split("/", 1)[0] for name in files}
+    if len(tops) == 1:
+        prefix = f"{tops.pop()}/"
+        if f"{prefix}{MODEL_FILE}" in files:
+            return prefix
+    return ""
+
+
+_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _corrupt(kind: str, exc: Exception) -> ArtifactRejected:
+    return ArtifactRejected(f"the .{kind} bundle is corrupt: {exc}")
+
+
+def inspect_bundle(path: Path, kind: str, limits: BundleLimits | None = None) -> BundleListing:
+    """Checks a bundle without unpacking it; ArtifactRejected says what is wrong."""
+    limits = limits or BundleLimits.from_settings()
+    files: list[str] = []
+    heads: dict[str, bytes] = {}
+    total = 0
+    try:
+        for member, stream in _members(path, kind, limits):
+            if member.is_dir or not member.name:
+                continue
+            files.append(member.name)
+            total += member.size
+            if posixpath.basename(member.name) == MODEL_FILE and stream is not None:
+                heads[member.name] = stream.read(4096)
+    except _CORRUPT as exc:
+        raise _corrupt(kind, exc) from exc
+    prefix = _wrapping_prefix(files)
+    if f"{prefix}{MODEL_FILE}" not in files:
+        raise ArtifactRejected(
+            "the bundle has no model.rds at its top level: save the model with saveRDS(model, 'model.rds') "
+            "and put it next to predict.R"
+        )
+    head = heads[f"{prefix}{MODEL_FILE}"]
+    try:
+        sniffed = sniff(head)
+    except ArtifactRejected as exc:
+        raise ArtifactRejected(f"model.rds in the bundle: {exc}") from exc
+    if sniffed.kind != "rds":
+        raise ArtifactRejected("model.rds in the bundle is not an R serialization written by saveRDS()")
+    stripped = tuple(name[len(prefix) :] for name in files if name.startswith(prefix))
+    return BundleListing(files=stripped, unpacked_bytes=total, prefix=prefix, rds=sniffed.rds)
+
+
+def extract_bundle(path: Path, kind: str, destination: Path, limits: BundleLimits | None = None) -> BundleListing:
+    """Unpacks a checked bundle into `destination` as the runtime's model directory:
+    regular files only, modes 0644/0755, nothing outside `destination`."""
+    limits = limits or BundleLimits.from_settings()
+    listing = inspect_bundle(path, kind, limits)
+    root = destination.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        for member, stream in _members(path, kind, limits):
+            relative = member.name[len(listing.prefix) :] if member.name.startswith(listing.prefix) else ""
+            if not relative:
+                continue
+            target = (root / relative).resolve()
+            if root not in target.parents:
+                raise ArtifactRejected(f"the archive member '{member.name}' points outside the bundle")
+            if member.is_dir:
+                target.mkdir(mode=0o755, parents=True, exist_ok=True)
+                continue
+            assert stream is not None
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            _copy_limited(stream, target, member.size)
+    except _CORRUPT as exc:
+        raise _corrupt(kind, exc) from exc
+    return listing
+
+
+def _copy_limited(stream: IO[bytes], target: Path, declared: int) -> None:
+    """Copies at most the declared size: a member that inflates beyond it is corrupt."""
+    written = 0
+    with target.open("xb") as out:
+        while chunk := stream.read(CHUNK_SIZE):
+            written += len(chunk)
+            if written > declared:
+                raise ArtifactRejected(f"the archive member '{target.name}' is larger than its header says")
+            out.write(chunk)
+    target.chmod(0o644)
+
+
+def copy_stream(source: IO[bytes], target: Path) -> None:
+    with target.open("wb") as out:
+        shutil.copyfileobj(source, out, CHUNK_SIZE)
+    target.chmod(0o644)

@@ -1,0 +1,201 @@
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+
+from deployer import artifacts
+from deployer.artifacts import ArtifactRejected, BundleLimits
+from deployer.models import ModelVersion
+from deployer.services.model_versions import model_version_materialize
+from deployer.tests.intake_support import tar_gz, zip_bytes
+from testsupport.factories import make_model_version
+
+LIMITS = BundleLimits(max_members=20, max_unpacked_bytes=10_000_000)
+
+
+@pytest.fixture(scope="session")
+def r_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small object saved by R in every format an upload may use, plus a save() workspace."""
+    out = tmp_path_factory.mktemp("r-files")
+    script = f"""
+    m <- lm(mpg ~ wt, data = mtcars)
+    d <- "{out}"
+    saveRDS(m, file.path(d, "gzip.rds"))
+    saveRDS(m, file.path(d, "bzip2.rds"), compress = "bzip2")
+    saveRDS(m, file.path(d, "xz.rds"), compress = "xz")
+    saveRDS(m, file.path(d, "plain.rds"), compress = FALSE)
+    saveRDS(m, file.path(d, "ascii.rds"), ascii = TRUE, compress = FALSE)
+    saveRDS(m, file.path(d, "v2.rds"), version = 2)
+    save(m, file = file.path(d, "workspace.RData"))
+    """
+    subprocess.run([settings.RSCRIPT, "--vanilla", "-e", script], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("file_name", "compression", "fmt", "version"),
+    [
+        ("gzip.rds", "gzip", "xdr", 3),
+        ("bzip2.rds", "bzip2", "xdr", 3),
+        ("xz.rds", "xz", "xdr", 3),
+        ("plain.rds", "none", "xdr", 3),
+        ("ascii.rds", "none", "ascii", 3),
+        ("v2.rds", "gzip", "xdr", 2),
+    ],
+)
+def test_rds_files_are_recognised_by_content_with_the_writer_r_version(
+    r_files: Path, file_name: str, compression: str, fmt: str, version: int
+) -> None:
+    r_version = subprocess.run(
+        [settings.RSCRIPT, "-e", "cat(paste(R.version$major, R.version$minor, sep = '.'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+    sniffed = artifacts.sniff_file(r_files / file_name)
+
+    assert sniffed.kind == "rds"
+    assert sniffed.rds is not None
+    assert (sniffed.rds.compression, sniffed.rds.format, sniffed.rds.serialization_version) == (
+        compression,
+        fmt,
+        version,
+    )
+    assert sniffed.rds.writer_r_version == r_version
+
+
+def test_an_rdata_workspace_is_refused_with_advice_to_use_saverds(r_files: Path) -> None:
+    with pytest.raises(ArtifactRejected, match=r"save\(\).*saveRDS\(model, 'model.rds'\)"):
+        artifacts.sniff_file(r_files / "workspace.RData")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"hello world, not a model", b"\x1f\x8b\x08\x00garbage", b"%PDF-1.4 whatever", b"BZh9 not really"],
+)
+def test_content_that_is_not_a_model_is_refused_as_unrecognised_or_corrupt(content: bytes) -> None:
+    with pytest.raises(ArtifactRejected, match=r"unrecognised file format|corrupt"):
+        artifacts.sniff(content)
+
+
+def test_tar_gz_and_zip_bundles_are_recognised_by_content(r_files: Path) -> None:
+    model = (r_files / "gzip.rds").read_bytes()
+
+    assert artifacts.sniff(tar_gz({"model.rds": model})).kind == "tar.gz"
+    assert artifacts.sniff(zip_bytes({"model.rds": model})).kind == "zip"
+
+
+def _bundle_file(tmp_path: Path, data: bytes, name: str = "bundle") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_a_bundle_lists_its_files_and_the_writer_version_of_its_model(r_files: Path, tmp_path: Path) -> None:
+    model = (r_files / "xz.rds").read_bytes()
+    bundle = tar_gz(
+        {"model.rds": model, "predict.R": b"predict_fn <- function(m, d) 1\n", "extra/lookup.csv": b"a\n1\n"}
+    )
+
+    listing = artifacts.inspect_bundle(_bundle_file(tmp_path, bundle), "tar.gz", LIMITS)
+
+    assert sorted(listing.files) == ["extra/lookup.csv", "model.rds", "predict.R"]
+    assert listing.rds is not None
+    assert listing.rds.compression == "xz"
+
+
+def test_a_bundle_wrapped_in_one_folder_unpacks_to_the_model_directory_layout(r_files: Path, tmp_path: Path) -> None:
+    model = (r_files / "gzip.rds").read_bytes()
+    bundle = zip_bytes({"mymodel/model.rds": model, "mymodel/predict.R": b"# hooks\n"})
+
+    listing = artifacts.extract_bundle(_bundle_file(tmp_path, bundle), "zip", tmp_path / "out", LIMITS)
+
+    assert listing.prefix == "mymodel/"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.rds", "predict.R"]
+    assert (tmp_path / "out" / "model.rds").read_bytes() == model
+
+
+def _link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+def _device(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.CHRTYPE
+    info.devmajor, info.devminor = 1, 3
+    return info
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda m: tar_gz({"predict.R": b"1\n"}), "no model.rds"),
+        (lambda m: tar_gz({"/etc/model.rds": m}), "absolute path"),
+        (lambda m: tar_gz({"model.rds": m, "../../evil.R": b"x"}), r"outside the bundle \('..'\)"),
+        (lambda m: tar_gz({"model.rds": m}, extra=[_link("predict.R", "/etc/passwd", tarfile.SYMTYPE)]), "is a link"),
+        (lambda m: tar_gz({"model.rds": m}, extra=[_link("hard.R", "model.rds", tarfile.LNKTYPE)]), "is a link"),
+        (lambda m: tar_gz({"model.rds": m}, extra=[_device("null")]), "device or FIFO"),
+        (lambda m: tar_gz({"model.rds": m, **{f"f{i}.txt": b"x" for i in range(30)}}), "more than 20 members"),
+        (lambda m: tar_gz({"model.rds": m, "zeros.bin": bytes(20_000_000)}), "unpacks to more than 10000000 bytes"),
+        (lambda m: tar_gz({"model.rds": b"not an rds at all"}), "model.rds in the bundle"),
+        (lambda m: tar_gz({"model.rds": m})[:-200], "corrupt"),
+        (lambda m: zip_bytes({"model.rds": m, "../evil.R": b"x"}), "outside the bundle"),
+        (lambda m: zip_bytes({"model.rds": m, "link": b"/etc/passwd"}, modes={"link": 0o120777}), "is a link"),
+        (lambda m: zip_bytes({"model.rds": m, "zeros.bin": bytes(20_000_000)}), "unpacks to more than"),
+        (lambda m: zip_bytes({"model.rds": m})[:-30], "corrupt"),
+        (lambda m: zip_bytes({"C:/model.rds": m}), "absolute path"),
+    ],
+)
+def test_hostile_or_broken_bundles_are_refused_with_what_is_wrong(
+    r_files: Path, tmp_path: Path, build: object, message: str
+) -> None:
+    data = build((r_files / "gzip.rds").read_bytes())  # type: ignore[operator]
+    kind = "zip" if data.startswith(b"PK") else "tar.gz"
+
+    with pytest.raises(ArtifactRejected, match=message):
+        artifacts.extract_bundle(_bundle_file(tmp_path, data), kind, tmp_path / "out", LIMITS)
+
+    assert not any((tmp_path / "out").rglob("evil.R")) if (tmp_path / "out").exists() else True
+    assert not (tmp_path.parent / "evil.R").exists()
+
+
+@pytest.mark.django_db
+def test_materialize_writes_model_rds_and_rdeploy_json_for_a_bare_rds(
+    owner: User, r_files: Path, tmp_path: Path
+) -> None:
+    model = (r_files / "gzip.rds").read_bytes()
+    config = {"format_version": 1, "packages": [], "schema": {"columns": [{"name": "wt", "type": "numeric"}]}}
+    version = make_model_version(owner, "cars", content=model, inspection={"rdeploy_json": config})
+
+    directory = model_version_materialize(model_version=version, destination=tmp_path / "model")
+
+    assert (directory / "model.rds").read_bytes() == model
+    assert json.loads((directory / "rdeploy.json").read_text()) == config
+
+
+@pytest.mark.django_db
+def test_materialize_unpacks_a_bundle_and_can_run_again(owner: User, r_files: Path, tmp_path: Path) -> None:
+    model = (r_files / "gzip.rds").read_bytes()
+    bundle = zip_bytes({"model.rds": model, "predict.R": b"# hooks\n", "lookup/table.csv": b"a\n1\n"})
+    version = make_model_version(owner, "cars", content=bundle)
+    version.artifact_kind = ModelVersion.ArtifactKind.ZIP
+    version.save()
+
+    model_version_materialize(model_version=version, destination=tmp_path / "model")
+    directory = model_version_materialize(model_version=version, destination=tmp_path / "model")
+
+    assert sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()) == [
+        "lookup/table.csv",
+        "model.rds",
+        "predict.R",
+    ]
+    assert not (directory / "rdeploy.json").exists()
+    assert not list(tmp_path.glob(".bundle-*"))
