@@ -1,0 +1,89 @@
+"""Reusable reads. Every query that reaches user data starts from `visible_to(user)`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.db.models import QuerySet
+
+from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
+# Endpoint states in which something is happening that a page should follow.
+ENDPOINT_BUSY_STATUSES = frozenset(
+    {
+        Endpoint.Status.PENDING,
+        Endpoint.Status.BUILDING,
+        Endpoint.Status.DEPLOYING,
+        Endpoint.Status.UPDATING,
+        Endpoint.Status.DELETING,
+    }
+)
+
+
+def endpoint_list(*, user: User | AnonymousUser) -> QuerySet[Endpoint]:
+    """Endpoints the user may see, most recently changed first, with what a list row shows."""
+    return (
+        Endpoint.objects.visible_to(user)
+        .select_related("model_version", "current_deployment__model_version")
+        .only(
+            "id",
+            "name",
+            "target",
+            "status",
+            "updated_at",
+            "owner_id",
+            "model_version__id",
+            "model_version__name",
+            "model_version__version",
+            "current_deployment__id",
+            "current_deployment__model_version__id",
+            "current_deployment__model_version__name",
+            "current_deployment__model_version__version",
+        )
+        .order_by("-updated_at", "-id")
+    )
+
+
+def endpoint_is_busy(endpoint: Endpoint) -> bool:
+    return endpoint.status in ENDPOINT_BUSY_STATUSES
+
+
+def deployment_steps(*, deployment: Deployment | None) -> list[DeploymentStep]:
+    if deployment is None:
+        return []
+    return list(DeploymentStep.objects.filter(deployment=deployment).order_by("position"))
+
+
+def log_lines_after(*, endpoint: Endpoint, after: int, limit: int = 200) -> list[LogLine]:
+    """The next `limit` lines after the cursor: one range scan of the (endpoint, id) index."""
+    return list(
+        LogLine.objects.filter(endpoint=endpoint, id__gt=after)
+        .only("id", "created_at", "source", "level", "message")
+        .order_by("id")[:limit]
+    )
+
+
+def log_lines_tail(*, endpoint: Endpoint, limit: int = 200) -> list[LogLine]:
+    """The last `limit` lines, oldest first (what a page shows before it starts tailing)."""
+    lines = list(
+        LogLine.objects.filter(endpoint=endpoint)
+        .only("id", "created_at", "source", "level", "message")
+        .order_by("-id")[:limit]
+    )
+    lines.reverse()
+    return lines
+
+
+def model_version_list(*, user: User | AnonymousUser) -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.visible_to(user).order_by("name", "-version")
+
+
+def model_versions_ready(*, user: User | AnonymousUser, name: str | None = None) -> QuerySet[ModelVersion]:
+    """Versions that can be deployed (optionally of one model name), newest first."""
+    versions = ModelVersion.objects.visible_to(user).filter(status=ModelVersion.Status.READY)
+    if name is not None:
+        versions = versions.filter(name=name)
+    return versions.order_by("name", "-version")

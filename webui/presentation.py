@@ -1,0 +1,187 @@
+"""What the pages show, computed from rows: inspection summaries, durations, code snippets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from deployer.models import DeploymentStep, Endpoint, ModelVersion
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+@dataclass
+class SchemaColumn:
+    name: str
+    type: str
+    levels: str
+
+
+@dataclass
+class InspectionSummary:
+    model_class: str = ""
+    r_version: str = ""
+    packages: list[str] = field(default_factory=list)
+    prediction_kind: str = ""
+    columns: list[SchemaColumn] = field(default_factory=list)
+    example_payload: str = ""
+    example_content_type: str = "text/csv"
+    predictions: str = ""
+
+
+def _example_payload(example: Any) -> tuple[str, str]:
+    """(payload text, content type) for the inspection's example, as the test form sends it."""
+    if isinstance(example, dict) and ("body" in example or "payload" in example):
+        body = example.get("body", example.get("payload"))
+        content_type = str(example.get("content_type", "text/csv"))
+        return (body if isinstance(body, str) else json.dumps(body)), content_type
+    if isinstance(example, str):
+        content_type = "application/json" if example.lstrip()[:1] in ("[", "{") else "text/csv"
+        return example, content_type
+    if example:
+        return json.dumps(example), "application/json"
+    return "", "text/csv"
+
+
+def inspection_summary(model_version: ModelVersion) -> InspectionSummary:
+    """Reads the keys model inspection writes (deployer/services/model_versions.py)."""
+    data: dict[str, Any] = model_version.inspection or {}
+    schema = data.get("schema") or {}
+    raw_columns = schema.get("columns", []) if isinstance(schema, dict) else schema
+    columns = [
+        SchemaColumn(
+            name=str(column.get("name", "")),
+            type=str(column.get("type", "")),
+            levels=_text(column.get("levels")),
+        )
+        for column in raw_columns or []
+        if isinstance(column, dict)
+    ]
+    r_version = data.get("r_version")
+    if isinstance(r_version, dict):
+        r_version = r_version.get("written") or r_version.get("read")
+    payload, content_type = _example_payload(data.get("example_payload", data.get("example")))
+    predictions = data.get("example_predictions", data.get("predictions"))
+    packages = data.get("packages") or model_version.requested_packages or []
+    return InspectionSummary(
+        model_class=_text(data.get("class", data.get("model_class"))),
+        r_version=_text(r_version or data.get("r_version_written") or data.get("r_version_read")),
+        packages=[str(package) for package in packages] if isinstance(packages, list) else [str(packages)],
+        prediction_kind=_text(data.get("prediction_kind")),
+        columns=columns,
+        example_payload=payload,
+        example_content_type=content_type,
+        predictions=predictions if isinstance(predictions, str) else (json.dumps(predictions) if predictions else ""),
+    )
+
+
+def step_duration(step: DeploymentStep, now: datetime) -> timedelta | None:
+    if step.started_at is None:
+        return None
+    return (step.finished_at or now) - step.started_at
+
+
+def format_duration(duration: timedelta | None) -> str:
+    if duration is None:
+        return ""
+    seconds = duration.total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+@dataclass
+class Snippet:
+    label: str
+    slug: str
+    code: str
+
+
+def invoke_snippets(endpoint: Endpoint, *, payload: str, content_type: str) -> list[Snippet]:
+    """Copy-paste examples for the endpoint's URLs, with the example payload as body."""
+    invoke_url = endpoint.invoke_url or "<invoke URL, shown once the endpoint is live>"
+    body = payload or "x\n1"
+    snippets = [
+        Snippet(
+            "curl",
+            "curl",
+            f"curl -sS -X POST '{invoke_url}' \\\n"
+            f'  -H "Authorization: Token $RDEPLOY_TOKEN" \\\n'
+            f"  -H 'Content-Type: {content_type}' \\\n"
+            f"  --data-binary {_shell_quote(body)}",
+        ),
+        Snippet(
+            "R (httr2)",
+            "r",
+            "library(httr2)\n"
+            f'resp <- request("{invoke_url}") |>\n'
+            '  req_headers(Authorization = paste("Token", Sys.getenv("RDEPLOY_TOKEN"))) |>\n'
+            f"  req_body_raw({_r_string(body)}, type = {_r_string(content_type)}) |>\n"
+            "  req_perform()\n"
+            "resp_body_string(resp)",
+        ),
+        Snippet(
+            "Python (requests)",
+            "python",
+            "import os\n\nimport requests\n\n"
+            "response = requests.post(\n"
+            f"    {invoke_url!r},\n"
+            "    headers={\n"
+            '        "Authorization": f"Token {os.environ[\'RDEPLOY_TOKEN\']}",\n'
+            f'        "Content-Type": {content_type!r},\n'
+            "    },\n"
+            f"    data={body!r},\n"
+            "    timeout=60,\n"
+            ")\n"
+            "print(response.status_code, response.text)",
+        ),
+    ]
+    if endpoint.public and endpoint.public_url:
+        snippets.insert(
+            1,
+            Snippet(
+                "curl (public API key)",
+                "curl-public",
+                f"curl -sS -X POST '{endpoint.public_url}' \\\n"
+                '  -H "x-api-key: $RDEPLOY_API_KEY" \\\n'
+                f"  -H 'Content-Type: {content_type}' \\\n"
+                f"  --data-binary {_shell_quote(body)}",
+            ),
+        )
+    if endpoint.target == Endpoint.Target.SAGEMAKER:
+        sagemaker_name = str((endpoint.runtime or {}).get("endpoint_name", endpoint.name))
+        region = str((endpoint.runtime or {}).get("region", "us-east-1"))
+        snippets.append(
+            Snippet(
+                "Python (boto3 sagemaker-runtime)",
+                "boto3",
+                "import boto3\n\n"
+                f'runtime = boto3.client("sagemaker-runtime", region_name={region!r})\n'
+                "response = runtime.invoke_endpoint(\n"
+                f"    EndpointName={sagemaker_name!r},\n"
+                f"    ContentType={content_type!r},\n"
+                f"    Body={body!r},\n"
+                ")\n"
+                'print(response["Body"].read().decode())',
+            )
+        )
+    return snippets
+
+
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def _r_string(text: str) -> str:
+    return json.dumps(text)
