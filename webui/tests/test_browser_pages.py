@@ -1,0 +1,115 @@
+"""The dashboard in a real Chromium: found by label and role, axe-clean, phone and desktop."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth.models import User
+from playwright.sync_api import Page, expect
+from pytest_django.live_server_helper import LiveServer
+
+from deployer.models import Endpoint, LogLine
+from deployer.services.tokens import api_token_authenticate
+from webui.tests.browser import DESKTOP, PHONE, check_page, log_in, no_horizontal_scroll
+from webui.tests.test_pages import deploying_endpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def test_api_token_is_created_shown_once_copied_and_revoked(page: Page, live_server: LiveServer, owner: User) -> None:
+    log_in(page, live_server.url, owner)
+    page.get_by_role("link", name="API tokens").click()
+    expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
+    check_page(page, "tokens-empty")
+
+    page.get_by_label("Token name").fill("ci")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.get_by_label("Token", exact=True).input_value()
+    assert api_token_authenticate(secret=secret) is not None
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    check_page(page, "tokens-created")
+
+    page.get_by_role("link", name="API tokens").click()
+    expect(page.get_by_label("Token", exact=True)).to_have_count(0)
+    page.get_by_role("button", name=re.compile(r"^Revoke token")).click()
+    expect(page.get_by_text("revoked", exact=False).first).to_be_visible()
+    assert api_token_authenticate(secret=secret) is None
+
+
+def test_endpoint_page_tails_logs_live_pauses_and_stops_polling_when_live(
+    page: Page, live_server: LiveServer, owner: User
+) -> None:
+    endpoint = deploying_endpoint(owner)
+    LogLine.objects.create(endpoint=endpoint, source=LogLine.Source.PIPELINE, message="deployment planned")
+    log_in(page, live_server.url, owner)
+    page.get_by_role("link", name="Endpoints").click()
+    expect(page.get_by_role("cell", name="deploying")).to_be_visible()
+    check_page(page, "endpoints")
+    page.get_by_role("link", name="iris").click()
+
+    logs = page.get_by_role("region", name="Logs")
+    expect(logs).to_contain_text("deployment planned")
+    expect(page.get_by_role("list", name="Deployment steps")).to_contain_text("1.5 s")
+    check_page(page, "endpoint-deploying")
+
+    LogLine.objects.create(endpoint=endpoint, source=LogLine.Source.RUNTIME, message="Rserve listening on 127.0.0.1")
+    expect(logs).to_contain_text("Rserve listening on 127.0.0.1")
+
+    logs.get_by_role("button", name="Pause").click()
+    expect(logs.get_by_role("button", name="Resume")).to_be_visible()
+    LogLine.objects.create(endpoint=endpoint, source=LogLine.Source.RUNTIME, message="arrived while paused")
+    page.wait_for_timeout(2500)
+    expect(logs).not_to_contain_text("arrived while paused")
+    logs.get_by_role("button", name="Resume").click()
+    expect(logs).to_contain_text("arrived while paused")
+
+    Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.LIVE)
+    expect(page.locator("#overview")).to_contain_text("live")
+    expect(logs.get_by_role("button", name="Resume")).to_be_visible()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.wait_for_timeout(2500)
+    assert requests == [], f"polling went on after the endpoint became live: {requests}"
+
+
+def test_pages_fit_a_phone_and_pass_axe(page: Page, live_server: LiveServer, owner: User) -> None:
+    deploying_endpoint(owner)
+    page.set_viewport_size(PHONE)
+    log_in(page, live_server.url, owner)
+    for link, name in (("Models", "models"), ("Endpoints", "endpoints"), ("API tokens", "tokens")):
+        page.get_by_role("link", name=link).click()
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        assert no_horizontal_scroll(page), name
+        check_page(page, name)
+    page.get_by_role("link", name="Endpoints").click()
+    page.get_by_role("link", name="iris").click()
+    assert no_horizontal_scroll(page)
+    check_page(page, "endpoint")
+    page.get_by_role("link", name="Models").click()
+    page.get_by_role("link", name="iris").click()
+    check_page(page, "model-version")
+    page.set_viewport_size(DESKTOP)
+    check_page(page, "model-version")
+
+
+def test_keyboard_alone_logs_in_and_reaches_every_section(page: Page, live_server: LiveServer, owner: User) -> None:
+    page.goto(f"{live_server.url}/accounts/login/")
+    check_page(page, "login")
+    expect(page.get_by_label("Username")).to_be_focused()
+    page.keyboard.type(owner.username)
+    page.keyboard.press("Tab")
+    page.keyboard.type("owner-password-123")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+
+    for link in ("Models", "Endpoints", "API tokens"):
+        page.get_by_role("link", name=link).focus()
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("link", name=link)).to_have_attribute("aria-current", "page")
