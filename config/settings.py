@@ -170,6 +170,24 @@ INSPECT_MEMORY_BYTES = env.integer("RDEPLOY_INSPECT_MEMORY_BYTES", 4 * 1024**3, 
 # Cached R libraries, one per set of packages installed from RDEPLOY_CRAN_REPO.
 R_LIBRARY_DIR = Path(env.text("RDEPLOY_R_LIBRARY_DIR", str(DATA_DIR / "r-libs")))
 
+# --- AWS: the SageMaker target (docs/sagemaker.md) ----------------------------------------
+# Read lazily by deployer/targets/sagemaker.py: an installation using only the local target
+# needs none of these, and a missing one fails the first SageMaker step naming it.
+# Credentials come from boto3's own chain (environment, profile, instance role).
+AWS_REGION = env.optional_text("AWS_REGION") or env.optional_text("AWS_DEFAULT_REGION")
+# Points every client at moto (tests) or LocalStack; unset means real AWS.
+AWS_ENDPOINT_URL = env.optional_text("AWS_ENDPOINT_URL")
+# botocore's "adaptive" retry mode: exponential backoff with jitter plus a client-side
+# rate limiter that slows down after throttling errors.
+AWS_MAX_ATTEMPTS = env.integer("RDEPLOY_AWS_MAX_ATTEMPTS", 8, minimum=1)
+RDEPLOY_SAGEMAKER_ROLE_ARN = env.optional_text("RDEPLOY_SAGEMAKER_ROLE_ARN")
+RDEPLOY_S3_BUCKET = env.optional_text("RDEPLOY_S3_BUCKET")
+RDEPLOY_ECR_REPOSITORY = env.text("RDEPLOY_ECR_REPOSITORY", "rdeploy-runtime")
+RDEPLOY_IMAGE_BUILDER = env.text("RDEPLOY_IMAGE_BUILDER", "codebuild")
+RDEPLOY_CODEBUILD_ROLE_ARN = env.optional_text("RDEPLOY_CODEBUILD_ROLE_ARN")
+RDEPLOY_LAMBDA_ROLE_ARN = env.optional_text("RDEPLOY_LAMBDA_ROLE_ARN")
+RDEPLOY_RESOURCE_PREFIX = env.text("RDEPLOY_RESOURCE_PREFIX", "rdeploy")
+
 # --- Auth ------------------------------------------------------------------------------
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
@@ -229,6 +247,26 @@ CELERY_TASK_DEFAULT_QUEUE = "rdeploy"
 # Periodic reconciliation (filled by the pipeline): advances or repairs whatever a dead
 # worker left behind.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+
+# --- Deployment pipeline (docs/pipeline.md) ------------------------------------------------
+# A task claims a deployment for this long; after a worker dies mid-step, the reconciler
+# resumes the deployment once the lease has expired.
+PIPELINE_LEASE_SECONDS = env.integer("RDEPLOY_PIPELINE_LEASE_SECONDS", 30, minimum=5)
+# The reconciler resumes stalled deployments and restarts crashed local runtimes.
+PIPELINE_RECONCILE_SECONDS = env.integer("RDEPLOY_PIPELINE_RECONCILE_SECONDS", 5, minimum=1)
+CELERY_BEAT_SCHEDULE["pipeline-reconcile"] = {
+    "task": "rdeploy.pipeline_reconcile",
+    "schedule": float(PIPELINE_RECONCILE_SECONDS),
+    # A reconcile that waited longer than its interval is superseded by the next one.
+    "options": {"expires": float(PIPELINE_RECONCILE_SECONDS)},
+}
+# Fault tests only: a pause after each step's work and before its outcome is saved, the
+# window in which the tests SIGKILL the worker.
+PIPELINE_FAULT_PAUSE_SECONDS = env.integer("RDEPLOY_PIPELINE_FAULT_PAUSE_MS", 0, minimum=0) / 1000
+# Public endpoint API (/e/<name>/invocations): the per-key token bucket when the endpoint's
+# options give none (API Gateway usage-plan semantics: steady rate per second and burst).
+GATEWAY_DEFAULT_RATE = env.integer("RDEPLOY_GATEWAY_RATE", 100, minimum=1)
+GATEWAY_DEFAULT_BURST = env.integer("RDEPLOY_GATEWAY_BURST", 200, minimum=1)
 
 # --- Security (clean `manage.py check --deploy` with production values) ------------------
 # HTTPS is the production default. The local quick start serves plain HTTP on loopback

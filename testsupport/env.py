@@ -32,6 +32,14 @@ os.environ["RDEPLOY_PUBLIC_BASE_URL"] = "http://testserver"
 # Tests must never reach a real AWS account, whatever the developer's shell holds.
 for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
     os.environ.pop(_name, None)
+# Every AWS call of a test (and of the workers it starts) goes to this session's moto
+# server (testsupport/moto.py); before the server starts, such a call fails to connect.
+os.environ.setdefault("RDEPLOY_TEST_MOTO_PORT", str(free_port()))
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{os.environ['RDEPLOY_TEST_MOTO_PORT']}"
+# The SageMaker target's configuration, pointing at what the moto fixtures create.
+os.environ["RDEPLOY_S3_BUCKET"] = "rdeploy-test-bucket"
+os.environ["RDEPLOY_SAGEMAKER_ROLE_ARN"] = "arn:aws:iam::123456789012:role/rdeploy-test-sagemaker"
+os.environ["RDEPLOY_CODEBUILD_ROLE_ARN"] = "arn:aws:iam::123456789012:role/rdeploy-test-codebuild"
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

@@ -1,0 +1,85 @@
+"""The public API's Lambda function: API Gateway (REST, Lambda proxy) -> SageMaker endpoint.
+
+Deployed by rdeploy as the only file of the function's zip; runs on AWS Lambda's Python
+runtime, whose bundled boto3 it uses. Content type, accept and SageMaker custom attributes
+pass through both ways; a model's own error keeps its status and body. Environment:
+``SAGEMAKER_ENDPOINT_NAME`` (required).
+
+API Gateway gives an integration at most 29 seconds, so the SageMaker call is bounded
+below that: a slow prediction is answered 504 by this function, not dropped by the gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+
+_CLIENT: Any = None
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+THROTTLED = {"ThrottlingException", "TooManyRequestsException", "Throttling"}
+
+
+def _client() -> Any:
+    # Created once per Lambda container and reused across invocations.
+    global _CLIENT
+    if _CLIENT is None:
+        config = Config(connect_timeout=2, read_timeout=26, retries={"mode": "standard", "max_attempts": 2})
+        _CLIENT = boto3.client("sagemaker-runtime", config=config)
+    return _CLIENT
+
+
+def _response(status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    headers = {"Content-Type": content_type, **(extra or {})}
+    try:
+        return {"statusCode": status, "headers": headers, "body": body.decode("utf-8"), "isBase64Encoded": False}
+    except UnicodeDecodeError:
+        return {
+            "statusCode": status,
+            "headers": headers,
+            "body": base64.b64encode(body).decode("ascii"),
+            "isBase64Encoded": True,
+        }
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return _response(status, json.dumps({"error": message}).encode(), "application/json")
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    raw = event.get("body") or ""
+    body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode("utf-8")
+    arguments: dict[str, Any] = {
+        "EndpointName": os.environ["SAGEMAKER_ENDPOINT_NAME"],
+        "Body": body,
+        "ContentType": headers.get("content-type", "application/json"),
+        "Accept": headers.get("accept", "application/json"),
+    }
+    if headers.get(CUSTOM_ATTRIBUTES):
+        arguments["CustomAttributes"] = headers[CUSTOM_ATTRIBUTES]
+    try:
+        result = _client().invoke_endpoint(**arguments)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        message = error.response.get("Error", {}).get("Message", "")
+        if code == "ModelError":
+            # The container answered with an error of its own: pass it through unchanged.
+            original = error.response.get("OriginalMessage", message)
+            return _response(int(error.response.get("OriginalStatusCode", 500)), original.encode(), "application/json")
+        if code in THROTTLED:
+            return _error(429, "the endpoint is busy; retry with backoff")
+        if code == "ValidationException":
+            return _error(400, message)
+        return _error(502, f"the model endpoint failed: {code}")
+    except (ConnectTimeoutError, ReadTimeoutError):
+        return _error(504, "the model endpoint did not answer in time")
+    except BotoCoreError as error:
+        return _error(502, f"the model endpoint could not be reached: {type(error).__name__}")
+    extra = {"X-Amzn-SageMaker-Custom-Attributes": result["CustomAttributes"]} if result.get("CustomAttributes") else {}
+    return _response(200, result["Body"].read(), result.get("ContentType", "application/octet-stream"), extra)

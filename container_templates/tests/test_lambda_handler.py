@@ -1,0 +1,132 @@
+"""The public API's Lambda handler, called with API Gateway proxy events, against moto.
+
+Needs no Django. moto's invoke_endpoint answers what the test queued (it runs no
+container and queues only text): a model's own error (ModelError) and a binary answer
+cannot be produced by moto, so those two tests put a botocore Stubber on invoke_endpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+
+from testsupport.moto import MotoServer
+
+HANDLER = Path(__file__).resolve().parent.parent / "lambda" / "handler.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer(port=_free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def handler(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A freshly loaded handler module, as a new Lambda container would load it."""
+    moto.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("SAGEMAKER_ENDPOINT_NAME", "rdeploy-iris")
+    spec = importlib.util.spec_from_file_location("rdeploy_lambda_handler", HANDLER)
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def proxy_event(body: str, *, headers: dict[str, str] | None = None, base64_encoded: bool = False) -> dict[str, Any]:
+    return {
+        "resource": "/invocations",
+        "path": "/invocations",
+        "httpMethod": "POST",
+        "headers": headers or {},
+        "body": body,
+        "isBase64Encoded": base64_encoded,
+        "requestContext": {"stage": "v1", "identity": {"apiKey": "k"}},
+    }
+
+
+def test_handler_forwards_the_request_to_the_endpoint_and_returns_its_answer(
+    handler: ModuleType, moto: MotoServer
+) -> None:
+    moto.queue_endpoint_results(
+        {"Body": '["setosa"]', "ContentType": "application/json", "CustomAttributes": "trace=1"}
+    )
+    event = proxy_event(
+        json.dumps([{"Sepal.Length": 5.1}]),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+
+    response = handler.handler(event, None)
+
+    assert response["statusCode"] == 200
+    assert json.loads(response["body"]) == ["setosa"]
+    assert response["headers"]["Content-Type"] == "application/json"
+    assert response["headers"]["X-Amzn-SageMaker-Custom-Attributes"] == "trace=1"
+    assert response["isBase64Encoded"] is False
+
+
+def test_handler_decodes_a_base64_body_and_returns_the_endpoints_content_type(
+    handler: ModuleType, moto: MotoServer
+) -> None:
+    moto.queue_endpoint_results({"Body": "setosa\n", "ContentType": "text/csv"})
+    csv = b"Sepal.Length,Sepal.Width\n5.1,3.5\n"
+    event = proxy_event(
+        base64.b64encode(csv).decode(),
+        headers={"content-type": "text/csv", "accept": "text/csv", "X-Amzn-SageMaker-Custom-Attributes": "a=b"},
+        base64_encoded=True,
+    )
+
+    response = handler.handler(event, None)
+
+    assert (response["statusCode"], response["body"]) == (200, "setosa\n")
+    assert response["headers"]["Content-Type"] == "text/csv"
+
+
+def test_handler_passes_a_model_error_through_with_its_status_and_body(handler: ModuleType) -> None:
+    model_says = json.dumps({"error": "column Sepal.Width is missing"})
+    with Stubber(handler._client()) as stub:
+        stub.add_client_error(
+            "invoke_endpoint",
+            service_error_code="ModelError",
+            service_message="Received client error (400) from primary",
+            http_status_code=424,
+            response_meta={},
+        )
+        stub._queue[-1]["response"][1].update({"OriginalStatusCode": 400, "OriginalMessage": model_says})
+        response = handler.handler(proxy_event("[{}]"), None)
+
+    assert response["statusCode"] == 400
+    assert json.loads(response["body"]) == {"error": "column Sepal.Width is missing"}
+
+
+def test_handler_returns_binary_answers_base64_encoded(handler: ModuleType) -> None:
+    # moto queues results as JSON text, so non-UTF-8 bytes need the Stubber.
+    body = StreamingBody(io.BytesIO(b"\xff\xfe\x00"), 3)
+    with Stubber(handler._client()) as stub:
+        stub.add_response("invoke_endpoint", {"Body": body, "ContentType": "application/octet-stream"})
+        response = handler.handler(proxy_event("x"), None)
+
+    assert response["isBase64Encoded"] is True
+    assert base64.b64decode(response["body"]) == b"\xff\xfe\x00"

@@ -1,0 +1,196 @@
+"""API Gateway (REST): ``POST /invocations`` -> Lambda proxy, guarded by an API key and a
+usage plan (API keys and usage plans exist only on REST APIs, not HTTP APIs).
+
+API Gateway makes up its own ids, so everything is found again by its deterministic name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found
+
+ROUTE = "invocations"
+
+
+def _paged(operation: str, **arguments: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for page in aws_client("apigateway").get_paginator(operation).paginate(**arguments):
+        items.extend(page.get("items", []))
+    return items
+
+
+def find_rest_api(name: str) -> str | None:
+    return next((str(api["id"]) for api in _paged("get_rest_apis") if api["name"] == name), None)
+
+
+def _named(items: list[dict[str, Any]], prefix: str) -> list[tuple[str, str, dict[str, str]]]:
+    return [(item["name"], item["id"], item.get("tags") or {}) for item in items if item["name"].startswith(prefix)]
+
+
+def rest_apis(prefix: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(name, id, tags) of every REST API whose name starts with ``prefix``."""
+    return _named(_paged("get_rest_apis"), prefix)
+
+
+def ensure_rest_api(name: str, *, tags: dict[str, str]) -> str:
+    existing = find_rest_api(name)
+    if existing:
+        return existing
+    api = aws_client("apigateway").create_rest_api(
+        name=name,
+        description="rdeploy public prediction API",
+        endpointConfiguration={"types": ["REGIONAL"]},
+        apiKeySource="HEADER",
+        tags=tags,
+    )
+    return str(api["id"])
+
+
+def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str) -> None:
+    """``POST /invocations`` (API key required) with a Lambda proxy integration."""
+    client = aws_client("apigateway")
+    resources = _paged("get_resources", restApiId=api_id)
+    root = next(resource["id"] for resource in resources if resource["path"] == "/")
+    route = next((resource for resource in resources if resource["path"] == f"/{ROUTE}"), None)
+    if route is None:
+        route = client.create_resource(restApiId=api_id, parentId=root, pathPart=ROUTE)
+    resource_id = route["id"]
+    if "POST" not in (route.get("resourceMethods") or {}):
+        try:
+            client.put_method(
+                restApiId=api_id,
+                resourceId=resource_id,
+                httpMethod="POST",
+                authorizationType="NONE",
+                apiKeyRequired=True,
+            )
+        except ClientError as error:
+            if not is_already_exists(error):
+                raise
+    client.put_integration(
+        restApiId=api_id,
+        resourceId=resource_id,
+        httpMethod="POST",
+        type="AWS_PROXY",
+        integrationHttpMethod="POST",
+        uri=f"arn:aws:apigateway:{region}:lambda:path/2015-03-31/functions/{lambda_arn}/invocations",
+        # API Gateway's ceiling for a REST integration (docs/sagemaker.md).
+        timeoutInMillis=29_000,
+    )
+
+
+def ensure_stage(api_id: str, stage: str) -> None:
+    client = aws_client("apigateway")
+    try:
+        client.get_stage(restApiId=api_id, stageName=stage)
+        return
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+    client.create_deployment(restApiId=api_id, stageName=stage, description="rdeploy")
+
+
+def find_api_key(name: str) -> str | None:
+    return next((str(key["id"]) for key in _paged("get_api_keys", nameQuery=name) if key["name"] == name), None)
+
+
+def api_keys(prefix: str) -> list[tuple[str, str, dict[str, str]]]:
+    return _named(_paged("get_api_keys"), prefix)
+
+
+def ensure_api_key(name: str, *, value: str, tags: dict[str, str]) -> str:
+    existing = find_api_key(name)
+    if existing:
+        return existing
+    key = aws_client("apigateway").create_api_key(name=name, enabled=True, value=value, tags=tags)
+    return str(key["id"])
+
+
+def find_usage_plan(name: str) -> str | None:
+    return next((str(plan["id"]) for plan in _paged("get_usage_plans") if plan["name"] == name), None)
+
+
+def usage_plans(prefix: str) -> list[tuple[str, str, dict[str, str]]]:
+    return _named(_paged("get_usage_plans"), prefix)
+
+
+def ensure_usage_plan(
+    name: str,
+    *,
+    api_id: str,
+    stage: str,
+    key_id: str,
+    rate_limit: float,
+    burst_limit: int,
+    quota_per_day: int,
+    tags: dict[str, str],
+) -> str:
+    client = aws_client("apigateway")
+    plan_id = find_usage_plan(name)
+    if plan_id is None:
+        plan_id = str(
+            client.create_usage_plan(
+                name=name,
+                apiStages=[{"apiId": api_id, "stage": stage}],
+                throttle={"rateLimit": rate_limit, "burstLimit": burst_limit},
+                quota={"limit": quota_per_day, "period": "DAY"},
+                tags=tags,
+            )["id"]
+        )
+    try:
+        client.create_usage_plan_key(usagePlanId=plan_id, keyId=key_id, keyType="API_KEY")
+    except ClientError as error:
+        if not is_already_exists(error):
+            raise
+    return plan_id
+
+
+def delete_usage_plan(name: str) -> None:
+    """Detach its keys and stages first (AWS refuses otherwise); missing counts as deleted."""
+    client = aws_client("apigateway")
+    plan_id = find_usage_plan(name)
+    if plan_id is None:
+        return
+    try:
+        for key in _paged("get_usage_plan_keys", usagePlanId=plan_id):
+            client.delete_usage_plan_key(usagePlanId=plan_id, keyId=key["id"])
+        plan = client.get_usage_plan(usagePlanId=plan_id)
+        operations = [
+            {"op": "remove", "path": "/apiStages", "value": f"{stage['apiId']}:{stage['stage']}"}
+            for stage in plan.get("apiStages", [])
+        ]
+        if operations:
+            client.update_usage_plan(usagePlanId=plan_id, patchOperations=operations)
+        client.delete_usage_plan(usagePlanId=plan_id)
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+
+
+def delete_api_key(name: str) -> None:
+    key_id = find_api_key(name)
+    if key_id is None:
+        return
+    try:
+        aws_client("apigateway").delete_api_key(apiKey=key_id)
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+
+
+def delete_rest_api(name: str) -> None:
+    api_id = find_rest_api(name)
+    if api_id is None:
+        return
+    try:
+        aws_client("apigateway").delete_rest_api(restApiId=api_id)
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+
+
+def invoke_url(api_id: str, *, region: str, stage: str) -> str:
+    return f"https://{api_id}.execute-api.{region}.amazonaws.com/{stage}/{ROUTE}"

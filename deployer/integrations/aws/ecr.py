@@ -1,0 +1,67 @@
+"""ECR: one runtime repository per installation; images tagged by build-context hash."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, tag_list
+
+
+def ensure_repository(name: str, *, tags: dict[str, str]) -> str:
+    """The repository's URI, creating it (immutable tags, scan on push) when missing."""
+    ecr = aws_client("ecr")
+    try:
+        repository = ecr.create_repository(
+            repositoryName=name,
+            imageTagMutability="IMMUTABLE",
+            imageScanningConfiguration={"scanOnPush": True},
+            tags=tag_list(tags),
+        )["repository"]
+    except ClientError as error:
+        if not is_already_exists(error):
+            raise
+        repository = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
+    return str(repository["repositoryUri"])
+
+
+def image_exists(repository: str, tag: str) -> bool:
+    try:
+        details = aws_client("ecr").describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    except ClientError as error:
+        if is_not_found(error):
+            return False
+        raise
+    return bool(details["imageDetails"])
+
+
+def image_tags(repository: str) -> list[str]:
+    """Every tag in the repository (empty when the repository does not exist)."""
+    paginator = aws_client("ecr").get_paginator("list_images")
+    tags: list[str] = []
+    try:
+        for page in paginator.paginate(repositoryName=repository, filter={"tagStatus": "TAGGED"}):
+            tags.extend(image["imageTag"] for image in page["imageIds"] if "imageTag" in image)
+    except ClientError as error:
+        if is_not_found(error):
+            return []
+        raise
+    return tags
+
+
+def delete_image(repository: str, tag: str) -> None:
+    """Idempotent: a missing image or repository counts as deleted."""
+    try:
+        aws_client("ecr").batch_delete_image(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+
+
+def docker_login() -> tuple[str, str, str]:
+    """(user, password, registry URL) for ``docker login`` when the worker builds locally."""
+    data: dict[str, Any] = aws_client("ecr").get_authorization_token()["authorizationData"][0]
+    user, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
+    return user, password, str(data["proxyEndpoint"])

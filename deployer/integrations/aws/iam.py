@@ -1,0 +1,61 @@
+"""IAM: the per-endpoint execution role of the public API's Lambda function."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, tag_list
+
+LAMBDA_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+INLINE_POLICY_NAME = "invoke-one-endpoint"
+
+
+def ensure_role(name: str, *, path: str, trust: dict[str, Any], policy: dict[str, Any], tags: dict[str, str]) -> str:
+    """Create the role with its one inline policy (re-put on every call); returns its ARN."""
+    client = aws_client("iam")
+    try:
+        arn = client.create_role(
+            RoleName=name, Path=path, AssumeRolePolicyDocument=json.dumps(trust), Tags=tag_list(tags)
+        )["Role"]["Arn"]
+    except ClientError as error:
+        if not is_already_exists(error):
+            raise
+        arn = client.get_role(RoleName=name)["Role"]["Arn"]
+    client.put_role_policy(RoleName=name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(policy))
+    return str(arn)
+
+
+def delete_role(name: str) -> None:
+    """Delete the role and its inline policies; a missing role counts as deleted."""
+    client = aws_client("iam")
+    try:
+        for policy_name in client.list_role_policies(RoleName=name)["PolicyNames"]:
+            client.delete_role_policy(RoleName=name, PolicyName=policy_name)
+        client.delete_role(RoleName=name)
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+
+
+def roles(path: str) -> list[tuple[str, str]]:
+    """(name, ARN) of every role under ``path``."""
+    found: list[tuple[str, str]] = []
+    for page in aws_client("iam").get_paginator("list_roles").paginate(PathPrefix=path):
+        found.extend((str(role["RoleName"]), str(role["Arn"])) for role in page["Roles"])
+    return found
+
+
+def tags_of(name: str) -> dict[str, str]:
+    try:
+        tags = aws_client("iam").list_role_tags(RoleName=name)["Tags"]
+    except ClientError as error:
+        if is_not_found(error):
+            return {}
+        raise
+    return {tag["Key"]: tag["Value"] for tag in tags}

@@ -1,0 +1,90 @@
+"""Lambda: the small function that puts a public API in front of a SageMaker endpoint."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found
+
+
+def package(handler_file: Path) -> bytes:
+    """A deployment zip holding ``handler.py``, reproducible (fixed timestamps)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        info = zipfile.ZipInfo("handler.py", date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        archive.writestr(info, handler_file.read_bytes())
+    return buffer.getvalue()
+
+
+def create_function(
+    name: str, *, role_arn: str, code: bytes, environment: dict[str, str], tags: dict[str, str], timeout: int
+) -> str:
+    """Create the function (kept if it exists); returns its ARN."""
+    client = aws_client("lambda")
+    try:
+        return str(
+            client.create_function(
+                FunctionName=name,
+                Runtime="python3.12",
+                Role=role_arn,
+                Handler="handler.handler",
+                Code={"ZipFile": code},
+                Environment={"Variables": environment},
+                Timeout=timeout,
+                MemorySize=256,
+                Tags=tags,
+                Publish=False,
+            )["FunctionArn"]
+        )
+    except ClientError as error:
+        if not is_already_exists(error):
+            raise
+    return str(client.get_function(FunctionName=name)["Configuration"]["FunctionArn"])
+
+
+def allow_api_gateway(name: str, *, statement_id: str, source_arn: str) -> None:
+    """Let exactly one API (``source_arn``) invoke the function."""
+    try:
+        aws_client("lambda").add_permission(
+            FunctionName=name,
+            StatementId=statement_id,
+            Action="lambda:InvokeFunction",
+            Principal="apigateway.amazonaws.com",
+            SourceArn=source_arn,
+        )
+    except ClientError as error:
+        if not is_already_exists(error):
+            raise
+
+
+def delete_function(name: str) -> None:
+    """Also removes its resource policy (the API Gateway permission)."""
+    try:
+        aws_client("lambda").delete_function(FunctionName=name)
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+
+
+def functions(prefix: str) -> list[tuple[str, str]]:
+    """(name, ARN) of every function whose name starts with ``prefix``."""
+    found: list[tuple[str, str]] = []
+    for page in aws_client("lambda").get_paginator("list_functions").paginate():
+        for function in page["Functions"]:
+            if function["FunctionName"].startswith(prefix):
+                found.append((str(function["FunctionName"]), str(function["FunctionArn"])))
+    return found
+
+
+def tags_of(arn: str) -> dict[str, str]:
+    try:
+        return dict(aws_client("lambda").list_tags(Resource=arn)["Tags"])
+    except ClientError as error:
+        if is_not_found(error):
+            return {}
+        raise

@@ -1,0 +1,58 @@
+"""S3: model data (``model.tar.gz``) and image build contexts, keyed by content hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlencode
+
+from botocore.exceptions import ClientError
+
+from deployer.integrations.aws.client import aws_client, is_not_found
+
+
+def object_exists(bucket: str, key: str) -> bool:
+    try:
+        aws_client("s3").head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if is_not_found(error):
+            return False
+        raise
+    return True
+
+
+def upload_file(bucket: str, key: str, path: Path, *, tags: dict[str, str]) -> None:
+    """Upload a local file (multipart above 8 MB, handled by boto3) with object tags."""
+    aws_client("s3").upload_file(str(path), bucket, key, ExtraArgs={"Tagging": urlencode(tags)})
+
+
+def delete_object(bucket: str, key: str) -> None:
+    """Idempotent: S3 answers 204 for a key that is already gone."""
+    aws_client("s3").delete_object(Bucket=bucket, Key=key)
+
+
+def object_tags(bucket: str, key: str) -> dict[str, str]:
+    try:
+        tag_set = aws_client("s3").get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+    except ClientError as error:
+        if is_not_found(error):
+            return {}
+        raise
+    return {tag["Key"]: tag["Value"] for tag in tag_set}
+
+
+def list_keys(bucket: str, prefix: str) -> list[str]:
+    paginator = aws_client("s3").get_paginator("list_objects_v2")
+    keys: list[str] = []
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return keys
+
+
+def bucket_exists(bucket: str) -> bool:
+    try:
+        aws_client("s3").head_bucket(Bucket=bucket)
+    except ClientError as error:
+        if is_not_found(error) or "404" in str(error):
+            return False
+        raise
+    return True

@@ -1,0 +1,90 @@
+"""Tags on everything rdeploy creates, and an inventory of what carries them.
+
+The inventory lists each service directly (by name prefix, then tags) rather than through
+the Resource Groups Tagging API, which covers neither ECR images, API Gateway keys nor
+Application Auto Scaling targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from deployer.integrations.aws import apigateway, autoscaling, ecr, iam, lambda_, s3, sagemaker
+
+INSTALLATION = "rdeploy:installation"
+ENDPOINT = "rdeploy:endpoint"
+DEPLOYMENT = "rdeploy:deployment"
+# Installation-wide infrastructure (the ECR repository, the CodeBuild project).
+SCOPE = "rdeploy:scope"
+
+
+def resource_tags(installation: str, *, endpoint: str | None = None, deployment: int | None = None) -> dict[str, str]:
+    tags = {INSTALLATION: installation}
+    if endpoint is None:
+        tags[SCOPE] = "installation"
+    else:
+        tags[ENDPOINT] = endpoint
+    if deployment is not None:
+        tags[DEPLOYMENT] = str(deployment)
+    return tags
+
+
+@dataclass(frozen=True)
+class CloudResource:
+    kind: str  # the ExternalResource.kind rdeploy records for it
+    identifier: str  # the ExternalResource.identifier
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return self.tags.get(ENDPOINT, "")
+
+
+def inventory(*, installation: str, prefix: str, bucket: str | None, repository: str) -> Iterator[CloudResource]:
+    """Every resource of every service this installation tagged (or, for the few that
+    cannot carry tags, named with its prefix), excluding installation-wide infrastructure."""
+
+    def ours(tags: dict[str, str]) -> bool:
+        return tags.get(INSTALLATION) == installation and SCOPE not in tags
+
+    for name, arn in sagemaker.endpoints(prefix):
+        tags = sagemaker.tags_of(arn)
+        if ours(tags):
+            yield CloudResource("sagemaker_endpoint", name, tags)
+    for name, arn in sagemaker.endpoint_configs(prefix):
+        tags = sagemaker.tags_of(arn)
+        if ours(tags):
+            yield CloudResource("sagemaker_endpoint_config", name, tags)
+    for name, arn in sagemaker.models(prefix):
+        tags = sagemaker.tags_of(arn)
+        if ours(tags):
+            yield CloudResource("sagemaker_model", name, tags)
+    for endpoint, variant in autoscaling.scaled_endpoints(prefix):
+        # Scalable targets carry tags, but their tags cannot be listed everywhere (moto):
+        # the endpoint name, which rdeploy derives from its prefix, identifies them.
+        yield CloudResource("autoscaling_target", f"{endpoint}/{variant}", {INSTALLATION: installation})
+    for name, arn in lambda_.functions(prefix):
+        tags = lambda_.tags_of(arn)
+        if ours(tags):
+            yield CloudResource("lambda_function", name, tags)
+    for name, _arn in iam.roles(f"/{prefix}/"):
+        tags = iam.tags_of(name)
+        if ours(tags):
+            yield CloudResource("iam_role", name, tags)
+    for name, _id, tags in apigateway.rest_apis(prefix):
+        if ours(tags):
+            yield CloudResource("apigateway_rest_api", name, tags)
+    for name, _id, tags in apigateway.usage_plans(prefix):
+        if ours(tags):
+            yield CloudResource("apigateway_usage_plan", name, tags)
+    for name, _id, tags in apigateway.api_keys(prefix):
+        if ours(tags):
+            yield CloudResource("apigateway_api_key", name, tags)
+    if bucket:
+        for key in s3.list_keys(bucket, f"{prefix}/"):
+            tags = s3.object_tags(bucket, key)
+            if tags.get(INSTALLATION) == installation:
+                yield CloudResource("s3_object", f"s3://{bucket}/{key}", tags)
+    for tag in ecr.image_tags(repository):
+        yield CloudResource("ecr_image", f"{repository}:{tag}", {INSTALLATION: installation})

@@ -1,0 +1,55 @@
+"""The AWS client factory: moto through AWS_ENDPOINT_URL, throttling retried with backoff."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from deployer.integrations.aws import sagemaker
+from deployer.integrations.aws.client import aws_client, is_not_found, is_transient
+from testsupport.moto import MotoServer, ThrottlingProxy
+
+
+def test_clients_reach_the_server_named_by_aws_endpoint_url(aws: MotoServer) -> None:
+    assert aws_client("s3").meta.endpoint_url == aws.url
+    assert aws_client("sagemaker").meta.config.retries["mode"] == "adaptive"
+
+
+def test_throttled_calls_are_retried_with_backoff_until_they_succeed(
+    aws: MotoServer, settings: SettingsWrapper
+) -> None:
+    with ThrottlingProxy(aws.url, target="SageMaker.ListModels", failures=3) as proxy:
+        settings.AWS_ENDPOINT_URL = proxy.url
+        started = time.monotonic()
+
+        assert list(sagemaker.models("rdeploy-")) == []
+
+        elapsed = time.monotonic() - started
+    assert proxy.throttled == 3
+    assert proxy.forwarded == 1
+    # Three exponential, jittered pauses: not an immediate hammering of the API.
+    assert elapsed > 0.1
+
+
+def test_throttling_that_outlasts_the_retries_is_reported_as_transient(
+    aws: MotoServer, settings: SettingsWrapper
+) -> None:
+    settings.AWS_MAX_ATTEMPTS = 2
+    with ThrottlingProxy(aws.url, target="SageMaker.ListModels", failures=10) as proxy:
+        settings.AWS_ENDPOINT_URL = proxy.url
+        with pytest.raises(ClientError) as raised:
+            list(sagemaker.models("rdeploy-"))
+    assert proxy.throttled == 2
+    assert is_transient(raised.value)
+    assert not is_not_found(raised.value)
+
+
+def test_missing_things_read_as_absent_and_deleting_them_again_is_a_no_op(aws: MotoServer) -> None:
+    assert sagemaker.describe_endpoint("rdeploy-nothing") is None
+    assert not sagemaker.model_exists("rdeploy-nothing")
+    sagemaker.delete_endpoint("rdeploy-nothing")
+    sagemaker.delete_endpoint_config("rdeploy-nothing")
+    sagemaker.delete_model("rdeploy-nothing")

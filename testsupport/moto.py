@@ -1,0 +1,126 @@
+"""moto in server mode: a real HTTP endpoint for every AWS call the tests make.
+
+The port comes from testsupport.env (``AWS_ENDPOINT_URL`` already points at it), so the
+test process and every worker it starts talk to the same server. Also a small
+fault-injecting HTTP proxy that answers the first N matching requests with an AWS
+throttling error and forwards everything else to moto, so botocore's real retry logic
+is exercised end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from moto.server import ThreadedMotoServer
+
+ACCOUNT_ID = "123456789012"
+
+
+class MotoServer:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or int(os.environ["RDEPLOY_TEST_MOTO_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    def start(self) -> None:
+        # One access-log line per AWS call would drown the test output.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server.start()
+        self.configure()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def _post(self, path: str, payload: dict[str, Any] | None = None) -> None:
+        data = json.dumps(payload or {}).encode()
+        request = urllib.request.Request(  # noqa: S310 (local moto)
+            f"{self.url}{path}", data=data, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (local moto)
+            response.read()
+
+    def configure(self) -> None:
+        # Lambda functions are created and invoked without Docker (none runs here).
+        self._post("/moto-api/config", {"lambda": {"use_docker": False}})
+
+    def reset(self) -> None:
+        self._post("/moto-api/reset")
+        self.configure()
+
+    def queue_endpoint_results(self, *results: dict[str, Any], region: str = "us-east-1") -> None:
+        """What the next ``invoke_endpoint`` calls answer (moto runs no container)."""
+        self._post(
+            "/moto-api/static/sagemaker/endpoint-results",
+            {"account_id": ACCOUNT_ID, "region": region, "results": list(results)},
+        )
+
+
+class ThrottlingProxy:
+    """Forwards to ``upstream``; the first ``failures`` requests whose ``X-Amz-Target``
+    header contains ``target`` get HTTP 400 ``ThrottlingException`` instead."""
+
+    def __init__(self, upstream: str, *, target: str, failures: int) -> None:
+        self.upstream = upstream
+        self.target = target
+        self.remaining = failures
+        self.throttled = 0
+        self.forwarded = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy._lock:
+                    throttle = proxy.target in (self.headers.get("X-Amz-Target") or "") and proxy.remaining > 0
+                    if throttle:
+                        proxy.remaining -= 1
+                        proxy.throttled += 1
+                    else:
+                        proxy.forwarded += 1
+                if throttle:
+                    payload = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in {"host", "content-length"}}
+                request = urllib.request.Request(  # noqa: S310 (local moto)
+                    f"{proxy.upstream}{self.path}", data=body, method="POST", headers=headers
+                )
+                try:
+                    response = urllib.request.urlopen(request, timeout=30)  # noqa: S310 (local moto)
+                except urllib.error.HTTPError as error:
+                    response = error
+                with response:
+                    data = response.read()
+                    self.send_response(response.status)
+                    for key, value in response.headers.items():
+                        if key.lower() not in {"content-length", "connection", "transfer-encoding"}:
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ThrottlingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
