@@ -67,6 +67,9 @@ from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResour
 
 # A step failing with transient errors this many times in a row fails the deployment.
 MAX_TRANSIENT_ATTEMPTS = 6
+# Web processes cache an endpoint's route (its ``runtime``) this long: after a traffic
+# switch, the previous runtime must keep serving at least this long before it stops.
+ROUTE_CACHE_SECONDS = 1.0
 
 
 class TargetOptionsError(ValueError):
@@ -184,6 +187,10 @@ class StepContext:
             self.deployment.resources = {**self.deployment.resources, kind: identifier}
             Deployment.objects.filter(pk=self.deployment.pk).update(resources=self.deployment.resources)
         return resource
+
+    def resource_id(self, kind: str) -> str:
+        """The identifier this deployment recorded for ``kind``; KeyError if none yet."""
+        return str(self.deployment.resources[kind])
 
     def mark_resource_deleted(self, kind: str, identifier: str) -> None:
         """Record that the thing is gone; a no-op when it already was."""

@@ -1,0 +1,289 @@
+"""`/api/v1/endpoints/`: create, list, show, update, roll back, tail logs, delete; invoke.
+
+Also the public route `/e/<name>/invocations` (mounted in config/urls.py). The two
+invocation views are plain Django views, not DRF: they run for every prediction, and
+the gateway service keeps that path lean (see deployer/services/gateway.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Prefetch, QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
+
+from deployer.authentication import HashedTokenAuthentication
+from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
+from deployer.services import endpoints as services
+from deployer.services.gateway import gateway_public_invoke
+from deployer.targets.base import InvocationResult
+
+
+class ModelRefSerializer(serializers.ModelSerializer[ModelVersion]):
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "version"]
+
+
+class StepSerializer(serializers.ModelSerializer[DeploymentStep]):
+    class Meta:
+        model = DeploymentStep
+        fields = ["name", "status", "started_at", "finished_at", "message"]
+
+
+class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
+    model = ModelRefSerializer(source="model_version", read_only=True)
+    steps = StepSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Deployment
+        fields = ["id", "kind", "status", "model", "error", "created_at", "finished_at", "steps"]
+
+
+class EndpointSerializer(serializers.ModelSerializer[Endpoint]):
+    model = serializers.SerializerMethodField()
+    steps = serializers.SerializerMethodField()
+    deployment = DeploymentSerializer(source="current_deployment", read_only=True)
+
+    class Meta:
+        model = Endpoint
+        fields = [
+            "name",
+            "target",
+            "status",
+            "model",
+            "steps",
+            "invoke_url",
+            "public_url",
+            "public",
+            "api_key_prefix",
+            "options",
+            "error",
+            "deployment",
+            "created_at",
+            "updated_at",
+        ]
+
+    @extend_schema(responses=ModelRefSerializer)
+    def get_model(self, endpoint: Endpoint) -> dict[str, Any] | None:
+        """The version serving traffic, or the one being deployed before the first is live."""
+        version = endpoint.model_version or (
+            endpoint.current_deployment.model_version if endpoint.current_deployment else None
+        )
+        return dict(ModelRefSerializer(version).data) if version else None
+
+    @extend_schema(responses=StepSerializer(many=True))
+    def get_steps(self, endpoint: Endpoint) -> list[dict[str, Any]]:
+        deployment = endpoint.current_deployment
+        return list(StepSerializer(deployment.steps.all(), many=True).data) if deployment else []
+
+
+class EndpointCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=63)
+    model = serializers.IntegerField()
+    target = serializers.ChoiceField(choices=Endpoint.Target.choices, default=Endpoint.Target.LOCAL)
+    options = serializers.DictField(default=dict)
+    public = serializers.BooleanField(default=False)
+
+
+class CreatedEndpointSerializer(EndpointSerializer):
+    api_key = serializers.CharField(read_only=True, help_text="Public endpoints only; shown once.")
+
+    class Meta(EndpointSerializer.Meta):
+        fields = [*EndpointSerializer.Meta.fields, "api_key"]
+
+
+class ModelRequestSerializer(serializers.Serializer[Any]):
+    model = serializers.IntegerField()
+
+
+class LogLineSerializer(serializers.ModelSerializer[LogLine]):
+    class Meta:
+        model = LogLine
+        fields = ["id", "created_at", "source", "level", "message", "deployment"]
+
+
+class LogPageSerializer(serializers.Serializer[Any]):
+    lines = LogLineSerializer(many=True)
+    next = serializers.IntegerField(help_text="Pass as ?after= to get the following lines.")
+
+
+class ApiKeySerializer(serializers.Serializer[Any]):
+    api_key = serializers.CharField(help_text="Shown once; the previous key stops working.")
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+def _call(function: Any, **kwargs: Any) -> Any:
+    """Run a service, turning its errors into DRF's 400 and 409 answers."""
+    try:
+        return function(**kwargs)
+    except DjangoValidationError as exc:
+        raise exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages) from exc
+    except services.EndpointConflict as exc:
+        raise Conflict(exc.message) from exc
+
+
+class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Endpoint]):
+    serializer_class = EndpointSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[a-z0-9-]+"
+
+    def get_queryset(self) -> QuerySet[Endpoint]:
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no user
+            return Endpoint.objects.none()
+        steps = Prefetch("current_deployment__steps", queryset=DeploymentStep.objects.order_by("position"))
+        return (
+            Endpoint.objects.visible_to(self.request.user)
+            .select_related("model_version", "current_deployment__model_version")
+            .prefetch_related(steps)
+            .order_by("-updated_at", "-id")
+        )
+
+    def _model(self, model_id: int) -> ModelVersion:
+        model = ModelVersion.objects.visible_to(self.request.user).filter(pk=model_id).first()
+        if model is None:
+            raise exceptions.ValidationError({"model": f"No model with id {model_id}."})
+        return model
+
+    def _fresh(self, endpoint: Endpoint) -> dict[str, Any]:
+        return dict(EndpointSerializer(self.get_queryset().get(pk=endpoint.pk)).data)
+
+    @extend_schema(request=EndpointCreateSerializer, responses={202: CreatedEndpointSerializer})
+    def create(self, request: Request) -> Response:
+        data = EndpointCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        issued = _call(
+            services.endpoint_create,
+            owner=request.user,
+            name=data.validated_data["name"],
+            model_version=self._model(data.validated_data["model"]),
+            target=data.validated_data["target"],
+            options=data.validated_data["options"],
+            public=data.validated_data["public"],
+        )
+        body = self._fresh(issued.endpoint)
+        if issued.api_key:
+            body["api_key"] = issued.api_key
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: EndpointSerializer})
+    def destroy(self, request: Request, name: str) -> Response:
+        endpoint = self.get_object()
+        _call(services.endpoint_delete, endpoint=endpoint)
+        return Response(self._fresh(endpoint), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=ModelRequestSerializer, responses={202: EndpointSerializer})
+    @action(detail=True, methods=["post"])
+    def deployments(self, request: Request, name: str) -> Response:
+        """Blue/green update to another model version."""
+        endpoint = self.get_object()
+        data = ModelRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        _call(services.endpoint_update, endpoint=endpoint, model_version=self._model(data.validated_data["model"]))
+        return Response(self._fresh(endpoint), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: EndpointSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request: Request, name: str) -> Response:
+        """Back to the previously live model version."""
+        endpoint = self.get_object()
+        _call(services.endpoint_rollback, endpoint=endpoint)
+        return Response(self._fresh(endpoint), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("after", int, description="Cursor: the last line id seen (0 for all).")],
+        responses=LogPageSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def logs(self, request: Request, name: str) -> Response:
+        """Pipeline, build and runtime log lines after a cursor."""
+        endpoint = self.get_object()
+        try:
+            after = max(0, int(request.query_params.get("after", 0)))
+        except ValueError:
+            raise exceptions.ValidationError({"after": "Must be a whole number (a log line id)."}) from None
+        lines, cursor = services.endpoint_logs(endpoint=endpoint, after=after)
+        return Response({"lines": LogLineSerializer(lines, many=True).data, "next": cursor})
+
+    @extend_schema(request=None, responses=ApiKeySerializer)
+    @action(detail=True, methods=["post"], url_path="rotate-key")
+    def rotate_key(self, request: Request, name: str) -> Response:
+        """A new public API key, shown once; the old one stops working."""
+        key = _call(services.endpoint_rotate_key, endpoint=self.get_object())
+        return Response({"api_key": key})
+
+
+def _response(result: InvocationResult) -> HttpResponse:
+    response = HttpResponse(result.body, status=result.status, content_type=result.headers.get("Content-Type"))
+    for header, value in result.headers.items():
+        if header != "Content-Type":
+            response[header] = value
+    return response
+
+
+def _not_found() -> JsonResponse:
+    return JsonResponse({"detail": "No Endpoint matches the given query."}, status=404)
+
+
+_token_auth = HashedTokenAuthentication()
+
+
+@csrf_exempt
+@require_POST
+def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponse:
+    """`POST /api/v1/endpoints/<name>/invocations`: token (or session) auth, owner or staff."""
+    user: Any = request.user
+    if request.headers.get("Authorization"):
+        try:
+            authenticated = _token_auth.authenticate(request)  # type: ignore[arg-type]
+        except exceptions.AuthenticationFailed as exc:
+            return JsonResponse({"detail": str(exc.detail)}, status=401)
+        user = authenticated[0] if authenticated else user
+    if not user.is_authenticated:
+        return JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
+    result = services.endpoint_invoke(user=user, name=name, body=request.body, headers=request.headers)
+    return _not_found() if result is None else _response(result)
+
+
+@csrf_exempt
+def public_invocations(request: HttpRequest, name: str) -> HttpResponse:
+    """`POST /e/<name>/invocations`: the public API, authenticated by `x-api-key`."""
+    if request.method != "POST":
+        return JsonResponse({"message": "Forbidden"}, status=403)
+    try:
+        content_length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        content_length = 0
+    result = gateway_public_invoke(
+        name=name,
+        api_key=request.headers.get("x-api-key"),
+        content_length=content_length,
+        read_body=lambda: request.body,
+        headers=request.headers,
+    )
+    return _response(result)
+
+
+class _OptionalSlashRouter(SimpleRouter):
+    """The issue's paths have no trailing slash; Django-style clients add one. Accept both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailing_slash = "/?"
+
+
+router = _OptionalSlashRouter()
+router.register("endpoints", EndpointViewSet, basename="endpoint")

@@ -1,0 +1,165 @@
+"""Local runtime processes: the one module that starts, finds, checks and stops them.
+
+A runtime is started *detached*: in a session of its own and re-parented to init, so it
+outlives the Celery worker or web process that started it, and nobody has to reap it.
+Every process of a runtime, including the R server that ``serve`` forks into a session
+of its own and every child Rserve forks per connection, inherits the environment
+variable ``RDEPLOY_PROCESS=<identifier>``; ``find`` and ``stop`` use that marker, so a
+restart after a crash or a reboot never leaves an orphan holding a port.
+
+A process is identified by (pid, start time in clock ticks since boot): a pid reused by
+an unrelated process after a reboot does not look alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = "RDEPLOY_PROCESS"
+
+
+@dataclass(frozen=True)
+class StartedProcess:
+    pid: int
+    start_ticks: int
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_open(port: int, *, timeout: float = 0.2) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time (field 22 of /proc/<pid>/stat), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces: split after its closing parenthesis.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie is dead
+        return None
+    return int(fields[19])
+
+
+def is_running(pid: int, ticks: int) -> bool:
+    return start_ticks(pid) == ticks
+
+
+def start(
+    *, identifier: str, command: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
+) -> StartedProcess:
+    """Start ``command`` detached, appending its stdout and stderr to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pid_path = log_path.with_suffix(".pid")
+    pid_path.unlink(missing_ok=True)
+    child_env = {**os.environ, **env, MARKER: identifier}
+    with log_path.open("ab") as log:
+        # setsid --fork: the runtime leads a new session and its parent exits at once, so
+        # the runtime is re-parented to init. It writes its own pid before exec'ing.
+        launcher = subprocess.Popen(
+            ["setsid", "--fork", "sh", "-c", 'echo $$ > "$0" && exec "$@"', str(pid_path), *command],
+            cwd=cwd,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+        )
+        launcher.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_path.read_text().strip())
+            ticks = start_ticks(pid)
+            if ticks is not None:
+                return StartedProcess(pid=pid, start_ticks=ticks)
+            # Started and already gone: report it as such; the caller reads the log.
+            return StartedProcess(pid=pid, start_ticks=-1)
+        time.sleep(0.01)
+    raise OSError(f"the runtime process for {identifier} did not start")
+
+
+def find(identifier: str) -> list[int]:
+    """Pids of every live process carrying the marker for ``identifier``."""
+    needle = f"{MARKER}={identifier}".encode()
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(entry.path, "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and start_ticks(int(entry.name)) is not None:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop(identifier: str, *, pid: int | None = None, grace: float = 5.0) -> None:
+    """SIGTERM the runtime (its ``serve`` drains and stops its server), then SIGKILL
+    whatever still carries the marker after ``grace`` seconds. Idempotent."""
+    first = [pid] if pid is not None and pid in find(identifier) else find(identifier)
+    for target in first:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and find(identifier):
+        time.sleep(0.05)
+    for _ in range(20):
+        remaining = find(identifier)
+        if not remaining:
+            return
+        for target in remaining:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def read_log(path: Path, offset: int, *, max_bytes: int = 256 * 1024) -> tuple[list[str], int]:
+    """Complete lines appended to ``path`` after byte ``offset``, and the new offset."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size < offset:  # truncated or replaced: start again
+                offset = 0
+            handle.seek(offset)
+            chunk = handle.read(max_bytes)
+    except FileNotFoundError:
+        return [], offset
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    lines = chunk[: end + 1].decode("utf-8", "replace").splitlines()
+    return lines, offset + end + 1
+
+
+def tail(path: Path, *, lines: int = 20) -> list[str]:
+    """The last ``lines`` lines of ``path`` (empty if it does not exist)."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - 64 * 1024))
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()][-lines:]

@@ -1,0 +1,201 @@
+"""Endpoints: create, update (blue/green), roll back, delete, rotate the public key, invoke.
+
+Every write here records a ``Deployment`` and leaves the work to the pipeline
+(``deployer.services.pipeline``); these functions return at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, name_validator
+from deployer.services import gateway
+from deployer.services.pipeline import ACTIVE, deployment_start
+from deployer.services.tokens import hash_secret
+from deployer.targets import get_target
+from deployer.targets.base import InvocationResult, TargetOptionsError
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
+API_KEY_PREFIX = "rdk_"
+MAX_RATE = 10_000
+MAX_BURST = 5_000
+LOG_PAGE = 500
+
+
+class EndpointConflict(Exception):
+    """The endpoint is not in a state that allows this (a rollout is running, nothing to roll back to)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class IssuedEndpoint:
+    endpoint: Endpoint
+    # The public API key, returned once (creation or rotation); None for a private endpoint.
+    api_key: str | None
+
+
+def _new_api_key() -> tuple[str, str, str]:
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, hash_secret(key), key[:12]
+
+
+def _validate_options(target: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The target's own options, plus ``throttle`` ({"rate", "burst"}) for the public API."""
+    options = dict(options)
+    throttle = options.pop("throttle", None)
+    try:
+        validated = get_target(target).validate_options(options)
+    except TargetOptionsError as exc:
+        raise ValidationError({"options": str(exc)}) from exc
+    if throttle is not None:
+        if not isinstance(throttle, dict) or set(throttle) - {"rate", "burst"}:
+            raise ValidationError({"options": 'Option "throttle" must look like {"rate": 10, "burst": 20}.'})
+        rate, burst = throttle.get("rate", settings.GATEWAY_DEFAULT_RATE), throttle.get("burst", 0)
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 < rate <= MAX_RATE:
+            raise ValidationError(
+                {"options": f"throttle.rate must be a number of requests per second up to {MAX_RATE}."}
+            )
+        burst = burst or max(1, int(rate))
+        if not isinstance(burst, int) or isinstance(burst, bool) or not 1 <= burst <= MAX_BURST:
+            raise ValidationError({"options": f"throttle.burst must be a whole number from 1 to {MAX_BURST}."})
+        validated["throttle"] = {"rate": rate, "burst": burst}
+    return validated
+
+
+def _check_model(model_version: ModelVersion, owner: User) -> None:
+    if model_version.status != ModelVersion.Status.READY:
+        raise ValidationError(
+            {
+                "model": f"{model_version} is {model_version.status}, not ready: {model_version.status_reason}".rstrip(
+                    ": "
+                )
+            }
+        )
+    if model_version.owner_id != owner.pk:
+        raise ValidationError({"model": "An endpoint can only serve its owner's models."})
+
+
+def endpoint_create(
+    *,
+    owner: User,
+    name: str,
+    model_version: ModelVersion,
+    target: str = Endpoint.Target.LOCAL,
+    options: Mapping[str, Any] | None = None,
+    public: bool = False,
+) -> IssuedEndpoint:
+    try:
+        name_validator(name)
+    except ValidationError as exc:
+        raise ValidationError({"name": exc.messages}) from exc
+    if target not in Endpoint.Target.values:
+        raise ValidationError({"target": f"Unknown target {target!r}; use one of {', '.join(Endpoint.Target.values)}."})
+    _check_model(model_version, owner)
+    validated = _validate_options(target, options or {})
+    key, key_hash, key_prefix = _new_api_key() if public else (None, "", "")
+    base = settings.PUBLIC_BASE_URL
+    with transaction.atomic():
+        # A name is released only when its endpoint is fully deleted, and only to its owner.
+        Endpoint.objects.filter(name=name, owner=owner, status=Endpoint.Status.DELETED).delete()
+        if Endpoint.objects.filter(name=name).exists():
+            raise ValidationError({"name": f"An endpoint named {name!r} already exists."})
+        endpoint = Endpoint.objects.create(
+            name=name,
+            owner=owner,
+            target=target,
+            options=validated,
+            public=public,
+            api_key_hash=key_hash,
+            api_key_prefix=key_prefix,
+            invoke_url=f"{base}/api/v1/endpoints/{name}/invocations",
+            public_url=f"{base}/e/{name}/invocations" if public else "",
+        )
+        deployment_start(endpoint=endpoint, model_version=model_version, kind=Deployment.Kind.CREATE)
+    return IssuedEndpoint(endpoint=endpoint, api_key=key)
+
+
+def _locked(endpoint: Endpoint) -> Endpoint:
+    """Re-read the endpoint under a write lock and refuse while a rollout is running."""
+    locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    if locked.status in (Endpoint.Status.DELETING, Endpoint.Status.DELETED):
+        raise EndpointConflict(f"Endpoint {locked.name} is {locked.status}.")
+    if Deployment.objects.filter(endpoint=locked, status__in=ACTIVE).exists():
+        raise EndpointConflict(f"Endpoint {locked.name} has a deployment in progress; wait for it to finish.")
+    return locked
+
+
+def endpoint_update(*, endpoint: Endpoint, model_version: ModelVersion) -> Deployment:
+    """Blue/green rollout of another version; the current one serves until the switch."""
+    _check_model(model_version, endpoint.owner)
+    with transaction.atomic():
+        locked = _locked(endpoint)
+        deployment = deployment_start(endpoint=locked, model_version=model_version, kind=Deployment.Kind.UPDATE)
+    endpoint.refresh_from_db()
+    return deployment
+
+
+def endpoint_rollback(*, endpoint: Endpoint) -> Deployment:
+    """Roll back to the previously live version (again blue/green)."""
+    with transaction.atomic():
+        locked = _locked(endpoint)
+        if locked.previous_model_version is None:
+            raise EndpointConflict(f"Endpoint {locked.name} has no previous version to roll back to.")
+        deployment = deployment_start(
+            endpoint=locked, model_version=locked.previous_model_version, kind=Deployment.Kind.ROLLBACK
+        )
+    endpoint.refresh_from_db()
+    return deployment
+
+
+def endpoint_delete(*, endpoint: Endpoint) -> Deployment | None:
+    """Tear everything down (cancelling a rollout in progress); None if already under way."""
+    with transaction.atomic():
+        locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+        if locked.status in (Endpoint.Status.DELETING, Endpoint.Status.DELETED):
+            return None
+        Endpoint.objects.filter(pk=locked.pk).update(status=Endpoint.Status.DELETING, updated_at=timezone.now())
+        model_version = locked.model_version or locked.current_deployment.model_version  # type: ignore[union-attr]
+        deployment = deployment_start(endpoint=locked, model_version=model_version, kind=Deployment.Kind.DELETE)
+    endpoint.refresh_from_db()
+    return deployment
+
+
+def endpoint_rotate_key(*, endpoint: Endpoint) -> str:
+    """A new public API key (the old one stops working at once); returned once."""
+    if not endpoint.public:
+        raise EndpointConflict(f"Endpoint {endpoint.name} is not public; it has no API key.")
+    key, key_hash, key_prefix = _new_api_key()
+    Endpoint.objects.filter(pk=endpoint.pk).update(api_key_hash=key_hash, api_key_prefix=key_prefix)
+    endpoint.api_key_hash, endpoint.api_key_prefix = key_hash, key_prefix
+    LogLine.objects.create(endpoint=endpoint, source=LogLine.Source.GATEWAY, message="The public API key was rotated.")
+    return key
+
+
+def endpoint_invoke(
+    *, user: User | AnonymousUser, name: str, body: bytes, headers: Mapping[str, str]
+) -> InvocationResult | None:
+    """Forward a prediction request for a user who may see the endpoint; None if they may not."""
+    route = gateway.route_for(name)
+    if route is None or not user.is_authenticated or (route.owner_id != user.pk and not user.is_staff):
+        return None
+    return gateway.gateway_forward(route=route, body=body, headers=headers)
+
+
+def endpoint_logs(*, endpoint: Endpoint, after: int = 0, limit: int = LOG_PAGE) -> tuple[list[LogLine], int]:
+    """Log lines after the cursor ``after`` (a LogLine id) and the cursor to pass next."""
+    get_target(endpoint.target).collect_logs(endpoint)
+    lines = list(LogLine.objects.filter(endpoint=endpoint, id__gt=after).order_by("id")[:limit])
+    return lines, (lines[-1].pk if lines else after)

@@ -1,0 +1,191 @@
+"""The request path to a live endpoint, kept lean: it runs for every prediction.
+
+- Routes (an endpoint's target, ``runtime``, owner, key hash, throttle) are cached in
+  process memory for ``ROUTE_CACHE_SECONDS``; a request costs no database query while its
+  route is cached and no database write ever.
+- The public API (``/e/<name>/invocations``, what API Gateway + Lambda are on AWS):
+  ``x-api-key`` checked against the stored SHA-256; a wrong or missing key and an unknown
+  or private endpoint get the same 403 body; a per-key token bucket in Redis with API
+  Gateway's usage-plan semantics (``rate`` tokens per second refill a bucket of ``burst``)
+  answers 429 when empty; bodies above SageMaker's 6 MiB get 413.
+- A request that finds no runtime (it was replaced moments ago) re-reads the route from
+  the database once and retries if the route changed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.conf import settings
+
+from deployer.models import Endpoint
+from deployer.services.tokens import hash_secret
+from deployer.targets import get_target
+from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult, RuntimeUnavailable
+
+# SageMaker real-time endpoints accept at most 6 MiB (botocore's BodyBlob limit).
+MAX_BODY_BYTES = 6 * 1024 * 1024
+SERVING = frozenset({Endpoint.Status.LIVE, Endpoint.Status.UPDATING})
+FORWARDED_HEADERS = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Route:
+    endpoint_id: int
+    name: str
+    owner_id: int
+    target: str
+    status: str
+    runtime: Mapping[str, Any]
+    public: bool
+    api_key_hash: str
+    rate: float
+    burst: int
+
+    @property
+    def serving(self) -> bool:
+        return self.status in SERVING and bool(self.runtime)
+
+
+_routes: dict[str, tuple[float, Route | None]] = {}
+
+
+def _load_route(name: str) -> Route | None:
+    row = (
+        Endpoint.objects.filter(name=name)
+        .values("id", "owner_id", "target", "status", "runtime", "public", "api_key_hash", "options")
+        .first()
+    )
+    if row is None:
+        route = None
+    else:
+        throttle = (row["options"] or {}).get("throttle") or {}
+        route = Route(
+            endpoint_id=row["id"],
+            name=name,
+            owner_id=row["owner_id"],
+            target=row["target"],
+            status=row["status"],
+            runtime=row["runtime"] or {},
+            public=row["public"],
+            api_key_hash=row["api_key_hash"],
+            rate=float(throttle.get("rate", settings.GATEWAY_DEFAULT_RATE)),
+            burst=int(throttle.get("burst", settings.GATEWAY_DEFAULT_BURST)),
+        )
+    _routes[name] = (time.monotonic() + ROUTE_CACHE_SECONDS, route)
+    return route
+
+
+def route_for(name: str) -> Route | None:
+    """The endpoint's route, from this process's cache when fresh."""
+    cached = _routes.get(name)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    return _load_route(name)
+
+
+def _error(status: int, message: str, **headers: str) -> InvocationResult:
+    return InvocationResult(status=status, body=json.dumps({"message": message}).encode(), headers={**JSON, **headers})
+
+
+def gateway_forward(*, route: Route, body: bytes, headers: Mapping[str, str]) -> InvocationResult:
+    """Send one request to what serves the endpoint, adding the round-trip time header."""
+    if not route.serving:
+        return _error(503, f"Endpoint {route.name} is not serving (status {route.status}).")
+    forwarded = {name: value for name in FORWARDED_HEADERS if (value := headers.get(name))}
+    started = time.perf_counter()
+    try:
+        result = get_target(route.target).invoke(route.runtime, body, forwarded)
+    except RuntimeUnavailable:
+        fresh = _load_route(route.name)
+        if fresh is None or not fresh.serving or fresh.runtime == route.runtime:
+            return _error(503, f"Endpoint {route.name} is not answering; try again shortly.")
+        started = time.perf_counter()
+        try:
+            result = get_target(fresh.target).invoke(fresh.runtime, body, forwarded)
+        except RuntimeUnavailable:
+            return _error(503, f"Endpoint {route.name} is not answering; try again shortly.")
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return InvocationResult(
+        status=result.status, body=result.body, headers={**result.headers, "X-Rdeploy-Runtime-Ms": f"{elapsed_ms:.2f}"}
+    )
+
+
+# --- throttling -----------------------------------------------------------------------------
+# A token bucket per key, updated atomically in Redis; the clock is Redis's own, so every
+# web process agrees. Returns {allowed (0/1), seconds until a token is available}.
+_BUCKET_LUA = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, tostring(wait)}
+"""
+_redis_lock = threading.Lock()
+_bucket_script: Any = None
+
+
+def _bucket() -> Any:
+    global _bucket_script
+    if _bucket_script is None:
+        with _redis_lock:
+            if _bucket_script is None:
+                client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, health_check_interval=30)
+                _bucket_script = client.register_script(_BUCKET_LUA)
+    return _bucket_script
+
+
+def gateway_take_token(*, route: Route) -> float | None:
+    """None when the request may pass, else the seconds until the bucket has a token."""
+    allowed, wait = _bucket()(
+        keys=[f"rdeploy:throttle:{route.endpoint_id}:{route.api_key_hash[:16]}"], args=[route.rate, route.burst]
+    )
+    return None if int(allowed) else float(wait)
+
+
+def gateway_public_invoke(
+    *,
+    name: str,
+    api_key: str | None,
+    content_length: int,
+    read_body: Callable[[], bytes],
+    headers: Mapping[str, str],
+) -> InvocationResult:
+    """The public route: key, body limit, throttle, then forward."""
+    route = route_for(name)
+    if (
+        route is None
+        or not route.public
+        or not route.api_key_hash
+        or not api_key
+        or not hmac.compare_digest(hash_secret(api_key), route.api_key_hash)
+    ):
+        return _error(403, "Forbidden")
+    if content_length > MAX_BODY_BYTES:
+        return _error(413, f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+    wait = gateway_take_token(route=route)
+    if wait is not None:
+        return _error(429, "Too Many Requests", **{"Retry-After": str(max(1, round(wait + 0.5)))})
+    return gateway_forward(route=route, body=read_body(), headers=headers)

@@ -1,0 +1,372 @@
+"""The ``local`` target: the R runtime as a supervised process on this machine.
+
+Each rollout gets its own directory, DATA_DIR/endpoints/<name>/<deployment id>/ (the
+runtime's model directory in ``model/``, the runtime's output in ``runtime.log``), and
+its own runtime process on a free loopback port. Blue/green: the new runtime starts
+beside the old one, must answer ``/ping`` and a test invocation of the inspection's
+example payload, then ``switch_traffic`` points ``Endpoint.runtime`` at it and
+``stop_previous`` stops the old runtime once every web process has seen the switch
+(the gateway caches routes for ``ROUTE_CACHE_SECONDS``).
+
+Processes are started and stopped only through ``deployer.integrations.processes``;
+requests reach them through one urllib3 connection pool per port and process.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from deployer.integrations import processes
+from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
+from deployer.services.model_versions import model_version_materialize
+from deployer.targets.base import (
+    ROUTE_CACHE_SECONDS,
+    InvocationResult,
+    PermanentStepError,
+    RuntimeUnavailable,
+    StepContext,
+    StepOutcome,
+    Target,
+    TargetOptionsError,
+    TransientStepError,
+)
+
+# The previous runtime stops this long after the switch: every web process has seen the
+# new route by then, and requests already sent to the old runtime have had time to finish.
+DRAIN_SECONDS = ROUTE_CACHE_SECONDS + 1.5
+# Crash supervision: restart with exponential backoff; fail after this many crashes
+# within CRASH_WINDOW seconds.
+MAX_CRASHES = 5
+CRASH_WINDOW = 600
+# The runtime's own log lines, copied into LogLine at most this many per collection.
+MAX_LOG_LINES_PER_COLLECT = 2000
+REQUEST_TIMEOUT = urllib3.Timeout(connect=1.0, read=65.0)
+FORWARDED_HEADERS = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+
+_DEFAULT_OPTIONS: dict[str, Any] = {"workers": 2, "startup_timeout": 60}
+
+
+def endpoint_dir(endpoint_name: str) -> Path:
+    return Path(settings.DATA_DIR) / "endpoints" / endpoint_name
+
+
+def rollout_dir(deployment: Deployment) -> Path:
+    return endpoint_dir(deployment.endpoint.name) / str(deployment.pk)
+
+
+def process_identifier(deployment: Deployment) -> str:
+    return f"{deployment.endpoint.name}-{deployment.pk}"
+
+
+def example_request(inspection: Mapping[str, Any]) -> tuple[bytes, str] | None:
+    """The inspection's example request (deployer/r/inspect.R) as (body, content type)."""
+    example = inspection.get("example") or {}
+    payload = example.get("payload")
+    if payload is None:
+        return None
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    return body.encode(), str(example.get("content_type") or "application/json")
+
+
+# --- HTTP to the runtime: one pool per port, per process -----------------------------------
+_pools: dict[int, urllib3.HTTPConnectionPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(port: int) -> urllib3.HTTPConnectionPool:
+    pool = _pools.get(port)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.get(port)
+            if pool is None:
+                # block=False: a burst above maxsize opens extra connections instead of queueing.
+                pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=16, block=False, timeout=REQUEST_TIMEOUT)
+                _pools[port] = pool
+    return pool
+
+
+def _request(
+    port: int, method: str, path: str, *, body: bytes | None = None, headers: Mapping[str, str] | None = None
+) -> urllib3.BaseHTTPResponse:
+    try:
+        return _pool(port).urlopen(method, path, body=body, headers=dict(headers or {}), retries=False, redirect=False)
+    except urllib3.exceptions.HTTPError as exc:
+        raise RuntimeUnavailable(f"the runtime on port {port} did not answer: {exc}") from exc
+
+
+def _ping(port: int) -> bool:
+    try:
+        return _request(port, "GET", "/ping").status == 200
+    except RuntimeUnavailable:
+        return False
+
+
+def _last_lines(log_path: Path) -> str:
+    lines = processes.tail(log_path, lines=15)
+    return "\n".join(lines) if lines else "(the runtime wrote nothing)"
+
+
+class LocalTarget(Target):
+    name = "local"
+
+    def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(options) - set(_DEFAULT_OPTIONS))
+        if unknown:
+            raise TargetOptionsError(f"Unknown option(s) for the local target: {', '.join(unknown)}.")
+        merged = {**_DEFAULT_OPTIONS, **options}
+        for key, low, high in (("workers", 1, 64), ("startup_timeout", 5, 3600)):
+            value = merged[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise TargetOptionsError(f"Option {key!r} must be a whole number from {low} to {high}.")
+        return merged
+
+    def steps(self, kind: str, *, public: bool) -> list[str]:
+        if kind == Deployment.Kind.DELETE:
+            return ["stop_runtime", "remove_files"]
+        return ["prepare_model_dir", "start_runtime", "wait_healthy", "smoke_test", "switch_traffic", "stop_previous"]
+
+    def run_step(self, name: str, ctx: StepContext) -> StepOutcome:
+        step = getattr(self, f"_step_{name}", None)
+        if step is None:
+            raise PermanentStepError(f"The local target has no step {name!r}.")
+        outcome: StepOutcome = step(ctx)
+        return outcome
+
+    # --- rollout steps ----------------------------------------------------------------
+    def _step_prepare_model_dir(self, ctx: StepContext) -> StepOutcome:
+        model_dir = rollout_dir(ctx.deployment) / "model"
+        complete = model_dir.parent / ".model-complete"
+        ctx.record_resource("model_dir", str(model_dir.parent))
+        if complete.exists():
+            return StepOutcome.skipped("The model directory is already prepared.")
+        model_version_materialize(model_version=ctx.model_version, destination=model_dir)
+        complete.touch()
+        return StepOutcome.done(f"Prepared {ctx.model_version} for the runtime.")
+
+    @staticmethod
+    def _launch(*, identifier: str, directory: Path, port: int, options: Mapping[str, Any]) -> processes.StartedProcess:
+        """Start a runtime serving ``directory/model`` on ``port``."""
+        return processes.start(
+            identifier=identifier,
+            command=[str(Path(settings.RUNTIME_DIR) / "serve")],
+            env={
+                "RDEPLOY_MODEL_DIR": str(directory / "model"),
+                "SAGEMAKER_BIND_TO_PORT": str(port),
+                "RDEPLOY_BIND": "127.0.0.1",
+                "RDEPLOY_MAX_WORKERS": str(options.get("workers", _DEFAULT_OPTIONS["workers"])),
+                "RDEPLOY_GRACE_SECONDS": "5",
+            },
+            cwd=directory,
+            log_path=directory / "runtime.log",
+        )
+
+    def _step_start_runtime(self, ctx: StepContext) -> StepOutcome:
+        identifier = process_identifier(ctx.deployment)
+        resource = ExternalResource.objects.filter(target=self.name, kind="process", identifier=identifier).first()
+        details = resource.details if resource else {}
+        if details.get("pid") and processes.is_running(details["pid"], details["start_ticks"]):
+            return StepOutcome.skipped(f"The runtime already runs on port {details['port']}.")
+        # A previous attempt may have started it and died before recording it.
+        processes.stop(identifier, grace=1)
+        port = processes.free_port()
+        directory = rollout_dir(ctx.deployment)
+        ctx.record_resource("process", identifier, {"port": port, "log": str(directory / "runtime.log")})
+        started = self._launch(identifier=identifier, directory=directory, port=port, options=ctx.options)
+        ctx.record_resource("process", identifier, {"pid": started.pid, "start_ticks": started.start_ticks})
+        return StepOutcome.done(f"Started the R runtime on port {port}.")
+
+    def _process(self, ctx: StepContext) -> dict[str, Any]:
+        resource = ExternalResource.objects.get(target=self.name, kind="process", identifier=ctx.resource_id("process"))
+        return dict(resource.details)
+
+    def _step_wait_healthy(self, ctx: StepContext) -> StepOutcome:
+        process = self._process(ctx)
+        if _ping(process["port"]):
+            return StepOutcome.done(f"The runtime answered /ping after {ctx.elapsed():.1f} s.")
+        log_path = Path(process["log"])
+        if not processes.is_running(process["pid"], process["start_ticks"]):
+            raise PermanentStepError(
+                f"The R runtime exited before it became healthy. Its last log lines:\n{_last_lines(log_path)}"
+            )
+        timeout = ctx.options.get("startup_timeout", _DEFAULT_OPTIONS["startup_timeout"])
+        if ctx.elapsed() > timeout:
+            raise PermanentStepError(
+                f"The R runtime did not answer /ping within {timeout} s. Its last log lines:\n{_last_lines(log_path)}"
+            )
+        return StepOutcome.wait(0.2, "Waiting for the runtime to load the model.")
+
+    def _step_smoke_test(self, ctx: StepContext) -> StepOutcome:
+        example = example_request(ctx.model_version.inspection)
+        if example is None:
+            return StepOutcome.skipped("The model has no example payload to try.")
+        body, content_type = example
+        process = self._process(ctx)
+        try:
+            response = _request(
+                process["port"],
+                "POST",
+                "/invocations",
+                body=body,
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+            )
+        except RuntimeUnavailable as exc:
+            raise TransientStepError(str(exc)) from exc
+        if response.status != 200:
+            raise PermanentStepError(
+                f"The test prediction with the model's example payload failed with HTTP {response.status}: "
+                f"{response.data.decode('utf-8', 'replace')[:500]}\n"
+                f"The runtime's last log lines:\n{_last_lines(Path(process['log']))}"
+            )
+        return StepOutcome.done(f"Test prediction: {response.data.decode('utf-8', 'replace')[:200]}")
+
+    def _step_switch_traffic(self, ctx: StepContext) -> StepOutcome:
+        process = self._process(ctx)
+        identifier = ctx.resource_id("process")
+        if ctx.endpoint.runtime.get("process") != identifier:
+            ctx.set_runtime(
+                port=process["port"],
+                pid=process["pid"],
+                start_ticks=process["start_ticks"],
+                process=identifier,
+                deployment=ctx.deployment.pk,
+            )
+        if "switched_at" not in ctx.intent:
+            ctx.intent["switched_at"] = time.time()
+            ctx.save_intent()
+        return StepOutcome.done(f"Traffic goes to {ctx.model_version} on port {process['port']}.")
+
+    def _step_stop_previous(self, ctx: StepContext) -> StepOutcome:
+        previous = [
+            resource
+            for resource in ctx.live_resources()
+            if resource.deployment_id != ctx.deployment.pk and resource.kind in ("process", "model_dir")
+        ]
+        if not previous:
+            return StepOutcome.skipped("No previous runtime to stop.")
+        switched_at = ctx.deployment.steps.get(name="switch_traffic").intent.get("switched_at", 0)
+        remaining = switched_at + DRAIN_SECONDS - time.time()
+        if remaining > 0:
+            return StepOutcome.wait(remaining, "Letting requests to the previous runtime finish.")
+        for resource in previous:
+            self._remove(ctx, resource)
+        return StepOutcome.done("Stopped the previous runtime.")
+
+    def _remove(self, ctx: StepContext, resource: ExternalResource) -> None:
+        if resource.kind == "process":
+            processes.stop(resource.identifier, pid=resource.details.get("pid"))
+        elif resource.kind == "model_dir":
+            shutil.rmtree(resource.identifier, ignore_errors=True)
+        ctx.mark_resource_deleted(resource.kind, resource.identifier)
+
+    def discard(self, ctx: StepContext) -> None:
+        serving = ctx.endpoint.runtime.get("process")
+        for resource in reversed(list(ctx.deployment_resources())):
+            if resource.identifier != serving:
+                self._remove(ctx, resource)
+
+    # --- teardown ---------------------------------------------------------------------
+    def _step_stop_runtime(self, ctx: StepContext) -> StepOutcome:
+        ctx.set_runtime()
+        for resource in ctx.live_resources().filter(kind="process"):
+            self._remove(ctx, resource)
+        return StepOutcome.done("Stopped the runtime.")
+
+    def _step_remove_files(self, ctx: StepContext) -> StepOutcome:
+        for resource in ctx.live_resources().filter(kind="model_dir"):
+            self._remove(ctx, resource)
+        shutil.rmtree(endpoint_dir(ctx.endpoint.name), ignore_errors=True)
+        return StepOutcome.done("Removed the endpoint's files.")
+
+    # --- serving ----------------------------------------------------------------------
+    def invoke(self, runtime: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> InvocationResult:
+        port = runtime.get("port")
+        if not port:
+            raise RuntimeUnavailable("the endpoint has no running runtime")
+        response = _request(int(port), "POST", "/invocations", body=body, headers=headers)
+        return InvocationResult(
+            status=response.status,
+            body=response.data,
+            headers={
+                name: value
+                for name in ("Content-Type", "X-Amzn-SageMaker-Custom-Attributes")
+                if (value := response.headers.get(name)) is not None
+            },
+        )
+
+    def check(self, endpoint: Endpoint) -> None:
+        """Restart a crashed runtime (after a crash or a reboot) on its port, with backoff."""
+        identifier = endpoint.runtime.get("process")
+        if not identifier:
+            return
+        resource = ExternalResource.objects.filter(
+            target=self.name, kind="process", identifier=identifier, deleted_at__isnull=True
+        ).first()
+        if resource is None:
+            return
+        details = dict(resource.details)
+        if processes.is_running(details["pid"], details["start_ticks"]):
+            return
+        now = time.time()
+        crashes = [t for t in details.get("crashes", []) if now - t < CRASH_WINDOW]
+        log_path = Path(details["log"])
+        if len(crashes) >= MAX_CRASHES:
+            raise PermanentStepError(
+                f"The R runtime crashed {len(crashes)} times in {CRASH_WINDOW // 60} minutes and was not restarted "
+                f"again. Its last log lines:\n{_last_lines(log_path)}"
+            )
+        if crashes and now - crashes[-1] < min(2 ** len(crashes), 60):
+            return  # backing off; the next reconciler run restarts it
+        processes.stop(identifier, grace=1)
+        port = details["port"] if not processes.port_is_open(details["port"]) else processes.free_port()
+        directory = log_path.parent
+        started = self._launch(identifier=identifier, directory=directory, port=port, options=endpoint.options)
+        details.update(port=port, pid=started.pid, start_ticks=started.start_ticks, crashes=[*crashes, now])
+        ExternalResource.objects.filter(pk=resource.pk).update(details=details)
+        runtime = {**endpoint.runtime, "port": port, "pid": started.pid, "start_ticks": started.start_ticks}
+        Endpoint.objects.filter(pk=endpoint.pk).update(runtime=runtime, updated_at=timezone.now())
+        LogLine.objects.create(
+            endpoint=endpoint,
+            source=LogLine.Source.ENDPOINT,
+            level=LogLine.Level.WARNING,
+            message=f"The R runtime had stopped; restarted it on port {port} (restart {len(crashes) + 1}).",
+        )
+
+    def collect_logs(self, endpoint: Endpoint) -> int:
+        stored = 0
+        for resource_id in ExternalResource.objects.filter(
+            endpoint=endpoint, kind="process", target=self.name
+        ).values_list("pk", flat=True):
+            # One transaction per file: concurrent collectors queue on the write lock, and the
+            # second one reads the offset the first one stored, so no line is stored twice.
+            with transaction.atomic():
+                resource = ExternalResource.objects.select_for_update().get(pk=resource_id)
+                offset = int(resource.details.get("log_offset", 0))
+                lines, new_offset = processes.read_log(Path(resource.details.get("log", "")), offset)
+                if new_offset == offset:
+                    continue
+                skipped = max(0, len(lines) - MAX_LOG_LINES_PER_COLLECT)
+                messages = ([f"… {skipped} runtime log lines skipped"] if skipped else []) + lines[skipped:]
+                LogLine.objects.bulk_create(
+                    LogLine(
+                        endpoint=endpoint,
+                        deployment_id=resource.deployment_id,
+                        source=LogLine.Source.RUNTIME,
+                        message=message,
+                    )
+                    for message in messages
+                )
+                resource.details = {**resource.details, "log_offset": new_offset}
+                resource.save(update_fields=["details"])
+                stored += len(messages)
+        return stored

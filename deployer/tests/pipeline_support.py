@@ -1,0 +1,115 @@
+"""Shared helpers for the pipeline and local-target tests: two real iris classifiers
+trained by R at test time (v2 predicts the species in reverse order, so a client can tell
+which version answered), ready ModelVersions for them, and waiting helpers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+
+from deployer.models import Deployment, Endpoint, ModelVersion
+from deployer.services.pipeline import deployment_advance
+from testsupport.factories import make_model_version
+
+TRAIN = r"""
+suppressPackageStartupMessages({library(randomForest); library(jsonlite)})
+out <- commandArgs(trailingOnly = TRUE)[1]
+rows <- iris[c(1, 51, 101, 75, 130), 1:4]
+rownames(rows) <- NULL
+set.seed(1)
+v1 <- randomForest(Species ~ ., data = iris, ntree = 50)
+flipped <- iris
+flipped$Species <- factor(rev(levels(iris$Species))[as.integer(iris$Species)], levels = levels(iris$Species))
+set.seed(2)
+v2 <- randomForest(Species ~ ., data = flipped, ntree = 50)
+saveRDS(v1, file.path(out, "v1.rds"))
+saveRDS(v2, file.path(out, "v2.rds"))
+write_json(
+  list(rows = rows, v1 = as.character(predict(v1, rows)), v2 = as.character(predict(v2, rows))),
+  file.path(out, "expected.json"), dataframe = "rows", digits = NA
+)
+"""
+
+COLUMNS = ["Sepal.Length", "Sepal.Width", "Petal.Length", "Petal.Width"]
+
+
+def train_iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """<dir>/v1.rds, v2.rds and expected.json {rows, v1, v2} (R's own predictions)."""
+    out = tmp_path_factory.mktemp("iris-models")
+    subprocess.run([settings.RSCRIPT, "--vanilla", "-e", TRAIN, str(out)], check=True, capture_output=True)
+    return out
+
+
+def expected(models: Path) -> dict[str, Any]:
+    return dict(json.loads((models / "expected.json").read_text()))
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> bytes:
+    lines = [",".join(COLUMNS)] + [",".join(str(row[column]) for column in COLUMNS) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def ready_model(owner: User, models: Path, version: str, **inspection: Any) -> ModelVersion:
+    """A ready ModelVersion of v1/v2 with the example request inspection records."""
+    rows = expected(models)["rows"][:2]
+    inspection = {
+        "example": {"content_type": "application/json", "payload": json.dumps(rows), "rows": len(rows)},
+        **inspection,
+    }
+    return make_model_version(
+        owner,
+        name="iris",
+        content=(models / f"{version}.rds").read_bytes(),
+        status=ModelVersion.Status.READY,
+        inspection=inspection,
+    )
+
+
+def broken_model(owner: User, models: Path) -> ModelVersion:
+    """A model whose runtime cannot start: it needs an R package nobody installed."""
+    return ready_model(owner, models, "v1", rdeploy_json={"format_version": 1, "packages": ["rdeployNoSuchPackage"]})
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 60, interval: float = 0.1, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def drive(deployment: Deployment, *, timeout: float = 60) -> Deployment:
+    """Run the pipeline in this process (no worker) until the deployment is terminal."""
+    deadline = time.monotonic() + timeout
+    while True:
+        deployment_advance(deployment_id=deployment.pk)
+        deployment.refresh_from_db()
+        if deployment.is_terminal:
+            return deployment
+        if time.monotonic() > deadline:
+            raise AssertionError(f"deployment {deployment.pk} still {deployment.status} after {timeout} s")
+        time.sleep(0.05)
+
+
+def endpoint_status(name: str) -> str:
+    return str(Endpoint.objects.get(name=name).status)
+
+
+def stop_everything(endpoint_names: Iterator[str] | list[str]) -> None:
+    """Test cleanup: no runtime outlives its test, whatever state it ended in."""
+    from deployer.integrations import processes
+
+    for name in endpoint_names:
+        for deployment_id in Deployment.objects.filter(endpoint__name=name).values_list("pk", flat=True):
+            processes.stop(f"{name}-{deployment_id}", grace=0.5)
