@@ -3,21 +3,225 @@ and materializing the runtime's model directory for targets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import re
 import shutil
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
+from django.core.files.storage import Storage, storages
+from django.core.files.uploadedfile import UploadedFile
+from django.db import IntegrityError, transaction
+from django.db.models import Max, Q
+from django.utils import timezone
 
 from deployer import artifacts
-from deployer.models import ModelVersion
+from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
+from deployer.integrations import rprocess
+from deployer.jobs import enqueue
+from deployer.models import Deployment, Endpoint, ModelVersion, name_validator
+
+logger = logging.getLogger(__name__)
 
 RDEPLOY_JSON = "rdeploy.json"
+INSPECT_SCRIPT = Path(__file__).resolve().parent.parent / "r" / "inspect.R"
+SAMPLE_MAX_BYTES = 5 * 1024 * 1024
+# R's own rule for package names (Writing R Extensions, 1.1.1).
+_PACKAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]$")
+_EXTENSIONS = {"rds": "rds", "tar.gz": "tar.gz", "zip": "zip"}
 
 
-def model_version_materialize(*, model_version: ModelVersion, destination: Path) -> Path:
-    """Writes the runtime's model directory for `model_version` into `destination`:
-    model.rds (copied, or the bundle unpacked) plus rdeploy.json from the inspection.
-    Safe to call again on the same destination: it is rebuilt from scratch."""
+class ModelVersionInUse(Exception):
+    """The version serves (or served) an endpoint; the message names it (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    model_version: ModelVersion
+    # False when the same bytes were already uploaded under this name: the existing version.
+    created: bool
+
+
+def _artifact_storage() -> Storage:
+    return storages["artifacts"]
+
+
+def _parse_packages(packages: str | Iterable[str]) -> list[str]:
+    items = packages.split(",") if isinstance(packages, str) else list(packages)
+    names = list(dict.fromkeys(item.strip() for item in items if item.strip()))
+    for package in names:
+        if not _PACKAGE_NAME.match(package):
+            raise ArtifactRejected(f"'{package}' is not a valid R package name")
+    return names
+
+
+def _check_sample(sample: UploadedFile) -> str:
+    """The sample's extension (csv or json) after light checks; R parses it for real."""
+    if sample.size is not None and sample.size > SAMPLE_MAX_BYTES:
+        raise ArtifactRejected(f"the sample is larger than {SAMPLE_MAX_BYTES} bytes: a few rows are enough")
+    sample.seek(0)
+    head = sample.read(4096)
+    sample.seek(0)
+    if not head.strip():
+        raise ArtifactRejected("the sample is empty")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut in half at the 4 KiB boundary
+            raise ArtifactRejected("the sample must be UTF-8 text: CSV with a header row, or JSON records") from exc
+        text = head[: exc.start].decode("utf-8")
+    return "json" if text.lstrip()[:1] in ("[", "{") else "csv"
+
+
+def model_version_upload(
+    *,
+    owner: User,
+    name: str,
+    file: UploadedFile,
+    sample: UploadedFile | None = None,
+    packages: str | Iterable[str] = (),
+) -> UploadOutcome:
+    """Checks and stores an uploaded model, then queues its inspection.
+
+    Raises ArtifactRejected (bad name, format, bundle or sample) or ArtifactTooLarge; a
+    refused upload leaves no row and no stored file. The same bytes under the same name
+    return the existing version (created=False), so CI can re-run safely."""
+    try:
+        name_validator(name)
+    except ValidationError as exc:
+        raise ArtifactRejected(f"invalid name '{name}': {' '.join(exc.messages)}") from exc
+    requested = _parse_packages(packages)
+    if file.size is not None and file.size > settings.MAX_UPLOAD_BYTES:
+        raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
+    sha256 = artifacts.uploaded_sha256(file)
+    existing = ModelVersion.objects.filter(owner=owner, name=name, sha256=sha256).first()
+    if existing is not None:
+        return UploadOutcome(existing, created=False)
+
+    with artifacts.local_copy(file) as path:
+        size = path.stat().st_size
+        if size > settings.MAX_UPLOAD_BYTES:
+            raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
+        if size == 0:
+            raise ArtifactRejected("the file is empty")
+        kind = artifacts.sniff_file(path).kind
+        if kind != ModelVersion.ArtifactKind.RDS:
+            artifacts.inspect_bundle(path, kind)
+    sample_extension = _check_sample(sample) if sample is not None else None
+
+    storage = _artifact_storage()
+    base = f"models/{owner.pk}/{name}/{sha256}"
+    stored: list[str] = []
+    try:
+        file.seek(0)
+        stored.append(storage.save(f"{base}.{_EXTENSIONS[kind]}", file))
+        if sample is not None:
+            sample.seek(0)
+            stored.append(storage.save(f"{base}.sample.{sample_extension}", sample))
+        model_version = _create_row(
+            owner=owner,
+            name=name,
+            kind=kind,
+            sha256=sha256,
+            size=size,
+            stored=stored,
+            original_filename=(file.name or "")[:255],
+            requested=requested,
+        )
+    except BaseException:
+        for stored_name in stored:
+            storage.delete(stored_name)
+        raise
+    if model_version.artifact.name not in stored:
+        # Another request stored the same bytes first: keep its files, drop ours.
+        for stored_name in stored:
+            storage.delete(stored_name)
+        return UploadOutcome(model_version, created=False)
+    return UploadOutcome(model_version, created=True)
+
+
+def _create_row(
+    *,
+    owner: User,
+    name: str,
+    kind: str,
+    sha256: str,
+    size: int,
+    stored: list[str],
+    original_filename: str,
+    requested: list[str],
+) -> ModelVersion:
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                existing = ModelVersion.objects.filter(owner=owner, name=name, sha256=sha256).first()
+                if existing is not None:
+                    return existing
+                latest = ModelVersion.objects.filter(owner=owner, name=name).aggregate(n=Max("version"))["n"]
+                model_version = ModelVersion.objects.create(
+                    owner=owner,
+                    name=name,
+                    version=(latest or 0) + 1,
+                    artifact=stored[0],
+                    artifact_kind=kind,
+                    original_filename=original_filename,
+                    sha256=sha256,
+                    size=size,
+                    sample=stored[1] if len(stored) > 1 else "",
+                    requested_packages=requested,
+                    status=ModelVersion.Status.INSPECTING,
+                )
+                enqueue("rdeploy.model_version_inspect", model_version.pk)
+                return model_version
+        except IntegrityError:
+            # A concurrent upload under the same name took this version number (or
+            # stored the same bytes): look again.
+            continue
+    raise IntegrityError(f"could not number a new version of '{name}'")
+
+
+def model_version_delete(*, model_version: ModelVersion) -> None:
+    """Deletes a version and its files; refused while an endpoint or a rollout uses it."""
+    endpoint = (
+        Endpoint.objects.filter(Q(model_version=model_version) | Q(previous_model_version=model_version))
+        .exclude(status=Endpoint.Status.DELETED)
+        .first()
+    )
+    if endpoint is not None:
+        raise ModelVersionInUse(
+            f"{model_version} is used by endpoint '{endpoint.name}' ({endpoint.status}): "
+            "deploy another version there or delete the endpoint first"
+        )
+    deployment = Deployment.objects.filter(model_version=model_version).select_related("endpoint").first()
+    if deployment is not None:
+        raise ModelVersionInUse(
+            f"{model_version} is in the deployment history of endpoint '{deployment.endpoint.name}'"
+        )
+    names = [model_version.artifact.name, model_version.sample.name]
+    storage = _artifact_storage()
+
+    def delete_files() -> None:
+        for stored_name in names:
+            if stored_name:
+                storage.delete(stored_name)
+
+    with transaction.atomic():
+        model_version.delete()
+        transaction.on_commit(delete_files)
+
+
+# ---- Materializing the model directory ---------------------------------------------------
+
+
+def _write_model_dir(model_version: ModelVersion, destination: Path) -> None:
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
@@ -30,7 +234,167 @@ def model_version_materialize(*, model_version: ModelVersion, destination: Path)
                 shutil.copyfileobj(source, local, artifacts.CHUNK_SIZE)
                 local.flush()
                 artifacts.extract_bundle(Path(local.name), model_version.artifact_kind, destination)
+
+
+def model_version_materialize(*, model_version: ModelVersion, destination: Path) -> Path:
+    """Writes the runtime's model directory for `model_version` into `destination`:
+    model.rds (copied, or the bundle unpacked) plus rdeploy.json from the inspection.
+    Safe to call again on the same destination: it is rebuilt from scratch."""
+    _write_model_dir(model_version, destination)
     config = model_version.inspection.get("rdeploy_json")
     if config:
         (destination / RDEPLOY_JSON).write_text(json.dumps(config, indent=2) + "\n")
     return destination
+
+
+# ---- Inspection ----------------------------------------------------------------------------
+
+
+def _run_inspection(
+    *, model_dir: Path, scratch: Path, sample: Path | None, requested: list[str], libraries: list[Path]
+) -> tuple[dict[str, Any], rprocess.Result]:
+    result = rprocess.run_sandboxed(
+        scratch / "rdeploy" / "inspect.R",
+        [str(model_dir), str(sample or ""), ",".join(requested)],
+        workdir=scratch,
+        limits=rprocess.Limits.for_inspection(),
+        library_paths=libraries,
+        extra_env={"RDEPLOY_RUNTIME_DIR": str(scratch / "rdeploy")},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    if result.timed_out:
+        limit = settings.INSPECT_TIMEOUT_SECONDS
+        return {
+            "status": "invalid",
+            "code": "timeout",
+            "reason": f"inspection did not finish within {limit} s (RDEPLOY_INSPECT_TIMEOUT): "
+            "loading or predicting with the model takes too long",
+        }, result
+    if result.out_of_memory:
+        limit_mib = settings.INSPECT_MEMORY_BYTES // 1024**2
+        return {
+            "status": "invalid",
+            "code": "out_of_memory",
+            "reason": f"R ran out of memory inspecting the model (limit {limit_mib} MiB, RDEPLOY_INSPECT_MEMORY_BYTES)",
+        }, result
+    if result.returncode == 0 and lines:
+        try:
+            return dict(json.loads(lines[-1])), result
+        except json.JSONDecodeError:
+            pass
+    if result.cpu_exceeded:
+        return {"status": "invalid", "code": "timeout", "reason": "inspection used up its CPU time limit"}, result
+    stderr = result.stderr.strip().splitlines()
+    detail = " ".join(stderr[-3:]) if stderr else f"exit status {result.returncode}"
+    return {"status": "invalid", "code": "crashed", "reason": f"R stopped while inspecting the model: {detail}"}, result
+
+
+def _missing_packages_reason(packages: list[str]) -> str:
+    quoted = ", ".join(packages)
+    return (
+        f"the model needs R packages this server does not have: {quoted}. Set RDEPLOY_CRAN_REPO to a CRAN-like "
+        "repository (e.g. a Posit Package Manager snapshot) so rdeploy installs them, or have an administrator "
+        f"install them (install.packages(c({', '.join(repr(p) for p in packages)}))), then upload again"
+    )
+
+
+def _rdeploy_json(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The runtime's rdeploy.json (container_templates/runtime/README.md)."""
+    config: dict[str, Any] = {
+        "format_version": 1,
+        "packages": outcome["packages"]["required"],
+        "prediction": {"kind": outcome["prediction"]["kind"]},
+    }
+    if outcome.get("schema"):
+        config["schema"] = outcome["schema"]
+    return config
+
+
+def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
+    """Loads and test-predicts the model in the R sandbox; the version becomes `ready`
+    with its inspection record, or `invalid` with a reason. A no-op unless `inspecting`."""
+    if model_version.status != ModelVersion.Status.INSPECTING:
+        return model_version
+    started = timezone.now()
+    timings: dict[str, float] = {}
+    libraries: list[Path] = []
+    installed: list[str] = []
+    with rprocess.scratch_directory() as scratch:
+        stage = timezone.now()
+        model_dir = scratch / "model"
+        try:
+            _write_model_dir(model_version, model_dir)
+        except ArtifactRejected as exc:
+            return _finish(model_version, status=ModelVersion.Status.INVALID, reason=str(exc), inspection={})
+        runtime = scratch / "rdeploy"
+        runtime.mkdir()
+        shutil.copy(Path(settings.RUNTIME_DIR) / "rdeploy_runtime.R", runtime)
+        shutil.copy(INSPECT_SCRIPT, runtime)
+        sample = None
+        if model_version.sample:
+            sample = scratch / Path(str(model_version.sample.name)).name
+            with model_version.sample.open("rb") as source:
+                artifacts.copy_stream(source, sample)
+        header = artifacts.sniff_file(model_dir / artifacts.MODEL_FILE).rds
+        timings["prepare"] = (timezone.now() - stage).total_seconds()
+
+        requested = list(model_version.requested_packages)
+        outcome, result = _run_inspection(
+            model_dir=model_dir, scratch=scratch, sample=sample, requested=requested, libraries=libraries
+        )
+        timings["r"] = result.seconds
+        if outcome.get("code") == "missing_packages" and settings.CRAN_REPO:
+            installed = list(outcome["missing_packages"])
+            stage = timezone.now()
+            library, install = rprocess.install_packages(installed, repo=settings.CRAN_REPO)
+            timings["install"] = (timezone.now() - stage).total_seconds()
+            if install.returncode != 0 or install.timed_out:
+                detail = " ".join(install.stderr.strip().splitlines()[-3:])
+                outcome = {
+                    "status": "invalid",
+                    "code": "install_failed",
+                    "reason": f"installing {', '.join(installed)} from {settings.CRAN_REPO} failed: {detail}",
+                }
+            else:
+                libraries.append(library)
+                outcome, result = _run_inspection(
+                    model_dir=model_dir, scratch=scratch, sample=sample, requested=requested, libraries=libraries
+                )
+                timings["r_after_install"] = result.seconds
+        elif outcome.get("code") == "missing_packages":
+            outcome["reason"] = _missing_packages_reason(list(outcome["missing_packages"]))
+
+    timings["total"] = (timezone.now() - started).total_seconds()
+    inspection: dict[str, Any] = {
+        **{key: value for key, value in outcome.items() if key not in ("status", "timings")},
+        "r_version": {
+            "writer": header.writer_r_version if header else None,
+            "reader": outcome.get("reader_r_version"),
+        },
+        "rds": dataclasses.asdict(header) if header else None,
+        "r_library": [str(path) for path in libraries],
+        "installed_packages": installed,
+        "sandbox": list(result.isolation),
+        "timings": {"r_script": outcome.get("timings", {}), **timings},
+    }
+    inspection.pop("reader_r_version", None)
+    if outcome.get("status") == "ok":
+        inspection["rdeploy_json"] = _rdeploy_json(outcome)
+        return _finish(model_version, status=ModelVersion.Status.READY, reason="", inspection=inspection)
+    if result.stderr.strip():
+        inspection["stderr_tail"] = result.stderr[-4000:]
+    return _finish(
+        model_version, status=ModelVersion.Status.INVALID, reason=str(outcome.get("reason")), inspection=inspection
+    )
+
+
+def _finish(model_version: ModelVersion, *, status: str, reason: str, inspection: dict[str, Any]) -> ModelVersion:
+    """Guarded transition: only an `inspecting` version takes a verdict (a re-delivered
+    task finding it done changes nothing)."""
+    now = timezone.now()
+    ModelVersion.objects.filter(pk=model_version.pk, status=ModelVersion.Status.INSPECTING).update(
+        status=status, status_reason=reason, inspection=inspection, inspected_at=now
+    )
+    model_version.refresh_from_db()
+    logger.info("model version %s inspected: %s %s", model_version.pk, model_version.status, reason)
+    return model_version

@@ -1,0 +1,313 @@
+"""The one module that starts R processes.
+
+Uploaded `.rds` files are code (CVE-2024-27322: deserialization can run R code, and
+Debian's R 4.2.2 has no fix), so R that touches a user's file runs here in a sandbox:
+a scrubbed environment (no secrets, no cloud credentials), rlimits (CPU, address space,
+file size, processes), a wall-clock timeout that kills the whole process group, a
+scratch directory as HOME and TMPDIR, no network (a fresh network namespace) and, when
+this process is root, an unprivileged user. `sandbox_isolation()` says which of these
+this machine allows; each result carries that list so the caller can record it.
+
+Package installs are the one exception: they run without the user's file, with network
+(they download from RDEPLOY_CRAN_REPO), but with the same scrubbed environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pwd
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+SANDBOX_USER = "nobody"
+_OUTPUT_TAIL = 64 * 1024
+# The only variables an R child sees (plus those a caller names explicitly).
+_SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_seconds: float
+    cpu_seconds: int
+    memory_bytes: int
+    file_bytes: int = 512 * 1024**2
+    # Counts threads too (ranger, data.table): generous, but stops a fork bomb.
+    processes: int = 256
+
+    @classmethod
+    def for_inspection(cls) -> Limits:
+        timeout = settings.INSPECT_TIMEOUT_SECONDS
+        return cls(wall_seconds=timeout, cpu_seconds=timeout, memory_bytes=settings.INSPECT_MEMORY_BYTES)
+
+    def describe(self) -> str:
+        return (
+            f"rlimits: cpu {self.cpu_seconds} s, address space {self.memory_bytes // 1024**2} MiB, "
+            f"file size {self.file_bytes // 1024**2} MiB, processes {self.processes}; "
+            f"wall clock {self.wall_seconds:g} s"
+        )
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool
+    isolation: tuple[str, ...] = field(default=())
+
+    @property
+    def signal(self) -> int | None:
+        return -self.returncode if self.returncode < 0 else None
+
+    @property
+    def out_of_memory(self) -> bool:
+        """Killed by the kernel's OOM killer, or R hit the address-space limit."""
+        if self.timed_out:
+            return False
+        return self.signal == signal.SIGKILL or "cannot allocate" in self.stderr or "cannot allocate" in self.stdout
+
+    @property
+    def cpu_exceeded(self) -> bool:
+        return self.signal in (signal.SIGXCPU, signal.SIGKILL) and "cannot allocate" not in self.stderr
+
+
+@dataclass(frozen=True)
+class _Isolation:
+    prefix: tuple[str, ...]
+    description: tuple[str, ...]
+
+
+def _works(command: Sequence[str]) -> bool:
+    try:
+        return subprocess.run(command, capture_output=True, timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@functools.cache
+def _isolation() -> _Isolation:
+    prefix: list[str] = []
+    described = ["environment scrubbed (only PATH, HOME, TMPDIR, LANG and R_LIBS)", "scratch directory as HOME/TMPDIR"]
+    unshare = shutil.which("unshare")
+    if unshare and _works([unshare, "--net", "true"]):
+        prefix += [unshare, "--net"]
+        described.append("no network (unshare --net: a network namespace with only a down loopback)")
+    elif unshare and _works([unshare, "--user", "--net", "true"]):
+        prefix += [unshare, "--user", "--net"]
+        described.append("no network (unshare --user --net)")
+    else:
+        described.append("NETWORK NOT ISOLATED: unshare --net is not permitted here")
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() == 0 and setpriv:
+        user = pwd.getpwnam(SANDBOX_USER)
+        prefix += [
+            setpriv,
+            f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]
+        described.append(f"runs as user {SANDBOX_USER} (reads only world-readable files, writes only its scratch)")
+    elif os.geteuid() == 0:
+        described.append("RUNS AS ROOT: setpriv is missing")
+    else:
+        described.append(f"runs as the worker's own user (uid {os.geteuid()})")
+    return _Isolation(tuple(prefix), tuple(described))
+
+
+def sandbox_isolation() -> tuple[str, ...]:
+    """What the sandbox isolates on this machine, in words."""
+    return _isolation().description
+
+
+def _scrubbed_env(home: Path, library_paths: Sequence[Path], extra: Mapping[str, str] | None) -> dict[str, str]:
+    environ = {
+        "PATH": _SAFE_PATH,
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        # Empty user library: only the site libraries and the ones named here.
+        "R_LIBS_USER": str(home / "no-user-library"),
+    }
+    if library_paths:
+        environ["R_LIBS"] = os.pathsep.join(str(path) for path in library_paths)
+    environ.update(extra or {})
+    return environ
+
+
+def _limit(limits: Limits) -> None:
+    """Runs in the child between fork and exec: limits are inherited by everything R starts."""
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _tail(path: Path) -> str:
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - _OUTPUT_TAIL))
+        return handle.read().decode("utf-8", "replace")
+
+
+def _hand_over(directory: Path) -> None:
+    """Gives the scratch directory to the sandbox user (nothing else is writable to it)."""
+    if os.geteuid() != 0:
+        return
+    user = pwd.getpwnam(SANDBOX_USER)
+    for root, dirs, files in os.walk(directory):
+        for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
+            os.chown(name, user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+
+@contextmanager
+def scratch_directory() -> Iterator[Path]:
+    """A private directory for one sandboxed run, removed afterwards whatever happens."""
+    directory = Path(tempfile.mkdtemp(prefix="rdeploy-r-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run(
+    command: list[str],
+    *,
+    workdir: Path,
+    environ: dict[str, str],
+    limits: Limits,
+    isolation: tuple[str, ...],
+    sandboxed: bool,
+) -> Result:
+    (workdir / "tmp").mkdir(exist_ok=True)
+    stdout_path, stderr_path = workdir / ".stdout", workdir / ".stderr"
+    started = time.monotonic()
+    timed_out = False
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        if sandboxed:
+            _hand_over(workdir)
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            preexec_fn=lambda: _limit(limits),
+            start_new_session=True,
+        )
+        try:
+            process.wait(timeout=limits.wall_seconds)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # The whole session: R may have started children of its own.
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return Result(
+        returncode=process.returncode,
+        stdout=_tail(stdout_path),
+        stderr=_tail(stderr_path),
+        seconds=time.monotonic() - started,
+        timed_out=timed_out,
+        isolation=isolation,
+    )
+
+
+def run_sandboxed(
+    script: Path,
+    args: Sequence[str],
+    *,
+    workdir: Path,
+    limits: Limits,
+    library_paths: Sequence[Path] = (),
+    extra_env: Mapping[str, str] | None = None,
+) -> Result:
+    """Runs `Rscript --vanilla script args...` in the sandbox, with `workdir` as its home."""
+    isolation = _isolation()
+    command = [*isolation.prefix, settings.RSCRIPT, "--vanilla", str(script), *args]
+    environ = _scrubbed_env(workdir, library_paths, extra_env)
+    return _run(
+        command,
+        workdir=workdir,
+        environ=environ,
+        limits=limits,
+        isolation=(*isolation.description, limits.describe()),
+        sandboxed=True,
+    )
+
+
+def library_for(packages: Sequence[str], *, repo: str) -> Path:
+    """The cached R library for a dependency set: the same packages from the same
+    repository share one library (and the local target serves from it)."""
+    key = "\n".join([repo, settings.RSCRIPT, *sorted(set(packages))])
+    return Path(settings.R_LIBRARY_DIR) / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def install_packages(packages: Sequence[str], *, repo: str, timeout: float = 600) -> tuple[Path, Result]:
+    """Installs `packages` (and their dependencies) from `repo` into their cached library.
+
+    Runs outside the sandbox, because it needs the network, and never sees a user's
+    file: it gets package names only. Built in a temporary directory and renamed into
+    place, so a half-finished install is never mistaken for a cached library."""
+    library = library_for(packages, repo=repo)
+    if (library / ".complete").exists():
+        return library, Result(0, "", "", 0.0, False, ("cached library",))
+    library.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{library.name}-", dir=library.parent))
+    expression = (
+        "args <- commandArgs(trailingOnly = TRUE); lib <- args[1]; repo <- args[2]; pkgs <- args[-(1:2)]; "
+        "install.packages(pkgs, lib = lib, repos = repo, dependencies = c('Depends', 'Imports', 'LinkingTo'), "
+        "quiet = TRUE); "
+        "missing <- pkgs[!vapply(pkgs, function(p) nzchar(system.file(package = p, lib.loc = lib)), logical(1))]; "
+        "if (length(missing)) { message('not installed: ', paste(missing, collapse = ', ')); quit(status = 3) }"
+    )
+    command = [settings.RSCRIPT, "--vanilla", "-e", expression, str(building), repo, *packages]
+    environ = _scrubbed_env(building, (), None)
+    limits = Limits(wall_seconds=timeout, cpu_seconds=int(timeout), memory_bytes=8 * 1024**3, processes=4096)
+    try:
+        result = _run(
+            command,
+            workdir=building,
+            environ=environ,
+            limits=limits,
+            isolation=("package install: scrubbed environment, network allowed, no user file",),
+            sandboxed=False,
+        )
+        if result.returncode == 0 and not result.timed_out:
+            for scratch in ("tmp", ".stdout", ".stderr", "no-user-library"):
+                target = building / scratch
+                if target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
+            (building / ".complete").write_text("\n".join(sorted(set(packages))) + "\n")
+            # Read-only for the sandbox user, which serves and inspects from it.
+            os.chmod(building, 0o755)  # noqa: S103
+            try:
+                building.rename(library)
+            except OSError:
+                # Another worker finished the same dependency set first: use theirs.
+                shutil.rmtree(building, ignore_errors=True)
+            building = library
+        return library, result
+    finally:
+        if building != library:
+            shutil.rmtree(building, ignore_errors=True)

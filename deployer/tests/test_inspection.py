@@ -1,0 +1,281 @@
+"""Inspection with real R and real trained models, checked against R itself."""
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from deployer.models import ModelVersion
+from deployer.services.model_versions import model_version_inspect, model_version_materialize, model_version_upload
+from deployer.tests import intake_support
+from deployer.tests.intake_support import expected, rows_as_csv, tar_gz
+
+trained_models = intake_support.trained_models
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
+
+CASES = {
+    # case: (class, packages needed, prediction kind, column types)
+    "lm": ("lm", [], "numeric", {"wt": "numeric", "hp": "numeric"}),
+    "glm_binomial": ("glm", [], "probability", {"x": "numeric", "group": "factor"}),
+    "randomforest": ("randomForest", ["randomForest"], "class", dict.fromkeys(["Sepal.Length"], "numeric")),
+    "ranger": ("ranger", ["ranger"], "numeric", {"cyl": "numeric", "wt": "numeric"}),
+    "rpart": ("rpart", ["rpart"], "class", {"Petal.Width": "numeric"}),
+    "svm": ("svm", ["e1071"], "class", {"Petal.Length": "numeric"}),
+}
+
+
+def upload(owner: User, name: str, content: bytes, *, sample: bytes | None = None, packages: str = "") -> ModelVersion:
+    outcome = model_version_upload(
+        owner=owner,
+        name=name,
+        file=SimpleUploadedFile("model.bin", content),
+        sample=SimpleUploadedFile("sample.csv", sample) if sample is not None else None,
+        packages=packages,
+    )
+    return outcome.model_version
+
+
+def inspect(model_version: ModelVersion) -> ModelVersion:
+    return model_version_inspect(model_version=model_version)
+
+
+def r_predict(model_path: Path, rows: list[dict[str, Any]], schema: dict[str, Any]) -> list[Any]:
+    """What R's own predict() says for `rows`, outside rdeploy's runtime entirely."""
+    script = """
+    args <- commandArgs(trailingOnly = TRUE)
+    suppressPackageStartupMessages({
+      library(jsonlite); library(randomForest); library(ranger); library(rpart); library(e1071)
+    })
+    m <- readRDS(args[1]); d <- fromJSON(args[2]); schema <- fromJSON(args[3], simplifyVector = FALSE)
+    for (column in schema$columns) {
+      if (!is.null(column$levels)) d[[column$name]] <- factor(d[[column$name]], levels = unlist(column$levels))
+    }
+    p <- if (inherits(m, "ranger")) {
+      predict(m, data = d)$predictions
+    } else if (inherits(m, "glm")) {
+      predict(m, d, type = "response")
+    } else {
+      predict(m, d)
+    }
+    if (is.factor(p)) p <- as.character(p)
+    cat(toJSON(unname(p), digits = NA))
+    """
+    out = subprocess.run(
+        [settings.RSCRIPT, "--vanilla", "-e", script, str(model_path), json.dumps(rows), json.dumps(schema)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return list(json.loads(out.stdout))
+
+
+def assert_same_predictions(actual: list[Any], wanted: list[Any]) -> None:
+    assert len(actual) == len(wanted)
+    for got, want in zip(actual, wanted, strict=True):
+        if isinstance(want, float):
+            assert got == pytest.approx(want, rel=1e-9)
+        else:
+            assert got == want
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_inspection_with_a_sample_predicts_what_r_predicts_for_its_rows(
+    owner: User, trained_models: Path, case: str
+) -> None:
+    model_class, packages, kind, types = CASES[case]
+    case_dir = trained_models / case
+    wanted = expected(case_dir)
+
+    version = inspect(
+        upload(owner, case.replace("_", "-"), (case_dir / "model.rds").read_bytes(), sample=rows_as_csv(wanted["rows"]))
+    )
+
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    inspection = version.inspection
+    assert model_class in inspection["class"]
+    assert [p["name"] for p in inspection["packages"]["required"]] == packages
+    assert all(p["version"] for p in inspection["packages"]["required"])
+    columns = {c["name"]: c for c in inspection["schema"]["columns"]}
+    assert list(columns) == list(wanted["rows"][0])
+    for column, column_type in types.items():
+        assert columns[column]["type"] == column_type
+    assert inspection["prediction"]["kind"] == kind
+    # The example request is the sample's first rows (at most 5).
+    assert inspection["example"]["payload"] == wanted["rows"][:5]
+    assert_same_predictions(inspection["example"]["predictions"]["predictions"], wanted["predictions"][:5])
+    assert inspection["r_version"]["reader"] == inspection["r_version"]["writer"]
+    assert inspection["rdeploy_json"]["schema"] == inspection["schema"]
+    assert inspection["timings"]["total"] > 0
+
+
+@pytest.mark.parametrize("case", ["glm_binomial", "randomforest", "ranger"])
+def test_without_a_sample_the_schema_comes_from_the_model_and_the_example_is_synthesized(
+    owner: User, trained_models: Path, case: str
+) -> None:
+    model_path = trained_models / case / "model.rds"
+
+    version = inspect(upload(owner, case.replace("_", "-"), model_path.read_bytes()))
+
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    assert version.inspection["schema_source"] == "model"
+    payload = version.inspection["example"]["payload"]
+    assert len(payload) == 1
+    assert_same_predictions(
+        version.inspection["example"]["predictions"]["predictions"],
+        r_predict(model_path, payload, version.inspection["schema"]),
+    )
+
+
+def test_the_glm_factor_levels_are_recorded_in_training_order(owner: User, trained_models: Path) -> None:
+    version = inspect(upload(owner, "glm", (trained_models / "glm_binomial" / "model.rds").read_bytes()))
+
+    group = next(c for c in version.inspection["schema"]["columns"] if c["name"] == "group")
+    assert group == {"name": "group", "type": "factor", "levels": ["low", "mid", "high"]}
+    assert version.inspection["prediction"]["probabilities"] is True
+
+
+def test_a_bundle_with_predict_r_takes_its_schema_from_the_sample(owner: User, trained_models: Path) -> None:
+    case_dir = trained_models / "bundle_log_dose"
+    wanted = expected(case_dir)
+    bundle = tar_gz(
+        {"model.rds": (case_dir / "model.rds").read_bytes(), "predict.R": (case_dir / "predict.R").read_bytes()}
+    )
+
+    version = inspect(upload(owner, "dose", bundle, sample=rows_as_csv(wanted["rows"])))
+
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    assert version.inspection["hooks"] == ["predict_fn"]
+    assert version.inspection["schema_source"] == "sample"
+    assert version.inspection["schema"] == {"columns": [{"name": "dose", "type": "numeric"}]}
+    assert_same_predictions(version.inspection["example"]["predictions"]["predictions"], wanted["predictions"])
+
+
+def test_a_ready_version_materializes_a_directory_the_runtime_serves(
+    owner: User, trained_models: Path, tmp_path: Path
+) -> None:
+    version = inspect(upload(owner, "forest", (trained_models / "randomforest" / "model.rds").read_bytes()))
+
+    directory = model_version_materialize(model_version=version, destination=tmp_path / "model")
+
+    config = json.loads((directory / "rdeploy.json").read_text())
+    assert config["packages"] == [{"name": "randomForest", "version": config["packages"][0]["version"]}]
+    assert config["prediction"] == {"kind": "class"}
+    assert [c["name"] for c in config["schema"]["columns"]] == [
+        "Sepal.Length",
+        "Sepal.Width",
+        "Petal.Length",
+        "Petal.Width",
+    ]
+
+
+def r_object(tmp_path: Path, expression: str) -> bytes:
+    path = tmp_path / "object.rds"
+    subprocess.run(
+        [settings.RSCRIPT, "--vanilla", "-e", f"saveRDS({expression}, '{path}')"], check=True, capture_output=True
+    )
+    return path.read_bytes()
+
+
+def test_an_object_without_a_predict_method_is_not_a_model(owner: User, tmp_path: Path) -> None:
+    version = inspect(upload(owner, "iris-data", r_object(tmp_path, "iris")))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.status_reason.startswith("not an R model: an object of class data.frame has no predict() method")
+
+
+def test_a_model_needing_a_missing_package_names_it_and_how_to_fix_it(
+    owner: User, tmp_path: Path, settings: Any
+) -> None:
+    settings.CRAN_REPO = None
+    model = r_object(tmp_path, 'structure(list(handle = NULL), class = "xgb.Booster")')
+
+    version = inspect(upload(owner, "boosted", model))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert "xgboost" in version.status_reason
+    assert "RDEPLOY_CRAN_REPO" in version.status_reason
+    assert version.inspection["missing_packages"] == ["xgboost"]
+
+
+def test_a_requested_package_that_is_missing_is_named(owner: User, trained_models: Path, settings: Any) -> None:
+    settings.CRAN_REPO = None
+
+    version = inspect(
+        upload(owner, "lm", (trained_models / "lm" / "model.rds").read_bytes(), packages="jsonlite, notapackage42")
+    )
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert "notapackage42" in version.status_reason
+    assert "jsonlite" not in version.inspection["missing_packages"]
+
+
+def test_predict_failing_on_the_sample_gives_rs_error_message(owner: User, trained_models: Path) -> None:
+    model = (trained_models / "lm" / "model.rds").read_bytes()
+    bundle = tar_gz(
+        {"model.rds": model, "predict.R": b"predict_fn <- function(model, data) stop('wt must be positive')\n"}
+    )
+
+    version = inspect(upload(owner, "failing", bundle, sample=b"wt,hp\n2.5,110\n"))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.status_reason.startswith("predict() failed on the example input")
+    assert "wt must be positive" in version.status_reason
+
+
+def test_a_sample_that_does_not_fit_the_model_is_explained(owner: User, trained_models: Path) -> None:
+    version = inspect(
+        upload(owner, "glm", (trained_models / "glm_binomial" / "model.rds").read_bytes(), sample=b"x,group\n1,huge\n")
+    )
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert "the sample does not fit the model's inputs" in version.status_reason
+    assert "unknown level 'huge'" in version.status_reason
+
+
+def test_a_model_that_loads_too_slowly_times_out(owner: User, trained_models: Path, settings: Any) -> None:
+    settings.INSPECT_TIMEOUT_SECONDS = 3
+    model = (trained_models / "lm" / "model.rds").read_bytes()
+    bundle = tar_gz(
+        {
+            "model.rds": model,
+            "predict.R": b"load_fn <- function(d) { Sys.sleep(60); readRDS(file.path(d, 'model.rds')) }\n",
+        }
+    )
+
+    version = inspect(upload(owner, "slow", bundle))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.status_reason.startswith("inspection did not finish within 3 s")
+    assert version.inspection["timings"]["r"] < 10
+
+
+def test_a_model_that_needs_too_much_memory_is_invalid(owner: User, trained_models: Path, settings: Any) -> None:
+    settings.INSPECT_MEMORY_BYTES = 1024**3
+    model = (trained_models / "lm" / "model.rds").read_bytes()
+    bundle = tar_gz(
+        {
+            "model.rds": model,
+            "predict.R": b"load_fn <- function(d) { big <- numeric(4e8); readRDS(file.path(d, 'model.rds')) }\n",
+        }
+    )
+
+    version = inspect(upload(owner, "hungry", bundle))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert "out of memory" in version.status_reason
+
+
+def test_inspecting_a_version_that_is_already_done_changes_nothing(owner: User, trained_models: Path) -> None:
+    version = inspect(upload(owner, "lm", (trained_models / "lm" / "model.rds").read_bytes()))
+    inspected_at = version.inspected_at
+
+    again = inspect(version)
+
+    assert again.status == ModelVersion.Status.READY
+    assert again.inspected_at == inspected_at
