@@ -124,6 +124,7 @@ def endpoint_create(
             public_url=f"{base}/e/{name}/invocations" if public else "",
         )
         deployment_start(endpoint=endpoint, model_version=model_version, kind=Deployment.Kind.CREATE)
+    gateway.route_forget(name)
     return IssuedEndpoint(endpoint=endpoint, api_key=key)
 
 
@@ -169,6 +170,7 @@ def endpoint_delete(*, endpoint: Endpoint) -> Deployment | None:
         Endpoint.objects.filter(pk=locked.pk).update(status=Endpoint.Status.DELETING, updated_at=timezone.now())
         model_version = locked.model_version or locked.current_deployment.model_version  # type: ignore[union-attr]
         deployment = deployment_start(endpoint=locked, model_version=model_version, kind=Deployment.Kind.DELETE)
+    gateway.route_forget(endpoint.name)
     endpoint.refresh_from_db()
     return deployment
 
@@ -180,6 +182,7 @@ def endpoint_rotate_key(*, endpoint: Endpoint) -> str:
     key, key_hash, key_prefix = _new_api_key()
     Endpoint.objects.filter(pk=endpoint.pk).update(api_key_hash=key_hash, api_key_prefix=key_prefix)
     endpoint.api_key_hash, endpoint.api_key_prefix = key_hash, key_prefix
+    gateway.route_forget(endpoint.name)
     LogLine.objects.create(endpoint=endpoint, source=LogLine.Source.GATEWAY, message="The public API key was rotated.")
     return key
 

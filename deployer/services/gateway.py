@@ -92,6 +92,11 @@ def route_for(name: str) -> Route | None:
     return _load_route(name)
 
 
+def route_forget(name: str) -> None:
+    """Drop this process's cached route (the endpoint changed here)."""
+    _routes.pop(name, None)
+
+
 def _error(status: int, message: str, **headers: str) -> InvocationResult:
     return InvocationResult(status=status, body=json.dumps({"message": message}).encode(), headers={**JSON, **headers})
 
