@@ -20,7 +20,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import Storage, storages
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q
+from django.db.models import Max, ProtectedError, Q
 from django.utils import timezone
 
 from deployer import artifacts
@@ -213,9 +213,14 @@ def model_version_delete(*, model_version: ModelVersion) -> None:
             if stored_name:
                 storage.delete(stored_name)
 
-    with transaction.atomic():
-        model_version.delete()
-        transaction.on_commit(delete_files)
+    try:
+        with transaction.atomic():
+            model_version.delete()
+            transaction.on_commit(delete_files)
+    except ProtectedError as exc:
+        # E.g. a deleted endpoint's row still records the version it last served.
+        holders = ", ".join(sorted({str(obj) for obj in exc.protected_objects}))
+        raise ModelVersionInUse(f"{model_version} is still referenced by: {holders}") from exc
 
 
 # ---- Materializing the model directory ---------------------------------------------------

@@ -1,0 +1,319 @@
+"""`/api/v1/models/`: upload, refusals, idempotency, permissions, deletion, and the real
+Celery worker taking an upload to `ready`."""
+
+import hashlib
+import io
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from deployer.models import Endpoint, ModelVersion
+from deployer.tests import intake_support
+from deployer.tests.intake_support import expected, rows_as_csv, tar_gz, zip_bytes
+from testsupport.factories import make_endpoint
+
+trained_models = intake_support.trained_models
+URL = "/api/v1/models/"
+
+
+@pytest.fixture(scope="module")
+def lm_rds(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("lm") / "model.rds"
+    subprocess.run(
+        [settings.RSCRIPT, "--vanilla", "-e", f"saveRDS(lm(mpg ~ wt, data = mtcars), '{path}')"],
+        check=True,
+        capture_output=True,
+    )
+    return path.read_bytes()
+
+
+def post(client: APIClient, name: str, content: bytes, **extra: Any) -> Any:
+    data = {"name": name, "file": SimpleUploadedFile("upload.bin", content), **extra}
+    return client.post(URL, data, format="multipart")
+
+
+def stored_files() -> set[Path]:
+    root = Path(settings.DATA_DIR) / "artifacts" / "models"
+    return {path for path in root.rglob("*") if path.is_file()} if root.exists() else set()
+
+
+@pytest.fixture
+def new_files() -> Any:
+    """new_files() -> artifact files stored since the test began (the data dir is per session)."""
+    before = stored_files()
+    return lambda: stored_files() - before
+
+
+def upload_temp_files() -> list[Path]:
+    return [path for path in Path(settings.FILE_UPLOAD_TEMP_DIR).iterdir() if path.name.endswith(".upload")]
+
+
+@pytest.mark.django_db
+def test_uploading_an_rds_answers_201_with_the_new_version(owner: User, api_client_for: Any, lm_rds: bytes) -> None:
+    response = post(api_client_for(owner), "cars", lm_rds, packages="jsonlite")
+
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["name"] == "cars"
+    assert body["version"] == 1
+    assert body["status"] == "inspecting"
+    assert body["sha256"] == hashlib.sha256(lm_rds).hexdigest()
+    assert body["size"] == len(lm_rds)
+    assert body["artifact_kind"] == "rds"
+    assert body["requested_packages"] == ["jsonlite"]
+    version = ModelVersion.objects.get(pk=body["id"])
+    assert version.artifact.read() == lm_rds
+    assert not upload_temp_files()
+
+
+@pytest.mark.django_db
+def test_uploading_the_same_bytes_again_returns_the_existing_version(
+    owner: User, api_client_for: Any, lm_rds: bytes, new_files: Any
+) -> None:
+    client = api_client_for(owner)
+    first = post(client, "cars", lm_rds).json()
+
+    again = post(client, "cars", lm_rds)
+
+    assert again.status_code == 200
+    assert again.json()["id"] == first["id"]
+    assert ModelVersion.objects.filter(owner=owner, name="cars").count() == 1
+    assert len(new_files()) == 1
+
+
+@pytest.mark.django_db
+def test_new_bytes_under_the_same_name_become_the_next_version(owner: User, api_client_for: Any, lm_rds: bytes) -> None:
+    client = api_client_for(owner)
+    post(client, "cars", lm_rds)
+
+    bundle = post(client, "cars", tar_gz({"model.rds": lm_rds, "predict.R": b"# hooks\n"}))
+
+    assert bundle.status_code == 201
+    assert (bundle.json()["version"], bundle.json()["artifact_kind"]) == (2, "tar.gz")
+
+
+def _symlink_tar(model: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("model.rds")
+        info.size = len(model)
+        archive.addfile(info, io.BytesIO(model))
+        link = tarfile.TarInfo("secrets")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        archive.addfile(link)
+    return buffer.getvalue()
+
+
+def _device_tar(model: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("model.rds")
+        info.size = len(model)
+        archive.addfile(info, io.BytesIO(model))
+        device = tarfile.TarInfo("disk")
+        device.type = tarfile.BLKTYPE
+        archive.addfile(device)
+    return buffer.getvalue()
+
+
+REFUSALS = [
+    ("Bad_Name", lambda m: m, {}, "invalid name 'Bad_Name'"),
+    ("-leading-hyphen", lambda m: m, {}, "invalid name"),
+    ("ok", lambda m: b"just some text", {}, "unrecognised file format"),
+    ("ok", lambda m: b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage", {}, "corrupt"),
+    ("ok", lambda m: tar_gz({"predict.R": b"x"}), {}, "no model.rds"),
+    ("ok", lambda m: tar_gz({"model.rds": m})[:-100], {}, "corrupt"),
+    ("ok", lambda m: zip_bytes({"model.rds": m})[:-40], {}, "corrupt"),
+    ("ok", lambda m: tar_gz({"/abs/model.rds": m}), {}, "absolute path"),
+    ("ok", lambda m: zip_bytes({"model.rds": m, "../../x.R": b"x"}), {}, "outside the bundle"),
+    ("ok", _symlink_tar, {}, "is a link"),
+    ("ok", _device_tar, {}, "device or FIFO"),
+    ("ok", lambda m: tar_gz({"model.rds": m, **{f"{i}.txt": b"" for i in range(12)}}), {}, "more than 10 members"),
+    ("ok", lambda m: tar_gz({"model.rds": m, "zeros": bytes(300_000)}), {}, "unpacks to more than 200000 bytes"),
+    ("ok", lambda m: m, {"packages": "good, not a package!"}, "'not a package!' is not a valid R package name"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("name", "build", "extra", "message"), REFUSALS)
+def test_refused_uploads_answer_400_saying_why_and_leave_nothing_behind(
+    owner: User,
+    api_client_for: Any,
+    lm_rds: bytes,
+    settings: Any,
+    new_files: Any,
+    name: str,
+    build: Any,
+    extra: Any,
+    message: str,
+) -> None:
+    settings.MAX_BUNDLE_MEMBERS = 10
+    settings.MAX_UNPACKED_BYTES = 200_000
+
+    response = post(api_client_for(owner), name, build(lm_rds), **extra)
+
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert not ModelVersion.objects.exists()
+    assert not new_files()
+    assert not upload_temp_files()
+
+
+@pytest.mark.django_db
+def test_an_rdata_workspace_is_refused_with_advice(owner: User, api_client_for: Any, tmp_path: Path) -> None:
+    path = tmp_path / "ws.RData"
+    subprocess.run(
+        [settings.RSCRIPT, "--vanilla", "-e", f"m <- lm(mpg ~ wt, mtcars); save(m, file = '{path}')"], check=True
+    )
+
+    response = post(api_client_for(owner), "ws", path.read_bytes())
+
+    assert response.status_code == 400
+    assert "saveRDS(model, 'model.rds')" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_an_upload_above_the_limit_answers_413_while_streaming(
+    owner: User, api_client_for: Any, lm_rds: bytes, settings: Any, new_files: Any
+) -> None:
+    settings.MAX_UPLOAD_BYTES = 1000
+
+    response = post(api_client_for(owner), "big", lm_rds + bytes(5000))
+
+    assert response.status_code == 413
+    assert "RDEPLOY_MAX_UPLOAD_BYTES" in response.json()["detail"]
+    assert not ModelVersion.objects.exists()
+    assert not new_files()
+    assert not upload_temp_files()
+
+
+@pytest.mark.django_db
+def test_a_request_whose_length_is_over_the_limit_is_refused_before_it_is_read(
+    owner: User, api_client_for: Any, settings: Any
+) -> None:
+    settings.MAX_UPLOAD_BYTES = 1000
+
+    response = api_client_for(owner).generic(
+        "POST", URL, b"x" * 16, content_type="multipart/form-data; boundary=b", CONTENT_LENGTH=str(64 * 1024**2)
+    )
+
+    assert response.status_code == 413
+
+
+@pytest.mark.django_db
+def test_a_sample_is_stored_beside_the_model(owner: User, api_client_for: Any, lm_rds: bytes) -> None:
+    response = post(api_client_for(owner), "cars", lm_rds, sample=SimpleUploadedFile("rows.csv", b"wt\n2.5\n3.1\n"))
+
+    assert response.status_code == 201
+    assert ModelVersion.objects.get(pk=response.json()["id"]).sample.read() == b"wt\n2.5\n3.1\n"
+
+
+@pytest.mark.django_db
+def test_other_users_cannot_see_or_delete_a_model(
+    owner: User, colleague: User, staff: User, api_client_for: Any, lm_rds: bytes
+) -> None:
+    created = post(api_client_for(owner), "cars", lm_rds).json()
+    detail = f"{URL}{created['id']}/"
+    outsider = api_client_for(colleague)
+
+    assert outsider.get(detail).status_code == 404
+    assert outsider.delete(detail).status_code == 404
+    assert outsider.get(URL).json()["results"] == []
+    assert api_client_for(owner).get(detail).json()["id"] == created["id"]
+    assert [m["id"] for m in api_client_for(staff).get(URL).json()["results"]] == [created["id"]]
+    assert APIClient().get(detail).status_code == 401
+
+
+@pytest.mark.django_db
+def test_the_list_filters_by_name(owner: User, api_client_for: Any, lm_rds: bytes) -> None:
+    client = api_client_for(owner)
+    post(client, "cars", lm_rds)
+    post(client, "trucks", lm_rds)
+
+    assert [m["name"] for m in client.get(URL, {"name": "trucks"}).json()["results"]] == ["trucks"]
+
+
+@pytest.mark.django_db
+def test_deleting_a_model_removes_its_row(owner: User, api_client_for: Any, lm_rds: bytes) -> None:
+    client = api_client_for(owner)
+    created = post(client, "cars", lm_rds, sample=SimpleUploadedFile("rows.csv", b"wt\n2.5\n")).json()
+
+    response = client.delete(f"{URL}{created['id']}/")
+
+    assert response.status_code == 204
+    assert not ModelVersion.objects.filter(pk=created["id"]).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_model_deletes_its_stored_files_after_commit(
+    owner: User, api_client_for: Any, lm_rds: bytes, new_files: Any
+) -> None:
+    client = api_client_for(owner)
+    created = post(client, "cars", lm_rds, sample=SimpleUploadedFile("rows.csv", b"wt\n2.5\n")).json()
+    assert len(new_files()) == 2
+
+    assert client.delete(f"{URL}{created['id']}/").status_code == 204
+
+    assert new_files() == set()
+
+
+@pytest.mark.django_db
+def test_deleting_a_model_an_endpoint_serves_answers_409(owner: User, api_client_for: Any, lm_rds: bytes) -> None:
+    client = api_client_for(owner)
+    created = post(client, "cars", lm_rds).json()
+    make_endpoint(owner, "cars-prod", model_version=ModelVersion.objects.get(pk=created["id"]), status="live")
+
+    response = client.delete(f"{URL}{created['id']}/")
+
+    assert response.status_code == 409
+    assert "cars-prod" in response.json()["detail"]
+    assert ModelVersion.objects.filter(pk=created["id"]).exists()
+    Endpoint.objects.update(status=Endpoint.Status.DELETED)
+    assert client.delete(f"{URL}{created['id']}/").status_code == 409
+    Endpoint.objects.all().delete()
+    assert client.delete(f"{URL}{created['id']}/").status_code == 204
+
+
+def wait_for_verdict(client: APIClient, model_id: int, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = client.get(f"{URL}{model_id}/").json()
+        if body["status"] != "inspecting":
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"model {model_id} still inspecting after {timeout} s")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_an_uploaded_random_forest_is_inspected_by_the_worker_and_becomes_ready(
+    owner: User, api_client_for: Any, trained_models: Path, celery_worker: Any
+) -> None:
+    case_dir = trained_models / "randomforest"
+    wanted = expected(case_dir)
+    client = api_client_for(owner)
+    started = time.monotonic()
+
+    created = post(
+        client,
+        "iris-forest",
+        (case_dir / "model.rds").read_bytes(),
+        sample=SimpleUploadedFile("rows.csv", rows_as_csv(wanted["rows"])),
+    )
+    body = wait_for_verdict(client, created.json()["id"])
+    elapsed = time.monotonic() - started
+
+    assert created.status_code == 201
+    assert body["status"] == "ready", body["status_reason"]
+    assert body["inspection"]["example"]["predictions"]["predictions"] == wanted["predictions"]
+    assert body["inspection"]["packages"]["required"][0]["name"] == "randomForest"
+    # The issue's goal is 3 s; the bound here leaves room for a loaded CI machine.
+    assert elapsed < 15
