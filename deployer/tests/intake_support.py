@@ -1,5 +1,5 @@
 """Shared helpers for the model-intake tests: real models trained by R at test time
-(the runtime's own training script) and hand-built archives, good and hostile."""
+(deployer/tests/train_models.R) and hand-built archives, good and hostile."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-TRAIN_SCRIPT = Path(settings.BASE_DIR) / "container_templates" / "tests" / "train_models.R"
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train_models.R"
 
 
 @pytest.fixture(scope="session")
