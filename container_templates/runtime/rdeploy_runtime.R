@@ -62,9 +62,10 @@
 #       one prediction per line for text/csv (probabilities with a header).
 #       Raises rdeploy_not_acceptable (406) for other Accept values.
 #
-#   rd_handle_request(bundle, method, path, body, headers, max_body)
-#       The whole HTTP exchange for the server: returns
-#       list(status, body, content_type). Errors become {"error": "..."}.
+#   rd_handle_request(bundle, method, path, body, headers, max_body = 6291456)
+#       The whole HTTP exchange for the server: body is raw (or NULL), headers
+#       the raw header block as one string ("Name: value" lines). Returns
+#       list(status, body, content_type); errors become {"error": "..."}.
 #
 #   rd_status_for(condition) -> HTTP status for a condition:
 #       rdeploy_bad_input 400, rdeploy_too_large 413, rdeploy_unsupported_type
@@ -655,10 +656,7 @@ rd_invocation <- function(bundle, body, headers) {
   list(status = 200L, body = out$body, content_type = out$content_type)
 }
 
-# acquire/release: optional functions bounding concurrent predictions (the
-# server passes a file-lock semaphore; tests and the inspection step need none).
-rd_handle_request <- function(bundle, method, path, body, headers, max_body = 6291456,
-                              acquire = function() NULL, release = function(token) NULL) {
+rd_handle_request <- function(bundle, method, path, body, headers, max_body = 6291456) {
   if (path == "/ping") {
     if (method %in% c("GET", "HEAD")) return(list(status = 200L, body = "", content_type = "text/plain"))
     return(rd_json_error(405L, "use GET /ping"))
@@ -669,8 +667,6 @@ rd_handle_request <- function(bundle, method, path, body, headers, max_body = 62
   if (length(body) > max_body) {
     return(rd_json_error(413L, sprintf("request body of %d bytes is above the limit of %d bytes", length(body), max_body)))
   }
-  token <- acquire()
-  on.exit(release(token))
   tryCatch(
     rd_invocation(bundle, body, headers),
     error = function(e) rd_json_error(rd_status_for(e), conditionMessage(e))
