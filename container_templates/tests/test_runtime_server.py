@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -188,10 +189,8 @@ def test_ping_is_503_while_the_model_loads_then_200(models: Path, start_server: 
     statuses: list[int] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and 200 not in statuses:
-        try:
+        with contextlib.suppress(OSError):  # not listening yet
             statuses.append(server.request("GET", "/ping", timeout=2).status)
-        except OSError:
-            pass  # not listening yet
         time.sleep(0.1)
     assert 503 in statuses
     assert statuses[-1] == 200

