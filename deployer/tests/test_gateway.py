@@ -1,0 +1,148 @@
+"""The public route /e/<name>/invocations: key, body limit, per-key throttle, forwarding.
+
+A stand-in runtime (a tiny HTTP server echoing what reached it) takes the place of R
+here; the end-to-end tests put the real R runtime behind the same route."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from deployer.models import Endpoint, ModelVersion
+from deployer.services import gateway
+from deployer.services.endpoints import endpoint_create, endpoint_rotate_key
+from testsupport.factories import make_model_version
+
+pytestmark = pytest.mark.django_db
+
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        payload = json.dumps({"headers": dict(self.headers.items()), "body": body.decode()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def echo_port() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield int(server.server_address[1])
+    server.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_routes() -> None:
+    gateway._routes.clear()
+
+
+def live_public(owner: User, name: str, port: int, **options: object) -> str:
+    model = make_model_version(owner, status=ModelVersion.Status.READY)
+    issued = endpoint_create(owner=owner, name=name, model_version=model, public=True, options=options)
+    Endpoint.objects.filter(pk=issued.endpoint.pk).update(status=Endpoint.Status.LIVE, runtime={"port": port})
+    assert issued.api_key
+    return issued.api_key
+
+
+def call(name: str, key: str | None, body: bytes = b"a,b\n1,2\n", **headers: str) -> tuple[int, dict[str, object]]:
+    extra: dict[str, Any] = {**headers, **({"HTTP_X_API_KEY": key} if key is not None else {})}
+    response = Client().post(f"/e/{name}/invocations", body, content_type="text/csv", **extra)
+    return response.status_code, response.json() | {"_headers": dict(response.headers)}
+
+
+def test_the_right_key_reaches_the_runtime_with_only_the_forwarded_headers(owner: User, echo_port: int) -> None:
+    key = live_public(owner, "open", echo_port)
+    status, body = call(
+        "open",
+        key,
+        HTTP_ACCEPT="text/csv",
+        HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES="type=prob",
+        HTTP_COOKIE="sessionid=secret",
+        HTTP_AUTHORIZATION="Token rdp_secret",
+    )
+    assert status == 200
+    assert body["body"] == "a,b\n1,2\n"
+    received = {name.lower(): value for name, value in body["headers"].items()}  # type: ignore[attr-defined]
+    assert received["content-type"] == "text/csv"
+    assert received["accept"] == "text/csv"
+    assert received["x-amzn-sagemaker-custom-attributes"] == "type=prob"
+    assert not {"x-api-key", "cookie", "authorization"} & set(received)
+    assert float(body["_headers"]["X-Rdeploy-Runtime-Ms"]) > 0  # type: ignore[index]
+
+
+def test_wrong_missing_or_old_keys_and_unknown_or_private_endpoints_all_get_the_same_403(
+    owner: User, echo_port: int
+) -> None:
+    key = live_public(owner, "open", echo_port)
+    model = make_model_version(owner, status=ModelVersion.Status.READY)
+    endpoint_create(owner=owner, name="private", model_version=model)
+    Endpoint.objects.filter(name="private").update(status=Endpoint.Status.LIVE, runtime={"port": echo_port})
+
+    answers = [
+        call("open", "rdk_wrong"),
+        call("open", None),
+        call("open", ""),
+        call("nowhere", key),
+        call("private", key),
+    ]
+    endpoint_rotate_key(endpoint=Endpoint.objects.get(name="open"))
+    answers.append(call("open", key))
+
+    for status, body in answers:
+        assert status == 403
+        assert {k: v for k, v in body.items() if k != "_headers"} == {"message": "Forbidden"}
+    assert Client().get("/e/open/invocations", HTTP_X_API_KEY=key).status_code == 403
+
+
+def test_requests_above_the_rate_and_burst_get_429_until_the_bucket_refills(owner: User, echo_port: int) -> None:
+    key = live_public(owner, "limited", echo_port, throttle={"rate": 2, "burst": 3})
+
+    statuses = [call("limited", key)[0] for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    status, body = call("limited", key)
+    assert status == 429
+    assert body["message"] == "Too Many Requests"
+    assert int(body["_headers"]["Retry-After"]) >= 1  # type: ignore[index]
+
+    time.sleep(0.6)  # 2 tokens per second: one token back
+    assert [call("limited", key)[0] for _ in range(2)] == [200, 429]
+
+
+def test_each_key_has_its_own_bucket(owner: User, echo_port: int) -> None:
+    first = live_public(owner, "one", echo_port, throttle={"rate": 1, "burst": 1})
+    second = live_public(owner, "two", echo_port, throttle={"rate": 1, "burst": 1})
+    assert [call("one", first)[0], call("one", first)[0]] == [200, 429]
+    assert call("two", second)[0] == 200
+
+
+def test_bodies_above_sagemakers_limit_are_refused_before_they_are_read(owner: User, echo_port: int) -> None:
+    key = live_public(owner, "big", echo_port)
+    status, body = call("big", key, body=b"x" * (gateway.MAX_BODY_BYTES + 1))
+    assert status == 413
+    assert "larger than" in str(body["message"])
+
+
+def test_a_route_whose_runtime_vanished_is_a_503_not_a_crash(owner: User) -> None:
+    from deployer.integrations.processes import free_port
+
+    key = live_public(owner, "vanished", free_port())
+    status, body = call("vanished", key)
+    assert status == 503
+    assert "not answering" in str(body["message"])

@@ -1,0 +1,192 @@
+"""Fault tests: SIGKILL the Celery worker inside each step, restart it, and the deployment
+completes (steps are idempotent; the reconciler resumes it once the lease expires) with
+nothing left behind. Also: the reconciler brings a killed runtime back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+
+from deployer.integrations import processes
+from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource
+from deployer.services import gateway
+from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
+from deployer.services.pipeline import pipeline_reconcile
+from deployer.targets import get_target
+from deployer.targets.local import endpoint_dir
+from deployer.tests.pipeline_support import (
+    expected,
+    ready_model,
+    rows_csv,
+    stop_everything,
+    train_iris_models,
+    wait_for,
+)
+from testsupport.services import CeleryWorker
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+# A short lease so a killed step is resumed within seconds, and a pause after each step's
+# work (before its outcome is saved) that is the window the worker is killed in.
+FAULT_ENV = {"RDEPLOY_PIPELINE_LEASE_SECONDS": "5", "RDEPLOY_PIPELINE_FAULT_PAUSE_MS": "700"}
+
+
+class FaultyWorker(CeleryWorker):
+    def start(self) -> None:
+        saved = {name: os.environ.get(name) for name in FAULT_ENV}
+        os.environ.update(FAULT_ENV)
+        try:
+            super().start()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def faulty_worker(celery_worker: CeleryWorker) -> Iterator[FaultyWorker]:
+    """The only worker while these tests run (the session's is stopped meanwhile)."""
+    celery_worker.stop()
+    worker = FaultyWorker(settings.DATABASES["default"]["NAME"], Path(settings.DATA_DIR) / "faulty-worker.log")
+    worker.start()
+    yield worker
+    worker.stop()
+    celery_worker.start()
+
+
+@pytest.fixture(scope="module")
+def iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_iris_models(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> Iterator[None]:
+    gateway._routes.clear()
+    yield
+    stop_everything(list(Endpoint.objects.values_list("name", flat=True)))
+
+
+def kill_in_step(worker: FaultyWorker, deployment: Deployment, step: str) -> None:
+    """SIGKILL the worker while it is inside ``step``, after the step's work, then restart it."""
+    wait_for(
+        lambda: deployment.steps.filter(name=step, status=DeploymentStep.Status.RUNNING).exists(),
+        interval=0.01,
+        timeout=60,
+        what=f"step {step} to run",
+    )
+    time.sleep(0.35)
+    worker.kill()
+    worker.start()
+
+
+def finish(deployment: Deployment, *, timeout: float = 90) -> Deployment:
+    """Let the reconciler (as beat would run it) resume the deployment until it is done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        deployment.refresh_from_db()
+        if deployment.is_terminal:
+            return deployment
+        assert time.monotonic() < deadline, f"deployment still {deployment.status}"
+        pipeline_reconcile()
+        time.sleep(1)
+
+
+def live_processes(endpoint: Endpoint) -> list[str]:
+    return sorted(
+        resource.identifier
+        for resource in ExternalResource.objects.filter(endpoint=endpoint, kind="process", deleted_at__isnull=True)
+    )
+
+
+def test_a_worker_killed_in_any_step_of_an_update_leaves_an_update_that_completes(
+    owner: User, iris_models: Path, faulty_worker: FaultyWorker
+) -> None:
+    truth = expected(iris_models)
+    versions = {"v1": ready_model(owner, iris_models, "v1"), "v2": ready_model(owner, iris_models, "v2")}
+    issued = endpoint_create(owner=owner, name="tough", model_version=versions["v1"])
+    assert finish(issued.endpoint.current_deployment).status == Deployment.Status.SUCCEEDED  # type: ignore[arg-type]
+    current = "v1"
+
+    for step in get_target("local").steps(Deployment.Kind.UPDATE, public=False):
+        new = "v2" if current == "v1" else "v1"
+        update = endpoint_update(endpoint=issued.endpoint, model_version=versions[new])
+        kill_in_step(faulty_worker, update, step)
+
+        update = finish(update)
+
+        assert update.status == Deployment.Status.SUCCEEDED, f"killed in {step}: {update.error}"
+        endpoint = Endpoint.objects.get(name="tough")
+        assert endpoint.status == Endpoint.Status.LIVE
+        assert endpoint.model_version == versions[new]
+        gateway._routes.clear()
+        result = endpoint_invoke(
+            user=owner, name="tough", body=rows_csv(truth["rows"]), headers={"Content-Type": "text/csv"}
+        )
+        assert result is not None
+        assert result.status == 200, f"killed in {step}: {result.body!r}"
+        assert truth[new][0] in result.body.decode()
+        # One runtime serves; the previous one and any half-started one are gone.
+        assert live_processes(endpoint) == [endpoint.runtime["process"]], f"killed in {step}"
+        others = Deployment.objects.filter(endpoint=endpoint).exclude(pk=endpoint.runtime["deployment"])
+        assert all(processes.find(f"tough-{other.pk}") == [] for other in others), f"killed in {step}"
+        current = new
+
+
+@pytest.mark.parametrize(
+    ("create_step", "delete_step"), [("prepare_model_dir", "stop_runtime"), ("start_runtime", "remove_files")]
+)
+def test_a_worker_killed_during_create_and_during_delete_still_finishes_both(
+    owner: User, iris_models: Path, faulty_worker: FaultyWorker, create_step: str, delete_step: str
+) -> None:
+    issued = endpoint_create(owner=owner, name="cycle", model_version=ready_model(owner, iris_models, "v1"))
+    create = issued.endpoint.current_deployment
+    assert create is not None
+    kill_in_step(faulty_worker, create, create_step)
+    assert finish(create).status == Deployment.Status.SUCCEEDED
+    runtime = Endpoint.objects.get(name="cycle").runtime
+
+    deletion = endpoint_delete(endpoint=issued.endpoint)
+    assert deletion is not None
+    kill_in_step(faulty_worker, deletion, delete_step)
+
+    assert finish(deletion).status == Deployment.Status.SUCCEEDED
+    assert Endpoint.objects.get(name="cycle").status == Endpoint.Status.DELETED
+    assert processes.find(runtime["process"]) == []
+    assert not processes.port_is_open(runtime["port"])
+    assert not endpoint_dir("cycle").exists()
+    assert not ExternalResource.objects.filter(endpoint__name="cycle", deleted_at__isnull=True).exists()
+
+
+def test_a_runtime_killed_while_the_worker_is_down_comes_back(
+    owner: User, iris_models: Path, faulty_worker: FaultyWorker
+) -> None:
+    truth = expected(iris_models)
+    issued = endpoint_create(owner=owner, name="lazarus", model_version=ready_model(owner, iris_models, "v1"))
+    assert finish(issued.endpoint.current_deployment).status == Deployment.Status.SUCCEEDED  # type: ignore[arg-type]
+    runtime = Endpoint.objects.get(name="lazarus").runtime
+    faulty_worker.kill()
+    for pid in processes.find(runtime["process"]):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    faulty_worker.start()
+
+    pipeline_reconcile()
+
+    def answers() -> bool:
+        gateway._routes.clear()
+        result = endpoint_invoke(
+            user=owner, name="lazarus", body=rows_csv(truth["rows"]), headers={"Content-Type": "text/csv"}
+        )
+        return result is not None and result.status == 200
+
+    wait_for(answers, timeout=30, what="the restarted runtime")
