@@ -112,17 +112,22 @@ def test_wrong_missing_or_old_keys_and_unknown_or_private_endpoints_all_get_the_
 
 
 def test_requests_above_the_rate_and_burst_get_429_until_the_bucket_refills(owner: User, echo_port: int) -> None:
-    key = live_public(owner, "limited", echo_port, throttle={"rate": 2, "burst": 3})
+    key = live_public(owner, "limited", echo_port, throttle={"rate": 1, "burst": 3})
 
+    started = time.monotonic()
     statuses = [call("limited", key)[0] for _ in range(5)]
-    assert statuses == [200, 200, 200, 429, 429]
+    elapsed = time.monotonic() - started
+    # The burst passes at once; then one token per second (at most one refilled meanwhile).
+    assert statuses[:3] == [200, 200, 200]
+    assert statuses.count(200) <= 3 + int(elapsed)
+    assert 429 in statuses
     status, body = call("limited", key)
     assert status == 429
     assert body["message"] == "Too Many Requests"
     assert int(body["_headers"]["Retry-After"]) >= 1  # type: ignore[index]
 
-    time.sleep(0.6)  # 2 tokens per second: one token back
-    assert [call("limited", key)[0] for _ in range(2)] == [200, 429]
+    time.sleep(1.1)  # one token back
+    assert call("limited", key)[0] == 200
 
 
 def test_each_key_has_its_own_bucket(owner: User, echo_port: int) -> None:
