@@ -1,0 +1,211 @@
+"""The REST contract of /api/v1/endpoints/ (issue 5), from the owner's, a colleague's and
+staff's side. No worker runs here: deployments are only recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
+
+from deployer.models import Deployment, Endpoint, LogLine, ModelVersion
+from deployer.services.endpoints import endpoint_create
+from testsupport.factories import make_model_version
+
+pytestmark = pytest.mark.django_db
+
+ClientFor = Callable[[User], APIClient]
+
+
+def ready(owner: User, name: str = "iris") -> ModelVersion:
+    return make_model_version(owner, name=name, status=ModelVersion.Status.READY)
+
+
+def test_creating_an_endpoint_answers_202_with_its_pending_steps(owner: User, api_client_for: ClientFor) -> None:
+    model = ready(owner)
+    response = api_client_for(owner).post("/api/v1/endpoints/", {"name": "iris-prod", "model": model.pk}, format="json")
+
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    assert body["name"] == "iris-prod"
+    assert body["target"] == "local"
+    assert body["status"] == "pending"
+    assert body["model"] == {"id": model.pk, "name": "iris", "version": 1}
+    assert [step["name"] for step in body["steps"]] == [
+        "prepare_model_dir",
+        "start_runtime",
+        "wait_healthy",
+        "smoke_test",
+        "switch_traffic",
+        "stop_previous",
+    ]
+    assert {step["status"] for step in body["steps"]} == {"pending"}
+    assert body["invoke_url"] == "http://testserver/api/v1/endpoints/iris-prod/invocations"
+    assert body["public_url"] == ""
+    assert body["error"] == ""
+    assert "api_key" not in body
+
+
+def test_a_public_endpoint_shows_its_key_once_and_stores_only_its_hash(owner: User, api_client_for: ClientFor) -> None:
+    client = api_client_for(owner)
+    body = client.post(
+        "/api/v1/endpoints/", {"name": "open", "model": ready(owner).pk, "public": True}, format="json"
+    ).json()
+
+    key = body["api_key"]
+    assert key.startswith("rdk_")
+    assert body["public_url"] == "http://testserver/e/open/invocations"
+    endpoint = Endpoint.objects.get(name="open")
+    assert key not in str(Endpoint.objects.filter(pk=endpoint.pk).values().get())
+    assert "api_key" not in client.get("/api/v1/endpoints/open").json()
+
+    rotated = client.post("/api/v1/endpoints/open/rotate-key").json()["api_key"]
+    assert rotated != key
+    endpoint.refresh_from_db()
+    assert endpoint.api_key_prefix == rotated[:12]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"name": "Bad_Name"}, "name"),
+        ({"name": "-x"}, "name"),
+        ({"name": "ok", "target": "mainframe"}, "target"),
+        ({"name": "ok", "options": {"colour": "blue"}}, "options"),
+        ({"name": "ok", "options": {"workers": 0}}, "options"),
+        ({"name": "ok", "options": {"throttle": {"rate": -1}}}, "options"),
+    ],
+)
+def test_invalid_requests_are_400_naming_the_field(
+    owner: User, api_client_for: ClientFor, payload: dict[str, object], field: str
+) -> None:
+    response = api_client_for(owner).post("/api/v1/endpoints/", {"model": ready(owner).pk, **payload}, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not Endpoint.objects.exists()
+
+
+def test_a_model_that_is_not_ready_cannot_be_deployed(owner: User, api_client_for: ClientFor) -> None:
+    model = make_model_version(owner, status=ModelVersion.Status.INVALID, status_reason="predict() failed")
+    response = api_client_for(owner).post("/api/v1/endpoints/", {"name": "x", "model": model.pk}, format="json")
+    assert response.status_code == 400
+    assert "not ready: predict() failed" in response.json()["model"][0]
+
+
+def test_names_are_unique_in_the_installation(owner: User, colleague: User, api_client_for: ClientFor) -> None:
+    endpoint_create(owner=owner, name="taken", model_version=ready(owner))
+    response = api_client_for(colleague).post(
+        "/api/v1/endpoints/", {"name": "taken", "model": ready(colleague).pk}, format="json"
+    )
+    assert response.status_code == 400
+    assert "already exists" in response.json()["name"][0]
+
+
+def test_another_users_model_cannot_be_deployed(owner: User, colleague: User, api_client_for: ClientFor) -> None:
+    response = api_client_for(colleague).post(
+        "/api/v1/endpoints/", {"name": "theirs", "model": ready(owner).pk}, format="json"
+    )
+    assert response.status_code == 400
+    assert "model" in response.json()
+
+
+def test_an_update_while_a_rollout_runs_is_a_409(owner: User, api_client_for: ClientFor) -> None:
+    endpoint_create(owner=owner, name="busy", model_version=ready(owner))
+    response = api_client_for(owner).post(
+        "/api/v1/endpoints/busy/deployments", {"model": ready(owner).pk}, format="json"
+    )
+    assert response.status_code == 409
+    assert "in progress" in response.json()["detail"]
+
+
+def test_rollback_without_a_previous_version_is_a_409(owner: User, api_client_for: ClientFor) -> None:
+    issued = endpoint_create(owner=owner, name="fresh", model_version=ready(owner))
+    Deployment.objects.filter(endpoint=issued.endpoint).update(status=Deployment.Status.SUCCEEDED)
+    Endpoint.objects.filter(pk=issued.endpoint.pk).update(status=Endpoint.Status.LIVE)
+    response = api_client_for(owner).post("/api/v1/endpoints/fresh/rollback")
+    assert response.status_code == 409
+    assert "no previous version" in response.json()["detail"]
+
+
+def test_deleting_answers_202_and_the_endpoint_is_deleting(owner: User, api_client_for: ClientFor) -> None:
+    endpoint_create(owner=owner, name="bye", model_version=ready(owner))
+    response = api_client_for(owner).delete("/api/v1/endpoints/bye/")
+    assert response.status_code == 202
+    assert response.json()["status"] == "deleting"
+    assert [step["name"] for step in response.json()["steps"]] == ["stop_runtime", "remove_files"]
+    assert Deployment.objects.filter(endpoint__name="bye", kind=Deployment.Kind.DELETE).count() == 1
+
+
+def test_logs_are_tailed_by_cursor(owner: User, api_client_for: ClientFor) -> None:
+    issued = endpoint_create(owner=owner, name="chatty", model_version=ready(owner))
+    client = api_client_for(owner)
+    first = client.get("/api/v1/endpoints/chatty/logs?after=0").json()
+    assert first["lines"][0]["message"].startswith("Create of iris v1 started")
+    assert first["next"] == first["lines"][-1]["id"]
+    assert client.get(f"/api/v1/endpoints/chatty/logs?after={first['next']}").json() == {
+        "lines": [],
+        "next": first["next"],
+    }
+    LogLine.objects.create(endpoint=issued.endpoint, source=LogLine.Source.RUNTIME, message="hello from R")
+    tail = client.get(f"/api/v1/endpoints/chatty/logs?after={first['next']}").json()
+    assert [line["message"] for line in tail["lines"]] == ["hello from R"]
+    assert client.get("/api/v1/endpoints/chatty/logs?after=soon").status_code == 400
+
+
+def test_invoking_an_endpoint_that_is_not_live_is_a_503(owner: User, api_client_for: ClientFor) -> None:
+    endpoint_create(owner=owner, name="later", model_version=ready(owner))
+    response = api_client_for(owner).post("/api/v1/endpoints/later/invocations", b"x\n1\n", content_type="text/csv")
+    assert response.status_code == 503
+    assert "not serving" in response.json()["message"]
+
+
+def test_invoking_needs_authentication(owner: User) -> None:
+    endpoint_create(owner=owner, name="closed", model_version=ready(owner))
+    client = APIClient()
+    assert (
+        client.post("/api/v1/endpoints/closed/invocations", b"{}", content_type="application/json").status_code == 401
+    )
+    client.credentials(HTTP_AUTHORIZATION="Token rdp_wrong")
+    assert (
+        client.post("/api/v1/endpoints/closed/invocations", b"{}", content_type="application/json").status_code == 401
+    )
+
+
+ROUTES: list[tuple[str, str, object]] = [
+    ("get", "/api/v1/endpoints/private/", None),
+    ("get", "/api/v1/endpoints/private", None),
+    ("post", "/api/v1/endpoints/private/invocations", {}),
+    ("get", "/api/v1/endpoints/private/logs?after=0", None),
+    ("post", "/api/v1/endpoints/private/deployments", "model"),
+    ("post", "/api/v1/endpoints/private/rollback", None),
+    ("post", "/api/v1/endpoints/private/rotate-key", None),
+    ("delete", "/api/v1/endpoints/private/", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "payload"), ROUTES)
+def test_another_user_gets_404_on_every_route(
+    owner: User, colleague: User, api_client_for: ClientFor, method: str, path: str, payload: object
+) -> None:
+    endpoint_create(owner=owner, name="private", model_version=ready(owner), public=True)
+    data = {"model": ready(colleague).pk} if payload == "model" else payload
+    response = getattr(api_client_for(colleague), method)(path, data, format="json")
+    assert response.status_code == 404
+    assert "private" not in response.content.decode()
+    assert Endpoint.objects.get(name="private").status == Endpoint.Status.PENDING
+
+
+def test_lists_show_own_endpoints_and_staff_sees_all(
+    owner: User, colleague: User, staff: User, api_client_for: ClientFor
+) -> None:
+    endpoint_create(owner=owner, name="mine", model_version=ready(owner))
+    endpoint_create(owner=colleague, name="theirs", model_version=ready(colleague))
+
+    def names(user: User) -> set[str]:
+        return {row["name"] for row in api_client_for(user).get("/api/v1/endpoints/").json()["results"]}
+
+    assert names(owner) == {"mine"}
+    assert names(colleague) == {"theirs"}
+    assert names(staff) == {"mine", "theirs"}
+    assert api_client_for(staff).get("/api/v1/endpoints/mine/").status_code == 200

@@ -1,0 +1,195 @@
+"""End to end: the REST API, a real Celery worker, Redis and R runtimes (issue 5's
+"done when"): create, live, invoke, update under load, roll back, public API, delete."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from rest_framework.test import APIClient
+
+from deployer.integrations import processes
+from deployer.models import Deployment, Endpoint, ExternalResource
+from deployer.services import gateway
+from deployer.targets.local import endpoint_dir
+from deployer.tests.pipeline_support import (
+    expected,
+    ready_model,
+    rows_csv,
+    stop_everything,
+    train_iris_models,
+    wait_for,
+)
+from testsupport.services import CeleryWorker
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_iris_models(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _clean(celery_worker: CeleryWorker) -> Iterator[None]:
+    gateway._routes.clear()
+    yield
+    stop_everything(list(Endpoint.objects.values_list("name", flat=True)))
+
+
+def wait_endpoint(client: APIClient, name: str, status: str, *, timeout: float = 60) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(f"/api/v1/endpoints/{name}").json()
+        if body["status"] == status and (body["deployment"] or {}).get("status") in ("succeeded", "failed"):
+            return body
+        return None
+
+    result: dict[str, Any] = wait_for(reached, timeout=timeout, what=f"{name} to be {status}")
+    return result
+
+
+def predictions(response: Any) -> list[str]:
+    assert response.status_code == 200, response.content
+    return list(json.loads(response.content)["predictions"])
+
+
+class InvokingClient(threading.Thread):
+    """Calls the endpoint in a loop and counts what comes back."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.call = call
+        self.stop = threading.Event()
+        self.outcomes: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.last: list[str] = []
+
+    def run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stop.is_set():
+                response = self.call()
+                if response.status_code == 200:
+                    self.last = predictions(response)
+                    self.outcomes[self.last[0]] += 1
+                else:
+                    self.failures.append(f"{response.status_code} {response.content[:200]!r}")
+        finally:
+            connection.close()
+
+
+def test_a_model_goes_live_updates_without_a_failed_call_rolls_back_and_is_deleted(
+    owner: User, api_client_for: Callable[[User], APIClient], iris_models: Path
+) -> None:
+    truth = expected(iris_models)
+    v1 = ready_model(owner, iris_models, "v1")
+    v2 = ready_model(owner, iris_models, "v2")
+    client = api_client_for(owner)
+
+    created = client.post(
+        "/api/v1/endpoints/",
+        {"name": "iris", "model": v1.pk, "public": True, "options": {"throttle": {"rate": 5, "burst": 5}}},
+        format="json",
+    )
+    assert created.status_code == 202, created.json()
+    api_key = created.json()["api_key"]
+    live = wait_endpoint(client, "iris", "live")
+    assert live["model"]["version"] == 1
+    assert [step["status"] for step in live["steps"]] == ["succeeded"] * 5 + ["skipped"]
+
+    # CSV and JSON, compared with R's own predictions.
+    invocations = "/api/v1/endpoints/iris/invocations"
+    csv = client.post(invocations, rows_csv(truth["rows"]), content_type="text/csv")
+    assert predictions(csv) == truth["v1"]
+    assert float(csv.headers["X-Rdeploy-Runtime-Ms"]) > 0
+    as_json = client.post(invocations, json.dumps(truth["rows"]), content_type="application/json")
+    assert predictions(as_json) == truth["v1"]
+
+    # Blue/green update while a client calls in a loop: no call fails.
+    loop = InvokingClient(lambda: client.post(invocations, rows_csv(truth["rows"][:1]), content_type="text/csv"))
+    loop.start()
+    try:
+        wait_for(lambda: loop.outcomes, what="the client's first answer")
+        assert client.post("/api/v1/endpoints/iris/deployments", {"model": v2.pk}, format="json").status_code == 202
+        updated = wait_endpoint(client, "iris", "live")
+        time.sleep(1.5)
+    finally:
+        loop.stop.set()
+        loop.join(timeout=30)
+    assert updated["model"]["version"] == 2
+    assert updated["deployment"]["status"] == "succeeded"
+    assert loop.failures == []
+    assert set(loop.outcomes) == {truth["v1"][0], truth["v2"][0]}
+    assert loop.last == truth["v2"][:1]
+    assert predictions(client.post(invocations, rows_csv(truth["rows"]), content_type="text/csv")) == truth["v2"]
+    # Only the new runtime is left.
+    processes_left = ExternalResource.objects.filter(endpoint__name="iris", kind="process", deleted_at__isnull=True)
+    assert processes_left.count() == 1
+
+    # Rollback: back to v1.
+    assert client.post("/api/v1/endpoints/iris/rollback").status_code == 202
+    rolled_back = wait_endpoint(client, "iris", "live")
+    assert rolled_back["model"]["version"] == 1
+    assert rolled_back["deployment"]["kind"] == "rollback"
+    gateway._routes.clear()
+    assert predictions(client.post(invocations, rows_csv(truth["rows"]), content_type="text/csv")) == truth["v1"]
+
+    # The public API: key, wrong key, throttle.
+    public = Client()
+    public_call = lambda key: public.post(  # noqa: E731
+        "/e/iris/invocations", rows_csv(truth["rows"]), content_type="text/csv", HTTP_X_API_KEY=key
+    )
+    assert predictions(public_call(api_key)) == truth["v1"]
+    assert public_call("rdk_wrong").status_code == 403
+    statuses = [public_call(api_key).status_code for _ in range(8)]
+    assert 429 in statuses
+    assert statuses.count(200) <= 5
+
+    # Delete: the process is gone, its port closed, its files removed.
+    runtime = Endpoint.objects.get(name="iris").runtime
+    deleted = client.delete("/api/v1/endpoints/iris/")
+    assert deleted.status_code == 202
+    assert deleted.json()["status"] == "deleting"
+    wait_endpoint(client, "iris", "deleted")
+    assert processes.find(runtime["process"]) == []
+    assert not processes.port_is_open(runtime["port"])
+    assert not endpoint_dir("iris").exists()
+    assert not ExternalResource.objects.filter(endpoint__name="iris", deleted_at__isnull=True).exists()
+    assert Deployment.objects.filter(endpoint__name="iris").exclude(status="succeeded").count() == 0
+    assert public_call(api_key).status_code == 403
+
+
+def test_a_broken_update_fails_with_the_runtime_log_and_the_old_version_keeps_serving(
+    owner: User, api_client_for: Callable[[User], APIClient], iris_models: Path
+) -> None:
+    from deployer.tests.pipeline_support import broken_model
+
+    truth = expected(iris_models)
+    client = api_client_for(owner)
+    v1 = ready_model(owner, iris_models, "v1")
+    assert client.post("/api/v1/endpoints/", {"name": "sturdy", "model": v1.pk}, format="json").status_code == 202
+    wait_endpoint(client, "sturdy", "live")
+
+    broken = broken_model(owner, iris_models)
+    assert client.post("/api/v1/endpoints/sturdy/deployments", {"model": broken.pk}, format="json").status_code == 202
+    body = wait_endpoint(client, "sturdy", "live")
+
+    assert body["deployment"]["status"] == "failed"
+    assert body["model"]["version"] == 1
+    assert "rdeployNoSuchPackage" in body["error"]
+    failed_step = next(step for step in body["steps"] if step["status"] == "failed")
+    assert failed_step["name"] == "wait_healthy"
+    assert "last log lines" in failed_step["message"]
+    invocations = "/api/v1/endpoints/sturdy/invocations"
+    assert predictions(client.post(invocations, rows_csv(truth["rows"]), content_type="text/csv")) == truth["v1"]
+    logs = client.get("/api/v1/endpoints/sturdy/logs?after=0").json()
+    assert any("rdeployNoSuchPackage" in line["message"] and line["source"] == "runtime" for line in logs["lines"])
