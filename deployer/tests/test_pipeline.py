@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -56,6 +57,30 @@ def wait_endpoint(client: APIClient, name: str, status: str, *, timeout: float =
     return result
 
 
+def upload(client: APIClient, models: Path, version: str) -> int:
+    """Upload through the intake API with a sample, and wait for the inspection (the worker's)."""
+    with (models / f"{version}.rds").open("rb") as model:
+        response = client.post(
+            "/api/v1/models/",
+            {
+                "name": "iris",
+                "file": model,
+                "sample": SimpleUploadedFile("sample.csv", rows_csv(expected(models)["rows"]), "text/csv"),
+            },
+            format="multipart",
+        )
+    assert response.status_code == 201, response.json()
+    model_id = int(response.json()["id"])
+
+    def inspected() -> bool:
+        status = client.get(f"/api/v1/models/{model_id}/").json()["status"]
+        assert status != "invalid"
+        return bool(status == "ready")
+
+    wait_for(inspected, timeout=120, what=f"{version} to be inspected")
+    return model_id
+
+
 def predictions(response: Any) -> list[str]:
     assert response.status_code == 200, response.content
     return list(json.loads(response.content)["predictions"])
@@ -91,13 +116,13 @@ def test_a_model_goes_live_updates_without_a_failed_call_rolls_back_and_is_delet
     owner: User, api_client_for: Callable[[User], APIClient], iris_models: Path
 ) -> None:
     truth = expected(iris_models)
-    v1 = ready_model(owner, iris_models, "v1")
-    v2 = ready_model(owner, iris_models, "v2")
     client = api_client_for(owner)
+    v1 = upload(client, iris_models, "v1")
+    v2 = upload(client, iris_models, "v2")
 
     created = client.post(
         "/api/v1/endpoints/",
-        {"name": "iris", "model": v1.pk, "public": True, "options": {"throttle": {"rate": 5, "burst": 5}}},
+        {"name": "iris", "model": v1, "public": True, "options": {"throttle": {"rate": 5, "burst": 5}}},
         format="json",
     )
     assert created.status_code == 202, created.json()
@@ -119,7 +144,7 @@ def test_a_model_goes_live_updates_without_a_failed_call_rolls_back_and_is_delet
     loop.start()
     try:
         wait_for(lambda: loop.outcomes, what="the client's first answer")
-        assert client.post("/api/v1/endpoints/iris/deployments", {"model": v2.pk}, format="json").status_code == 202
+        assert client.post("/api/v1/endpoints/iris/deployments", {"model": v2}, format="json").status_code == 202
         updated = wait_endpoint(client, "iris", "live")
         time.sleep(1.5)
     finally:
