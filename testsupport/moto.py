@@ -4,7 +4,7 @@ The port comes from testsupport.env (``AWS_ENDPOINT_URL`` already points at it),
 test process and every worker it starts talk to the same server. Also a small
 fault-injecting HTTP proxy that answers the first N matching requests with an AWS
 throttling error and forwards everything else to moto, so botocore's real retry logic
-is exercised end to end.
+is exercised end to end; and a Stubber limited to one operation, for moto's gaps.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from botocore.stub import Stubber
 from moto.server import ThreadedMotoServer
 
 ACCOUNT_ID = "123456789012"
@@ -59,6 +60,30 @@ class MotoServer:
             "/moto-api/static/sagemaker/endpoint-results",
             {"account_id": ACCOUNT_ID, "region": region, "results": list(results)},
         )
+
+
+class SingleCallStubber(Stubber):
+    """A botocore Stubber limited to one operation, for exactly the calls moto lacks.
+
+    Queued answers are given to ``operation`` in order; every other call, and
+    ``operation`` once the queue is empty, goes to moto as usual.
+    """
+
+    def __init__(self, client: Any, operation: str) -> None:
+        super().__init__(client)
+        self.operation = operation
+
+    def _mine(self, model: Any) -> bool:
+        return bool(model.name == self.operation and self._queue)
+
+    def _assert_expected_params(self, model: Any, params: Any, context: Any, **kwargs: Any) -> None:
+        if self._mine(model):
+            super()._assert_expected_params(model, params, context, **kwargs)
+
+    def _get_response_handler(self, model: Any, params: Any, context: Any, **kwargs: Any) -> Any:
+        if self._mine(model):
+            return super()._get_response_handler(model, params, context, **kwargs)
+        return None
 
 
 class ThrottlingProxy:

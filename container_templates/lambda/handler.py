@@ -2,8 +2,13 @@
 
 Deployed by rdeploy as the only file of the function's zip; runs on AWS Lambda's Python
 runtime, whose bundled boto3 it uses. Content type, accept and SageMaker custom attributes
-pass through both ways; a model's own error keeps its status and body. Environment:
-``SAGEMAKER_ENDPOINT_NAME`` (required).
+pass through both ways; a model's own error keeps its status and body.
+
+The same function is the API's REQUEST authorizer: it accepts the endpoint's rdeploy API
+key (``x-api-key``) by comparing its SHA-256 with the one rdeploy keeps, and names the
+usage-plan key API Gateway meters and throttles against.
+
+Environment: ``SAGEMAKER_ENDPOINT_NAME``, ``RDEPLOY_API_KEY_SHA256``, ``RDEPLOY_USAGE_KEY``.
 
 API Gateway gives an integration at most 29 seconds, so the SageMaker call is bounded
 below that: a slow prediction is answered 504 by this function, not dropped by the gateway.
@@ -12,6 +17,8 @@ below that: a slow prediction is answered 504 by this function, not dropped by t
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 from typing import Any
@@ -51,7 +58,28 @@ def _error(status: int, message: str) -> dict[str, Any]:
     return _response(status, json.dumps({"error": message}).encode(), "application/json")
 
 
+def authorize(event: dict[str, Any]) -> dict[str, Any]:
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    presented = hashlib.sha256(headers.get("x-api-key", "").encode()).hexdigest()
+    expected = os.environ.get("RDEPLOY_API_KEY_SHA256", "")
+    allowed = bool(expected) and hmac.compare_digest(presented, expected)
+    statement = {
+        "Action": "execute-api:Invoke",
+        "Effect": "Allow" if allowed else "Deny",
+        "Resource": event["methodArn"],
+    }
+    answer: dict[str, Any] = {
+        "principalId": "rdeploy-api-key",
+        "policyDocument": {"Version": "2012-10-17", "Statement": [statement]},
+    }
+    if allowed:
+        answer["usageIdentifierKey"] = os.environ["RDEPLOY_USAGE_KEY"]
+    return answer
+
+
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if event.get("type") == "REQUEST" and "methodArn" in event:
+        return authorize(event)
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
     raw = event.get("body") or ""
     body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode("utf-8")

@@ -8,6 +8,7 @@ cannot be produced by moto, so those two tests put a botocore Stubber on invoke_
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import io
 import json
@@ -130,3 +131,28 @@ def test_handler_returns_binary_answers_base64_encoded(handler: ModuleType) -> N
 
     assert response["isBase64Encoded"] is True
     assert base64.b64decode(response["body"]) == b"\xff\xfe\x00"
+
+
+def authorizer_event(key: str | None) -> dict[str, Any]:
+    return {
+        "type": "REQUEST",
+        "methodArn": "arn:aws:execute-api:us-east-1:123456789012:abc123/v1/POST/invocations",
+        "headers": {} if key is None else {"X-Api-Key": key},
+    }
+
+
+def test_authorizer_allows_the_endpoints_key_and_names_the_usage_plan_key(
+    handler: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RDEPLOY_API_KEY_SHA256", hashlib.sha256(b"rdk_right").hexdigest())
+    monkeypatch.setenv("RDEPLOY_USAGE_KEY", "usage-plan-key-value")
+
+    allowed = handler.handler(authorizer_event("rdk_right"), None)
+    denied = handler.handler(authorizer_event("rdk_wrong"), None)
+    missing = handler.handler(authorizer_event(None), None)
+
+    assert allowed["policyDocument"]["Statement"][0]["Effect"] == "Allow"
+    assert allowed["usageIdentifierKey"] == "usage-plan-key-value"
+    for answer in (denied, missing):
+        assert answer["policyDocument"]["Statement"][0]["Effect"] == "Deny"
+        assert "usageIdentifierKey" not in answer

@@ -1,6 +1,10 @@
 """API Gateway (REST): ``POST /invocations`` -> Lambda proxy, guarded by an API key and a
 usage plan (API keys and usage plans exist only on REST APIs, not HTTP APIs).
 
+The caller's key is checked by a Lambda REQUEST authorizer (against the SHA-256 rdeploy
+keeps), which hands API Gateway the usage-plan key to meter against
+(``apiKeySource=AUTHORIZER``): one key per endpoint, rotated without touching AWS keys.
+
 API Gateway makes up its own ids, so everything is found again by its deterministic name.
 """
 
@@ -43,14 +47,35 @@ def ensure_rest_api(name: str, *, tags: dict[str, str]) -> str:
         name=name,
         description="rdeploy public prediction API",
         endpointConfiguration={"types": ["REGIONAL"]},
-        apiKeySource="HEADER",
+        apiKeySource="AUTHORIZER",
         tags=tags,
     )
     return str(api["id"])
 
 
-def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str) -> None:
-    """``POST /invocations`` (API key required) with a Lambda proxy integration."""
+def _lambda_uri(lambda_arn: str, region: str) -> str:
+    return f"arn:aws:apigateway:{region}:lambda:path/2015-03-31/functions/{lambda_arn}/invocations"
+
+
+def ensure_authorizer(api_id: str, *, name: str, lambda_arn: str, region: str) -> str:
+    """A REQUEST authorizer reading the ``x-api-key`` header; results cached 60 s."""
+    client = aws_client("apigateway")
+    for authorizer in client.get_authorizers(restApiId=api_id).get("items", []):
+        if authorizer["name"] == name:
+            return str(authorizer["id"])
+    created = client.create_authorizer(
+        restApiId=api_id,
+        name=name,
+        type="REQUEST",
+        authorizerUri=_lambda_uri(lambda_arn, region),
+        identitySource="method.request.header.x-api-key",
+        authorizerResultTtlInSeconds=60,
+    )
+    return str(created["id"])
+
+
+def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str, authorizer_id: str) -> None:
+    """``POST /invocations`` (authorizer + usage-plan key) with a Lambda proxy integration."""
     client = aws_client("apigateway")
     resources = _paged("get_resources", restApiId=api_id)
     root = next(resource["id"] for resource in resources if resource["path"] == "/")
@@ -64,7 +89,8 @@ def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str) -> No
                 restApiId=api_id,
                 resourceId=resource_id,
                 httpMethod="POST",
-                authorizationType="NONE",
+                authorizationType="CUSTOM",
+                authorizerId=authorizer_id,
                 apiKeyRequired=True,
             )
         except ClientError as error:
@@ -76,7 +102,7 @@ def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str) -> No
         httpMethod="POST",
         type="AWS_PROXY",
         integrationHttpMethod="POST",
-        uri=f"arn:aws:apigateway:{region}:lambda:path/2015-03-31/functions/{lambda_arn}/invocations",
+        uri=_lambda_uri(lambda_arn, region),
         # API Gateway's ceiling for a REST integration (docs/sagemaker.md).
         timeoutInMillis=29_000,
     )
@@ -101,12 +127,14 @@ def api_keys(prefix: str) -> list[tuple[str, str, dict[str, str]]]:
     return _named(_paged("get_api_keys"), prefix)
 
 
-def ensure_api_key(name: str, *, value: str, tags: dict[str, str]) -> str:
+def ensure_api_key(name: str, *, value: str, tags: dict[str, str]) -> tuple[str, str]:
+    """(id, value) of the usage-plan key, creating it with ``value`` when missing."""
+    client = aws_client("apigateway")
     existing = find_api_key(name)
     if existing:
-        return existing
-    key = aws_client("apigateway").create_api_key(name=name, enabled=True, value=value, tags=tags)
-    return str(key["id"])
+        return existing, str(client.get_api_key(apiKey=existing, includeValue=True)["value"])
+    key = client.create_api_key(name=name, enabled=True, value=value, tags=tags)
+    return str(key["id"]), value
 
 
 def find_usage_plan(name: str) -> str | None:

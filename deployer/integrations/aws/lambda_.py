@@ -88,3 +88,18 @@ def tags_of(arn: str) -> dict[str, str]:
         if is_not_found(error):
             return {}
         raise
+
+
+def environment_of(name: str) -> dict[str, str] | None:
+    """The function's environment variables, or None when the function does not exist."""
+    try:
+        configuration = aws_client("lambda").get_function_configuration(FunctionName=name)
+    except ClientError as error:
+        if is_not_found(error):
+            return None
+        raise
+    return dict((configuration.get("Environment") or {}).get("Variables") or {})
+
+
+def set_environment(name: str, environment: dict[str, str]) -> None:
+    aws_client("lambda").update_function_configuration(FunctionName=name, Environment={"Variables": environment})

@@ -85,6 +85,7 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
         for key in s3.list_keys(bucket, f"{prefix}/"):
             tags = s3.object_tags(bucket, key)
             if tags.get(INSTALLATION) == installation:
-                yield CloudResource("s3_object", f"s3://{bucket}/{key}", tags)
+                kind = "model_data" if key.startswith(f"{prefix}/model-data/") else "build_context"
+                yield CloudResource(kind, f"s3://{bucket}/{key}", tags)
     for tag in ecr.image_tags(repository):
         yield CloudResource("ecr_image", f"{repository}:{tag}", {INSTALLATION: installation})

@@ -1,0 +1,31 @@
+"""`python manage.py rdeploy_gc [--delete]`: cloud resources this installation tagged that
+no live database row owns (leaks from crashes or manual edits), and unused images past
+their grace period. Lists them; with --delete, removes them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from deployer.targets.sagemaker import cloud_orphans, cloud_orphans_delete
+
+
+class Command(BaseCommand):
+    help = "List (or --delete) AWS resources tagged by this installation that no endpoint owns."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--delete", action="store_true", help="delete what is listed")
+
+    def handle(self, *args: Any, delete: bool = False, **options: Any) -> None:
+        orphans = cloud_orphans()
+        for resource in orphans:
+            owner = f" (endpoint {resource.endpoint})" if resource.endpoint else ""
+            self.stdout.write(f"{resource.kind} {resource.identifier}{owner}")
+        if not orphans:
+            self.stdout.write("No orphaned resources.")
+        elif delete:
+            cloud_orphans_delete(orphans)
+            self.stdout.write(f"Deleted {len(orphans)} orphaned resource(s).")
+        else:
+            self.stdout.write(f"{len(orphans)} orphaned resource(s); run with --delete to remove them.")

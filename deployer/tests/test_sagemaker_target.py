@@ -1,0 +1,429 @@
+"""The SageMaker target end to end against moto (server mode), through the REST API.
+
+The pipeline runs in this process (``drive``), polls made immediate. moto gaps and what
+stands in for them (docs/sagemaker.md lists these):
+- CodeBuild runs nothing: ``push_image`` does what the buildspec's ``docker push`` does.
+- ``update_endpoint`` is not implemented: the update test puts a Stubber on that one
+  call (``SingleCallStubber``), then plays SageMaker finishing the update with moto's
+  overwriting ``create_endpoint``.
+- Endpoints are InService at once: the failure test puts a Stubber on
+  ``describe_endpoint`` only, answering ``Failed`` with a ``FailureReason``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from typing import Any
+
+import pytest
+from botocore.stub import ANY
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+from deployer.build_context import render_build_context
+from deployer.integrations.aws import tagging
+from deployer.integrations.aws.client import aws_client
+from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
+from deployer.services.pipeline import deployment_advance
+from deployer.targets import get_target
+from deployer.targets.sagemaker import endpoint_name, image_build_context, rollout_name
+from testsupport.factories import make_model_version
+from testsupport.moto import MotoServer, SingleCallStubber
+
+pytestmark = pytest.mark.django_db
+INSPECTION = {
+    "r_version": {"writer": "4.2.2", "reader": "4.2.2"},
+    "packages": {"required": [{"name": "randomForest", "version": "4.7-1.1"}]},
+    "example": {"content_type": "application/json", "payload": '[{"Sepal.Length": 5.1}]', "rows": 1},
+}
+
+
+def ready_model(owner: User, content: bytes = b"model-1", **inspection: Any) -> ModelVersion:
+    return make_model_version(
+        owner,
+        name="iris",
+        content=content,
+        status=ModelVersion.Status.READY,
+        inspection={**INSPECTION, **inspection},
+    )
+
+
+def drive(deployment: Deployment, *, rounds: int = 200) -> Deployment:
+    """Advance in this process until terminal, answering every poll at once."""
+    for _ in range(rounds):
+        DeploymentStep.objects.filter(deployment=deployment).update(next_check_at=None)
+        Deployment.objects.filter(pk=deployment.pk).update(lease_until=None)
+        deployment_advance(deployment_id=deployment.pk)
+        deployment.refresh_from_db()
+        if deployment.is_terminal:
+            return deployment
+        time.sleep(0.01)
+    raise AssertionError(f"deployment {deployment.pk} still {deployment.status}: {list(deployment.steps.values())}")
+
+
+def latest(name: str) -> Deployment:
+    return Deployment.objects.filter(endpoint__name=name).order_by("-id").first()  # type: ignore[return-value]
+
+
+def push_image(tag_or_uri: str) -> None:
+    """What the CodeBuild buildspec's `docker push` does (moto's CodeBuild runs nothing)."""
+    repository, tag = tag_or_uri.rsplit("/", 1)[-1].split(":")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 1,
+            "digest": "sha256:" + "0" * 64,
+        },
+        "layers": [],
+    }
+    aws_client("ecr").put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)
+
+
+def builds_started() -> int:
+    return len(aws_client("codebuild").list_builds()["ids"])
+
+
+def endpoint_resources(name: str) -> list[tagging.CloudResource]:
+    """Every cloud resource, across services, tagged with this endpoint."""
+    return [
+        resource
+        for resource in tagging.inventory(
+            installation=settings.INSTALLATION_ID,
+            prefix=settings.RDEPLOY_RESOURCE_PREFIX,
+            bucket=settings.RDEPLOY_S3_BUCKET,
+            repository=settings.RDEPLOY_ECR_REPOSITORY,
+        )
+        if resource.endpoint == name or resource.identifier.startswith(f"rdeploy-{name}")
+    ]
+
+
+def create_public(owner: User, api_client_for: Any, name: str = "iris-sm", **options: Any) -> dict[str, Any]:
+    model = ready_model(owner)
+    response = api_client_for(owner).post(
+        "/api/v1/endpoints/",
+        {"name": name, "model": model.pk, "target": "sagemaker", "public": True, "options": options},
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+    return dict(response.json())
+
+
+def test_a_public_sagemaker_endpoint_goes_live_with_every_resource_tagged(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    body = create_public(owner, api_client_for, autoscaling={"min": 1, "max": 3, "target_invocations": 50})
+
+    deployment = drive(latest("iris-sm"))
+
+    assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
+    endpoint = Endpoint.objects.get(name="iris-sm")
+    assert endpoint.status == Endpoint.Status.LIVE
+    assert endpoint.runtime["endpoint_name"] == "rdeploy-iris-sm"
+    assert endpoint.public_url.endswith(".execute-api.us-east-1.amazonaws.com/v1/invocations")
+    kinds = {resource.kind for resource in endpoint_resources("iris-sm")}
+    assert kinds >= {
+        "sagemaker_endpoint",
+        "sagemaker_endpoint_config",
+        "sagemaker_model",
+        "lambda_function",
+        "iam_role",
+        "apigateway_rest_api",
+        "apigateway_api_key",
+        "apigateway_usage_plan",
+        "model_data",
+        "autoscaling_target",
+    }
+    for resource in endpoint_resources("iris-sm"):
+        if resource.kind != "autoscaling_target":
+            assert resource.tags[tagging.INSTALLATION] == settings.INSTALLATION_ID
+            assert resource.tags[tagging.ENDPOINT] == "iris-sm"
+            assert resource.tags[tagging.DEPLOYMENT] == str(deployment.pk)
+    # The authorizer accepts exactly the key the API returned once.
+    function = aws_client("lambda").get_function_configuration(FunctionName="rdeploy-iris-sm")
+    assert function["Environment"]["Variables"]["RDEPLOY_API_KEY_SHA256"] == endpoint.api_key_hash
+    assert body["api_key"].startswith(endpoint.api_key_prefix)
+    plan = aws_client("apigateway").get_usage_plans()["items"][0]
+    assert plan["throttle"] == {"rateLimit": 10.0, "burstLimit": 20}
+    assert plan["quota"]["limit"] == 100_000
+
+
+def test_the_invocations_route_returns_what_the_sagemaker_endpoint_returns(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    create_public(owner, api_client_for)
+    drive(latest("iris-sm"))
+    aws.queue_endpoint_results({"Body": '["setosa"]', "ContentType": "application/json", "CustomAttributes": "x=1"})
+
+    response = api_client_for(owner).generic(
+        "POST",
+        "/api/v1/endpoints/iris-sm/invocations",
+        b'[{"Sepal.Length": 5.1}]',
+        content_type="application/json",
+        HTTP_ACCEPT="application/json",
+    )
+
+    assert response.status_code == 200
+    assert json.loads(response.content) == ["setosa"]
+    assert response["Content-Type"] == "application/json"
+
+
+def test_a_second_model_version_with_the_same_packages_starts_no_build(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    create_public(owner, api_client_for)
+    first = drive(latest("iris-sm"))
+    assert builds_started() == 1
+    push_image(first.resources["ecr_image"])
+    second_model = ready_model(owner, content=b"model-2")
+
+    response = api_client_for(owner).post(
+        "/api/v1/endpoints/iris-sm/deployments", {"model": second_model.pk}, format="json"
+    )
+    assert response.status_code == 202
+    update = latest("iris-sm")
+    with SingleCallStubber(aws_client("sagemaker"), "UpdateEndpoint") as stub:
+        stub.add_response(
+            "update_endpoint",
+            {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/rdeploy-iris-sm"},
+            {
+                "EndpointName": "rdeploy-iris-sm",
+                "EndpointConfigName": rollout_name(update),
+                "DeploymentConfig": ANY,
+            },
+        )
+        advance_until_done(update, "deploy_endpoint")
+        stub.assert_no_pending_responses()
+    # SageMaker finishing the update (moto's duplicate create overwrites the endpoint).
+    aws_client("sagemaker").create_endpoint(EndpointName="rdeploy-iris-sm", EndpointConfigName=rollout_name(update))
+    update = drive(update)
+
+    assert update.status == Deployment.Status.SUCCEEDED, update.error
+    assert builds_started() == 1
+    assert update.steps.get(name="build_image").status == DeploymentStep.Status.SKIPPED
+    assert update.resources["ecr_image"] == first.resources["ecr_image"]
+    # The update made a new endpoint config and retired the first rollout's model and config.
+    configs = {c["EndpointConfigName"] for c in aws_client("sagemaker").list_endpoint_configs()["EndpointConfigs"]}
+    assert configs == {rollout_name(update)}
+    models = {m["ModelName"] for m in aws_client("sagemaker").list_models()["Models"]}
+    assert models == {rollout_name(update)}
+
+
+def advance_until_done(deployment: Deployment, step_name: str) -> None:
+    for _ in range(100):
+        DeploymentStep.objects.filter(deployment=deployment).update(next_check_at=None)
+        Deployment.objects.filter(pk=deployment.pk).update(lease_until=None)
+        deployment_advance(deployment_id=deployment.pk)
+        step = deployment.steps.get(name=step_name)
+        if step.status == DeploymentStep.Status.FAILED:
+            raise AssertionError(step.message)
+        if step.status in (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED):
+            return
+    raise AssertionError(f"{step_name} never finished")
+
+
+def test_deleting_leaves_no_tagged_resource_in_any_service(aws: MotoServer, owner: User, api_client_for: Any) -> None:
+    create_public(owner, api_client_for, autoscaling={"min": 1, "max": 2})
+    drive(latest("iris-sm"))
+    assert endpoint_resources("iris-sm")
+
+    response = api_client_for(owner).delete("/api/v1/endpoints/iris-sm/")
+    assert response.status_code == 202
+    deletion = drive(latest("iris-sm"))
+
+    assert deletion.status == Deployment.Status.SUCCEEDED, deletion.error
+    assert endpoint_resources("iris-sm") == []
+    assert aws_client("sagemaker").list_endpoints()["Endpoints"] == []
+    assert aws_client("lambda").list_functions()["Functions"] == []
+    assert aws_client("apigateway").get_rest_apis()["items"] == []
+    assert aws_client("apigateway").get_api_keys()["items"] == []
+    assert not ExternalResource.objects.filter(deleted_at__isnull=True).exclude(kind="ecr_image").exists()
+
+
+def test_a_failed_endpoint_shows_sagemakers_reason_and_its_log_lines(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    model = ready_model(owner)
+    response = api_client_for(owner).post(
+        "/api/v1/endpoints/", {"name": "iris-bad", "model": model.pk, "target": "sagemaker"}, format="json"
+    )
+    assert response.status_code == 202
+    deployment = latest("iris-bad")
+    group = "/aws/sagemaker/Endpoints/rdeploy-iris-bad"
+    cloudwatch = aws_client("logs")
+    cloudwatch.create_log_group(logGroupName=group)
+    cloudwatch.create_log_stream(logGroupName=group, logStreamName="main/i-0abc")
+    cloudwatch.put_log_events(
+        logGroupName=group,
+        logStreamName="main/i-0abc",
+        logEvents=[
+            {
+                "timestamp": int(time.time() * 1000),
+                "message": "Error in loadNamespace(x): there is no package called 'ranger'",
+            }
+        ],
+    )
+    failed = {
+        "EndpointName": "rdeploy-iris-bad",
+        "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/rdeploy-iris-bad",
+        "EndpointConfigName": rollout_name(deployment),
+        "EndpointStatus": "Failed",
+        "FailureReason": "The primary container for production variant main did not pass the ping health check.",
+        "CreationTime": 0,
+        "LastModifiedTime": 0,
+    }
+    with SingleCallStubber(aws_client("sagemaker"), "DescribeEndpoint") as stub:
+        # The existence checks before creating find nothing, then the endpoint fails.
+        for _ in range(2):
+            stub.add_client_error(
+                "describe_endpoint", "ValidationException", "Could not find endpoint 'rdeploy-iris-bad'."
+            )
+        stub.add_response("describe_endpoint", failed)
+        advance_until_done(deployment, "deploy_endpoint")
+    deployment = drive(deployment)
+
+    assert deployment.status == Deployment.Status.FAILED
+    step = deployment.steps.get(name="wait_in_service")
+    assert "did not pass the ping health check" in step.message
+    assert "there is no package called 'ranger'" in step.message
+    endpoint = Endpoint.objects.get(name="iris-bad")
+    assert endpoint.status == Endpoint.Status.FAILED
+    assert "ping health check" in endpoint.error
+    # The failed first rollout took everything it created with it.
+    assert aws_client("sagemaker").list_models()["Models"] == []
+    assert aws_client("sagemaker").list_endpoints()["Endpoints"] == []
+
+
+def test_a_missing_setting_fails_the_first_step_naming_it(
+    aws: MotoServer, owner: User, api_client_for: Any, settings: Any
+) -> None:
+    settings.RDEPLOY_S3_BUCKET = None
+    model = ready_model(owner)
+    api_client_for(owner).post(
+        "/api/v1/endpoints/", {"name": "iris-conf", "model": model.pk, "target": "sagemaker"}, format="json"
+    )
+
+    deployment = drive(latest("iris-conf"))
+
+    assert deployment.status == Deployment.Status.FAILED
+    step = deployment.steps.get(name="upload_model_data")
+    assert step.status == DeploymentStep.Status.FAILED
+    assert "RDEPLOY_S3_BUCKET" in step.message
+
+
+def test_every_step_run_twice_creates_no_duplicate_and_teardown_leaves_nothing(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    """A worker killed after a step's work but before its outcome was saved reruns the step."""
+    create_public(owner, api_client_for, autoscaling={"min": 1, "max": 2})
+    deployment = latest("iris-sm")
+    target = get_target("sagemaker")
+    from deployer.services.pipeline import serving_deployment
+    from deployer.targets.base import StepContext
+
+    for step in deployment.steps.order_by("position"):
+        for _ in range(2):
+            step.refresh_from_db()
+            deployment.refresh_from_db()
+            ctx = StepContext(deployment=deployment, step=step, previous=serving_deployment(deployment.endpoint))
+            target.run_step(step.name, ctx)
+        DeploymentStep.objects.filter(pk=step.pk).update(status=DeploymentStep.Status.SUCCEEDED)
+    deployment = drive(deployment)
+    assert deployment.status == Deployment.Status.SUCCEEDED
+
+    sagemaker = aws_client("sagemaker")
+    assert len(sagemaker.list_models()["Models"]) == 1
+    assert len(sagemaker.list_endpoint_configs()["EndpointConfigs"]) == 1
+    assert len(sagemaker.list_endpoints()["Endpoints"]) == 1
+    assert len(aws_client("apigateway").get_rest_apis()["items"]) == 1
+    assert len(aws_client("apigateway").get_api_keys()["items"]) == 1
+    assert len(aws_client("apigateway").get_usage_plans()["items"]) == 1
+    assert builds_started() == 1
+
+    api_client_for(owner).delete("/api/v1/endpoints/iris-sm/")
+    assert drive(latest("iris-sm")).status == Deployment.Status.SUCCEEDED
+    assert endpoint_resources("iris-sm") == []
+
+
+def test_rdeploy_gc_lists_a_planted_orphan_and_deletes_it(
+    aws: MotoServer, owner: User, api_client_for: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    create_public(owner, api_client_for)
+    drive(latest("iris-sm"))
+    orphan_tags = tagging.resource_tags(settings.INSTALLATION_ID, endpoint="gone", deployment=999)
+    aws_client("sagemaker").create_model(
+        ModelName="rdeploy-gone-d999",
+        ExecutionRoleArn=settings.RDEPLOY_SAGEMAKER_ROLE_ARN,
+        PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/rdeploy-runtime:x"},
+        Tags=[{"Key": k, "Value": v} for k, v in orphan_tags.items()],
+    )
+
+    call_command("rdeploy_gc")
+    listed = capsys.readouterr().out
+
+    assert "sagemaker_model rdeploy-gone-d999" in listed
+    assert "rdeploy-iris-sm" not in listed
+    call_command("rdeploy_gc", "--delete")
+    capsys.readouterr()
+    names = {m["ModelName"] for m in aws_client("sagemaker").list_models()["Models"]}
+    assert names == {rollout_name(latest("iris-sm"))}
+    assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.LIVE
+    assert endpoint_name(Endpoint.objects.get(name="iris-sm")) == "rdeploy-iris-sm"
+
+
+def test_cloudwatch_lines_of_the_endpoint_appear_in_its_logs(aws: MotoServer, owner: User, api_client_for: Any) -> None:
+    create_public(owner, api_client_for)
+    drive(latest("iris-sm"))
+    group = "/aws/sagemaker/Endpoints/rdeploy-iris-sm"
+    cloudwatch = aws_client("logs")
+    cloudwatch.create_log_group(logGroupName=group)
+    cloudwatch.create_log_stream(logGroupName=group, logStreamName="main/i-1")
+    now = int(time.time() * 1000)
+    cloudwatch.put_log_events(
+        logGroupName=group,
+        logStreamName="main/i-1",
+        logEvents=[{"timestamp": now, "message": "rdeploy: model loaded"}, {"timestamp": now + 1, "message": "ready"}],
+    )
+    endpoint = Endpoint.objects.get(name="iris-sm")
+    target = get_target("sagemaker")
+
+    assert target.collect_logs(endpoint) == 2
+    assert target.collect_logs(endpoint) == 0
+    lines = list(
+        LogLine.objects.filter(endpoint=endpoint, source=LogLine.Source.ENDPOINT).values_list("message", flat=True)
+    )
+    assert lines == ["rdeploy: model loaded", "ready"]
+
+
+def test_model_data_is_the_runtimes_model_directory_as_tar_gz_and_uploaded_once(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    create_public(owner, api_client_for)
+    deployment = drive(latest("iris-sm"))
+    bucket, key = deployment.resources["model_data"].removeprefix("s3://").split("/", 1)
+
+    data = aws_client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        assert archive.extractfile("model.rds").read() == b"model-1"  # type: ignore[union-attr]
+    assert key == f"rdeploy/model-data/{deployment.model_version.sha256}/model.tar.gz"
+    assert deployment.steps.get(name="upload_model_data").status == DeploymentStep.Status.SUCCEEDED
+    tags = aws_client("s3").get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+    assert {"Key": tagging.ENDPOINT, "Value": "iris-sm"} in tags
+
+
+def test_the_image_tag_is_the_build_contexts_hash_and_other_packages_need_another_build(
+    aws: MotoServer, owner: User
+) -> None:
+    first = ready_model(owner)
+    other = ready_model(owner, content=b"model-2", packages={"required": [{"name": "ranger", "version": "0.14"}]})
+    expected = render_build_context(r_version="4.4.2", packages=["randomForest"]).tag
+
+    assert image_build_context(first).tag == expected
+    assert image_build_context(other).tag != expected
+    assert "ranger\n" in image_build_context(other).files["build/packages.txt"][0].decode()
