@@ -238,45 +238,61 @@ rd_read_csv <- function(text, schema) {
   lines <- strsplit(text, "\n", fixed = TRUE)[[1]]
   lines <- lines[nzchar(lines)]
   if (!length(lines)) rd_error("rdeploy_bad_input", "the CSV body has no rows")
-  if (grepl("\"", text, fixed = TRUE)) {
+  quoted <- grepl("\"", lines, fixed = TRUE)
+  if (any(quoted[-1]) || length(lines) > 50) {
+    # Quoted values or many rows: R's own parser (C code), as character columns.
     table <- tryCatch(
       utils::read.csv(text = lines, header = FALSE, colClasses = "character", na.strings = character(0), fill = FALSE),
       error = function(e) rd_error("rdeploy_bad_input", "malformed CSV: ", conditionMessage(e))
     )
-    fields <- lapply(seq_len(nrow(table)), function(i) unlist(table[i, ], use.names = FALSE))
+    first <- unlist(table[1, ], use.names = FALSE)
+    rows <- unname(as.list(table))
   } else {
-    fields <- strsplit(lines, ",", fixed = TRUE)
-    # strsplit drops a trailing empty field ("1,2," -> 2 fields): put it back.
-    trailing <- endsWith(lines, ",")
-    fields[trailing] <- lapply(fields[trailing], function(f) c(f, ""))
+    # A few unquoted rows (write.csv() still quotes the header): strsplit,
+    # ten times faster than read.csv() on a single row.
+    first <- strsplit(lines[1], ",", fixed = TRUE)[[1]]
+    if (endsWith(lines[1], ",")) first <- c(first, "")
+    if (quoted[1]) first <- sub('^"(.*)"$', "\\1", rd_trim(first))
+    rows <- NULL
   }
-  first <- rd_trim(fields[[1]])
+  first <- rd_trim(first)
   # With a schema the header row is optional: a first row naming any schema
   # column is a header, anything else is data in schema order.
   has_header <- is.null(schema) || any(first %in% rd_schema_names(schema))
-  if (has_header) {
-    header <- first
-    fields <- fields[-1]
-  } else {
-    header <- rd_schema_names(schema)
-  }
-  widths <- lengths(fields)
-  bad <- which(widths != length(header))
-  if (length(bad)) {
-    expected <- if (has_header) "one per header column" else paste(header, collapse = ", ")
-    rd_error(
-      "rdeploy_bad_input", "CSV row ", bad[1] + has_header, " has ", widths[bad[1]], " fields, expected ",
-      length(header), " (", expected, ")"
-    )
-  }
+  header <- if (has_header) first else rd_schema_names(schema)
   if (anyDuplicated(header)) rd_error("rdeploy_bad_input", "duplicate CSV column: ", header[anyDuplicated(header)])
-  n <- length(fields)
-  flat <- rd_trim(unlist(fields, use.names = FALSE))
-  # An empty CSV field is a missing value.
-  flat[flat == "" | flat == "NA"] <- NA_character_
-  columns <- if (n == 1) as.list(flat) else lapply(seq_along(header), function(j) flat[seq.int(j, by = length(header), length.out = n)])
+  data_lines <- if (has_header) lines[-1] else lines
+
+  if (is.null(rows)) {
+    fields <- strsplit(data_lines, ",", fixed = TRUE)
+    # strsplit drops a trailing empty field ("1,2," -> 2 fields): put it back.
+    trailing <- endsWith(data_lines, ",")
+    if (any(trailing)) fields[trailing] <- lapply(fields[trailing], function(f) c(f, ""))
+    widths <- lengths(fields)
+    bad <- which(widths != length(header))
+    if (length(bad)) {
+      expected <- if (has_header) "one per header column" else paste(header, collapse = ", ")
+      rd_error(
+        "rdeploy_bad_input", "CSV row ", bad[1] + has_header, " has ", widths[bad[1]], " fields, expected ",
+        length(header), " (", expected, ")"
+      )
+    }
+    n <- length(fields)
+    flat <- unlist(fields, use.names = FALSE)
+    columns <- if (n == 1) as.list(flat) else lapply(seq_along(header), function(j) flat[seq.int(j, by = length(header), length.out = n)])
+  } else {
+    if (length(rows) != length(header)) {
+      rd_error("rdeploy_bad_input", "CSV rows have ", length(rows), " fields, expected ", length(header))
+    }
+    columns <- if (has_header) lapply(rows, `[`, -1L) else rows
+  }
   names(columns) <- header
-  columns
+  # An empty CSV field is a missing value.
+  lapply(columns, function(x) {
+    x <- rd_trim(x)
+    x[x == "" | x == "NA"] <- NA_character_
+    x
+  })
 }
 
 # Turns parsed JSON into a list of columns. Accepted shapes:

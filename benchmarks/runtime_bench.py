@@ -1,0 +1,223 @@
+"""Benchmark of the R serving runtime against plumber and against bare predict(), measured in one run.
+
+Trains a randomForest on iris (200 trees), then measures on this machine:
+  - a bare predict() loop on one row, in R (the ceiling for any server);
+  - `serve` (container_templates/runtime) and a plumber server of the same shape, driven by wrk with a
+    single-row CSV on 1 and on 4 keep-alive connections;
+  - a 10,000-row CSV through `serve` against R's own read.csv() + predict() for it.
+and prints requests/s, p50, p99 and the ratios the runtime's goals are stated in (issue 3).
+
+Usage: python benchmarks/runtime_bench.py [--seconds 10]
+Needs: R with randomForest, plumber, Rserve, jsonlite; haproxy; wrk. Sends traffic to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+SERVE = Path(__file__).resolve().parent.parent / "container_templates" / "runtime" / "serve"
+ROW_CSV = "Sepal.Length,Sepal.Width,Petal.Length,Petal.Width\n5.1,3.5,1.4,0.2\n"
+
+TRAIN_R = """
+suppressMessages(library(randomForest))
+set.seed(1)
+out <- commandArgs(trailingOnly = TRUE)[1]
+dir.create(file.path(out, "model"), showWarnings = FALSE)
+saveRDS(randomForest(Species ~ ., data = iris, ntree = 200), file.path(out, "model", "model.rds"))
+big <- iris[sample(nrow(iris), 10000, replace = TRUE), 1:4]
+write.csv(big, file.path(out, "rows10k.csv"), row.names = FALSE)
+"""
+
+# Prints two numbers: single-row predict() calls per second, and seconds for read.csv() + predict() of 10k rows.
+BARE_R = """
+suppressMessages(library(randomForest))
+out <- commandArgs(trailingOnly = TRUE)[1]
+m <- readRDS(file.path(out, "model", "model.rds"))
+row <- read.csv(text = "{row}")
+for (i in 1:200) predict(m, row)
+n <- 0L; started <- Sys.time()
+while (as.numeric(Sys.time() - started, units = "secs") < {seconds}) {{ predict(m, row); n <- n + 1L }}
+rate <- n / as.numeric(Sys.time() - started, units = "secs")
+text <- readChar(file.path(out, "rows10k.csv"), file.size(file.path(out, "rows10k.csv")))
+times <- replicate(5, system.time(predict(m, read.csv(text = text)))[["elapsed"]])
+cat(rate, median(times), "\\n")
+"""
+
+# The plumber server most R deployments would write: same route, same CSV in, same JSON out.
+PLUMBER_R = """
+suppressMessages({{ library(plumber); library(randomForest) }})
+m <- readRDS("{model}")
+pr() |>
+  pr_post("/invocations", function(req) list(predictions = as.character(predict(m, read.csv(text = req$postBody))))) |>
+  pr_get("/ping", function() "") |>
+  pr_run(host = "127.0.0.1", port = {port}, quiet = TRUE)
+"""
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "text/csv"
+local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 120) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers={"Content-Type": "text/csv"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def wait_for(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if http_status(port, "GET", "/ping", timeout=2) == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing answers /ping on port {port}")
+
+
+def to_ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, lua: Path, connections: int, seconds: int) -> dict[str, float]:
+    threads = min(connections, 2)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": to_ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "p99": to_ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "errors": float(bool(re.search(r"Non-2xx|Socket errors", out))),
+    }
+
+
+def bare_predict(work: Path, seconds: int) -> tuple[float, float]:
+    script = work / "bare.R"
+    script.write_text(BARE_R.format(row=ROW_CSV.replace("\n", "\\n"), seconds=seconds))
+    out = subprocess.run(["Rscript", str(script), str(work)], capture_output=True, text=True, check=True).stdout
+    rate, big_seconds = out.split()
+    return float(rate), float(big_seconds)
+
+
+def post_seconds(port: int, body: bytes, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        assert http_status(port, "POST", "/invocations", body) == 200
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="rdeploy-bench-") as tmp:
+        work = Path(tmp)
+        (work / "train.R").write_text(TRAIN_R)
+        subprocess.run(["Rscript", str(work / "train.R"), str(work)], check=True)
+        (work / "row.csv").write_text(ROW_CSV)
+        lua = work / "post.lua"
+        lua.write_text(WRK_LUA.format(body=work / "row.csv"))
+
+        bare_before, read_predict_10k = bare_predict(work, 5)
+
+        ours_port, plumber_port = free_port(), free_port()
+        ours = start(
+            [str(SERVE)],
+            {
+                "RDEPLOY_MODEL_DIR": str(work / "model"),
+                "SAGEMAKER_BIND_TO_PORT": str(ours_port),
+                "RDEPLOY_BIND": "127.0.0.1",
+            },
+            work / "serve.log",
+        )
+        (work / "plumber.R").write_text(PLUMBER_R.format(model=work / "model" / "model.rds", port=plumber_port))
+        plumber = start(["Rscript", str(work / "plumber.R")], {}, work / "plumber.log")
+        try:
+            wait_for(ours_port)
+            wait_for(plumber_port)
+            results: dict[str, dict[str, float]] = {}
+            for name, port in (("serve", ours_port), ("plumber", plumber_port)):
+                url = f"http://127.0.0.1:{port}/invocations"
+                run_wrk(url, lua, 1, 2)  # warm up: first connections fork, compile and page in
+                for connections in (1, 4):
+                    results[f"{name} c{connections}"] = run_wrk(url, lua, connections, args.seconds)
+            big = (work / "rows10k.csv").read_bytes()
+            serve_10k = post_seconds(ours_port, big)
+        finally:
+            stop(ours)
+            stop(plumber)
+        bare_after, read_predict_10k_after = bare_predict(work, 5)
+
+    bare = (bare_before + bare_after) / 2
+    read_predict = min(read_predict_10k, read_predict_10k_after)
+    print(f"{'server':<14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, r in results.items():
+        flag = "  (errors!)" if r["errors"] else ""
+        print(f"{name:<14}{r['rps']:>10.0f}{r['p50']:>10.2f}{r['p99']:>10.2f}{flag}")
+    print(f"bare predict() on one row: {bare:.0f}/s (before {bare_before:.0f}, after {bare_after:.0f})")
+    print(f"10,000-row CSV: serve {serve_10k * 1000:.0f} ms, R read.csv + predict {read_predict * 1000:.0f} ms")
+
+    one, four = results["serve c1"], results["serve c4"]
+    goals = [
+        ("1 connection >= 1,000 req/s", one["rps"], one["rps"] >= 1000),
+        ("1 connection p50 <= 2 ms", one["p50"], one["p50"] <= 2),
+        ("1 connection >= 50% of bare predict()", one["rps"] / bare, one["rps"] / bare >= 0.5),
+        ("vs plumber, 1 connection (x)", one["rps"] / results["plumber c1"]["rps"], True),
+        ("4 connections >= 1.5x one", four["rps"] / one["rps"], four["rps"] / one["rps"] >= 1.5),
+        ("10k-row CSV <= 1.5x read.csv+predict", serve_10k / read_predict, serve_10k / read_predict <= 1.5),
+    ]
+    print("\ngoal                                      value   met")
+    for label, value, met in goals:
+        print(f"{label:<40}{value:>8.2f}   {'yes' if met else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
