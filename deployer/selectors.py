@@ -39,6 +39,7 @@ def endpoint_list(*, user: User | AnonymousUser) -> QuerySet[Endpoint]:
             "model_version__name",
             "model_version__version",
             "current_deployment__id",
+            "current_deployment__status",
             "current_deployment__model_version__id",
             "current_deployment__model_version__name",
             "current_deployment__model_version__version",
@@ -48,7 +49,12 @@ def endpoint_list(*, user: User | AnonymousUser) -> QuerySet[Endpoint]:
 
 
 def endpoint_is_busy(endpoint: Endpoint) -> bool:
-    return endpoint.status in ENDPOINT_BUSY_STATUSES
+    """Something is happening: a transitional status, or a rollout not picked up yet (an
+    update leaves a live endpoint live until its first step runs)."""
+    if endpoint.status in ENDPOINT_BUSY_STATUSES:
+        return True
+    deployment = endpoint.current_deployment
+    return deployment is not None and deployment.status in (Deployment.Status.PENDING, Deployment.Status.RUNNING)
 
 
 def deployment_steps(*, deployment: Deployment | None) -> list[DeploymentStep]:
@@ -66,15 +72,15 @@ def log_lines_after(*, endpoint: Endpoint, after: int, limit: int = 200) -> list
     )
 
 
-def log_lines_tail(*, endpoint: Endpoint, limit: int = 200) -> list[LogLine]:
-    """The last `limit` lines, oldest first (what a page shows before it starts tailing)."""
-    lines = list(
-        LogLine.objects.filter(endpoint=endpoint)
-        .only("id", "created_at", "source", "level", "message")
-        .order_by("-id")[:limit]
-    )
-    lines.reverse()
-    return lines
+def log_lines_tail(*, endpoint: Endpoint, limit: int = 200, sources: tuple[str, ...] = ()) -> list[LogLine]:
+    """The last `limit` lines (optionally of some sources), oldest first: what a page shows
+    before it starts tailing. Walks the (endpoint, id) index backwards."""
+    lines = LogLine.objects.filter(endpoint=endpoint)
+    if sources:
+        lines = lines.filter(source__in=sources)
+    tail = list(lines.only("id", "created_at", "source", "level", "message").order_by("-id")[:limit])
+    tail.reverse()
+    return tail
 
 
 def model_version_list(*, user: User | AnonymousUser) -> QuerySet[ModelVersion]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from deployer.models import DeploymentStep, Endpoint, ModelVersion
+from deployer.models import DeploymentStep, Endpoint, LogLine, ModelVersion
 
 
 def _text(value: Any) -> str:
@@ -51,8 +53,23 @@ def _example_payload(example: Any) -> tuple[str, str]:
     return "", "text/csv"
 
 
+def _package_names(packages: Any) -> list[str]:
+    """Inspection records {"required": [{"name", "version"}], ...}; older shapes are lists."""
+    if isinstance(packages, dict):
+        packages = packages.get("required", [])
+    names = []
+    for package in packages or []:
+        if isinstance(package, dict):
+            version = package.get("version")
+            names.append(f"{package.get('name')} {version}" if version else str(package.get("name")))
+        else:
+            names.append(str(package))
+    return names
+
+
 def inspection_summary(model_version: ModelVersion) -> InspectionSummary:
-    """Reads the keys model inspection writes (deployer/services/model_versions.py)."""
+    """Reads the record model inspection writes (deployer/r/inspect.R via
+    deployer/services/model_versions.py)."""
     data: dict[str, Any] = model_version.inspection or {}
     schema = data.get("schema") or {}
     raw_columns = schema.get("columns", []) if isinstance(schema, dict) else schema
@@ -67,15 +84,18 @@ def inspection_summary(model_version: ModelVersion) -> InspectionSummary:
     ]
     r_version = data.get("r_version")
     if isinstance(r_version, dict):
-        r_version = r_version.get("written") or r_version.get("read")
-    payload, content_type = _example_payload(data.get("example_payload", data.get("example")))
-    predictions = data.get("example_predictions", data.get("predictions"))
-    packages = data.get("packages") or model_version.requested_packages or []
+        writer, reader = r_version.get("writer"), r_version.get("reader")
+        r_version = f"written by {writer}, read by {reader}" if writer and reader else (writer or reader)
+    example = data.get("example") or {}
+    payload, content_type = _example_payload(example)
+    predictions = example.get("predictions") if isinstance(example, dict) else None
+    prediction = data.get("prediction")
+    kind = prediction.get("kind") if isinstance(prediction, dict) else prediction
     return InspectionSummary(
-        model_class=_text(data.get("class", data.get("model_class"))),
-        r_version=_text(r_version or data.get("r_version_written") or data.get("r_version_read")),
-        packages=[str(package) for package in packages] if isinstance(packages, list) else [str(packages)],
-        prediction_kind=_text(data.get("prediction_kind")),
+        model_class=_text(data.get("class")),
+        r_version=_text(r_version),
+        packages=_package_names(data.get("packages")) or [str(p) for p in model_version.requested_packages],
+        prediction_kind=_text(kind),
         columns=columns,
         example_payload=payload,
         example_content_type=content_type,
@@ -185,3 +205,67 @@ def _shell_quote(text: str) -> str:
 
 def _r_string(text: str) -> str:
     return json.dumps(text)
+
+
+# The runtime's HAProxy access log line (container_templates/runtime/haproxy.cfg,
+# log-format "%tr %HM %HP %ST %Ta ms"), copied into LogLine by the target's collect_logs.
+_ACCESS_LINE = re.compile(r"\b(?:POST|GET) \S*/invocations\S* (?P<status>\d{3}) (?P<ms>-?\d+) ms$")
+
+
+@dataclass
+class ChartBucket:
+    start: datetime
+    count: int = 0
+    errors: int = 0
+    latency_total: float = 0.0
+    # SVG geometry, filled by invocation_chart.
+    x: float = 0.0
+    bar_y: float = 0.0
+    bar_height: float = 0.0
+    latency_y: float | None = None
+
+    @property
+    def mean_latency(self) -> float | None:
+        return self.latency_total / self.count if self.count else None
+
+
+@dataclass
+class Chart:
+    buckets: list[ChartBucket]
+    max_count: int
+    max_latency: float
+    total: int
+    width: int = 600
+    height: int = 160
+    bar_width: float = 0.0
+    latency_points: str = ""
+
+
+def invocation_chart(lines: Iterable[LogLine], *, now: datetime, minutes: int = 30) -> Chart:
+    """Invocations and mean latency per minute over the last `minutes`, from access log lines."""
+    start = (now - timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
+    buckets = [ChartBucket(start=start + timedelta(minutes=i)) for i in range(minutes)]
+    for line in lines:
+        match = _ACCESS_LINE.search(line.message)
+        if match is None or line.created_at < start:
+            continue
+        bucket = buckets[min(int((line.created_at - start).total_seconds() // 60), minutes - 1)]
+        bucket.count += 1
+        bucket.latency_total += max(int(match["ms"]), 0)
+        bucket.errors += int(match["status"]) >= 500
+    max_count = max((bucket.count for bucket in buckets), default=0)
+    max_latency = max((bucket.mean_latency or 0 for bucket in buckets), default=0.0)
+    chart = Chart(buckets=buckets, max_count=max_count, max_latency=max_latency, total=sum(b.count for b in buckets))
+    plot_height = chart.height - 20
+    chart.bar_width = chart.width / minutes
+    points = []
+    for i, bucket in enumerate(buckets):
+        bucket.x = i * chart.bar_width
+        bucket.bar_height = plot_height * bucket.count / max_count if max_count else 0
+        bucket.bar_y = plot_height - bucket.bar_height
+        latency = bucket.mean_latency
+        if latency is not None and max_latency:
+            bucket.latency_y = plot_height - plot_height * latency / max_latency
+            points.append(f"{bucket.x + chart.bar_width / 2:.1f},{bucket.latency_y:.1f}")
+    chart.latency_points = " ".join(points)
+    return chart

@@ -1,30 +1,61 @@
 """Dashboard views: thin adapters from requests to deployer selectors and services.
 
 One function serves a page and its htmx fragments (`?fragment=<partial>`); polling
-fragments answer 286 once nothing is in progress, which stops htmx polling.
+fragments answer 286 once nothing is in progress, which stops htmx polling. Every form
+also works as a plain POST without JavaScript.
 """
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
 from deployer import selectors
-from deployer.models import ApiToken, Endpoint, ModelVersion
+from deployer.artifacts import ArtifactRejected
+from deployer.models import ApiToken, Endpoint, LogLine, ModelVersion
+from deployer.services.endpoints import (
+    EndpointConflict,
+    endpoint_create,
+    endpoint_delete,
+    endpoint_invoke,
+    endpoint_logs,
+    endpoint_rollback,
+    endpoint_rotate_key,
+    endpoint_update,
+)
+from deployer.services.model_versions import model_version_upload
 from deployer.services.tokens import api_token_create, api_token_revoke
-from webui.presentation import format_duration, inspection_summary, invoke_snippets, step_duration
+from webui.forms import DeployForm, InvokeForm, UploadForm
+from webui.presentation import (
+    format_duration,
+    inspection_summary,
+    invocation_chart,
+    invoke_snippets,
+    step_duration,
+)
 
 ENDPOINTS_PER_PAGE = 50
 MODELS_PER_PAGE = 50
 LOG_LINES_PER_POLL = 200
+# Runtime log collection (a file read locally, a CloudWatch call on SageMaker) runs at most
+# this often per endpoint however many pages poll; the reconciler collects too.
+LOG_COLLECT_SECONDS = 3
+CHART_LOG_LINES = 5000
 
 
 class DashboardRequest(HttpRequest):
@@ -42,6 +73,10 @@ def _stop_polling_unless(busy: bool, response: HttpResponse) -> HttpResponse:
     for header, value in response.items():
         stopped[header] = value
     return stopped
+
+
+def _redirect(request: DashboardRequest, url: str) -> HttpResponse:
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
 @login_required
@@ -64,20 +99,80 @@ def model_list(request: DashboardRequest) -> HttpResponse:
     return render(request, "webui/model_list.html", context)
 
 
+# Which field a refusal from model_version_upload is about, from its message.
+_UPLOAD_ERROR_FIELDS = (("invalid name", "name"), ("package", "packages"), ("sample", "sample"))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def model_upload(request: DashboardRequest) -> HttpResponse:
+    form = UploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            outcome = model_version_upload(
+                owner=request.user,
+                name=form.cleaned_data["name"],
+                file=form.cleaned_data["file"],
+                sample=form.cleaned_data["sample"],
+                packages=form.cleaned_data["packages"],
+            )
+        except ArtifactRejected as exc:
+            message = str(exc)
+            field = next((field for marker, field in _UPLOAD_ERROR_FIELDS if marker in message.lower()), "file")
+            form.add_error(field, message[:1].upper() + message[1:] + ".")
+        else:
+            if not outcome.created:
+                messages.info(request, f"These bytes were already uploaded as {outcome.model_version}.")
+            return _redirect(request, reverse("webui:model_detail", args=[outcome.model_version.pk]))
+    status = 400 if request.method == "POST" and not request.htmx else 200
+    template = "webui/model_upload.html#upload-fields" if request.htmx else "webui/model_upload.html"
+    return render(request, template, {"form": form}, status=status)
+
+
+def _model_context(model_version: ModelVersion, form: DeployForm | None = None) -> dict[str, Any]:
+    return {
+        "model_version": model_version,
+        "inspection": inspection_summary(model_version),
+        "busy": model_version.status == ModelVersion.Status.INSPECTING,
+        "form": form or DeployForm(initial={"name": model_version.name}),
+    }
+
+
 @login_required
 @require_GET
 def model_detail(request: DashboardRequest, pk: int) -> HttpResponse:
     model_version = get_object_or_404(selectors.model_version_list(user=request.user), pk=pk)
-    busy = model_version.status == ModelVersion.Status.INSPECTING
-    context = {
-        "model_version": model_version,
-        "inspection": inspection_summary(model_version),
-        "busy": busy,
-        "targets": Endpoint.Target.choices,
-    }
+    context = _model_context(model_version)
     if request.htmx and request.GET.get("fragment") == "inspection":
-        return _stop_polling_unless(busy, render(request, "webui/model_detail.html#inspection", context))
+        return _stop_polling_unless(
+            bool(context["busy"]), render(request, "webui/model_detail.html#inspection", context)
+        )
     return render(request, "webui/model_detail.html", context)
+
+
+@login_required
+@require_POST
+def model_deploy(request: DashboardRequest, pk: int) -> HttpResponse:
+    model_version = get_object_or_404(selectors.model_version_list(user=request.user), pk=pk)
+    form = DeployForm(request.POST)
+    if form.is_valid():
+        try:
+            issued = endpoint_create(
+                owner=request.user,
+                name=form.cleaned_data["name"],
+                model_version=model_version,
+                target=form.cleaned_data["target"],
+                options=form.cleaned_data["options"],
+                public=form.cleaned_data["public"],
+            )
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                form.add_error(field if field in form.fields else None, errors)
+        else:
+            if issued.api_key:
+                return render(request, "webui/api_key.html", {"endpoint": issued.endpoint, "api_key": issued.api_key})
+            return redirect("webui:endpoint_detail", name=issued.endpoint.name)
+    return render(request, "webui/model_detail.html", _model_context(model_version, form), status=400)
 
 
 # --- Endpoints -------------------------------------------------------------------------
@@ -96,50 +191,66 @@ def endpoint_list(request: DashboardRequest) -> HttpResponse:
 
 def _endpoint_for(request: DashboardRequest, name: str) -> Endpoint:
     return get_object_or_404(
-        Endpoint.objects.visible_to(request.user).select_related("model_version", "current_deployment"),
+        Endpoint.objects.visible_to(request.user).select_related(
+            "owner", "model_version", "previous_model_version", "current_deployment__model_version"
+        ),
         name=name,
     )
 
 
-def _overview_context(endpoint: Endpoint) -> dict[str, object]:
+def _overview_context(request: DashboardRequest, endpoint: Endpoint) -> dict[str, Any]:
     now = timezone.now()
     steps = selectors.deployment_steps(deployment=endpoint.current_deployment)
+    serving = endpoint.model_version or (
+        endpoint.current_deployment.model_version if endpoint.current_deployment else None
+    )
     return {
         "endpoint": endpoint,
         "deployment": endpoint.current_deployment,
         "steps": [(step, format_duration(step_duration(step, now))) for step in steps],
         "busy": selectors.endpoint_is_busy(endpoint),
+        "versions": selectors.model_versions_ready(user=request.user, name=serving.name if serving else None),
     }
 
 
-@login_required
-@require_GET
-def endpoint_detail(request: DashboardRequest, name: str) -> HttpResponse:
-    endpoint = _endpoint_for(request, name)
-    context = _overview_context(endpoint)
-    if request.htmx and request.GET.get("fragment") == "overview":
-        return _stop_polling_unless(
-            bool(context["busy"]), render(request, "webui/endpoint_detail.html#overview", context)
-        )
+def _endpoint_page_context(request: DashboardRequest, endpoint: Endpoint) -> dict[str, Any]:
+    context = _overview_context(request, endpoint)
     lines = selectors.log_lines_tail(endpoint=endpoint, limit=LOG_LINES_PER_POLL)
-    inspection = inspection_summary(endpoint.model_version) if endpoint.model_version else None
+    serving = endpoint.model_version or (
+        endpoint.current_deployment.model_version if endpoint.current_deployment else None
+    )
+    inspection = inspection_summary(serving) if serving else None
     payload = inspection.example_payload if inspection else ""
     content_type = inspection.example_content_type if inspection else "text/csv"
     context.update(
         lines=lines,
         cursor=lines[-1].id if lines else 0,
         following=context["busy"],
-        payload=payload,
-        content_type=content_type,
+        invoke_form=InvokeForm(initial={"payload": payload, "content_type": content_type}),
         snippets=invoke_snippets(endpoint, payload=payload, content_type=content_type),
-        versions=selectors.model_versions_ready(user=request.user),
     )
-    return render(request, "webui/endpoint_detail.html", context)
+    return context
 
 
 @login_required
 @require_GET
-def endpoint_logs(request: DashboardRequest, name: str) -> HttpResponse:
+def endpoint_detail(request: DashboardRequest, name: str) -> HttpResponse:
+    endpoint = _endpoint_for(request, name)
+    fragment = request.GET.get("fragment") if request.htmx else None
+    if fragment == "overview":
+        context = _overview_context(request, endpoint)
+        return _stop_polling_unless(
+            bool(context["busy"]), render(request, "webui/endpoint_detail.html#overview", context)
+        )
+    if fragment == "chart":
+        lines = selectors.log_lines_tail(endpoint=endpoint, limit=CHART_LOG_LINES, sources=("runtime", "endpoint"))
+        return render(request, "webui/_chart.html", {"chart": invocation_chart(lines, now=timezone.now())})
+    return render(request, "webui/endpoint_detail.html", _endpoint_page_context(request, endpoint))
+
+
+@login_required
+@require_GET
+def endpoint_log_tail(request: DashboardRequest, name: str) -> HttpResponse:
     """Lines after the cursor, appended out of band; the tail controls carry the new cursor.
 
     `?follow=0` pauses (no polling element is returned); polling stops by itself (286)
@@ -151,9 +262,13 @@ def endpoint_logs(request: DashboardRequest, name: str) -> HttpResponse:
     except ValueError:
         after = 0
     following = request.GET.get("follow", "1") != "0"
-    lines = selectors.log_lines_after(endpoint=endpoint, after=after, limit=LOG_LINES_PER_POLL) if following else []
-    more = len(lines) == LOG_LINES_PER_POLL
-    busy = selectors.endpoint_is_busy(endpoint) or more
+    lines: list[LogLine] = []
+    if following:
+        if cache.add(f"webui:logs-collected:{endpoint.pk}", 1, timeout=LOG_COLLECT_SECONDS):
+            lines, _cursor = endpoint_logs(endpoint=endpoint, after=after, limit=LOG_LINES_PER_POLL)
+        else:
+            lines = selectors.log_lines_after(endpoint=endpoint, after=after, limit=LOG_LINES_PER_POLL)
+    busy = selectors.endpoint_is_busy(endpoint) or len(lines) == LOG_LINES_PER_POLL
     context = {
         "endpoint": endpoint,
         "lines": lines,
@@ -162,7 +277,101 @@ def endpoint_logs(request: DashboardRequest, name: str) -> HttpResponse:
         "paused": not following,
     }
     response = render(request, "webui/endpoint_detail.html#log-tail", context)
-    return response if not following else _stop_polling_unless(busy, response)
+    return _stop_polling_unless(busy, response) if following else response
+
+
+@login_required
+@require_POST
+def endpoint_invoke_form(request: DashboardRequest, name: str) -> HttpResponse:
+    """The test form: one request through the same gateway as the invoke URL."""
+    endpoint = _endpoint_for(request, name)
+    form = InvokeForm(request.POST)
+    result = None
+    if form.is_valid():
+        started = time.perf_counter()
+        result = endpoint_invoke(
+            user=request.user,
+            name=endpoint.name,
+            body=form.cleaned_data["payload"].encode(),
+            headers={"Content-Type": form.cleaned_data["content_type"], "Accept": "application/json"},
+        )
+        elapsed = format_duration(timedelta(seconds=time.perf_counter() - started))
+        if result is None:
+            return HttpResponse(status=404)
+    else:
+        elapsed = ""
+    context = {
+        "endpoint": endpoint,
+        "result": result,
+        "elapsed": elapsed,
+        "runtime_ms": result.headers.get("X-Rdeploy-Runtime-Ms") if result else None,
+        "response_text": result.body.decode("utf-8", "replace") if result else "",
+        "invoke_form": form,
+    }
+    if request.htmx:
+        return render(request, "webui/endpoint_detail.html#response", context)
+    page = _endpoint_page_context(request, endpoint)
+    page.update(context)
+    return render(request, "webui/endpoint_detail.html", page)
+
+
+@login_required
+@require_POST
+def endpoint_update_form(request: DashboardRequest, name: str) -> HttpResponse:
+    endpoint = _endpoint_for(request, name)
+    model_version = get_object_or_404(
+        selectors.model_versions_ready(user=request.user), pk=request.POST.get("model_version") or 0
+    )
+    try:
+        endpoint_update(endpoint=endpoint, model_version=model_version)
+    except (EndpointConflict, ValidationError) as exc:
+        messages.error(request, _message(exc))
+    else:
+        messages.success(request, f"Updating {endpoint.name} to {model_version}; the current one serves until then.")
+    return redirect("webui:endpoint_detail", name=endpoint.name)
+
+
+@login_required
+@require_POST
+def endpoint_rollback_form(request: DashboardRequest, name: str) -> HttpResponse:
+    endpoint = _endpoint_for(request, name)
+    try:
+        deployment = endpoint_rollback(endpoint=endpoint)
+    except EndpointConflict as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Rolling {endpoint.name} back to {deployment.model_version}.")
+    return redirect("webui:endpoint_detail", name=endpoint.name)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def endpoint_delete_form(request: DashboardRequest, name: str) -> HttpResponse:
+    """GET asks for confirmation; POST deletes."""
+    endpoint = _endpoint_for(request, name)
+    if request.method == "POST":
+        endpoint_delete(endpoint=endpoint)
+        messages.success(request, f"Deleting {endpoint.name}: stopping it and removing what it created.")
+        return redirect("webui:endpoint_detail", name=endpoint.name)
+    return render(request, "webui/endpoint_delete.html", {"endpoint": endpoint})
+
+
+@login_required
+@require_POST
+def endpoint_rotate_key_form(request: DashboardRequest, name: str) -> HttpResponse:
+    endpoint = _endpoint_for(request, name)
+    try:
+        key = endpoint_rotate_key(endpoint=endpoint)
+    except EndpointConflict as exc:
+        messages.error(request, exc.message)
+        return redirect("webui:endpoint_detail", name=endpoint.name)
+    return render(request, "webui/api_key.html", {"endpoint": endpoint, "api_key": key, "rotated": True})
+
+
+def _message(exc: EndpointConflict | ValidationError) -> str:
+    if isinstance(exc, EndpointConflict):
+        return exc.message
+    return " ".join(exc.messages)
 
 
 # --- API tokens ------------------------------------------------------------------------

@@ -57,3 +57,8 @@ def no_horizontal_scroll(page: Page) -> bool:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def go_to(page: Page, section: str) -> None:
+    """Follow a link of the main navigation ("Models", "Endpoints", "API tokens")."""
+    page.get_by_role("navigation", name="Main").get_by_role("link", name=section).click()

@@ -11,15 +11,15 @@ from pytest_django.live_server_helper import LiveServer
 
 from deployer.models import Endpoint, LogLine
 from deployer.services.tokens import api_token_authenticate
-from webui.tests.browser import DESKTOP, PHONE, check_page, log_in, no_horizontal_scroll
-from webui.tests.test_pages import deploying_endpoint
+from webui.tests.browser import DESKTOP, PHONE, check_page, go_to, log_in, no_horizontal_scroll
+from webui.tests.test_pages import deploying_endpoint, finish
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def test_api_token_is_created_shown_once_copied_and_revoked(page: Page, live_server: LiveServer, owner: User) -> None:
     log_in(page, live_server.url, owner)
-    page.get_by_role("link", name="API tokens").click()
+    go_to(page, "API tokens")
     expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
     check_page(page, "tokens-empty")
 
@@ -32,7 +32,7 @@ def test_api_token_is_created_shown_once_copied_and_revoked(page: Page, live_ser
     expect(page.get_by_role("button", name="Copied")).to_be_visible()
     check_page(page, "tokens-created")
 
-    page.get_by_role("link", name="API tokens").click()
+    go_to(page, "API tokens")
     expect(page.get_by_label("Token", exact=True)).to_have_count(0)
     page.get_by_role("button", name=re.compile(r"^Revoke token")).click()
     expect(page.get_by_text("revoked", exact=False).first).to_be_visible()
@@ -45,7 +45,7 @@ def test_endpoint_page_tails_logs_live_pauses_and_stops_polling_when_live(
     endpoint = deploying_endpoint(owner)
     LogLine.objects.create(endpoint=endpoint, source=LogLine.Source.PIPELINE, message="deployment planned")
     log_in(page, live_server.url, owner)
-    page.get_by_role("link", name="Endpoints").click()
+    go_to(page, "Endpoints")
     expect(page.get_by_role("cell", name="deploying")).to_be_visible()
     check_page(page, "endpoints")
     page.get_by_role("link", name="iris").click()
@@ -66,7 +66,7 @@ def test_endpoint_page_tails_logs_live_pauses_and_stops_polling_when_live(
     logs.get_by_role("button", name="Resume").click()
     expect(logs).to_contain_text("arrived while paused")
 
-    Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.LIVE)
+    finish(endpoint, Endpoint.Status.LIVE)
     expect(page.locator("#overview")).to_contain_text("live")
     expect(logs.get_by_role("button", name="Resume")).to_be_visible()
     requests: list[str] = []
@@ -80,15 +80,15 @@ def test_pages_fit_a_phone_and_pass_axe(page: Page, live_server: LiveServer, own
     page.set_viewport_size(PHONE)
     log_in(page, live_server.url, owner)
     for link, name in (("Models", "models"), ("Endpoints", "endpoints"), ("API tokens", "tokens")):
-        page.get_by_role("link", name=link).click()
+        go_to(page, link)
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         assert no_horizontal_scroll(page), name
         check_page(page, name)
-    page.get_by_role("link", name="Endpoints").click()
+    go_to(page, "Endpoints")
     page.get_by_role("link", name="iris").click()
     assert no_horizontal_scroll(page)
     check_page(page, "endpoint")
-    page.get_by_role("link", name="Models").click()
+    go_to(page, "Models")
     page.get_by_role("link", name="iris").click()
     check_page(page, "model-version")
     page.set_viewport_size(DESKTOP)
@@ -109,7 +109,8 @@ def test_keyboard_alone_logs_in_and_reaches_every_section(page: Page, live_serve
     page.keyboard.press("Enter")
     expect(page.locator("main")).to_be_focused()
 
+    main_nav = page.get_by_role("navigation", name="Main")
     for link in ("Models", "Endpoints", "API tokens"):
-        page.get_by_role("link", name=link).focus()
+        main_nav.get_by_role("link", name=link).focus()
         page.keyboard.press("Enter")
-        expect(page.get_by_role("link", name=link)).to_have_attribute("aria-current", "page")
+        expect(main_nav.get_by_role("link", name=link)).to_have_attribute("aria-current", "page")

@@ -16,18 +16,24 @@ from testsupport.factories import make_endpoint, make_model_version
 
 HTMX = {"HX-Request": "true"}
 
+# The record deployer/r/inspect.R writes for a randomForest on iris.
 INSPECTION = {
     "class": ["randomForest.formula", "randomForest"],
-    "r_version": "4.2.2",
-    "packages": ["randomForest"],
+    "r_version": {"writer": "4.2.2", "reader": "4.2.2"},
+    "packages": {"required": [{"name": "randomForest", "version": "4.7-1.1"}], "predict_method": "randomForest"},
     "schema": {
         "columns": [
             {"name": "Sepal.Length", "type": "numeric"},
             {"name": "Species", "type": "factor", "levels": ["setosa", "versicolor"]},
         ]
     },
-    "example_payload": "Sepal.Length,Species\n5.1,setosa\n",
-    "example_predictions": ["setosa"],
+    "prediction": {"kind": "class", "probabilities": True},
+    "example": {
+        "content_type": "application/json",
+        "payload": [{"Sepal.Length": 5.1, "Species": "setosa"}],
+        "rows": 1,
+        "predictions": {"predictions": ["setosa"]},
+    },
 }
 
 
@@ -57,6 +63,13 @@ def deploying_endpoint(owner: User, name: str = "iris") -> Endpoint:
     endpoint.current_deployment = deployment
     endpoint.save()
     return endpoint
+
+
+def finish(endpoint: Endpoint, status: str, **fields: object) -> None:
+    """The rollout ends: the endpoint takes `status`, its deployment a terminal state."""
+    outcome = Deployment.Status.FAILED if status == Endpoint.Status.FAILED else Deployment.Status.SUCCEEDED
+    Deployment.objects.filter(endpoint=endpoint).update(status=outcome, finished_at=timezone.now())
+    Endpoint.objects.filter(pk=endpoint.pk).update(status=status, **fields)
 
 
 @pytest.mark.parametrize("path", ["/", "/models/", "/endpoints/", "/endpoints/iris/", "/tokens/"])
@@ -92,10 +105,10 @@ def test_models_list_shows_only_the_users_own_versions(client: Client, owner: Us
 def test_model_page_shows_class_schema_example_and_predictions(client: Client, owner: User) -> None:
     version = make_model_version(owner, status=ModelVersion.Status.READY, inspection=INSPECTION)
     html = logged_in(client, owner).get(f"/models/{version.pk}/").content.decode()
-    for expected in ("randomForest.formula, randomForest", "4.2.2", "Sepal.Length", "setosa, versicolor"):
+    for expected in ("randomForest.formula, randomForest", "4.2.2", "randomForest 4.7-1.1", "setosa, versicolor"):
         assert expected in html
-    assert "Sepal.Length,Species\n5.1,setosa" in html
-    assert "[&quot;setosa&quot;]" in html
+    assert "[{&quot;Sepal.Length&quot;: 5.1, &quot;Species&quot;: &quot;setosa&quot;}]" in html
+    assert "{&quot;predictions&quot;: [&quot;setosa&quot;]}" in html
     assert "hx-trigger" not in html.split('id="inspection"')[1].split(">")[0]
 
 
@@ -134,7 +147,7 @@ def test_endpoints_list_polls_only_while_an_endpoint_is_busy(client: Client, own
     assert busy.status_code == 200
     assert "<html" not in busy.content.decode()
 
-    Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.LIVE)
+    finish(endpoint, Endpoint.Status.LIVE)
     done = client.get("/endpoints/?fragment=rows", headers=HTMX)
     assert done.status_code == 286
     assert "badge-live" in done.content.decode()
@@ -158,7 +171,7 @@ def test_endpoint_page_shows_steps_with_durations_and_polls_until_terminal(clien
     assert "1.5 s" in html
     assert 'hx-get="/endpoints/iris/?fragment=overview"' in html
 
-    Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.FAILED, error="runtime never answered /ping")
+    finish(endpoint, Endpoint.Status.FAILED, error="runtime never answered /ping")
     final = client.get("/endpoints/iris/?fragment=overview", headers=HTMX)
     assert final.status_code == 286
     assert "runtime never answered /ping" in final.content.decode()
@@ -192,7 +205,7 @@ def test_log_poll_returns_lines_after_the_cursor_and_advances_it(client: Client,
 
 def test_log_poll_stops_with_286_once_nothing_is_in_progress(client: Client, owner: User) -> None:
     endpoint = deploying_endpoint(owner)
-    Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.LIVE)
+    finish(endpoint, Endpoint.Status.LIVE)
     line = LogLine.objects.create(endpoint=endpoint, source=LogLine.Source.PIPELINE, message="endpoint is live")
     response = logged_in(client, owner).get("/endpoints/iris/logs/?after=0", headers=HTMX)
     assert response.status_code == 286
