@@ -208,8 +208,9 @@ def _r_string(text: str) -> str:
 
 
 # The runtime's HAProxy access log line (container_templates/runtime/haproxy.cfg,
-# log-format "%tr %HM %HP %ST %Ta ms"), copied into LogLine by the target's collect_logs.
-_ACCESS_LINE = re.compile(r"\b(?:POST|GET) \S*/invocations\S* (?P<status>\d{3}) (?P<ms>-?\d+) ms$")
+# log-format "%tr %HM %HP %ST %Ta ms (queued %Tw ms)"), copied into LogLine by the
+# target's collect_logs: "25/Nov/2026:15:29:22.119 POST /invocations 200 3 ms (queued 0 ms)".
+_ACCESS_LINE = re.compile(r"\b(?:POST|GET) \S*/invocations\S* (?P<status>\d{3}) (?P<ms>-?\d+) ms\b")
 
 
 @dataclass

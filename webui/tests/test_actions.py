@@ -179,8 +179,9 @@ def test_rotating_the_key_shows_the_new_one_once(client: Client, owner: User) ->
 def test_chart_counts_invocations_and_mean_latency_per_minute_from_access_log_lines(owner: User) -> None:
     endpoint = live_endpoint(owner)
     now = timezone.now()
+    access = "25/Nov/2026:10:00:01.123 POST /invocations 200 4 ms (queued 0 ms)"
     lines = [
-        LogLine(endpoint=endpoint, source="runtime", message="25/Nov/2026:10:00:01.123 POST /invocations 200 4 ms"),
+        LogLine(endpoint=endpoint, source="runtime", message=access),
         LogLine(endpoint=endpoint, source="runtime", message="25/Nov/2026:10:00:02.123 POST /invocations 500 8 ms"),
         LogLine(endpoint=endpoint, source="runtime", message="25/Nov/2026:10:00:02.500 GET /ping 200 0 ms"),
         LogLine(endpoint=endpoint, source="runtime", message="model loaded in 0.4 s"),
