@@ -112,7 +112,8 @@ if (is.null(hooks$predict_fn)) {
     fail("not_a_model", paste0(
       "not an R model: an object of class ", paste(model_class, collapse = "/"), " has no predict() method. ",
       "Upload a fitted model (e.g. what lm(), glm(), randomForest() or ranger() return) saved with saveRDS(), ",
-      "or a bundle whose predict.R defines predict_fn(model, data)"
+      "or a bundle whose predict.R defines predict_fn(model, data). If its predict() method comes from a ",
+      "package this server lacks, name that package in `packages`"
     ))
   }
 }

@@ -1,7 +1,9 @@
 """Inspection with real R and real trained models, checked against R itself."""
 
 import json
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +281,77 @@ def test_inspecting_a_version_that_is_already_done_changes_nothing(owner: User, 
 
     assert again.status == ModelVersion.Status.READY
     assert again.inspected_at == inspected_at
+
+
+@pytest.fixture(scope="module")
+def toy_repository(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A CRAN-like repository (file://) holding one small package with a predict method."""
+    root = tmp_path_factory.mktemp("toy-repo")
+    package = root / "rdeploytoy"
+    (package / "R").mkdir(parents=True)
+    (package / "DESCRIPTION").write_text(
+        "Package: rdeploytoy\nVersion: 0.1.0\nTitle: Toy Model\nDescription: A toy model for tests.\n"
+        "Authors@R: person('A', 'B', email = 'a@b.c', role = c('aut', 'cre'))\nLicense: MIT\n"
+    )
+    (package / "NAMESPACE").write_text("S3method(predict, toymodel)\n")
+    (package / "R" / "toy.R").write_text("predict.toymodel <- function(object, newdata, ...) newdata$x * object$k\n")
+    contrib = root / "repo" / "src" / "contrib"
+    contrib.mkdir(parents=True)
+    subprocess.run(["R", "CMD", "build", "--no-manual", str(package)], cwd=contrib, check=True, capture_output=True)
+    subprocess.run(
+        [settings.RSCRIPT, "-e", f"tools::write_PACKAGES('{contrib}', type = 'source')"],
+        check=True,
+        capture_output=True,
+    )
+    return f"file://{root / 'repo'}"
+
+
+@pytest.fixture
+def shared_library_dir(settings: Any) -> Any:
+    # The sandbox user must be able to read the cached libraries (pytest's tmp is private).
+    directory = Path(tempfile.mkdtemp(prefix="rdeploy-r-libs-"))
+    directory.chmod(0o755)
+    settings.R_LIBRARY_DIR = directory
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_missing_packages_are_installed_from_the_repository_and_inspection_runs_again(
+    owner: User, tmp_path: Path, settings: Any, toy_repository: str, shared_library_dir: Path
+) -> None:
+    settings.CRAN_REPO = toy_repository
+    model = r_object(tmp_path, 'structure(list(k = 2), class = "toymodel")')
+
+    version = inspect(upload(owner, "toy", model, sample=b"x\n1.5\n4\n", packages="rdeploytoy"))
+
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    assert version.inspection["installed_packages"] == ["rdeploytoy"]
+    library = Path(version.inspection["r_library"][0])
+    assert library.parent == shared_library_dir
+    assert (library / "rdeploytoy" / "DESCRIPTION").exists()
+    assert version.inspection["packages"]["required"] == [{"name": "rdeploytoy", "version": "0.1.0"}]
+    assert version.inspection["example"]["predictions"]["predictions"] == [3, 8]
+
+    # The next model with the same dependency set reuses the cached library.
+    again = inspect(
+        upload(
+            owner,
+            "toy",
+            r_object(tmp_path, 'structure(list(k = 3), class = "toymodel")'),
+            sample=b"x\n1\n",
+            packages="rdeploytoy",
+        )
+    )
+    assert again.inspection["r_library"] == version.inspection["r_library"]
+    assert again.inspection["timings"]["install"] < 1
+
+
+def test_without_a_repository_an_unknown_package_stays_invalid(owner: User, tmp_path: Path, settings: Any) -> None:
+    settings.CRAN_REPO = None
+    model = r_object(tmp_path, 'structure(list(k = 2), class = "toymodel")')
+
+    version = inspect(upload(owner, "toy", model, sample=b"x\n1\n", packages="rdeploytoy"))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert "rdeploytoy" in version.status_reason
+    assert "RDEPLOY_CRAN_REPO" in version.status_reason
