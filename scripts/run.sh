@@ -47,6 +47,9 @@ gunicorn config.wsgi -b "127.0.0.1:$PORT" -w 2 --threads 8 -k gthread --access-l
   >"$RDEPLOY_DATA_DIR/logs/web.log" 2>&1 &
 pids+=($!)
 until curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do sleep 0.3; done
+# The example model, live on the local target (reused on later starts; beat's reconciler
+# restarts endpoints that were live before a reboot).
+python manage.py rdeploy_demo || echo "rdeploy: the example deployment failed; see $RDEPLOY_DATA_DIR/logs/worker.log"
 
 echo "rdeploy is running: dashboard at http://127.0.0.1:$PORT/ (logs in $RDEPLOY_DATA_DIR/logs)"
 echo "Press Ctrl-C to stop."

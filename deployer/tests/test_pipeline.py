@@ -218,3 +218,26 @@ def test_a_broken_update_fails_with_the_runtime_log_and_the_old_version_keeps_se
     assert predictions(client.post(invocations, rows_csv(truth["rows"]), content_type="text/csv")) == truth["v1"]
     logs = client.get("/api/v1/endpoints/sturdy/logs?after=0").json()
     assert any("rdeployNoSuchPackage" in line["message"] and line["source"] == "runtime" for line in logs["lines"])
+
+
+def test_the_demo_command_deploys_the_example_model_and_prints_a_working_curl_line() -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("rdeploy_demo", stdout=out)
+    printed = out.getvalue()
+    assert "iris-demo is live: http://testserver/endpoints/iris-demo/" in printed
+    key = printed.split("x-api-key: ", 1)[1].split("'", 1)[0]
+    response = Client().post(
+        "/e/iris-demo/invocations",
+        "Sepal.Length,Sepal.Width,Petal.Length,Petal.Width\n5.1,3.5,1.4,0.2\n",
+        content_type="text/csv",
+        HTTP_X_API_KEY=key,
+    )
+    assert predictions(response) == ["setosa"]
+    # A second start reuses the endpoint and its key.
+    again = StringIO()
+    call_command("rdeploy_demo", stdout=again)
+    assert f"x-api-key: {key}" in again.getvalue()
