@@ -672,6 +672,9 @@ class SageMakerTarget(Target):
                 continue
             if state.status != "Deleting":
                 sagemaker.delete_endpoint(resource.identifier)
+                if sagemaker.describe_endpoint(resource.identifier) is None:
+                    ctx.mark_resource_deleted(resource.kind, resource.identifier)
+                    continue
             waiting.append(resource.identifier)
         if waiting:
             return StepOutcome.wait(10, f"Deleting SageMaker endpoint {', '.join(waiting)}.")
