@@ -72,6 +72,12 @@ if (file.exists(lock_path)) {
 }
 renv_names <- vapply(renv_packages, function(p) p$name, character(1))
 renv_missing <- setdiff(renv_names[!installed(renv_names)], "renv")
+if (length(renv_missing)) {
+  warnings_seen <- c(warnings_seen, paste0(
+    "renv.lock lists packages this server does not have: ", paste(renv_missing, collapse = ", "),
+    " (images built from renv.lock install them; set RDEPLOY_CRAN_REPO to install them for local serving)"
+  ))
+}
 if (length(requested) && !all(installed(requested))) missing_packages(requested[!installed(requested)])
 
 # ---- Load with the runtime -------------------------------------------------------------

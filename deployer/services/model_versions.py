@@ -294,8 +294,23 @@ def _run_inspection(
     return {"status": "invalid", "code": "crashed", "reason": f"R stopped while inspecting the model: {detail}"}, result
 
 
+def _packages_to_install(outcome: dict[str, Any]) -> list[str]:
+    """What a CRAN-like repository could fix: packages the model needs, or that its
+    renv.lock lists (predict.R may load them), that this server lacks."""
+    if outcome.get("code") == "missing_packages":
+        return list(outcome["missing_packages"])
+    if outcome.get("status") == "ok":
+        return list(outcome["packages"].get("renv_missing") or [])
+    return []
+
+
 def _missing_packages_reason(packages: list[str]) -> str:
     quoted = ", ".join(packages)
+    if settings.CRAN_REPO:
+        return (
+            f"the model needs R packages this server does not have: {quoted}, and installing them from "
+            f"{settings.CRAN_REPO} (RDEPLOY_CRAN_REPO) did not provide them: check the package names"
+        )
     return (
         f"the model needs R packages this server does not have: {quoted}. Set RDEPLOY_CRAN_REPO to a CRAN-like "
         "repository (e.g. a Posit Package Manager snapshot) so rdeploy installs them, or have an administrator "
@@ -344,15 +359,20 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
         timings["prepare"] = (timezone.now() - stage).total_seconds()
 
         requested = list(model_version.requested_packages)
-        outcome, result = _run_inspection(
-            model_dir=model_dir, scratch=scratch, sample=sample, requested=requested, libraries=libraries
-        )
-        timings["r"] = result.seconds
-        if outcome.get("code") == "missing_packages" and settings.CRAN_REPO:
-            installed = list(outcome["missing_packages"])
+        # Installing one package can reveal the next (the model loads further each
+        # round), so install and inspect again a few times, one library per package set.
+        for _round in range(3):
+            outcome, result = _run_inspection(
+                model_dir=model_dir, scratch=scratch, sample=sample, requested=requested, libraries=libraries
+            )
+            timings["r"] = timings.get("r", 0.0) + result.seconds
+            new = [p for p in _packages_to_install(outcome) if p not in installed]
+            if not new or not settings.CRAN_REPO:
+                break
+            installed += new
             stage = timezone.now()
             library, install = rprocess.install_packages(installed, repo=settings.CRAN_REPO)
-            timings["install"] = (timezone.now() - stage).total_seconds()
+            timings["install"] = timings.get("install", 0.0) + (timezone.now() - stage).total_seconds()
             if install.returncode != 0 or install.timed_out:
                 detail = " ".join(install.stderr.strip().splitlines()[-3:])
                 outcome = {
@@ -360,13 +380,9 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
                     "code": "install_failed",
                     "reason": f"installing {', '.join(installed)} from {settings.CRAN_REPO} failed: {detail}",
                 }
-            else:
-                libraries.append(library)
-                outcome, result = _run_inspection(
-                    model_dir=model_dir, scratch=scratch, sample=sample, requested=requested, libraries=libraries
-                )
-                timings["r_after_install"] = result.seconds
-        elif outcome.get("code") == "missing_packages":
+                break
+            libraries = [library]
+        if outcome.get("code") == "missing_packages":
             outcome["reason"] = _missing_packages_reason(list(outcome["missing_packages"]))
 
     timings["total"] = (timezone.now() - started).total_seconds()

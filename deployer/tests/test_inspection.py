@@ -355,3 +355,41 @@ def test_without_a_repository_an_unknown_package_stays_invalid(owner: User, tmp_
     assert version.status == ModelVersion.Status.INVALID
     assert "rdeploytoy" in version.status_reason
     assert "RDEPLOY_CRAN_REPO" in version.status_reason
+
+
+def renv_lock(packages: dict[str, str]) -> bytes:
+    return json.dumps(
+        {
+            "R": {"Version": "4.2.2", "Repositories": []},
+            "Packages": {name: {"Package": name, "Version": version} for name, version in packages.items()},
+        }
+    ).encode()
+
+
+def test_renv_lock_packages_are_recorded_with_their_versions(owner: User, trained_models: Path, settings: Any) -> None:
+    settings.CRAN_REPO = None
+    model = (trained_models / "randomforest" / "model.rds").read_bytes()
+    bundle = tar_gz({"model.rds": model, "renv.lock": renv_lock({"randomForest": "4.7-1.1", "ghostpkg": "1.0.0"})})
+
+    version = inspect(upload(owner, "forest", bundle))
+
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    packages = version.inspection["packages"]
+    assert {"name": "ghostpkg", "version": "1.0.0"} in packages["renv_lock"]
+    assert packages["renv_missing"] == ["ghostpkg"]
+    assert any("ghostpkg" in warning for warning in version.inspection["warnings"])
+    assert [p["name"] for p in packages["required"]] == ["randomForest"]
+
+
+def test_renv_lock_packages_missing_here_are_installed_when_a_repository_is_set(
+    owner: User, tmp_path: Path, settings: Any, toy_repository: str, shared_library_dir: Path
+) -> None:
+    settings.CRAN_REPO = toy_repository
+    model = r_object(tmp_path, "lm(mpg ~ wt, data = mtcars)")
+    bundle = tar_gz({"model.rds": model, "renv.lock": renv_lock({"rdeploytoy": "0.1.0"})})
+
+    version = inspect(upload(owner, "cars", bundle))
+
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    assert version.inspection["installed_packages"] == ["rdeploytoy"]
+    assert version.inspection["packages"]["renv_missing"] == []
