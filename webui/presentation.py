@@ -44,12 +44,12 @@ def _example_payload(example: Any) -> tuple[str, str]:
     if isinstance(example, dict) and ("body" in example or "payload" in example):
         body = example.get("body", example.get("payload"))
         content_type = str(example.get("content_type", "text/csv"))
-        return (body if isinstance(body, str) else json.dumps(body)), content_type
+        return (body if isinstance(body, str) else json.dumps(body, indent=1)), content_type
     if isinstance(example, str):
         content_type = "application/json" if example.lstrip()[:1] in ("[", "{") else "text/csv"
         return example, content_type
     if example:
-        return json.dumps(example), "application/json"
+        return json.dumps(example, indent=1), "application/json"
     return "", "text/csv"
 
 

@@ -209,7 +209,9 @@ def _overview_context(request: DashboardRequest, endpoint: Endpoint) -> dict[str
         "deployment": endpoint.current_deployment,
         "steps": [(step, format_duration(step_duration(step, now))) for step in steps],
         "busy": selectors.endpoint_is_busy(endpoint),
-        "versions": selectors.model_versions_ready(user=request.user, name=serving.name if serving else None),
+        "versions": selectors.model_versions_ready(user=request.user, name=serving.name if serving else None).exclude(
+            pk=endpoint.model_version_id or 0
+        ),
     }
 
 

@@ -107,7 +107,7 @@ def test_model_page_shows_class_schema_example_and_predictions(client: Client, o
     html = logged_in(client, owner).get(f"/models/{version.pk}/").content.decode()
     for expected in ("randomForest.formula, randomForest", "4.2.2", "randomForest 4.7-1.1", "setosa, versicolor"):
         assert expected in html
-    assert "[{&quot;Sepal.Length&quot;: 5.1, &quot;Species&quot;: &quot;setosa&quot;}]" in html
+    assert "&quot;Sepal.Length&quot;: 5.1,\n  &quot;Species&quot;: &quot;setosa&quot;" in html
     assert "{&quot;predictions&quot;: [&quot;setosa&quot;]}" in html
     assert "hx-trigger" not in html.split('id="inspection"')[1].split(">")[0]
 
