@@ -318,12 +318,20 @@ def _missing_packages_reason(packages: list[str]) -> str:
     )
 
 
-def _rdeploy_json(outcome: dict[str, Any]) -> dict[str, Any]:
+def _rdeploy_json(outcome: dict[str, Any], writer_r_version: str | None) -> dict[str, Any]:
     """The runtime's rdeploy.json (container_templates/runtime/README.md)."""
+    found = outcome["prediction"]
+    prediction: dict[str, Any] = {"kind": found["kind"]}
+    if found.get("classes"):
+        prediction["levels"] = found["classes"]
+    if "probabilities" in found:
+        prediction["probabilities"] = found["probabilities"]
     config: dict[str, Any] = {
         "format_version": 1,
+        "r_version": writer_r_version or outcome.get("reader_r_version"),
         "packages": outcome["packages"]["required"],
-        "prediction": {"kind": outcome["prediction"]["kind"]},
+        "model_class": outcome["class"],
+        "prediction": prediction,
     }
     if outcome.get("schema"):
         config["schema"] = outcome["schema"]
@@ -400,7 +408,7 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
     }
     inspection.pop("reader_r_version", None)
     if outcome.get("status") == "ok":
-        inspection["rdeploy_json"] = _rdeploy_json(outcome)
+        inspection["rdeploy_json"] = _rdeploy_json(outcome, header.writer_r_version if header else None)
         return _finish(model_version, status=ModelVersion.Status.READY, reason="", inspection=inspection)
     if result.stderr.strip():
         inspection["stderr_tail"] = result.stderr[-4000:]

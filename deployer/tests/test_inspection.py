@@ -167,7 +167,13 @@ def test_a_ready_version_materializes_a_directory_the_runtime_serves(
 
     config = json.loads((directory / "rdeploy.json").read_text())
     assert config["packages"] == [{"name": "randomForest", "version": config["packages"][0]["version"]}]
-    assert config["prediction"] == {"kind": "class"}
+    assert config["prediction"] == {
+        "kind": "class",
+        "levels": ["setosa", "versicolor", "virginica"],
+        "probabilities": True,
+    }
+    assert config["model_class"] == ["randomForest.formula", "randomForest"]
+    assert config["r_version"] == version.inspection["r_version"]["writer"]
     assert [c["name"] for c in config["schema"]["columns"]] == [
         "Sepal.Length",
         "Sepal.Width",
@@ -393,3 +399,39 @@ def test_renv_lock_packages_missing_here_are_installed_when_a_repository_is_set(
     assert version.status == ModelVersion.Status.READY, version.status_reason
     assert version.inspection["installed_packages"] == ["rdeploytoy"]
     assert version.inspection["packages"]["renv_missing"] == []
+
+
+@pytest.mark.parametrize("case", ["glm_binomial", "bundle_log_dose"])
+def test_the_runtime_answers_the_example_request_from_the_materialized_directory_as_inspection_recorded(
+    owner: User, trained_models: Path, tmp_path: Path, case: str
+) -> None:
+    case_dir = trained_models / case
+    content = (case_dir / "model.rds").read_bytes()
+    if (case_dir / "predict.R").exists():
+        content = tar_gz({"model.rds": content, "predict.R": (case_dir / "predict.R").read_bytes()})
+    version = inspect(upload(owner, "served", content, sample=rows_as_csv(expected(case_dir)["rows"])))
+    directory = model_version_materialize(model_version=version, destination=tmp_path / "model")
+    script = """
+    args <- commandArgs(trailingOnly = TRUE)
+    source(file.path(args[1], "rdeploy_runtime.R"))
+    bundle <- rd_load_model(args[2])
+    response <- rd_handle_request(bundle, "POST", "/invocations", charToRaw(args[3]), "Content-Type: application/json")
+    cat(response$body)
+    """
+
+    served = subprocess.run(
+        [
+            settings.RSCRIPT,
+            "--vanilla",
+            "-e",
+            script,
+            str(settings.RUNTIME_DIR),
+            str(directory),
+            json.dumps(version.inspection["example"]["payload"]),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+    assert json.loads(served.stdout) == version.inspection["example"]["predictions"]
