@@ -186,6 +186,8 @@ RDEPLOY_ECR_REPOSITORY = env.text("RDEPLOY_ECR_REPOSITORY", "rdeploy-runtime")
 RDEPLOY_IMAGE_BUILDER = env.text("RDEPLOY_IMAGE_BUILDER", "codebuild")
 RDEPLOY_CODEBUILD_ROLE_ARN = env.optional_text("RDEPLOY_CODEBUILD_ROLE_ARN")
 RDEPLOY_LAMBDA_ROLE_ARN = env.optional_text("RDEPLOY_LAMBDA_ROLE_ARN")
+# Caps the per-endpoint Lambda roles rdeploy creates when RDEPLOY_LAMBDA_ROLE_ARN is unset.
+RDEPLOY_LAMBDA_PERMISSIONS_BOUNDARY = env.optional_text("RDEPLOY_LAMBDA_PERMISSIONS_BOUNDARY")
 RDEPLOY_RESOURCE_PREFIX = env.text("RDEPLOY_RESOURCE_PREFIX", "rdeploy")
 
 # --- Auth ------------------------------------------------------------------------------

@@ -519,6 +519,7 @@ class SageMakerTarget(Target):
                 trust=iam.LAMBDA_TRUST,
                 policy=self._function_policy(name, region),
                 tags=_tags(ctx),
+                boundary=settings.RDEPLOY_LAMBDA_PERMISSIONS_BOUNDARY,
             )
         key_name = _name(prefix(), endpoint.name)
         ctx.record_resource("apigateway_api_key", key_name)

@@ -148,6 +148,17 @@ def test_a_public_sagemaker_endpoint_goes_live_with_every_resource_tagged(
     function = aws_client("lambda").get_function_configuration(FunctionName="rdeploy-iris-sm")
     assert function["Environment"]["Variables"]["RDEPLOY_API_KEY_SHA256"] == endpoint.api_key_hash
     assert body["api_key"].startswith(endpoint.api_key_prefix)
+    # The function may invoke only this endpoint, and only this API may invoke the function.
+    policy = aws_client("iam").get_role_policy(RoleName="rdeploy-iris-sm-invoke", PolicyName="invoke-one-endpoint")
+    invoke = policy["PolicyDocument"]["Statement"][0]
+    assert (invoke["Action"], invoke["Resource"]) == (
+        "sagemaker:InvokeEndpoint",
+        "arn:aws:sagemaker:us-east-1:*:endpoint/rdeploy-iris-sm",
+    )
+    api_id = aws_client("apigateway").get_rest_apis()["items"][0]["id"]
+    statements = json.loads(aws_client("lambda").get_policy(FunctionName="rdeploy-iris-sm")["Policy"])["Statement"]
+    sources = sorted(s["Condition"]["ArnLike"]["AWS:SourceArn"] for s in statements)
+    assert all(source.startswith(f"arn:aws:execute-api:us-east-1:123456789012:{api_id}/") for source in sources)
     plan = aws_client("apigateway").get_usage_plans()["items"][0]
     assert plan["throttle"] == {"rateLimit": 10.0, "burstLimit": 20}
     assert plan["quota"]["limit"] == 100_000

@@ -16,13 +16,30 @@ LAMBDA_TRUST = {
 INLINE_POLICY_NAME = "invoke-one-endpoint"
 
 
-def ensure_role(name: str, *, path: str, trust: dict[str, Any], policy: dict[str, Any], tags: dict[str, str]) -> str:
-    """Create the role with its one inline policy (re-put on every call); returns its ARN."""
+def ensure_role(
+    name: str,
+    *,
+    path: str,
+    trust: dict[str, Any],
+    policy: dict[str, Any],
+    tags: dict[str, str],
+    boundary: str | None = None,
+) -> str:
+    """Create the role with its one inline policy (re-put on every call); returns its ARN.
+
+    ``boundary``: a permissions boundary policy ARN capping what the role can ever do.
+    """
     client = aws_client("iam")
+    arguments: dict[str, Any] = {
+        "RoleName": name,
+        "Path": path,
+        "AssumeRolePolicyDocument": json.dumps(trust),
+        "Tags": tag_list(tags),
+    }
+    if boundary:
+        arguments["PermissionsBoundary"] = boundary
     try:
-        arn = client.create_role(
-            RoleName=name, Path=path, AssumeRolePolicyDocument=json.dumps(trust), Tags=tag_list(tags)
-        )["Role"]["Arn"]
+        arn = client.create_role(**arguments)["Role"]["Arn"]
     except ClientError as error:
         if not is_already_exists(error):
             raise
