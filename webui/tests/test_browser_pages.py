@@ -95,7 +95,26 @@ def test_pages_fit_a_phone_and_pass_axe(page: Page, live_server: LiveServer, own
     check_page(page, "model-version")
 
 
-def test_keyboard_alone_logs_in_and_reaches_every_section(page: Page, live_server: LiveServer, owner: User) -> None:
+def tab_to(page: Page, name: str, limit: int = 40) -> None:
+    """Press Tab until the focused element's text or label is `name`, as a keyboard user would."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        focused = page.evaluate(
+            """() => {
+                const el = document.activeElement;
+                const label = el.labels && el.labels.length ? el.labels[0].textContent : "";
+                return (el.getAttribute("aria-label") || label || el.textContent || "").trim();
+            }"""
+        )
+        if focused == name:
+            return
+    raise AssertionError(f"{name!r} not reachable with Tab")
+
+
+def test_keyboard_alone_logs_in_creates_a_token_and_pauses_logs(
+    page: Page, live_server: LiveServer, owner: User
+) -> None:
+    endpoint = deploying_endpoint(owner)
     page.goto(f"{live_server.url}/accounts/login/")
     check_page(page, "login")
     expect(page.get_by_label("Username")).to_be_focused()
@@ -111,6 +130,18 @@ def test_keyboard_alone_logs_in_and_reaches_every_section(page: Page, live_serve
 
     main_nav = page.get_by_role("navigation", name="Main")
     for link in ("Models", "Endpoints", "API tokens"):
-        main_nav.get_by_role("link", name=link).focus()
+        page.keyboard.press("Home")
+        tab_to(page, link)
         page.keyboard.press("Enter")
         expect(main_nav.get_by_role("link", name=link)).to_have_attribute("aria-current", "page")
+
+    tab_to(page, "Token name")
+    page.keyboard.type("laptop")
+    tab_to(page, "Create token")
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Token", exact=True)).to_be_visible()
+
+    page.goto(f"{live_server.url}/endpoints/{endpoint.name}/")
+    tab_to(page, "Pause")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Resume")).to_be_focused()
