@@ -17,8 +17,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import pwd
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,7 +31,11 @@ from pathlib import Path
 
 from django.conf import settings
 
-SANDBOX_USER = "nobody"
+# Each sandboxed run gets a fresh uid from this range, with no passwd entry: it owns only
+# its scratch directory, so concurrent inspections cannot read each other's files, and
+# RLIMIT_NPROC counts exactly that run's processes.
+SANDBOX_UID_BASE = 2_000_000
+SANDBOX_UID_COUNT = 1_000_000
 _OUTPUT_TAIL = 64 * 1024
 # The only variables an R child sees (plus those a caller names explicitly).
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -84,10 +88,16 @@ class Result:
         return self.signal in (signal.SIGXCPU, signal.SIGKILL) and "cannot allocate" not in self.stderr
 
 
+class SandboxError(RuntimeError):
+    """The sandbox cannot run as configured (an operator's problem, not the model's)."""
+
+
 @dataclass(frozen=True)
 class _Isolation:
     prefix: tuple[str, ...]
     description: tuple[str, ...]
+    # setpriv's path when this process is root and drops privileges for every run.
+    setpriv: str | None
 
 
 def _works(command: Sequence[str]) -> bool:
@@ -110,24 +120,17 @@ def _isolation() -> _Isolation:
         described.append("no network (unshare --user --net)")
     else:
         described.append("NETWORK NOT ISOLATED: unshare --net is not permitted here")
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() == 0 and setpriv:
-        user = pwd.getpwnam(SANDBOX_USER)
-        prefix += [
-            setpriv,
-            f"--reuid={user.pw_uid}",
-            f"--regid={user.pw_gid}",
-            "--clear-groups",
-            "--no-new-privs",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ]
-        described.append(f"runs as user {SANDBOX_USER} (reads only world-readable files, writes only its scratch)")
+    setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
+    if setpriv:
+        described.append(
+            "runs as a fresh unprivileged uid per run (no capabilities, no new privileges): reads only "
+            "world-readable files, writes only its scratch directory and world-writable places such as /tmp"
+        )
     elif os.geteuid() == 0:
         described.append("RUNS AS ROOT: setpriv is missing")
     else:
         described.append(f"runs as the worker's own user (uid {os.geteuid()})")
-    return _Isolation(tuple(prefix), tuple(described))
+    return _Isolation(tuple(prefix), tuple(described), setpriv)
 
 
 def sandbox_isolation() -> tuple[str, ...]:
@@ -166,14 +169,37 @@ def _tail(path: Path) -> str:
         return handle.read().decode("utf-8", "replace")
 
 
-def _hand_over(directory: Path) -> None:
-    """Gives the scratch directory to the sandbox user (nothing else is writable to it)."""
-    if os.geteuid() != 0:
-        return
-    user = pwd.getpwnam(SANDBOX_USER)
+def _hand_over(directory: Path, uid: int) -> None:
+    """Gives the scratch directory to the run's uid (nothing else is writable to it)."""
     for root, dirs, files in os.walk(directory):
         for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
-            os.chown(name, user.pw_uid, user.pw_gid, follow_symlinks=False)
+            os.chown(name, uid, uid, follow_symlinks=False)
+
+
+def _kill_uid(uid: int) -> None:
+    """Kills every process of a run's uid: also those that left the process group (setsid)."""
+    for _attempt in range(10):
+        found = False
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                uids = next(line for line in status.read_text().splitlines() if line.startswith("Uid:"))
+            except (OSError, StopIteration):
+                continue
+            if int(uids.split()[1]) == uid:
+                found = True
+                with suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(status.parent.name), signal.SIGKILL)
+        if not found:
+            return
+        time.sleep(0.05)
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a uid with no groups can list `path` (every ancestor needs o+x)."""
+    path = path.resolve()
+    if not path.exists() or path.stat().st_mode & 0o005 != 0o005:
+        return False
+    return all(parent.stat().st_mode & 0o001 for parent in path.parents)
 
 
 @contextmanager
@@ -193,15 +219,15 @@ def _run(
     environ: dict[str, str],
     limits: Limits,
     isolation: tuple[str, ...],
-    sandboxed: bool,
+    uid: int | None,
 ) -> Result:
     (workdir / "tmp").mkdir(exist_ok=True)
     stdout_path, stderr_path = workdir / ".stdout", workdir / ".stderr"
     started = time.monotonic()
     timed_out = False
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        if sandboxed:
-            _hand_over(workdir)
+        if uid is not None:
+            _hand_over(workdir, uid)
         process = subprocess.Popen(
             command,
             cwd=workdir,
@@ -221,6 +247,8 @@ def _run(
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            if uid is not None:
+                _kill_uid(uid)
     return Result(
         returncode=process.returncode,
         stdout=_tail(stdout_path),
@@ -242,7 +270,26 @@ def run_sandboxed(
 ) -> Result:
     """Runs `Rscript --vanilla script args...` in the sandbox, with `workdir` as its home."""
     isolation = _isolation()
-    command = [*isolation.prefix, settings.RSCRIPT, "--vanilla", str(script), *args]
+    prefix = list(isolation.prefix)
+    uid = None
+    if isolation.setpriv:
+        for library in library_paths:
+            if not _reachable_by_others(Path(library)):
+                raise SandboxError(
+                    f"the R library {library} is not readable by the sandbox's unprivileged user: make it and "
+                    "every parent directory world-executable (RDEPLOY_R_LIBRARY_DIR, e.g. /var/cache/rdeploy/r-libs)"
+                )
+        uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_COUNT)
+        prefix += [
+            isolation.setpriv,
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]
+    command = [*prefix, settings.RSCRIPT, "--vanilla", str(script), *args]
     environ = _scrubbed_env(workdir, library_paths, extra_env)
     return _run(
         command,
@@ -250,7 +297,7 @@ def run_sandboxed(
         environ=environ,
         limits=limits,
         isolation=(*isolation.description, limits.describe()),
-        sandboxed=True,
+        uid=uid,
     )
 
 
@@ -289,7 +336,7 @@ def install_packages(packages: Sequence[str], *, repo: str, timeout: float = 600
             environ=environ,
             limits=limits,
             isolation=("package install: scrubbed environment, network allowed, no user file",),
-            sandboxed=False,
+            uid=None,
         )
         if result.returncode == 0 and not result.timed_out:
             for scratch in ("tmp", ".stdout", ".stderr", "no-user-library"):

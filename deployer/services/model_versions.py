@@ -258,14 +258,18 @@ def model_version_materialize(*, model_version: ModelVersion, destination: Path)
 def _run_inspection(
     *, model_dir: Path, scratch: Path, sample: Path | None, requested: list[str], libraries: list[Path]
 ) -> tuple[dict[str, Any], rprocess.Result]:
-    result = rprocess.run_sandboxed(
-        scratch / "rdeploy" / "inspect.R",
-        [str(model_dir), str(sample or ""), ",".join(requested)],
-        workdir=scratch,
-        limits=rprocess.Limits.for_inspection(),
-        library_paths=libraries,
-        extra_env={"RDEPLOY_RUNTIME_DIR": str(scratch / "rdeploy")},
-    )
+    try:
+        result = rprocess.run_sandboxed(
+            scratch / "rdeploy" / "inspect.R",
+            [str(model_dir), str(sample or ""), ",".join(requested)],
+            workdir=scratch,
+            limits=rprocess.Limits.for_inspection(),
+            library_paths=libraries,
+            extra_env={"RDEPLOY_RUNTIME_DIR": str(scratch / "rdeploy")},
+        )
+    except rprocess.SandboxError as exc:
+        reason = f"this server cannot inspect models as configured: {exc}"
+        return {"status": "invalid", "code": "sandbox", "reason": reason}, rprocess.Result(1, "", "", 0.0, False)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     if result.timed_out:
         limit = settings.INSPECT_TIMEOUT_SECONDS

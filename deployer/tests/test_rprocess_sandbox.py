@@ -201,15 +201,16 @@ def test_the_r_child_sees_only_a_scrubbed_environment(workdir: Path, monkeypatch
 
 
 def test_a_timeout_kills_r_and_everything_it_started(workdir: Path) -> None:
-    code = "system('sleep 300 & echo $! > child.pid'); Sys.sleep(300)"
+    # One child in R's process group, one that escaped it with setsid.
+    code = "system('sleep 300 & echo $! > child.pid; setsid sleep 301 & echo $! > escaped.pid'); Sys.sleep(300)"
 
     result = run_r(workdir, code, rprocess.Limits(wall_seconds=2, cpu_seconds=20, memory_bytes=2 * 1024**3))
 
     assert result.timed_out
     assert result.seconds < 10
-    child = int((workdir / "child.pid").read_text())
-    time.sleep(0.2)
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    for pid_file in ("child.pid", "escaped.pid"):
+        pid = int((workdir / pid_file).read_text())
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 def test_the_address_space_limit_stops_a_huge_allocation(workdir: Path) -> None:
