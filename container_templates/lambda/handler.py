@@ -36,7 +36,7 @@ def _client() -> Any:
     # Created once per Lambda container and reused across invocations.
     global _CLIENT
     if _CLIENT is None:
-        config = Config(connect_timeout=2, read_timeout=26, retries={"mode": "standard", "max_attempts": 2})
+        config = Config(connect_timeout=2, read_timeout=26, retries={"mode": "standard", "total_max_attempts": 1})
         _CLIENT = boto3.client("sagemaker-runtime", config=config)
     return _CLIENT
 

@@ -12,6 +12,7 @@ stands in for them (docs/sagemaker.md lists these):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -30,6 +31,7 @@ from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
 from deployer.services.pipeline import deployment_advance
 from deployer.targets import get_target
+from deployer.targets.base import PermanentStepError
 from deployer.targets.sagemaker import endpoint_name, image_build_context, rollout_name
 from testsupport.factories import make_model_version
 from testsupport.moto import MotoServer, SingleCallStubber
@@ -438,3 +440,22 @@ def test_the_image_tag_is_the_build_contexts_hash_and_other_packages_need_anothe
     assert image_build_context(first).tag == expected
     assert image_build_context(other).tag != expected
     assert "ranger\n" in image_build_context(other).files["build/packages.txt"][0].decode()
+
+
+def test_a_rotated_key_reaches_the_authorizer_at_the_next_check_and_a_vanished_endpoint_fails_it(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    create_public(owner, api_client_for)
+    drive(latest("iris-sm"))
+    client = api_client_for(owner)
+    new_key = client.post("/api/v1/endpoints/iris-sm/rotate-key").json()["api_key"]
+    endpoint = Endpoint.objects.get(name="iris-sm")
+    target = get_target("sagemaker")
+
+    target.check(endpoint)
+
+    variables = aws_client("lambda").get_function_configuration(FunctionName="rdeploy-iris-sm")["Environment"]
+    assert variables["Variables"]["RDEPLOY_API_KEY_SHA256"] == hashlib.sha256(new_key.encode()).hexdigest()
+    aws_client("sagemaker").delete_endpoint(EndpointName="rdeploy-iris-sm")
+    with pytest.raises(PermanentStepError, match="rdeploy-iris-sm no longer exists"):
+        target.check(endpoint)
