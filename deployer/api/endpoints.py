@@ -21,10 +21,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
-from deployer.authentication import HashedTokenAuthentication
 from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
 from deployer.services import endpoints as services
-from deployer.services.gateway import gateway_public_invoke
+from deployer.services.gateway import gateway_public_invoke, token_principal
 from deployer.targets.base import InvocationResult
 
 
@@ -238,20 +237,18 @@ def _not_found() -> JsonResponse:
     return JsonResponse({"detail": "No Endpoint matches the given query."}, status=404)
 
 
-_token_auth = HashedTokenAuthentication()
-
-
 @csrf_exempt
 @require_POST
 def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponse:
     """`POST /api/v1/endpoints/<name>/invocations`: token (or session) auth, owner or staff."""
     user: Any = request.user
-    if request.headers.get("Authorization"):
-        try:
-            authenticated = _token_auth.authenticate(request)  # type: ignore[arg-type]
-        except exceptions.AuthenticationFailed as exc:
-            return JsonResponse({"detail": str(exc.detail)}, status=401)
-        user = authenticated[0] if authenticated else user
+    authorization = request.headers.get("Authorization", "").split()
+    if authorization:
+        if len(authorization) != 2 or authorization[0].lower() != "token":
+            return JsonResponse({"detail": "Invalid token header: expected 'Token <token>'."}, status=401)
+        user = token_principal(authorization[1])
+        if user is None:
+            return JsonResponse({"detail": "Invalid or revoked token."}, status=401)
     if not user.is_authenticated:
         return JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
     result = services.endpoint_invoke(user=user, name=name, body=request.body, headers=request.headers)

@@ -188,7 +188,7 @@ def endpoint_rotate_key(*, endpoint: Endpoint) -> str:
 
 
 def endpoint_invoke(
-    *, user: User | AnonymousUser, name: str, body: bytes, headers: Mapping[str, str]
+    *, user: User | AnonymousUser | gateway.TokenPrincipal, name: str, body: bytes, headers: Mapping[str, str]
 ) -> InvocationResult | None:
     """Forward a prediction request for a user who may see the endpoint; None if they may not."""
     route = gateway.route_for(name)

@@ -8,6 +8,8 @@
   or private endpoint get the same 403 body; a per-key token bucket in Redis with API
   Gateway's usage-plan semantics (``rate`` tokens per second refill a bucket of ``burst``)
   answers 429 when empty; bodies above SageMaker's 6 MiB get 413.
+- REST tokens on the invocations route are checked through the same kind of cache, so
+  a revoked token stops working within ``ROUTE_CACHE_SECONDS`` everywhere.
 - A request that finds no runtime (it was replaced moments ago) re-reads the route from
   the database once and retries if the route changed.
 """
@@ -26,7 +28,7 @@ import redis
 from django.conf import settings
 
 from deployer.models import Endpoint
-from deployer.services.tokens import hash_secret
+from deployer.services.tokens import api_token_authenticate, hash_secret
 from deployer.targets import get_target
 from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult, RuntimeUnavailable
 
@@ -90,6 +92,34 @@ def route_for(name: str) -> Route | None:
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
     return _load_route(name)
+
+
+@dataclass(frozen=True)
+class TokenPrincipal:
+    """Who a REST token belongs to, as much as routing a prediction needs."""
+
+    pk: int
+    is_staff: bool
+    is_authenticated: bool = True
+
+
+_principals: dict[str, tuple[float, TokenPrincipal | None]] = {}
+# Unknown tokens are cached too (a client retrying a bad token costs no query); bounded.
+_MAX_CACHED_PRINCIPALS = 10_000
+
+
+def token_principal(secret: str) -> TokenPrincipal | None:
+    """The active token's user, from this process's cache when fresh; None if invalid."""
+    key = hash_secret(secret)
+    cached = _principals.get(key)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    token = api_token_authenticate(secret=secret)
+    principal = TokenPrincipal(pk=token.user.pk, is_staff=token.user.is_staff) if token else None
+    if len(_principals) >= _MAX_CACHED_PRINCIPALS:
+        _principals.clear()
+    _principals[key] = (time.monotonic() + ROUTE_CACHE_SECONDS, principal)
+    return principal
 
 
 def route_forget(name: str) -> None:

@@ -1,0 +1,234 @@
+"""Deploy pipeline benchmark: upload-to-live time, and what the routes add per request.
+
+    .venv/bin/python benchmarks/pipeline_bench.py [--requests 2000] [--web-workers 2]
+
+Starts a throwaway installation (Redis, a Celery worker and gunicorn configured as
+`make run` does, on a temporary data directory), trains the example model
+(examples/iris/train.R) and measures over HTTP:
+
+1. upload-to-live: POST /api/v1/models/ -> inspected (ready) -> POST /api/v1/endpoints/
+   -> live, for the example model on the local target (goal <= 10 s);
+2. per-request latency of a one-row CSV prediction, interleaved on keep-alive
+   connections: the R runtime directly, POST /api/v1/endpoints/<name>/invocations
+   (token auth) and POST /e/<name>/invocations (x-api-key + Redis throttle), and what
+   each route adds at the median over the direct call (goal <= 1 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+ROOT = Path(__file__).resolve().parent.parent
+ROW = b"Sepal.Length,Sepal.Width,Petal.Length,Petal.Width\n5.1,3.5,1.4,0.2\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="timed requests per route")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="rdeploy-pipeline-bench-"))
+    redis_port, web_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{web_port}"
+    os.environ.update(
+        RDEPLOY_DATA_DIR=str(data_dir),
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DJANGO_DEBUG="0",
+        DJANGO_HTTPS="0",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        RDEPLOY_PUBLIC_BASE_URL=base,
+        PYTHONUNBUFFERED="1",
+    )
+    os.environ.pop("DATABASE_URL", None)
+    sys.path.insert(0, str(ROOT))
+    children: list[subprocess.Popen[bytes]] = []
+    logs = data_dir / "logs"
+    logs.mkdir()
+
+    def spawn(name: str, command: list[str]) -> None:
+        log = (logs / f"{name}.log").open("wb")
+        children.append(subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+
+    try:
+        spawn("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""])
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        from django.contrib.auth.models import User
+
+        from deployer.services.tokens import api_token_create
+
+        token = api_token_create(user=User.objects.create_user("bench")).secret
+        bin_dir = Path(sys.executable).parent
+        spawn("worker", [str(bin_dir / "celery"), "-A", "tasks", "worker", "-l", "INFO", "-c", "2"])
+        spawn(
+            "web",
+            [
+                str(bin_dir / "gunicorn"),
+                "config.wsgi",
+                "-b",
+                f"127.0.0.1:{web_port}",
+                "-w",
+                str(args.web_workers),
+                "--threads",
+                "8",
+                "-k",
+                "gthread",
+            ],
+        )
+        http = urllib3.PoolManager(maxsize=4)
+        auth = {"Authorization": f"Token {token}"}
+        wait_until(lambda: _status(http, f"{base}/healthz") == 200, 60, "the web server", 0.2)
+        model_dir = data_dir / "example"
+        subprocess.run(["Rscript", "--vanilla", str(ROOT / "examples/iris/train.R"), str(model_dir)], check=True)
+        report: dict[str, Any] = {}
+        name = deploy(http, base, auth, model_dir, report)
+        measure(http, base, auth, name, report, args.requests)
+        print(json.dumps(report, indent=2))
+        delete = http.request("DELETE", f"{base}/api/v1/endpoints/{name}/", headers=auth)
+        assert delete.status == 202, delete.data
+        wait_until(lambda: _endpoint(http, base, auth, name)["status"] == "deleted", 60, "the endpoint to be deleted")
+        return 0
+    finally:
+        for child in reversed(children):
+            child.terminate()
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            print(f"data kept in {data_dir}")
+
+
+def _status(http: urllib3.PoolManager, url: str) -> int:
+    try:
+        return int(http.request("GET", url, retries=False).status)
+    except urllib3.exceptions.HTTPError:
+        return 0
+
+
+def _endpoint(http: urllib3.PoolManager, base: str, auth: dict[str, str], name: str) -> dict[str, Any]:
+    return dict(json.loads(http.request("GET", f"{base}/api/v1/endpoints/{name}", headers=auth).data))
+
+
+def deploy(http: urllib3.PoolManager, base: str, auth: dict[str, str], model_dir: Path, report: dict[str, Any]) -> str:
+    name = "iris-bench"
+    started = time.perf_counter()
+    upload = http.request(
+        "POST",
+        f"{base}/api/v1/models/",
+        headers=auth,
+        fields={
+            "name": name,
+            "file": ("iris-rf.rds", (model_dir / "iris-rf.rds").read_bytes(), "application/octet-stream"),
+            "sample": ("sample.csv", (model_dir / "sample.csv").read_bytes(), "text/csv"),
+        },
+    )
+    assert upload.status == 201, upload.data
+    model_id = json.loads(upload.data)["id"]
+
+    def inspected() -> bool:
+        status = json.loads(http.request("GET", f"{base}/api/v1/models/{model_id}/", headers=auth).data)["status"]
+        assert status != "invalid"
+        return bool(status == "ready")
+
+    wait_until(inspected, 120, "the inspection")
+    ready = time.perf_counter()
+    create = http.request(
+        "POST",
+        f"{base}/api/v1/endpoints/",
+        headers={**auth, "Content-Type": "application/json"},
+        body=json.dumps(
+            {"name": name, "model": model_id, "public": True, "options": {"throttle": {"rate": 10000, "burst": 5000}}}
+        ),
+    )
+    assert create.status == 202, create.data
+    report["api_key"] = json.loads(create.data)["api_key"]
+    wait_until(lambda: _endpoint(http, base, auth, name)["status"] == "live", 60, "the endpoint to go live")
+    live = time.perf_counter()
+    steps = _endpoint(http, base, auth, name)["steps"]
+    report["upload_to_live_s"] = round(live - started, 2)
+    report["upload_and_inspection_s"] = round(ready - started, 2)
+    report["create_to_live_s"] = round(live - ready, 2)
+    report["steps"] = {step["name"]: step["status"] for step in steps}
+    return name
+
+
+def measure(
+    http: urllib3.PoolManager, base: str, auth: dict[str, str], name: str, report: dict[str, Any], requests: int
+) -> None:
+    from deployer.models import Endpoint
+
+    port = Endpoint.objects.get(name=name).runtime["port"]
+    web = urllib3.HTTPConnectionPool("127.0.0.1", int(base.rsplit(":", 1)[1]), maxsize=1)
+    runtime = urllib3.HTTPConnectionPool("127.0.0.1", int(port), maxsize=1)
+    csv = {"Content-Type": "text/csv"}
+    routes: dict[str, tuple[urllib3.HTTPConnectionPool, str, dict[str, str]]] = {
+        "direct": (runtime, "/invocations", csv),
+        "invocations_route": (web, f"/api/v1/endpoints/{name}/invocations", {**csv, **auth}),
+        "public_route": (web, f"/e/{name}/invocations", {**csv, "x-api-key": report.pop("api_key")}),
+    }
+    timings: dict[str, list[float]] = {route: [] for route in routes}
+    for round_ in range(requests + 100):
+        for route, (pool, path, headers) in routes.items():
+            started = time.perf_counter()
+            response = pool.urlopen("POST", path, body=ROW, headers=headers, retries=False)
+            elapsed = (time.perf_counter() - started) * 1000
+            assert response.status == 200, (route, response.status, response.data)
+            if round_ >= 100:  # the first 100 rounds warm up connections and caches
+                timings[route].append(elapsed)
+    report["requests_per_route"] = requests
+    for route, values in timings.items():
+        values.sort()
+        report[f"{route}_ms"] = {
+            "p50": round(statistics.median(values), 3),
+            "p90": round(values[int(len(values) * 0.9)], 3),
+            "p99": round(values[int(len(values) * 0.99)], 3),
+        }
+    direct = report["direct_ms"]["p50"]
+    for route in ("invocations_route", "public_route"):
+        report[f"{route}_adds_ms_p50"] = round(report[f"{route}_ms"]["p50"] - direct, 3)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
