@@ -26,13 +26,19 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 
 from deployer.build_context import render_build_context
-from deployer.integrations.aws import tagging
+from deployer.integrations.aws import ecr, tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
 from deployer.services.pipeline import deployment_advance
 from deployer.targets import get_target
 from deployer.targets.base import PermanentStepError
-from deployer.targets.sagemaker import endpoint_name, image_build_context, rollout_name
+from deployer.targets.sagemaker import (
+    cloud_orphans,
+    cloud_orphans_delete,
+    endpoint_name,
+    image_build_context,
+    rollout_name,
+)
 from testsupport.factories import make_model_version
 from testsupport.moto import MotoServer, SingleCallStubber
 
@@ -459,3 +465,54 @@ def test_a_rotated_key_reaches_the_authorizer_at_the_next_check_and_a_vanished_e
     aws_client("sagemaker").delete_endpoint(EndpointName="rdeploy-iris-sm")
     with pytest.raises(PermanentStepError, match="rdeploy-iris-sm no longer exists"):
         target.check(endpoint)
+
+
+def test_a_serverless_endpoint_gets_a_serverless_config_and_bad_options_are_refused(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    client = api_client_for(owner)
+    model = ready_model(owner)
+    refused = client.post(
+        "/api/v1/endpoints/",
+        {
+            "name": "iris-bad-options",
+            "model": model.pk,
+            "target": "sagemaker",
+            "options": {"serverless": {"memory_mb": 2048}, "autoscaling": {"min": 1, "max": 2}},
+        },
+        format="json",
+    )
+    assert refused.status_code == 400
+    assert "autoscaling applies to instance endpoints" in refused.content.decode()
+
+    created = client.post(
+        "/api/v1/endpoints/",
+        {"name": "iris-sl", "model": model.pk, "target": "sagemaker", "options": {"serverless": {"memory_mb": 3072}}},
+        format="json",
+    )
+    assert created.status_code == 202, created.content
+    deployment = drive(latest("iris-sl"))
+
+    assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
+    config = aws_client("sagemaker").describe_endpoint_config(EndpointConfigName=rollout_name(deployment))
+    assert config["ProductionVariants"][0]["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 5}
+    assert "InstanceType" not in config["ProductionVariants"][0]
+
+
+def test_an_image_no_endpoint_uses_stays_for_the_grace_period_then_gc_removes_it(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    create_public(owner, api_client_for)
+    deployment = drive(latest("iris-sm"))
+    push_image(deployment.resources["ecr_image"])
+    api_client_for(owner).delete("/api/v1/endpoints/iris-sm/")
+    drive(latest("iris-sm"))
+    repository, tag = deployment.resources["ecr_image"].split(":")
+
+    assert ecr.image_exists(repository, tag)
+    assert cloud_orphans() == []
+    orphans = cloud_orphans(image_grace_seconds=0)
+    assert [(o.kind, o.identifier) for o in orphans] == [("ecr_image", deployment.resources["ecr_image"])]
+    cloud_orphans_delete(orphans)
+    assert not ecr.image_exists(repository, tag)
+    assert not ExternalResource.objects.filter(deleted_at__isnull=True).exists()
