@@ -75,6 +75,25 @@ def test_endpoint_page_tails_logs_live_pauses_and_stops_polling_when_live(
     assert requests == [], f"polling went on after the endpoint became live: {requests}"
 
 
+def test_endpoints_list_updates_statuses_without_a_reload_then_stops_polling(
+    page: Page, live_server: LiveServer, owner: User
+) -> None:
+    endpoint = deploying_endpoint(owner)
+    log_in(page, live_server.url, owner)
+    go_to(page, "Endpoints")
+    row = page.get_by_role("row", name=re.compile(r"^iris "))
+    expect(row).to_contain_text("deploying")
+    page.evaluate("window.notReloaded = true")
+
+    finish(endpoint, Endpoint.Status.LIVE)
+    expect(row).to_contain_text("live")
+    assert page.evaluate("window.notReloaded") is True
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.wait_for_timeout(4500)
+    assert requests == [], f"the list kept polling with nothing in progress: {requests}"
+
+
 def test_pages_fit_a_phone_and_pass_axe(page: Page, live_server: LiveServer, owner: User) -> None:
     deploying_endpoint(owner)
     page.set_viewport_size(PHONE)
