@@ -5,7 +5,7 @@ FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       r-base-core r-cran-rserve r-cran-jsonlite r-cran-randomforest r-cran-ranger r-cran-glmnet \
-      r-cran-rpart r-cran-e1071 nginx-light curl \
+      r-cran-rpart r-cran-e1071 haproxy curl \
  && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 1000 rdeploy

@@ -8,7 +8,7 @@ DEBIAN_PACKAGES=(
   python3-venv redis-server
   r-base-core r-cran-rserve r-cran-jsonlite r-cran-plumber r-cran-httpuv
   r-cran-randomforest r-cran-ranger r-cran-glmnet r-cran-rpart r-cran-e1071
-  nginx-light wrk chromium chromium-driver unzip curl
+  haproxy nginx-light wrk chromium chromium-driver unzip curl
 )
 
 missing=()
