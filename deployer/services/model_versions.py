@@ -104,6 +104,10 @@ def model_version_upload(
     sha256 = artifacts.uploaded_sha256(file)
     existing = ModelVersion.objects.filter(owner=owner, name=name, sha256=sha256).first()
     if existing is not None:
+        if existing.status == ModelVersion.Status.INVALID:
+            # "Fix it and upload again": the packages, the sample or the server may have
+            # changed since, so the same bytes are inspected again.
+            existing = _retry_invalid(existing, sample=sample, requested=requested)
         return UploadOutcome(existing, created=False)
 
     with artifacts.local_copy(file) as path:
@@ -146,6 +150,55 @@ def model_version_upload(
             storage.delete(stored_name)
         return UploadOutcome(model_version, created=False)
     return UploadOutcome(model_version, created=True)
+
+
+def _retry_invalid(model_version: ModelVersion, *, sample: UploadedFile | None, requested: list[str]) -> ModelVersion:
+    storage = _artifact_storage()
+    old_sample = str(model_version.sample.name or "")
+    new_sample = old_sample
+    if sample is not None:
+        extension = _check_sample(sample)
+        sample.seek(0)
+        new_sample = storage.save(
+            f"models/{model_version.owner_id}/{model_version.name}/{model_version.sha256}.sample.{extension}", sample
+        )
+    try:
+        with transaction.atomic():
+            changed = ModelVersion.objects.filter(pk=model_version.pk, status=ModelVersion.Status.INVALID).update(
+                status=ModelVersion.Status.INSPECTING,
+                status_reason="",
+                inspection={},
+                inspected_at=None,
+                sample=new_sample,
+                requested_packages=requested or model_version.requested_packages,
+            )
+            if changed:
+                enqueue("rdeploy.model_version_inspect", model_version.pk)
+                if old_sample and old_sample != new_sample:
+                    transaction.on_commit(lambda: storage.delete(old_sample))
+    except BaseException:
+        if new_sample != old_sample:
+            storage.delete(new_sample)
+        raise
+    if not changed and new_sample != old_sample:
+        storage.delete(new_sample)
+    model_version.refresh_from_db()
+    return model_version
+
+
+def model_version_reinspect(*, model_version: ModelVersion) -> bool:
+    """Inspects a `ready` or `invalid` version again (after packages were installed on the
+    server, or the runtime changed). False when it is already being inspected."""
+    with transaction.atomic():
+        changed = (
+            ModelVersion.objects.filter(pk=model_version.pk)
+            .exclude(status=ModelVersion.Status.INSPECTING)
+            .update(status=ModelVersion.Status.INSPECTING, status_reason="", inspection={}, inspected_at=None)
+        )
+        if changed:
+            enqueue("rdeploy.model_version_inspect", model_version.pk)
+    model_version.refresh_from_db()
+    return bool(changed)
 
 
 def _create_row(

@@ -435,3 +435,32 @@ def test_the_runtime_answers_the_example_request_from_the_materialized_directory
     )
 
     assert json.loads(served.stdout) == version.inspection["example"]["predictions"]
+
+
+def test_uploading_the_same_bytes_after_a_failed_inspection_inspects_them_again_with_the_new_sample(
+    owner: User, trained_models: Path
+) -> None:
+    model = (trained_models / "glm_binomial" / "model.rds").read_bytes()
+    failed = inspect(upload(owner, "glm", model, sample=b"x,group\n1,huge\n"))
+    assert failed.status == ModelVersion.Status.INVALID
+
+    retried = upload(owner, "glm", model, sample=b"x,group\n0.5,mid\n")
+
+    assert (retried.pk, retried.status) == (failed.pk, ModelVersion.Status.INSPECTING)
+    assert retried.sample.read() == b"x,group\n0.5,mid\n"
+    version = inspect(retried)
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    assert version.inspection["example"]["payload"] == [{"x": 0.5, "group": "mid"}]
+
+
+def test_the_reinspect_command_queues_versions_for_inspection(owner: User, trained_models: Path) -> None:
+    from django.core.management import call_command
+
+    version = inspect(upload(owner, "lm", (trained_models / "lm" / "model.rds").read_bytes()))
+    assert version.status == ModelVersion.Status.READY
+
+    call_command("rdeploy_reinspect", str(version.pk))
+
+    version.refresh_from_db()
+    assert (version.status, version.inspection) == (ModelVersion.Status.INSPECTING, {})
+    assert inspect(version).status == ModelVersion.Status.READY
