@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.db.models import QuerySet
@@ -81,6 +82,18 @@ def log_lines_tail(*, endpoint: Endpoint, limit: int = 200, sources: tuple[str, 
     tail = list(lines.only("id", "created_at", "source", "level", "message").order_by("-id")[:limit])
     tail.reverse()
     return tail
+
+
+def runtime_log_messages(*, endpoint: Endpoint, limit: int) -> list[tuple[datetime, str]]:
+    """(created_at, message) of the last `limit` runtime/endpoint log lines, oldest first:
+    plain tuples, because a chart reads thousands of them."""
+    rows = list(
+        LogLine.objects.filter(endpoint=endpoint, source__in=(LogLine.Source.RUNTIME, LogLine.Source.ENDPOINT))
+        .order_by("-id")
+        .values_list("created_at", "message")[:limit]
+    )
+    rows.reverse()
+    return rows
 
 
 def model_version_list(*, user: User | AnonymousUser) -> QuerySet[ModelVersion]:

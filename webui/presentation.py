@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from deployer.models import DeploymentStep, Endpoint, LogLine, ModelVersion
+from deployer.models import DeploymentStep, Endpoint, ModelVersion
 
 
 def _text(value: Any) -> str:
@@ -242,15 +242,18 @@ class Chart:
     latency_points: str = ""
 
 
-def invocation_chart(lines: Iterable[LogLine], *, now: datetime, minutes: int = 30) -> Chart:
-    """Invocations and mean latency per minute over the last `minutes`, from access log lines."""
+def invocation_chart(lines: Iterable[tuple[datetime, str]], *, now: datetime, minutes: int = 30) -> Chart:
+    """Invocations and mean latency per minute over the last `minutes`, from (created_at,
+    message) of runtime log lines; only access-log lines count."""
     start = (now - timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
     buckets = [ChartBucket(start=start + timedelta(minutes=i)) for i in range(minutes)]
-    for line in lines:
-        match = _ACCESS_LINE.search(line.message)
-        if match is None or line.created_at < start:
+    for created_at, message in lines:
+        if created_at < start or "/invocations" not in message:
             continue
-        bucket = buckets[min(int((line.created_at - start).total_seconds() // 60), minutes - 1)]
+        match = _ACCESS_LINE.search(message)
+        if match is None:
+            continue
+        bucket = buckets[min(int((created_at - start).total_seconds() // 60), minutes - 1)]
         bucket.count += 1
         bucket.latency_total += max(int(match["ms"]), 0)
         bucket.errors += int(match["status"]) >= 500

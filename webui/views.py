@@ -248,7 +248,7 @@ def endpoint_detail(request: DashboardRequest, name: str) -> HttpResponse:
         if cache.add(f"webui:logs-collected:{endpoint.pk}", 1, timeout=LOG_COLLECT_SECONDS):
             # Collects the runtime's new access-log lines; limit=0 asks for none back.
             endpoint_logs(endpoint=endpoint, after=0, limit=0)
-        lines = selectors.log_lines_tail(endpoint=endpoint, limit=CHART_LOG_LINES, sources=("runtime", "endpoint"))
+        lines = selectors.runtime_log_messages(endpoint=endpoint, limit=CHART_LOG_LINES)
         return render(request, "webui/_chart.html", {"chart": invocation_chart(lines, now=timezone.now())})
     return render(request, "webui/endpoint_detail.html", _endpoint_page_context(request, endpoint))
 

@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 
 from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 
@@ -190,7 +191,7 @@ def test_chart_counts_invocations_and_mean_latency_per_minute_from_access_log_li
         line.created_at = now - timedelta(seconds=5)
     old = LogLine(endpoint=endpoint, source="runtime", message="x POST /invocations 200 900 ms")
     old.created_at = now - timedelta(hours=2)
-    chart = invocation_chart([old, *lines], now=now)
+    chart = invocation_chart([(line.created_at, line.message) for line in (old, *lines)], now=now)
     assert chart.total == 2
     last = chart.buckets[-1]
     assert (last.count, last.errors, last.mean_latency) == (2, 1, 6.0)
@@ -203,3 +204,47 @@ def test_chart_fragment_renders_for_the_owner(client: Client, owner: User) -> No
     html = logged_in(client, owner).get("/endpoints/iris/?fragment=chart", headers=HTMX).content.decode()
     assert "1 invocation in the last 30 minutes" in html
     assert 'role="img"' in html
+
+
+def test_upload_refusal_is_shown_next_to_the_model_file_field_without_javascript(client: Client, owner: User) -> None:
+    junk = SimpleUploadedFile("notes.rds", b"these are not the bytes of an R model\n" * 100)
+    response = logged_in(client, owner).post("/models/upload/", {"name": "notes", "file": junk})
+    assert response.status_code == 400
+    html = response.content.decode()
+    error = re.search(r'<span id="file-error" class="error" role="alert">([^<]+)</span>', html)
+    assert error is not None
+    assert error.group(1).strip()
+    assert 'id="id_file" name="file" type="file" required accept=".rds,.tar.gz,.tgz,.zip" aria-invalid="true"' in html
+    assert not ModelVersion.objects.filter(name="notes").exists()
+
+
+def test_upload_refusal_over_htmx_returns_only_the_fields_with_the_message(client: Client, owner: User) -> None:
+    junk = SimpleUploadedFile("notes.rds", b"not a model" * 10)
+    response = logged_in(client, owner).post(
+        "/models/upload/", {"name": "Bad Name", "file": junk, "packages": ""}, headers=HTMX
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.lstrip().startswith('<div id="upload-fields"')
+    assert 'id="name-error"' in html
+
+
+def test_sagemaker_endpoints_get_a_boto3_snippet_with_their_sagemaker_name(client: Client, owner: User) -> None:
+    live_endpoint(
+        owner,
+        target=Endpoint.Target.SAGEMAKER,
+        runtime={"endpoint_name": "rdeploy-iris", "region": "eu-west-1"},
+    )
+    html = logged_in(client, owner).get("/endpoints/iris/").content.decode()
+    assert "Python (boto3 sagemaker-runtime)" in html
+    assert "EndpointName=&#x27;rdeploy-iris&#x27;" in html
+    assert "region_name=&#x27;eu-west-1&#x27;" in html
+
+
+def test_local_endpoints_offer_curl_r_and_python_snippets_only(client: Client, owner: User) -> None:
+    live_endpoint(owner, invoke_url="http://testserver/api/v1/endpoints/iris/invocations")
+    html = logged_in(client, owner).get("/endpoints/iris/").content.decode()
+    for label in ("curl", "R (httr2)", "Python (requests)"):
+        assert f"<span>{label}</span>" in html
+    assert "boto3" not in html
+    assert "curl -sS -X POST &#x27;http://testserver/api/v1/endpoints/iris/invocations&#x27;" in html

@@ -5,6 +5,7 @@ delete. Elements are found by their labels and roles; every page is checked by a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,4 +203,8 @@ def test_the_endpoint_pages_fit_a_phone(browser: Browser, live_server: LiveServe
     check_page(page, "endpoint-public")
     page.set_viewport_size(DESKTOP)
     check_page(page, "endpoint-public")
+    page.get_by_role("button", name="Rotate API key").click()
+    expect(page.get_by_role("heading", name="New API key: phone-check")).to_be_visible()
+    expect(page.get_by_label("API key")).to_have_value(re.compile(r"^rdk_"))
+    check_page(page, "api-key")
     context.close()
