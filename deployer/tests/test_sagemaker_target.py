@@ -26,7 +26,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 
 from deployer.build_context import render_build_context
-from deployer.integrations.aws import ecr, tagging
+from deployer.integrations.aws import ecr, s3, tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
 from deployer.services.pipeline import deployment_advance
@@ -516,3 +516,84 @@ def test_an_image_no_endpoint_uses_stays_for_the_grace_period_then_gc_removes_it
     cloud_orphans_delete(orphans)
     assert not ecr.image_exists(repository, tag)
     assert not ExternalResource.objects.filter(deleted_at__isnull=True).exists()
+
+
+def test_model_data_shared_by_two_endpoints_stays_until_the_last_one_is_deleted(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    client = api_client_for(owner)
+    model = ready_model(owner)
+    for name in ("iris-a", "iris-b"):
+        response = client.post(
+            "/api/v1/endpoints/", {"name": name, "model": model.pk, "target": "sagemaker"}, format="json"
+        )
+        assert response.status_code == 202
+        assert drive(latest(name)).status == Deployment.Status.SUCCEEDED
+    uri = latest("iris-a").resources["model_data"]
+    assert latest("iris-b").resources["model_data"] == uri
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+
+    client.delete("/api/v1/endpoints/iris-a/")
+    assert drive(latest("iris-a")).status == Deployment.Status.SUCCEEDED
+    assert s3.object_exists(bucket, key)
+    assert ExternalResource.objects.get(kind="model_data", identifier=uri).endpoint.name == "iris-b"  # type: ignore[union-attr]
+
+    client.delete("/api/v1/endpoints/iris-b/")
+    assert drive(latest("iris-b")).status == Deployment.Status.SUCCEEDED
+    assert not s3.object_exists(bucket, key)
+
+
+def test_build_log_lines_stream_into_the_deployment_log_and_a_failed_build_says_why(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    """moto's CodeBuild runs nothing and logs nothing: a Stubber on BatchGetBuilds reports
+    the build's progress; its log lines are real moto CloudWatch events."""
+    model = ready_model(owner)
+    api_client_for(owner).post(
+        "/api/v1/endpoints/", {"name": "iris-build", "model": model.pk, "target": "sagemaker"}, format="json"
+    )
+    deployment = latest("iris-build")
+    group, stream = "/aws/codebuild/rdeploy-image-builder", "build-1"
+    cloudwatch = aws_client("logs")
+    cloudwatch.create_log_group(logGroupName=group)
+    cloudwatch.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(time.time() * 1000)
+    cloudwatch.put_log_events(
+        logGroupName=group,
+        logStreamName=stream,
+        logEvents=[
+            {"timestamp": now, "message": "Step 1/9 : FROM rocker/r-ver:4.4.2"},
+            {"timestamp": now + 1, "message": "installing ranger ... ERROR: compilation failed"},
+        ],
+    )
+
+    def build(status: str) -> dict[str, Any]:
+        return {
+            "builds": [
+                {
+                    "id": "rdeploy-image-builder:1",
+                    "buildStatus": status,
+                    "currentPhase": "BUILD" if status == "IN_PROGRESS" else "COMPLETED",
+                    "logs": {"groupName": group, "streamName": stream},
+                    "phases": [{"phaseType": "BUILD", "contexts": [{"message": "COMMAND_EXECUTION_ERROR: exit 1"}]}]
+                    if status == "FAILED"
+                    else [],
+                }
+            ]
+        }
+
+    with SingleCallStubber(aws_client("codebuild"), "BatchGetBuilds") as stub:
+        stub.add_response("batch_get_builds", build("IN_PROGRESS"))
+        stub.add_response("batch_get_builds", build("FAILED"))
+        deployment = drive(deployment)
+
+    assert deployment.status == Deployment.Status.FAILED
+    build_lines = list(
+        LogLine.objects.filter(deployment=deployment, source=LogLine.Source.BUILD).values_list("message", flat=True)
+    )
+    assert build_lines[1:] == ["Step 1/9 : FROM rocker/r-ver:4.4.2", "installing ranger ... ERROR: compilation failed"]
+    message = deployment.steps.get(name="build_image").message
+    assert "COMMAND_EXECUTION_ERROR: exit 1" in message
+    assert "compilation failed" in message
+    # Nothing of the failed first rollout is left but the installation's repository.
+    assert not ExternalResource.objects.filter(deleted_at__isnull=True).exclude(kind="ecr_image").exists()
