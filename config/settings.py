@@ -262,6 +262,12 @@ CELERY_BEAT_SCHEDULE["pipeline-reconcile"] = {
     # A reconcile that waited longer than its interval is superseded by the next one.
     "options": {"expires": float(PIPELINE_RECONCILE_SECONDS)},
 }
+# Model intake: queue again inspections whose message was lost (docs/model-intake.md).
+CELERY_BEAT_SCHEDULE["model-inspection-requeue"] = {
+    "task": "rdeploy.model_versions_requeue_stuck",
+    "schedule": 300.0,
+    "options": {"expires": 300.0},
+}
 # Fault tests only: a pause after each step's work and before its outcome is saved, the
 # window in which the tests SIGKILL the worker.
 PIPELINE_FAULT_PAUSE_SECONDS = env.integer("RDEPLOY_PIPELINE_FAULT_PAUSE_MS", 0, minimum=0) / 1000

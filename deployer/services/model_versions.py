@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import Max, ProtectedError, Q
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from deployer import artifacts
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
@@ -167,7 +169,7 @@ def _retry_invalid(model_version: ModelVersion, *, sample: UploadedFile | None, 
             changed = ModelVersion.objects.filter(pk=model_version.pk, status=ModelVersion.Status.INVALID).update(
                 status=ModelVersion.Status.INSPECTING,
                 status_reason="",
-                inspection={},
+                inspection=_queued(),
                 inspected_at=None,
                 sample=new_sample,
                 requested_packages=requested or model_version.requested_packages,
@@ -186,6 +188,34 @@ def _retry_invalid(model_version: ModelVersion, *, sample: UploadedFile | None, 
     return model_version
 
 
+def _queued() -> dict[str, Any]:
+    """The inspection record while waiting: when the inspection was queued (for the reaper)."""
+    return {"queued_at": timezone.now().isoformat()}
+
+
+def model_versions_requeue_stuck() -> list[int]:
+    """Queues again the inspections whose message was lost (a broker restart, a failed
+    send after commit). Only versions queued longer ago than a task may run (the Celery
+    hard time limit, plus a margin): no worker can still be inspecting them. A duplicate
+    message is harmless: inspection of a finished version is a no-op."""
+    stale = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    requeued = []
+    for model_version in ModelVersion.objects.filter(status=ModelVersion.Status.INSPECTING).only("pk", "inspection"):
+        queued_at = parse_datetime(str(model_version.inspection.get("queued_at") or ""))
+        if queued_at is not None and queued_at >= stale:
+            continue
+        with transaction.atomic():
+            changed = ModelVersion.objects.filter(
+                pk=model_version.pk, status=ModelVersion.Status.INSPECTING, inspection=model_version.inspection
+            ).update(inspection=_queued())
+            if changed:
+                enqueue("rdeploy.model_version_inspect", model_version.pk)
+                requeued.append(model_version.pk)
+    if requeued:
+        logger.warning("re-queued stuck inspections of model versions %s", requeued)
+    return requeued
+
+
 def model_version_reinspect(*, model_version: ModelVersion) -> bool:
     """Inspects a `ready` or `invalid` version again (after packages were installed on the
     server, or the runtime changed). False when it is already being inspected."""
@@ -193,7 +223,7 @@ def model_version_reinspect(*, model_version: ModelVersion) -> bool:
         changed = (
             ModelVersion.objects.filter(pk=model_version.pk)
             .exclude(status=ModelVersion.Status.INSPECTING)
-            .update(status=ModelVersion.Status.INSPECTING, status_reason="", inspection={}, inspected_at=None)
+            .update(status=ModelVersion.Status.INSPECTING, status_reason="", inspection=_queued(), inspected_at=None)
         )
         if changed:
             enqueue("rdeploy.model_version_inspect", model_version.pk)
@@ -231,6 +261,7 @@ def _create_row(
                     sample=stored[1] if len(stored) > 1 else "",
                     requested_packages=requested,
                     status=ModelVersion.Status.INSPECTING,
+                    inspection=_queued(),
                 )
                 enqueue("rdeploy.model_version_inspect", model_version.pk)
                 return model_version
@@ -411,6 +442,9 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
             _write_model_dir(model_version, model_dir)
         except ArtifactRejected as exc:
             return _finish(model_version, status=ModelVersion.Status.INVALID, reason=str(exc), inspection={})
+        except FileNotFoundError as exc:
+            reason = f"the stored model file is missing: {exc}"
+            return _finish(model_version, status=ModelVersion.Status.INVALID, reason=reason, inspection={})
         runtime = scratch / "rdeploy"
         runtime.mkdir()
         shutil.copy(Path(settings.RUNTIME_DIR) / "rdeploy_runtime.R", runtime)

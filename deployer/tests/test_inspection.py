@@ -462,5 +462,28 @@ def test_the_reinspect_command_queues_versions_for_inspection(owner: User, train
     call_command("rdeploy_reinspect", str(version.pk))
 
     version.refresh_from_db()
-    assert (version.status, version.inspection) == (ModelVersion.Status.INSPECTING, {})
+    assert version.status == ModelVersion.Status.INSPECTING
+    assert list(version.inspection) == ["queued_at"]
     assert inspect(version).status == ModelVersion.Status.READY
+
+
+def test_inspections_queued_longer_ago_than_a_task_may_run_are_queued_again(
+    owner: User, trained_models: Path, settings: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployer.services.model_versions import model_versions_requeue_stuck
+
+    model = (trained_models / "lm" / "model.rds").read_bytes()
+    stuck = upload(owner, "stuck", model)
+    fresh = upload(owner, "fresh", model)
+    long_ago = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 120)
+    ModelVersion.objects.filter(pk=stuck.pk).update(inspection={"queued_at": long_ago.isoformat()})
+
+    assert model_versions_requeue_stuck() == [stuck.pk]
+    assert model_versions_requeue_stuck() == []
+    stuck.refresh_from_db()
+    assert stuck.inspection["queued_at"] > long_ago.isoformat()
+    assert fresh.status == ModelVersion.Status.INSPECTING
