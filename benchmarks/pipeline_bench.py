@@ -9,14 +9,17 @@ Starts a throwaway installation (Redis, a Celery worker and gunicorn configured 
 1. upload-to-live: POST /api/v1/models/ -> inspected (ready) -> POST /api/v1/endpoints/
    -> live, for the example model on the local target (goal <= 10 s);
 2. per-request latency of a one-row CSV prediction, interleaved on keep-alive
-   connections: the R runtime directly, POST /api/v1/endpoints/<name>/invocations
-   (token auth) and POST /e/<name>/invocations (x-api-key + Redis throttle), and what
-   each route adds at the median over the direct call (goal <= 1 ms).
+   connections: the R runtime directly, a bare WSGI proxy under the same gunicorn
+   settings (the floor any Python proxy pays on this machine), POST
+   /api/v1/endpoints/<name>/invocations (token auth) and POST /e/<name>/invocations
+   (x-api-key + Redis throttle), and what each adds at the median over the direct call
+   (goal <= 1 ms).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client as http_client
 import json
 import os
 import secrets
@@ -99,21 +102,9 @@ def main() -> int:
         token = api_token_create(user=User.objects.create_user("bench")).secret
         bin_dir = Path(sys.executable).parent
         spawn("worker", [str(bin_dir / "celery"), "-A", "tasks", "worker", "-l", "INFO", "-c", "2"])
-        spawn(
-            "web",
-            [
-                str(bin_dir / "gunicorn"),
-                "config.wsgi",
-                "-b",
-                f"127.0.0.1:{web_port}",
-                "-w",
-                str(args.web_workers),
-                "--threads",
-                "8",
-                "-k",
-                "gthread",
-            ],
-        )
+        # As `make run` serves (scripts/run.sh).
+        gunicorn = [str(bin_dir / "gunicorn"), "-w", str(args.web_workers), "--threads", "8", "-k", "gthread"]
+        spawn("web", [*gunicorn, "config.wsgi", "-b", f"127.0.0.1:{web_port}"])
         http = urllib3.PoolManager(maxsize=4)
         auth = {"Authorization": f"Token {token}"}
         wait_until(lambda: _status(http, f"{base}/healthz") == 200, 60, "the web server", 0.2)
@@ -121,7 +112,15 @@ def main() -> int:
         subprocess.run(["Rscript", "--vanilla", str(ROOT / "examples/iris/train.R"), str(model_dir)], check=True)
         report: dict[str, Any] = {}
         name = deploy(http, base, auth, model_dir, report)
-        measure(http, base, auth, name, report, args.requests)
+
+        def spawn_floor(runtime_port: int) -> int:
+            (data_dir / "bare_proxy.py").write_text(BARE_PROXY)
+            floor_port = free_port()
+            os.environ["RUNTIME_PORT"] = str(runtime_port)
+            spawn("bare", [*gunicorn, "bare_proxy:app", "--chdir", str(data_dir), "-b", f"127.0.0.1:{floor_port}"])
+            return floor_port
+
+        measure(http, base, auth, name, report, args.requests, spawn_floor)
         print(json.dumps(report, indent=2))
         delete = http.request("DELETE", f"{base}/api/v1/endpoints/{name}/", headers=auth)
         assert delete.status == 202, delete.data
@@ -194,27 +193,64 @@ def deploy(http: urllib3.PoolManager, base: str, auth: dict[str, str], model_dir
     return name
 
 
+# The floor any Python proxy under gunicorn pays here: a bare WSGI app (no Django, no
+# auth) forwarding to the runtime over one keep-alive connection per thread.
+BARE_PROXY = """
+import http.client, os, threading
+local = threading.local()
+def app(environ, start_response):
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    if not hasattr(local, "conn"):
+        local.conn = http.client.HTTPConnection("127.0.0.1", int(os.environ["RUNTIME_PORT"]))
+    local.conn.request("POST", "/invocations", body=body, headers={"Content-Type": environ.get("CONTENT_TYPE", "")})
+    response = local.conn.getresponse()
+    data = response.read()
+    start_response(f"{response.status} OK", [("Content-Type", response.getheader("Content-Type", "")),
+                                             ("Content-Length", str(len(data)))])
+    return [data]
+"""
+
+
 def measure(
-    http: urllib3.PoolManager, base: str, auth: dict[str, str], name: str, report: dict[str, Any], requests: int
+    http: urllib3.PoolManager,
+    base: str,
+    auth: dict[str, str],
+    name: str,
+    report: dict[str, Any],
+    requests: int,
+    spawn_floor: Callable[[int], int],
 ) -> None:
     from deployer.models import Endpoint
 
-    port = Endpoint.objects.get(name=name).runtime["port"]
-    web = urllib3.HTTPConnectionPool("127.0.0.1", int(base.rsplit(":", 1)[1]), maxsize=1)
-    runtime = urllib3.HTTPConnectionPool("127.0.0.1", int(port), maxsize=1)
+    runtime_port = int(Endpoint.objects.get(name=name).runtime["port"])
+    web_port = int(base.rsplit(":", 1)[1])
+    floor_port = spawn_floor(runtime_port)
+    wait_until(lambda: _status(http, f"http://127.0.0.1:{floor_port}/") != 0, 30, "the bare proxy", 0.1)
     csv = {"Content-Type": "text/csv"}
-    routes: dict[str, tuple[urllib3.HTTPConnectionPool, str, dict[str, str]]] = {
-        "direct": (runtime, "/invocations", csv),
-        "invocations_route": (web, f"/api/v1/endpoints/{name}/invocations", {**csv, **auth}),
-        "public_route": (web, f"/e/{name}/invocations", {**csv, "x-api-key": report.pop("api_key")}),
+    # http.client writes headers and body in one send, the best a client can do.
+    routes: dict[str, tuple[http_client.HTTPConnection, str, dict[str, str]]] = {
+        "direct": (http_client.HTTPConnection("127.0.0.1", runtime_port), "/invocations", csv),
+        "bare_proxy": (http_client.HTTPConnection("127.0.0.1", floor_port), "/invocations", csv),
+        "invocations_route": (
+            http_client.HTTPConnection("127.0.0.1", web_port),
+            f"/api/v1/endpoints/{name}/invocations",
+            {**csv, **auth},
+        ),
+        "public_route": (
+            http_client.HTTPConnection("127.0.0.1", web_port),
+            f"/e/{name}/invocations",
+            {**csv, "x-api-key": report.pop("api_key")},
+        ),
     }
     timings: dict[str, list[float]] = {route: [] for route in routes}
     for round_ in range(requests + 100):
-        for route, (pool, path, headers) in routes.items():
+        for route, (conn, path, headers) in routes.items():
             started = time.perf_counter()
-            response = pool.urlopen("POST", path, body=ROW, headers=headers, retries=False)
+            conn.request("POST", path, body=ROW, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
             elapsed = (time.perf_counter() - started) * 1000
-            assert response.status == 200, (route, response.status, response.data)
+            assert response.status == 200, (route, response.status, data)
             if round_ >= 100:  # the first 100 rounds warm up connections and caches
                 timings[route].append(elapsed)
     report["requests_per_route"] = requests
@@ -226,7 +262,7 @@ def measure(
             "p99": round(values[int(len(values) * 0.99)], 3),
         }
     direct = report["direct_ms"]["p50"]
-    for route in ("invocations_route", "public_route"):
+    for route in ("bare_proxy", "invocations_route", "public_route"):
         report[f"{route}_adds_ms_p50"] = round(report[f"{route}_ms"]["p50"] - direct, 3)
 
 

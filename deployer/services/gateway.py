@@ -7,7 +7,8 @@
   ``x-api-key`` checked against the stored SHA-256; a wrong or missing key and an unknown
   or private endpoint get the same 403 body; a per-key token bucket in Redis with API
   Gateway's usage-plan semantics (``rate`` tokens per second refill a bucket of ``burst``)
-  answers 429 when empty; bodies above SageMaker's 6 MiB get 413.
+  answers 429 when empty (busy processes lease a few tokens at a time, see
+  ``LEASE_SECONDS``); bodies above SageMaker's 6 MiB get 413.
 - REST tokens on the invocations route are checked through the same kind of cache, so
   a revoked token stops working within ``ROUTE_CACHE_SECONDS`` everywhere.
 - A request that finds no runtime (it was replaced moments ago) re-reads the route from
@@ -156,30 +157,40 @@ def gateway_forward(*, route: Route, body: bytes, headers: Mapping[str, str]) ->
 
 # --- throttling -----------------------------------------------------------------------------
 # A token bucket per key, updated atomically in Redis; the clock is Redis's own, so every
-# web process agrees. Returns {allowed (0/1), seconds until a token is available}.
+# web process agrees. A call takes up to ARGV[3] tokens at once and returns
+# {tokens taken, seconds until a token is available}.
 _BUCKET_LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local allowed = 0
+local taken = 0
 local wait = 0
 if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
+  taken = math.min(want, math.floor(tokens))
+  tokens = tokens - taken
 else
   wait = (1 - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, tostring(wait)}
+return {taken, tostring(wait)}
 """
+# A busy process takes the tokens of the next LEASE_SECONDS of the rate in one Redis
+# call and spends them locally (unspent ones lapse), so most requests cost no round trip.
+# Limits stay exact for rates below 1 / LEASE_SECONDS per second; above, a process may
+# run ahead of the shared bucket by at most one lease, the "best effort" API Gateway
+# documents for its own throttling.
+LEASE_SECONDS = 0.05
 _redis_lock = threading.Lock()
 _bucket_script: Any = None
+_leases: dict[str, tuple[float, int]] = {}
+_leases_lock = threading.Lock()
 
 
 def _bucket() -> Any:
@@ -194,10 +205,22 @@ def _bucket() -> Any:
 
 def gateway_take_token(*, route: Route) -> float | None:
     """None when the request may pass, else the seconds until the bucket has a token."""
-    allowed, wait = _bucket()(
-        keys=[f"rdeploy:throttle:{route.endpoint_id}:{route.api_key_hash[:16]}"], args=[route.rate, route.burst]
-    )
-    return None if int(allowed) else float(wait)
+    key = f"rdeploy:throttle:{route.endpoint_id}:{route.api_key_hash[:16]}"
+    now = time.monotonic()
+    with _leases_lock:
+        expires, left = _leases.get(key, (0.0, 0))
+        if left > 0 and expires > now:
+            _leases[key] = (expires, left - 1)
+            return None
+    want = max(1, min(int(route.rate * LEASE_SECONDS), route.burst // 10))
+    taken, wait = _bucket()(keys=[key], args=[route.rate, route.burst, want])
+    taken = int(taken)
+    if not taken:
+        return float(wait)
+    if taken > 1:
+        with _leases_lock:
+            _leases[key] = (now + LEASE_SECONDS, taken - 1)
+    return None
 
 
 def gateway_public_invoke(

@@ -130,6 +130,18 @@ def test_requests_above_the_rate_and_burst_get_429_until_the_bucket_refills(owne
     assert call("limited", key)[0] == 200
 
 
+def test_leased_tokens_never_let_a_key_past_its_burst_and_rate(owner: User, echo_port: int) -> None:
+    key = live_public(owner, "busy", echo_port, throttle={"rate": 100, "burst": 100})
+    started = time.monotonic()
+    statuses = [call("busy", key)[0] for _ in range(150)]
+    elapsed = time.monotonic() - started
+    allowed = statuses.count(200)
+    # At most the burst, what the rate refilled meanwhile, and one lease of this process.
+    assert allowed <= 100 + 100 * elapsed + 5
+    assert allowed >= min(150, 100)
+    assert set(statuses) <= {200, 429}
+
+
 def test_each_key_has_its_own_bucket(owner: User, echo_port: int) -> None:
     first = live_public(owner, "one", echo_port, throttle={"rate": 1, "burst": 1})
     second = live_public(owner, "two", echo_port, throttle={"rate": 1, "burst": 1})
