@@ -288,6 +288,8 @@ def run_sandboxed(
             "--no-new-privs",
             "--inh-caps=-all",
             "--bounding-set=-all",
+            # R dies with the worker (SIGKILL, OOM) instead of running on unsupervised.
+            "--pdeathsig=KILL",
         ]
     command = [*prefix, settings.RSCRIPT, "--vanilla", str(script), *args]
     environ = _scrubbed_env(workdir, library_paths, extra_env)

@@ -3,6 +3,8 @@ installation's files, and runaway R is stopped."""
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -228,3 +230,27 @@ def test_the_file_size_limit_stops_filling_the_disk(workdir: Path) -> None:
 
     assert "written" not in result.stdout
     assert (workdir / "big.bin").stat().st_size <= 1024**2
+
+
+def test_r_dies_with_the_process_that_started_it(workdir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the parent-death signal is set by setpriv, used when the worker runs as root")
+    script = workdir / "script.R"
+    script.write_text("writeLines(as.character(Sys.getpid()), 'r.pid'); Sys.sleep(300)")
+    launcher = (
+        "import sys; from pathlib import Path; from deployer.integrations import rprocess; "
+        "rprocess.run_sandboxed(Path(sys.argv[1]), [], workdir=Path(sys.argv[2]), "
+        "limits=rprocess.Limits(300, 300, 2 * 1024**3))"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", launcher, str(script), str(workdir)], cwd=settings.BASE_DIR)
+    deadline = time.monotonic() + 30
+    while not (workdir / "r.pid").exists():
+        assert time.monotonic() < deadline, "R did not start"
+        time.sleep(0.1)
+    r_pid = int((workdir / "r.pid").read_text())
+
+    parent.kill()
+    parent.wait()
+    time.sleep(0.5)
+
+    assert not Path(f"/proc/{r_pid}").exists() or Path(f"/proc/{r_pid}/stat").read_text().split()[2] == "Z"
