@@ -441,16 +441,16 @@ class SageMakerTarget(Target):
             return StepOutcome.wait(POLL_SECONDS, f"Endpoint {name} is {state.status}; the update waits for it.")
         # A registered scalable target blocks changes to its variant; autoscaling re-registers it.
         autoscaling.disable(name, VARIANT)
-        # Blue/green: SageMaker starts the new fleet, shifts traffic, then retires the old one.
+        # Blue/green: SageMaker starts the new fleet, shifts traffic, then retires the old
+        # one (serverless endpoints take no deployment config and switch on their own).
+        blue_green = {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+                "TerminationWaitInSeconds": 0,
+            }
+        }
         sagemaker.update_endpoint(
-            name,
-            config_name=config,
-            deployment_config={
-                "BlueGreenUpdatePolicy": {
-                    "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
-                    "TerminationWaitInSeconds": 0,
-                }
-            },
+            name, config_name=config, deployment_config=None if ctx.options.get("serverless") else blue_green
         )
         return StepOutcome.done(f"Updating SageMaker endpoint {name} to {config} (blue/green).")
 

@@ -27,6 +27,19 @@ def ensure_repository(name: str, *, tags: dict[str, str]) -> str:
     return str(repository["repositoryUri"])
 
 
+def repository_tags(name: str) -> dict[str, str]:
+    """The repository's tags (empty when it does not exist)."""
+    client = aws_client("ecr")
+    try:
+        repository = client.describe_repositories(repositoryNames=[name])["repositories"][0]
+        tags = client.list_tags_for_resource(resourceArn=repository["repositoryArn"])["tags"]
+    except ClientError as error:
+        if is_not_found(error):
+            return {}
+        raise
+    return {tag["Key"]: tag["Value"] for tag in tags}
+
+
 def image_exists(repository: str, tag: str) -> bool:
     try:
         details = aws_client("ecr").describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
@@ -45,9 +46,10 @@ def events_since(group: str, *, start_ms: int = 0, limit: int = 500, stream: str
     return events[:limit]
 
 
-def last_lines(group: str, *, count: int = 20) -> list[str]:
-    """The last ``count`` messages of ``group`` (for a failure message)."""
-    return [event.message.rstrip() for event in events_since(group, limit=10_000)[-count:]]
+def last_lines(group: str, *, count: int = 20, window_ms: int = 3_600_000) -> list[str]:
+    """The last ``count`` messages of ``group`` within the last hour (for a failure message)."""
+    start = int(time.time() * 1000) - window_ms
+    return [event.message.rstrip() for event in events_since(group, start_ms=start, limit=10_000)[-count:]]
 
 
 def delete_log_group(group: str) -> None:

@@ -48,8 +48,9 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
     def ours(tags: dict[str, str]) -> bool:
         return tags.get(INSTALLATION) == installation and SCOPE not in tags
 
+    endpoint_tags: dict[str, dict[str, str]] = {}
     for name, arn in sagemaker.endpoints(prefix):
-        tags = sagemaker.tags_of(arn)
+        tags = endpoint_tags[name] = sagemaker.tags_of(arn)
         if ours(tags):
             yield CloudResource("sagemaker_endpoint", name, tags)
     for name, arn in sagemaker.endpoint_configs(prefix):
@@ -61,9 +62,11 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
         if ours(tags):
             yield CloudResource("sagemaker_model", name, tags)
     for endpoint, variant in autoscaling.scaled_endpoints(prefix):
-        # Scalable targets carry tags, but their tags cannot be listed everywhere (moto):
-        # the endpoint name, which rdeploy derives from its prefix, identifies them.
-        yield CloudResource("autoscaling_target", f"{endpoint}/{variant}", {INSTALLATION: installation})
+        # A scalable target belongs to whoever owns its endpoint (its own tags cannot be
+        # listed everywhere); one left behind by a deleted endpoint goes by the prefix.
+        tags = endpoint_tags.get(endpoint, {INSTALLATION: installation})
+        if ours(tags):
+            yield CloudResource("autoscaling_target", f"{endpoint}/{variant}", tags)
     for name, arn in lambda_.functions(prefix):
         tags = lambda_.tags_of(arn)
         if ours(tags):
@@ -87,5 +90,7 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
             if tags.get(INSTALLATION) == installation:
                 kind = "model_data" if key.startswith(f"{prefix}/model-data/") else "build_context"
                 yield CloudResource(kind, f"s3://{bucket}/{key}", tags)
-    for tag in ecr.image_tags(repository):
-        yield CloudResource("ecr_image", f"{repository}:{tag}", {INSTALLATION: installation})
+    # The repository may be shared by installations: only this installation's counts.
+    if ecr.repository_tags(repository).get(INSTALLATION) == installation:
+        for tag in ecr.image_tags(repository):
+            yield CloudResource("ecr_image", f"{repository}:{tag}", {INSTALLATION: installation})
