@@ -690,9 +690,13 @@ class SageMakerTarget(Target):
         return StepOutcome.done(f"Released {count} artifact(s); images stay for reuse until rdeploy_gc removes them.")
 
     def discard(self, ctx: StepContext) -> None:
-        keep_endpoint = ctx.previous is not None and ctx.previous.pk != ctx.deployment.pk
+        live = ctx.previous if ctx.previous is not None and ctx.previous.pk != ctx.deployment.pk else None
         for resource in reversed(list(ctx.deployment_resources())):
-            if keep_endpoint and resource.kind in PER_ENDPOINT_KINDS:
+            if live is not None and resource.kind in PER_ENDPOINT_KINDS:
+                continue
+            if live is not None and live.resources.get(resource.kind) == resource.identifier:
+                # The live version uses the same image or model data: it keeps the record.
+                ExternalResource.objects.filter(pk=resource.pk).update(deployment=live)
                 continue
             self._remove(ctx, resource)
 

@@ -597,3 +597,32 @@ def test_build_log_lines_stream_into_the_deployment_log_and_a_failed_build_says_
     assert "compilation failed" in message
     # Nothing of the failed first rollout is left but the installation's repository.
     assert not ExternalResource.objects.filter(deleted_at__isnull=True).exclude(kind="ecr_image").exists()
+
+
+def test_a_failed_update_keeps_the_image_and_model_data_the_live_version_uses(
+    aws: MotoServer, owner: User, api_client_for: Any, settings: Any
+) -> None:
+    create_public(owner, api_client_for)
+    first = drive(latest("iris-sm"))
+    push_image(first.resources["ecr_image"])
+    client = api_client_for(owner)
+    client.post(
+        "/api/v1/endpoints/iris-sm/deployments", {"model": ready_model(owner, content=b"model-2").pk}, format="json"
+    )
+    settings.RDEPLOY_SAGEMAKER_ROLE_ARN = None
+
+    update = drive(latest("iris-sm"))
+
+    assert update.status == Deployment.Status.FAILED
+    assert "RDEPLOY_SAGEMAKER_ROLE_ARN" in update.error
+    endpoint = Endpoint.objects.get(name="iris-sm")
+    assert endpoint.status == Endpoint.Status.LIVE
+    image = ExternalResource.objects.get(kind="ecr_image", identifier=first.resources["ecr_image"])
+    assert (image.endpoint, image.deleted_at, image.details.get("unused_since")) == (endpoint, None, None)
+    bucket, key = first.resources["model_data"].removeprefix("s3://").split("/", 1)
+    assert s3.object_exists(bucket, key)
+    # The failed update's own model data is gone; the live version's model and endpoint stay.
+    failed_bucket, failed_key = update.resources["model_data"].removeprefix("s3://").split("/", 1)
+    assert not s3.object_exists(failed_bucket, failed_key)
+    assert {m["ModelName"] for m in aws_client("sagemaker").list_models()["Models"]} == {rollout_name(first)}
+    assert cloud_orphans() == []
