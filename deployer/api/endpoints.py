@@ -233,6 +233,19 @@ def _response(result: InvocationResult) -> HttpResponse:
     return response
 
 
+# Read straight from the WSGI environ: building request.headers costs more than the rest
+# of the view (the invocation views are the hot path).
+_FORWARDED_META = {
+    "Content-Type": "CONTENT_TYPE",
+    "Accept": "HTTP_ACCEPT",
+    "X-Amzn-SageMaker-Custom-Attributes": "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES",
+}
+
+
+def _forwarded_headers(request: HttpRequest) -> dict[str, str]:
+    return {name: value for name, key in _FORWARDED_META.items() if (value := request.META.get(key))}
+
+
 def _not_found() -> JsonResponse:
     return JsonResponse({"detail": "No Endpoint matches the given query."}, status=404)
 
@@ -242,7 +255,7 @@ def _not_found() -> JsonResponse:
 def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponse:
     """`POST /api/v1/endpoints/<name>/invocations`: token (or session) auth, owner or staff."""
     user: Any = request.user
-    authorization = request.headers.get("Authorization", "").split()
+    authorization = request.META.get("HTTP_AUTHORIZATION", "").split()
     if authorization:
         if len(authorization) != 2 or authorization[0].lower() != "token":
             return JsonResponse({"detail": "Invalid token header: expected 'Token <token>'."}, status=401)
@@ -251,7 +264,7 @@ def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponse:
             return JsonResponse({"detail": "Invalid or revoked token."}, status=401)
     if not user.is_authenticated:
         return JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
-    result = services.endpoint_invoke(user=user, name=name, body=request.body, headers=request.headers)
+    result = services.endpoint_invoke(user=user, name=name, body=request.body, headers=_forwarded_headers(request))
     return _not_found() if result is None else _response(result)
 
 
@@ -266,10 +279,10 @@ def public_invocations(request: HttpRequest, name: str) -> HttpResponse:
         content_length = 0
     result = gateway_public_invoke(
         name=name,
-        api_key=request.headers.get("x-api-key"),
+        api_key=request.META.get("HTTP_X_API_KEY"),
         content_length=content_length,
         read_body=lambda: request.body,
-        headers=request.headers,
+        headers=_forwarded_headers(request),
     )
     return _response(result)
 
