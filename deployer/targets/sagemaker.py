@@ -26,6 +26,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
+from django.core.cache import cache
 from django.utils import timezone
 
 from deployer.build_context import BuildContext, check_r_version, render_build_context
@@ -74,6 +75,7 @@ LOG_LINES_IN_FAILURE = 20
 # The image's R for models saved by an R older than the runtime accepts (4.4.0).
 IMAGE_R_VERSION = "4.4.2"
 MAX_LOG_LINES_PER_COLLECT = 1000
+LOG_COLLECT_INTERVAL = 10
 
 # Resources that belong to the endpoint (reused across rollouts) rather than to one rollout.
 PER_ENDPOINT_KINDS = frozenset(
@@ -365,6 +367,9 @@ class SageMakerTarget(Target):
         self._remove_build_context(ctx)
         if state.status == "SUCCEEDED":
             return StepOutcome.done(f"Built and pushed {image}.")
+        if ecr.image_exists(repository, context.tag):
+            # Tags are immutable: a build for another endpoint pushed the same image first.
+            return StepOutcome.done(f"Image {context.tag} was pushed by a concurrent build.")
         tail = ""
         if state.log_group:
             tail = "\n".join(logs.last_lines(state.log_group, count=LOG_LINES_IN_FAILURE))
@@ -748,6 +753,12 @@ class SageMakerTarget(Target):
             lambda_.set_environment(function, {**environment, "RDEPLOY_API_KEY_SHA256": endpoint.api_key_hash})
 
     def collect_logs(self, endpoint: Endpoint) -> int:
+        # Called by the reconciler and by every log request of the dashboard: CloudWatch's
+        # FilterLogEvents allows only a few calls per second per account, so at most one
+        # collection per endpoint every LOG_COLLECT_INTERVAL seconds, across processes.
+        key = f"rdeploy:sagemaker-logs:{endpoint.pk}:{endpoint.created_at.timestamp()}"
+        if not cache.add(key, 1, LOG_COLLECT_INTERVAL):
+            return 0
         name = endpoint_name(endpoint)
         resource = ExternalResource.objects.filter(
             target=Endpoint.Target.SAGEMAKER, kind="sagemaker_endpoint", identifier=name

@@ -412,6 +412,7 @@ def test_cloudwatch_lines_of_the_endpoint_appear_in_its_logs(aws: MotoServer, ow
     target = get_target("sagemaker")
 
     assert target.collect_logs(endpoint) == 2
+    # Again at once: nothing new (and CloudWatch is not asked again within 10 s).
     assert target.collect_logs(endpoint) == 0
     lines = list(
         LogLine.objects.filter(endpoint=endpoint, source=LogLine.Source.ENDPOINT).values_list("message", flat=True)
