@@ -19,6 +19,7 @@ import hashlib
 import os
 import resource
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -98,6 +99,8 @@ class _Isolation:
     description: tuple[str, ...]
     # setpriv's path when this process is root and drops privileges for every run.
     setpriv: str | None
+    # Whether the prefix opens a private mount namespace in which paths can be hidden.
+    mounts: bool = False
 
 
 def _works(command: Sequence[str]) -> bool:
@@ -112,9 +115,19 @@ def _isolation() -> _Isolation:
     prefix: list[str] = []
     described = ["environment scrubbed (only PATH, HOME, TMPDIR, LANG and R_LIBS)", "scratch directory as HOME/TMPDIR"]
     unshare = shutil.which("unshare")
+    mounts = False
     if unshare and _works([unshare, "--net", "true"]):
         prefix += [unshare, "--net"]
         described.append("no network (unshare --net: a network namespace with only a down loopback)")
+        with tempfile.TemporaryDirectory() as probe:
+            private = [unshare, "--net", "--mount", "--propagation", "private"]
+            mounts = _works([*private, "mount", "-t", "tmpfs", "rdeploy-probe", probe])
+        if mounts:
+            prefix[1:] = ["--net", "--mount", "--propagation", "private"]
+            described.append(
+                "a private mount namespace hides RDEPLOY_DATA_DIR, the rdeploy installation and *_FILE secrets "
+                "behind empty filesystems; R libraries are mounted read-only"
+            )
     elif unshare and _works([unshare, "--user", "--net", "true"]):
         prefix += [unshare, "--user", "--net"]
         described.append("no network (unshare --user --net)")
@@ -130,7 +143,7 @@ def _isolation() -> _Isolation:
         described.append("RUNS AS ROOT: setpriv is missing")
     else:
         described.append(f"runs as the worker's own user (uid {os.geteuid()})")
-    return _Isolation(tuple(prefix), tuple(described), setpriv)
+    return _Isolation(tuple(prefix), tuple(described), setpriv, mounts)
 
 
 def sandbox_isolation() -> tuple[str, ...]:
@@ -271,14 +284,19 @@ def run_sandboxed(
     """Runs `Rscript --vanilla script args...` in the sandbox, with `workdir` as its home."""
     isolation = _isolation()
     prefix = list(isolation.prefix)
+    libraries = [Path(library) for library in library_paths]
+    if isolation.mounts:
+        mount_script, libraries = _hiding_script(workdir, libraries)
+        prefix += ["/bin/sh", "-c", mount_script, "rdeploy-sandbox"]
     uid = None
     if isolation.setpriv:
-        for library in library_paths:
-            if not _reachable_by_others(Path(library)):
-                raise SandboxError(
-                    f"the R library {library} is not readable by the sandbox's unprivileged user: make it and "
-                    "every parent directory world-executable (RDEPLOY_R_LIBRARY_DIR, e.g. /var/cache/rdeploy/r-libs)"
-                )
+        if not isolation.mounts:
+            for library in libraries:
+                if not _reachable_by_others(library):
+                    raise SandboxError(
+                        f"the R library {library} is not readable by the sandbox's unprivileged user: make it and "
+                        "every parent directory world-executable (RDEPLOY_R_LIBRARY_DIR)"
+                    )
         uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_COUNT)
         prefix += [
             isolation.setpriv,
@@ -292,7 +310,7 @@ def run_sandboxed(
             "--pdeathsig=KILL",
         ]
     command = [*prefix, settings.RSCRIPT, "--vanilla", str(script), *args]
-    environ = _scrubbed_env(workdir, library_paths, extra_env)
+    environ = _scrubbed_env(workdir, libraries, extra_env)
     return _run(
         command,
         workdir=workdir,
@@ -301,6 +319,43 @@ def run_sandboxed(
         isolation=(*isolation.description, limits.describe()),
         uid=uid,
     )
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def _hiding_script(workdir: Path, libraries: list[Path]) -> tuple[str, list[Path]]:
+    """A shell script, run as root inside the new mount namespace before privileges are
+    dropped, that mounts each R library read-only under the scratch directory, then hides
+    the installation's directories and secret files; and the libraries' new paths."""
+    workdir = workdir.resolve()
+    hidden_dirs = [
+        directory
+        for directory in {Path(settings.DATA_DIR).resolve(), Path(settings.BASE_DIR).resolve()}
+        if directory.is_dir() and not _inside(workdir, directory) and directory != Path("/")
+    ]
+    secret_files = {Path(value).resolve() for name, value in os.environ.items() if name.endswith("_FILE") and value}
+    database = settings.DATABASES["default"].get("NAME")
+    if database and str(database).startswith("/"):
+        secret_files.add(Path(str(database)).resolve())
+    hidden_files = [path for path in secret_files if path.is_file() and not any(_inside(path, d) for d in hidden_dirs)]
+    lines = ["set -e"]
+    mounted: list[Path] = []
+    for index, library in enumerate(libraries):
+        target = workdir / ".libraries" / str(index)
+        target.mkdir(parents=True, exist_ok=True)
+        lines += [
+            f"mount --bind {shlex.quote(str(library))} {shlex.quote(str(target))}",
+            f"mount -o remount,bind,ro {shlex.quote(str(target))}",
+        ]
+        mounted.append(target)
+    for directory in sorted(hidden_dirs):
+        lines.append(f"mount -t tmpfs -o size=16k,mode=0755 rdeploy-hidden {shlex.quote(str(directory))}")
+    for path in sorted(hidden_files):
+        lines.append(f"mount --bind /dev/null {shlex.quote(str(path))}")
+    lines.append('exec "$@"')
+    return "\n".join(lines), mounted
 
 
 def library_for(packages: Sequence[str], *, repo: str) -> Path:

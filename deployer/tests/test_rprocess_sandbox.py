@@ -2,9 +2,11 @@
 installation's files, and runaway R is stopped."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,6 +44,8 @@ load_fn <- function(model_dir) {
     paste0("redis=", Sys.getenv("REDIS_URL", "absent")),
     paste0("network=", network),
     paste0("database=", attempt(readBin(targets[3], "raw", 16))),
+    paste0("installation=", attempt(stopifnot(length(readLines(targets[4], n = 1)) == 1))),
+    paste0("secret_file=", attempt(stopifnot(length(readLines(targets[5], n = 1)) == 1))),
     paste0("uid=", system("id -u", intern = TRUE)),
     sep = ";"
   )
@@ -87,8 +91,10 @@ def listener() -> Any:
     server.close()
 
 
-def hostile_bundle(trained_models: Path, host: str, port: int) -> bytes:
-    targets = f"{host}\n{port}\n{settings.DATABASES['default']['NAME']}\n"
+def hostile_bundle(trained_models: Path, host: str, port: int, secret_file: Path | None = None) -> bytes:
+    installation_file = Path(settings.BASE_DIR) / "manage.py"
+    database = settings.DATABASES["default"]["NAME"]
+    targets = f"{host}\n{port}\n{database}\n{installation_file}\n{secret_file or '/nonexistent'}\n"
     return tar_gz(
         {
             "model.rds": (trained_models / "lm" / "model.rds").read_bytes(),
@@ -104,15 +110,29 @@ def report_of(version: ModelVersion) -> dict[str, str]:
     return dict(item.split("=", 1) for item in report.split(";"))
 
 
+@pytest.fixture
+def secret_file(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A world-readable secret handed to rdeploy as <NAME>_FILE, as Docker secrets are."""
+    directory = Path(tempfile.mkdtemp(prefix="rdeploy-secret-"))
+    directory.chmod(0o755)
+    path = directory / "key"
+    path.write_text("file-secret-that-must-not-leak\n")
+    path.chmod(0o644)
+    monkeypatch.setenv("RDEPLOY_TEST_SECRET_FILE", str(path))
+    yield path
+    shutil.rmtree(directory)
+
+
 @pytest.mark.django_db
 def test_a_hostile_model_sees_no_secrets_no_network_and_not_the_database(
-    owner: User, trained_models: Path, listener: Listener, monkeypatch: pytest.MonkeyPatch
+    owner: User, trained_models: Path, listener: Listener, monkeypatch: pytest.MonkeyPatch, secret_file: Path
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-that-must-not-leak")
+    bundle = hostile_bundle(trained_models, "127.0.0.1", listener.port, secret_file)
     version = model_version_upload(
         owner=owner,
         name="hostile",
-        file=SimpleUploadedFile("m.tar.gz", hostile_bundle(trained_models, "127.0.0.1", listener.port)),
+        file=SimpleUploadedFile("m.tar.gz", bundle),
         sample=SimpleUploadedFile("s.csv", b"x\n1\n"),
     ).model_version
 
@@ -126,6 +146,10 @@ def test_a_hostile_model_sees_no_secrets_no_network_and_not_the_database(
     if os.geteuid() == 0:
         assert report["uid"] != "0"
         assert report["database"] == "denied"
+    if rprocess._isolation().mounts:
+        # World-readable, yet hidden: the installation's files and *_FILE secrets.
+        assert report["installation"] == "denied"
+        assert report["secret_file"] == "denied"
 
 
 @pytest.mark.django_db
