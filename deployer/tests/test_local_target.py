@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,3 +163,33 @@ def test_a_killed_runtime_is_restarted_by_the_reconciler(owner: User, iris_model
     assert endpoint.status == Endpoint.Status.LIVE
     assert endpoint.runtime["pid"] != runtime["pid"]
     assert LogLine.objects.filter(endpoint=endpoint, message__contains="restarted it").exists()
+
+
+def test_a_runtime_that_keeps_crashing_marks_the_endpoint_failed_with_its_log(owner: User, iris_models: Path) -> None:
+    issued = endpoint_create(owner=owner, name="crashy", model_version=ready_model(owner, iris_models, "v1"))
+    drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+    runtime = live_process(issued.endpoint)
+    resource = ExternalResource.objects.get(kind="process", identifier=runtime["process"])
+    # Four restarts already happened in the last minutes; this crash is the fifth.
+    now = time.time()
+    resource.details = {**resource.details, "crashes": [now - 200, now - 150, now - 100, now - 60]}
+    resource.save()
+    for pid in processes.find(str(runtime["process"])):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not processes.find(str(runtime["process"])), what="the runtime to die")
+
+    pipeline_reconcile()  # the fifth restart
+    assert Endpoint.objects.get(name="crashy").status == Endpoint.Status.LIVE
+    resource.refresh_from_db()
+    wait_for(lambda: processes.find(str(runtime["process"])), what="the restart")
+    for pid in processes.find(str(runtime["process"])):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not processes.find(str(runtime["process"])), what="the runtime to die again")
+
+    pipeline_reconcile()
+
+    endpoint = Endpoint.objects.get(name="crashy")
+    assert endpoint.status == Endpoint.Status.FAILED
+    assert "crashed 5 times" in endpoint.error
+    assert "last log lines" in endpoint.error
+    assert processes.find(str(runtime["process"])) == []
