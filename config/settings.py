@@ -220,6 +220,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several models have a `status` field with different choices: name each enum.
+    "ENUM_NAME_OVERRIDES": {
+        "ModelVersionStatusEnum": "deployer.models.ModelVersion.Status",
+        "EndpointStatusEnum": "deployer.models.Endpoint.Status",
+        "DeploymentStatusEnum": "deployer.models.Deployment.Status",
+        "DeploymentStepStatusEnum": "deployer.models.DeploymentStep.Status",
+    },
 }
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -------------

@@ -317,3 +317,13 @@ def test_an_uploaded_random_forest_is_inspected_by_the_worker_and_becomes_ready(
     assert body["inspection"]["packages"]["required"][0]["name"] == "randomForest"
     # The goal is 3 s; the bound here leaves room for a loaded CI machine.
     assert elapsed < 15
+
+
+def test_the_openapi_schema_describes_the_models_api_without_warnings(tmp_path: Path) -> None:
+    from django.core.management import call_command
+
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
+
+    schema = (tmp_path / "schema.yaml").read_text()
+    assert "/api/v1/models/{id}/:" in schema
+    assert "multipart/form-data" in schema
