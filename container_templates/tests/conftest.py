@@ -154,7 +154,7 @@ def expected(models: Path) -> Callable[[str], dict[str, Any]]:
     """expected(case) -> {"rows": [...], "predictions": [...], "probabilities"?: [...]} from R itself."""
 
     def load(case: str) -> dict[str, Any]:
-        return json.loads((models / case / "expected.json").read_text())  # type: ignore[no-any-return]
+        return json.loads((models / case / "expected.json").read_text())
 
     return load
 

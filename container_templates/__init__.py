@@ -1,0 +1,1 @@
+"""Files shipped into serving images and Lambda functions; tests live in tests/."""
