@@ -248,3 +248,35 @@ def test_local_endpoints_offer_curl_r_and_python_snippets_only(client: Client, o
         assert f"<span>{label}</span>" in html
     assert "boto3" not in html
     assert "curl -sS -X POST &#x27;http://testserver/api/v1/endpoints/iris/invocations&#x27;" in html
+
+
+def test_sagemaker_options_are_checked_by_the_target_and_shown_on_the_form(client: Client, owner: User) -> None:
+    version = ready_version(owner)
+    response = logged_in(client, owner).post(
+        f"/models/{version.pk}/deploy/",
+        {"name": "iris-sm", "target": "sagemaker", "options": '{"instance_type": "m5.large"}'},
+    )
+    assert response.status_code == 400
+    assert "instance_type must be a SageMaker instance type" in response.content.decode()
+    assert not Endpoint.objects.filter(name="iris-sm").exists()
+
+
+def test_options_that_are_not_a_json_object_are_refused_before_the_service(client: Client, owner: User) -> None:
+    version = ready_version(owner)
+    response = logged_in(client, owner).post(
+        f"/models/{version.pk}/deploy/", {"name": "iris-x", "target": "local", "options": "[1, 2]"}
+    )
+    assert response.status_code == 400
+    assert "Options must be a JSON object" in response.content.decode()
+
+
+def test_invoke_without_javascript_renders_the_whole_page_with_the_response(client: Client, owner: User) -> None:
+    deploying_endpoint(owner)
+    response = logged_in(client, owner).post(
+        "/endpoints/iris/invoke/", {"payload": "x\n1\n", "content_type": "text/csv"}
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "<html" in html
+    assert "Status <strong>503</strong>" in html
+    assert ">x\n1\n</textarea>" in html
