@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import io
 import lzma
 import os
 import posixpath
@@ -85,18 +86,44 @@ def parse_rds_header(head: bytes, compression: str = "none") -> RdsHeader | None
     return RdsHeader(compression, fmt, version, _r_version(writer), _r_version(reader))
 
 
-def _decompressed_head(data: bytes, compression: str) -> bytes:
-    """The first bytes of a compressed stream, tolerating truncation (we read only a prefix)."""
+_HEAD = 512
+# bzip2 compresses in blocks of up to 900 kB: its first output needs a whole block.
+_MAX_SNIFF_INPUT = 4 * 1024 * 1024
+
+
+def _compression(head: bytes) -> str:
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"BZh"):
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    return "none"
+
+
+def _decompressed_head(stream: IO[bytes], head: bytes, compression: str) -> bytes:
+    """The first bytes of a possibly compressed stream, reading only as far as needed."""
+    if compression == "none":
+        return head[:_HEAD]
+    decompressor: Any = {
+        "gzip": lambda: zlib.decompressobj(wbits=31),
+        "bzip2": bz2.BZ2Decompressor,
+        "xz": lzma.LZMADecompressor,
+    }[compression]()
+    inner = b""
+    consumed = 0
+    data = head
     try:
-        if compression == "gzip":
-            return zlib.decompressobj(wbits=31).decompress(data, 512)
-        if compression == "bzip2":
-            return bz2.BZ2Decompressor().decompress(data, max_length=512)
-        if compression == "xz":
-            return lzma.LZMADecompressor().decompress(data, max_length=512)
+        while data and len(inner) < _HEAD and consumed < _MAX_SNIFF_INPUT:
+            consumed += len(data)
+            # max_length: never inflate more than the header we look at (bombs).
+            inner += decompressor.decompress(data, _HEAD - len(inner))
+            if getattr(decompressor, "eof", False):
+                break
+            data = stream.read(64 * 1024)
     except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError):
-        return b""
-    return data[:512]
+        return inner[:_HEAD]
+    return inner[:_HEAD]
 
 
 @dataclass(frozen=True)
@@ -112,24 +139,26 @@ _SAVE_HINT = (
 
 
 def sniff(head: bytes) -> Sniffed:
-    """Recognise a model upload by its first bytes (4 KiB is plenty), never by its name."""
+    """Recognise a model upload by its first bytes, never by its name."""
+    return sniff_stream(io.BytesIO(head))
+
+
+def sniff_stream(stream: IO[bytes]) -> Sniffed:
+    """Recognise a model by content, reading from `stream` only as far as needed."""
+    head = stream.read(4096)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return Sniffed("zip")
-    compression = "none"
-    if head.startswith(b"\x1f\x8b"):
-        compression = "gzip"
-    elif head.startswith(b"BZh"):
-        compression = "bzip2"
-    elif head.startswith(b"\xfd7zXZ\x00"):
-        compression = "xz"
-    inner = _decompressed_head(head, compression)
+    compression = _compression(head)
+    inner = _decompressed_head(stream, head, compression)
     if inner.startswith((b"RDX2\n", b"RDX3\n", b"RDA2\n", b"RDA3\n", b"RDB2\n", b"RDB3\n")):
         raise ArtifactRejected(_SAVE_HINT)
     header = parse_rds_header(inner, compression)
     if header is not None:
         return Sniffed("rds", header)
-    if compression == "gzip" and inner[257:262] == b"ustar":
-        return Sniffed("tar.gz")
+    if inner[257:262] == b"ustar":
+        if compression == "gzip":
+            return Sniffed("tar.gz")
+        raise ArtifactRejected(f"{compression}-compressed tar bundles are not supported: use .tar.gz or .zip")
     if compression != "none" and not inner:
         raise ArtifactRejected(f"the file is {compression}-compressed but corrupt or empty")
     raise ArtifactRejected(
@@ -140,7 +169,7 @@ def sniff(head: bytes) -> Sniffed:
 
 def sniff_file(path: Path) -> Sniffed:
     with path.open("rb") as handle:
-        return sniff(handle.read(4096))
+        return sniff_stream(handle)
 
 
 # ---- Receiving uploads ------------------------------------------------------------------
@@ -332,7 +361,7 @@ def inspect_bundle(path: Path, kind: str, limits: BundleLimits | None = None) ->
     """Checks a bundle without unpacking it; ArtifactRejected says what is wrong."""
     limits = limits or BundleLimits.from_settings()
     files: list[str] = []
-    heads: dict[str, bytes] = {}
+    sniffed: dict[str, Sniffed | ArtifactRejected] = {}
     total = 0
     try:
         for member, stream in _members(path, kind, limits):
@@ -341,7 +370,10 @@ def inspect_bundle(path: Path, kind: str, limits: BundleLimits | None = None) ->
             files.append(member.name)
             total += member.size
             if posixpath.basename(member.name) == MODEL_FILE and stream is not None:
-                heads[member.name] = stream.read(4096)
+                try:
+                    sniffed[member.name] = sniff_stream(stream)
+                except ArtifactRejected as exc:
+                    sniffed[member.name] = exc
     except _CORRUPT as exc:
         raise _corrupt(kind, exc) from exc
     prefix = _wrapping_prefix(files)
@@ -350,15 +382,13 @@ def inspect_bundle(path: Path, kind: str, limits: BundleLimits | None = None) ->
             "the bundle has no model.rds at its top level: save the model with saveRDS(model, 'model.rds') "
             "and put it next to predict.R"
         )
-    head = heads[f"{prefix}{MODEL_FILE}"]
-    try:
-        sniffed = sniff(head)
-    except ArtifactRejected as exc:
-        raise ArtifactRejected(f"model.rds in the bundle: {exc}") from exc
-    if sniffed.kind != "rds":
+    model = sniffed[f"{prefix}{MODEL_FILE}"]
+    if isinstance(model, ArtifactRejected):
+        raise ArtifactRejected(f"model.rds in the bundle: {model}")
+    if model.kind != "rds":
         raise ArtifactRejected("model.rds in the bundle is not an R serialization written by saveRDS()")
     stripped = tuple(name[len(prefix) :] for name in files if name.startswith(prefix))
-    return BundleListing(files=stripped, unpacked_bytes=total, prefix=prefix, rds=sniffed.rds)
+    return BundleListing(files=stripped, unpacked_bytes=total, prefix=prefix, rds=model.rds)
 
 
 def extract_bundle(path: Path, kind: str, destination: Path, limits: BundleLimits | None = None) -> BundleListing:

@@ -1,3 +1,4 @@
+import io
 import json
 import subprocess
 import tarfile
@@ -31,6 +32,8 @@ def r_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     saveRDS(m, file.path(d, "ascii.rds"), ascii = TRUE, compress = FALSE)
     saveRDS(m, file.path(d, "v2.rds"), version = 2)
     save(m, file = file.path(d, "workspace.RData"))
+    big <- list(m, rnorm(3e5))
+    for (z in c("gzip", "bzip2", "xz")) saveRDS(big, file.path(d, paste0("big-", z, ".rds")), compress = z)
     """
     subprocess.run([settings.RSCRIPT, "--vanilla", "-e", script], check=True, capture_output=True)
     return out
@@ -67,6 +70,25 @@ def test_rds_files_are_recognised_by_content_with_the_writer_r_version(
         version,
     )
     assert sniffed.rds.writer_r_version == r_version
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bzip2", "xz"])
+def test_large_compressed_rds_files_are_recognised_whatever_their_block_size(r_files: Path, compression: str) -> None:
+    path = r_files / f"big-{compression}.rds"
+    assert path.stat().st_size > 1024 * 1024
+
+    sniffed = artifacts.sniff_file(path)
+
+    assert (sniffed.kind, sniffed.rds.compression if sniffed.rds else None) == ("rds", compression)
+
+
+def test_a_bundle_holding_a_large_bzip2_model_is_accepted(r_files: Path, tmp_path: Path) -> None:
+    bundle = tar_gz({"model.rds": (r_files / "big-bzip2.rds").read_bytes()})
+
+    listing = artifacts.inspect_bundle(_bundle_file(tmp_path, bundle), "tar.gz", LIMITS)
+
+    assert listing.rds is not None
+    assert listing.rds.compression == "bzip2"
 
 
 def test_an_rdata_workspace_is_refused_with_advice_to_use_saverds(r_files: Path) -> None:
@@ -199,3 +221,15 @@ def test_materialize_unpacks_a_bundle_and_can_run_again(owner: User, r_files: Pa
     ]
     assert not (directory / "rdeploy.json").exists()
     assert not list(tmp_path.glob(".bundle-*"))
+
+
+@pytest.mark.parametrize("mode", ["w:bz2", "w:xz"])
+def test_tar_bundles_compressed_otherwise_than_gzip_are_refused_with_what_to_use(mode: str) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+        info = tarfile.TarInfo("model.rds")
+        info.size = 3
+        archive.addfile(info, io.BytesIO(b"abc"))
+
+    with pytest.raises(ArtifactRejected, match=r"use \.tar\.gz or \.zip"):
+        artifacts.sniff(buffer.getvalue()[:4096])
