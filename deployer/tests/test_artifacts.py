@@ -226,7 +226,7 @@ def test_materialize_unpacks_a_bundle_and_can_run_again(owner: User, r_files: Pa
 @pytest.mark.parametrize("mode", ["w:bz2", "w:xz"])
 def test_tar_bundles_compressed_otherwise_than_gzip_are_refused_with_what_to_use(mode: str) -> None:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:  # type: ignore[call-overload]
         info = tarfile.TarInfo("model.rds")
         info.size = 3
         archive.addfile(info, io.BytesIO(b"abc"))
