@@ -159,8 +159,10 @@ def _ping(port: int) -> bool:
         return False
 
 
-def _last_lines(log_path: Path) -> str:
-    lines = processes.tail(log_path, lines=15)
+def _last_lines(log_path: Path, count: int = 15) -> str:
+    """The runtime's last lines for an error message, without the access lines of our own
+    health checks, which would push out what R said."""
+    lines = [line for line in processes.tail(log_path, lines=500) if "/ping " not in line][-count:]
     return "\n".join(lines) if lines else "(the runtime wrote nothing)"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.files.base import ContentFile
 
 from deployer.integrations import processes
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
@@ -193,3 +194,29 @@ def test_a_runtime_that_keeps_crashing_marks_the_endpoint_failed_with_its_log(ow
     assert "crashed 5 times" in endpoint.error
     assert "last log lines" in endpoint.error
     assert processes.find(str(runtime["process"])) == []
+
+
+def test_a_runtime_that_never_answers_ping_fails_after_the_startup_timeout_with_its_log(
+    owner: User, iris_models: Path
+) -> None:
+    from deployer.models import ModelVersion
+    from deployer.tests.intake_support import tar_gz
+
+    hanging = tar_gz(
+        {
+            "model.rds": (iris_models / "v1.rds").read_bytes(),
+            "predict.R": b'load_fn <- function(model_dir) { message("loading forever"); Sys.sleep(3600) }\n',
+        }
+    )
+    model = ready_model(owner, iris_models, "v1")
+    model.artifact.save("hanging.tar.gz", ContentFile(hanging), save=False)
+    model.artifact_kind = ModelVersion.ArtifactKind.TAR_GZ
+    model.save()
+    issued = endpoint_create(owner=owner, name="sleepy", model_version=model, options={"startup_timeout": 5})
+
+    deployment = drive(issued.endpoint.current_deployment, timeout=60)  # type: ignore[arg-type]
+
+    assert deployment.status == Deployment.Status.FAILED
+    assert "did not answer /ping within 5 s" in deployment.error
+    assert "loading forever" in deployment.error
+    assert processes.find(f"sleepy-{deployment.pk}") == []
