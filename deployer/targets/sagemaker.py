@@ -230,7 +230,7 @@ class SageMakerTarget(Target):
 
     # --- options --------------------------------------------------------------------
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        known = {*_DEFAULTS, "serverless", "autoscaling", "throttle"}
+        known = {*_DEFAULTS, "serverless", "autoscaling", "throttle", "rollback_alarms"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise TargetOptionsError(
@@ -248,6 +248,11 @@ class SageMakerTarget(Target):
         whole("instance_count", result["instance_count"], 1, 100)
         whole("startup_timeout", result["startup_timeout"], 60, 3600)
         whole("quota_per_day", result["quota_per_day"], 1, 1_000_000_000)
+        alarms = result.get("rollback_alarms")
+        if alarms is not None:
+            valid = isinstance(alarms, list) and all(isinstance(a, str) and 0 < len(a) <= 255 for a in alarms)
+            if not valid or not 1 <= len(alarms) <= 10:
+                raise TargetOptionsError("rollback_alarms must be a list of 1 to 10 CloudWatch alarm names.")
         serverless = result.get("serverless")
         if serverless is not None:
             if not isinstance(serverless, dict) or set(serverless) - {"memory_mb", "max_concurrency"}:
@@ -448,12 +453,18 @@ class SageMakerTarget(Target):
         autoscaling.disable(name, VARIANT)
         # Blue/green: SageMaker starts the new fleet, shifts traffic, then retires the old
         # one (serverless endpoints take no deployment config and switch on their own).
-        blue_green = {
+        blue_green: dict[str, Any] = {
             "BlueGreenUpdatePolicy": {
                 "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
                 "TerminationWaitInSeconds": 0,
             }
         }
+        if ctx.options.get("rollback_alarms"):
+            # Any of these alarms firing during the update sends traffic back to the old fleet.
+            blue_green["BlueGreenUpdatePolicy"]["TerminationWaitInSeconds"] = 300
+            blue_green["AutoRollbackConfiguration"] = {
+                "Alarms": [{"AlarmName": name} for name in ctx.options["rollback_alarms"]]
+            }
         sagemaker.update_endpoint(
             name, config_name=config, deployment_config=None if ctx.options.get("serverless") else blue_green
         )

@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import pytest
-from botocore.stub import ANY
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
@@ -195,7 +194,7 @@ def test_the_invocations_route_returns_what_the_sagemaker_endpoint_returns(
 def test_a_second_model_version_with_the_same_packages_starts_no_build(
     aws: MotoServer, owner: User, api_client_for: Any
 ) -> None:
-    create_public(owner, api_client_for)
+    create_public(owner, api_client_for, rollback_alarms=["iris-sm-5xx"])
     first = drive(latest("iris-sm"))
     assert builds_started() == 1
     push_image(first.resources["ecr_image"])
@@ -213,7 +212,13 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
             {
                 "EndpointName": "rdeploy-iris-sm",
                 "EndpointConfigName": rollout_name(update),
-                "DeploymentConfig": ANY,
+                "DeploymentConfig": {
+                    "BlueGreenUpdatePolicy": {
+                        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+                        "TerminationWaitInSeconds": 300,
+                    },
+                    "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "iris-sm-5xx"}]},
+                },
             },
         )
         advance_until_done(update, "deploy_endpoint")
