@@ -1,9 +1,14 @@
 """Model inspection: the R work runs in a sandboxed subprocess (deployer/integrations/rprocess.py)."""
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from deployer.models import ModelVersion
-from deployer.services.model_versions import model_version_inspect, model_versions_requeue_stuck
+from deployer.services.model_versions import (
+    model_version_inspect,
+    model_version_inspection_abandon,
+    model_versions_requeue_stuck,
+)
 
 
 @shared_task(name="rdeploy.model_version_inspect")
@@ -11,7 +16,16 @@ def model_version_inspect_task(model_version_id: int) -> None:
     model_version = ModelVersion.objects.filter(pk=model_version_id).first()
     if model_version is None:  # deleted while queued
         return
-    model_version_inspect(model_version=model_version)
+    try:
+        model_version_inspect(model_version=model_version)
+    except SoftTimeLimitExceeded:
+        # Package installs plus inspection outran the task's time limit: a verdict now,
+        # rather than a version left inspecting (and re-queued by the reaper) forever.
+        model_version_inspection_abandon(
+            model_version=model_version,
+            reason="inspection, including installing R packages, took longer than the task time limit "
+            "(RDEPLOY_TASK_SOFT_TIME_LIMIT)",
+        )
 
 
 @shared_task(name="rdeploy.model_versions_requeue_stuck")

@@ -508,6 +508,11 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
     )
 
 
+def model_version_inspection_abandon(*, model_version: ModelVersion, reason: str) -> ModelVersion:
+    """Ends an inspection that cannot finish (the task's time limit): `invalid` with `reason`."""
+    return _finish(model_version, status=ModelVersion.Status.INVALID, reason=reason, inspection={})
+
+
 def _finish(model_version: ModelVersion, *, status: str, reason: str, inspection: dict[str, Any]) -> ModelVersion:
     """Guarded transition: only an `inspecting` version takes a verdict (a re-delivered
     task finding it done changes nothing)."""

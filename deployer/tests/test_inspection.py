@@ -487,3 +487,23 @@ def test_inspections_queued_longer_ago_than_a_task_may_run_are_queued_again(
     stuck.refresh_from_db()
     assert stuck.inspection["queued_at"] > long_ago.isoformat()
     assert fresh.status == ModelVersion.Status.INSPECTING
+
+
+def test_an_inspection_that_outruns_the_task_time_limit_ends_invalid(
+    owner: User, trained_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    import tasks.inspection
+
+    def too_slow(**kwargs: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(tasks.inspection, "model_version_inspect", too_slow)
+    version = upload(owner, "lm", (trained_models / "lm" / "model.rds").read_bytes())
+
+    tasks.inspection.model_version_inspect_task(version.pk)
+
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.INVALID
+    assert "task time limit" in version.status_reason
