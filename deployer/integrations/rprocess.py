@@ -82,7 +82,7 @@ class Result:
         """Killed by the kernel's OOM killer, or R hit the address-space limit."""
         if self.timed_out:
             return False
-        return self.signal == signal.SIGKILL or "cannot allocate" in self.stderr or "cannot allocate" in self.stdout
+        return self.signal == signal.SIGKILL or "cannot allocate" in self.stderr
 
     @property
     def cpu_exceeded(self) -> bool:

@@ -363,6 +363,11 @@ def _run_inspection(
             "reason": f"inspection did not finish within {limit} s (RDEPLOY_INSPECT_TIMEOUT): "
             "loading or predicting with the model takes too long",
         }, result
+    if result.returncode == 0 and lines:
+        try:
+            return dict(json.loads(lines[-1])), result
+        except json.JSONDecodeError:
+            pass
     if result.out_of_memory:
         limit_mib = settings.INSPECT_MEMORY_BYTES // 1024**2
         return {
@@ -370,11 +375,6 @@ def _run_inspection(
             "code": "out_of_memory",
             "reason": f"R ran out of memory inspecting the model (limit {limit_mib} MiB, RDEPLOY_INSPECT_MEMORY_BYTES)",
         }, result
-    if result.returncode == 0 and lines:
-        try:
-            return dict(json.loads(lines[-1])), result
-        except json.JSONDecodeError:
-            pass
     if result.cpu_exceeded:
         return {"status": "invalid", "code": "timeout", "reason": "inspection used up its CPU time limit"}, result
     stderr = result.stderr.strip().splitlines()
