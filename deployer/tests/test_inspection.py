@@ -507,3 +507,15 @@ def test_an_inspection_that_outruns_the_task_time_limit_ends_invalid(
     version.refresh_from_db()
     assert version.status == ModelVersion.Status.INVALID
     assert "task time limit" in version.status_reason
+
+
+def test_r_killed_by_sigkill_as_the_oom_killer_does_is_reported_as_out_of_memory(
+    owner: User, trained_models: Path
+) -> None:
+    model = (trained_models / "lm" / "model.rds").read_bytes()
+    bundle = tar_gz({"model.rds": model, "predict.R": b"load_fn <- function(d) tools::pskill(Sys.getpid(), 9L)\n"})
+
+    version = inspect(upload(owner, "killed", bundle))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.status_reason.startswith("R ran out of memory inspecting the model")
