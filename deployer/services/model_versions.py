@@ -460,13 +460,13 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
         requested = list(model_version.requested_packages)
         # Installing one package can reveal the next (the model loads further each
         # round), so install and inspect again a few times, one library per package set.
-        for _round in range(3):
+        for round_ in range(3):
             outcome, result = _run_inspection(
                 model_dir=model_dir, scratch=scratch, sample=sample, requested=requested, libraries=libraries
             )
             timings["r"] = timings.get("r", 0.0) + result.seconds
             new = [p for p in _packages_to_install(outcome) if p not in installed]
-            if not new or not settings.CRAN_REPO:
+            if not new or not settings.CRAN_REPO or round_ == 2:
                 break
             installed += new
             stage = timezone.now()
