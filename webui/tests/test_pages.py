@@ -69,7 +69,7 @@ def finish(endpoint: Endpoint, status: str, **fields: object) -> None:
     """The rollout ends: the endpoint takes `status`, its deployment a terminal state."""
     outcome = Deployment.Status.FAILED if status == Endpoint.Status.FAILED else Deployment.Status.SUCCEEDED
     Deployment.objects.filter(endpoint=endpoint).update(status=outcome, finished_at=timezone.now())
-    Endpoint.objects.filter(pk=endpoint.pk).update(status=status, **fields)
+    Endpoint.objects.filter(pk=endpoint.pk).update(status=status, updated_at=timezone.now(), **fields)
 
 
 @pytest.mark.parametrize("path", ["/", "/models/", "/endpoints/", "/endpoints/iris/", "/tokens/"])
@@ -136,22 +136,29 @@ def test_other_users_model_version_is_404_and_staff_see_it(
     assert logged_in(Client(), staff).get(f"/models/{version.pk}/").status_code == 200
 
 
-def test_endpoints_list_polls_only_while_an_endpoint_is_busy(client: Client, owner: User) -> None:
+def test_endpoints_list_polls_only_while_busy_and_sends_only_changed_rows(client: Client, owner: User) -> None:
     endpoint = deploying_endpoint(owner)
+    make_endpoint(owner, "quiet", status=Endpoint.Status.LIVE)
+    Endpoint.objects.update(updated_at=timezone.now() - timedelta(hours=1))
     client = logged_in(client, owner)
     page = client.get("/endpoints/").content.decode()
     assert "iris v1" in page
-    assert 'hx-get="/endpoints/?fragment=rows"' in page
+    poll = re.search(r'hx-get="(/endpoints/\?fragment=changes&amp;since=[^"]+)" hx-trigger="every 2s"', page)
+    assert poll is not None
+    poll_url = poll.group(1).replace("&amp;", "&")
 
-    busy = client.get("/endpoints/?fragment=rows", headers=HTMX)
-    assert busy.status_code == 200
-    assert "<html" not in busy.content.decode()
+    nothing_new = client.get(poll_url, headers=HTMX)
+    assert nothing_new.status_code == 200
+    assert "<tr" not in nothing_new.content.decode()
 
     finish(endpoint, Endpoint.Status.LIVE)
-    done = client.get("/endpoints/?fragment=rows", headers=HTMX)
+    done = client.get(poll_url, headers=HTMX)
+    html = done.content.decode()
     assert done.status_code == 286
-    assert "badge-live" in done.content.decode()
-    assert "hx-trigger" not in done.content.decode()
+    assert f'<tr id="endpoint-row-{endpoint.pk}" hx-swap-oob="true">' in html
+    assert "badge-live" in html
+    assert "quiet" not in html
+    assert "hx-trigger" not in html
 
 
 def test_endpoints_list_is_paginated(client: Client, owner: User) -> None:
