@@ -37,6 +37,9 @@ class InspectionSummary:
     example_payload: str = ""
     example_content_type: str = "text/csv"
     predictions: str = ""
+    seconds: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    r_output: str = ""
 
 
 def _example_payload(example: Any) -> tuple[str, str]:
@@ -91,6 +94,8 @@ def inspection_summary(model_version: ModelVersion) -> InspectionSummary:
     predictions = example.get("predictions") if isinstance(example, dict) else None
     prediction = data.get("prediction")
     kind = prediction.get("kind") if isinstance(prediction, dict) else prediction
+    timings = data.get("timings")
+    total = timings.get("total") if isinstance(timings, dict) else None
     return InspectionSummary(
         model_class=_text(data.get("class")),
         r_version=_text(r_version),
@@ -100,6 +105,9 @@ def inspection_summary(model_version: ModelVersion) -> InspectionSummary:
         example_payload=payload,
         example_content_type=content_type,
         predictions=predictions if isinstance(predictions, str) else (json.dumps(predictions) if predictions else ""),
+        seconds=float(total) if isinstance(total, int | float) else None,
+        warnings=[str(warning) for warning in data.get("warnings") or []],
+        r_output=str(data.get("stderr_tail") or ""),
     )
 
 

@@ -28,6 +28,7 @@ INSPECTION = {
         ]
     },
     "prediction": {"kind": "class", "probabilities": True},
+    "timings": {"r_script": {"load": 0.2}, "total": 1.234},
     "example": {
         "content_type": "application/json",
         "payload": [{"Sepal.Length": 5.1, "Species": "setosa"}],
@@ -105,7 +106,13 @@ def test_models_list_shows_only_the_users_own_versions(client: Client, owner: Us
 def test_model_page_shows_class_schema_example_and_predictions(client: Client, owner: User) -> None:
     version = make_model_version(owner, status=ModelVersion.Status.READY, inspection=INSPECTION)
     html = logged_in(client, owner).get(f"/models/{version.pk}/").content.decode()
-    for expected in ("randomForest.formula, randomForest", "4.2.2", "randomForest 4.7-1.1", "setosa, versicolor"):
+    for expected in (
+        "randomForest.formula, randomForest",
+        "written by 4.2.2, read by 4.2.2",
+        "randomForest 4.7-1.1",
+        "setosa, versicolor",
+        "<dd>1.2 s</dd>",
+    ):
         assert expected in html
     assert "&quot;Sepal.Length&quot;: 5.1,\n  &quot;Species&quot;: &quot;setosa&quot;" in html
     assert "{&quot;predictions&quot;: [&quot;setosa&quot;]}" in html
