@@ -24,6 +24,17 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_runtime_outlives_the_session() -> Iterator[None]:
+    """Local endpoint runtimes are detached on purpose (they outlive workers); a test that
+    leaves one running must not leak it past the session."""
+    yield
+    from deployer.integrations import processes
+
+    for identifier in processes.identifiers_started_with("RDEPLOY_DATA_DIR", str(settings.DATA_DIR)):
+        processes.stop(identifier, grace=1)
+
+
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[CeleryWorker]:
     """A real worker process on the test database; tests using it need transaction=True."""

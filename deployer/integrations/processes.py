@@ -99,10 +99,8 @@ def start(
     raise OSError(f"the runtime process for {identifier} did not start")
 
 
-def find(identifier: str) -> list[int]:
-    """Pids of every live process carrying the marker for ``identifier``."""
-    needle = f"{MARKER}={identifier}".encode()
-    pids = []
+def _environments() -> list[tuple[int, list[bytes]]]:
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -110,9 +108,28 @@ def find(identifier: str) -> list[int]:
             environ = Path(entry.path, "environ").read_bytes()
         except OSError:
             continue
-        if needle in environ.split(b"\0") and start_ticks(int(entry.name)) is not None:
-            pids.append(int(entry.name))
-    return pids
+        found.append((int(entry.name), environ.split(b"\0")))
+    return found
+
+
+def find(identifier: str) -> list[int]:
+    """Pids of every live process carrying the marker for ``identifier``."""
+    needle = f"{MARKER}={identifier}".encode()
+    return [pid for pid, environ in _environments() if needle in environ and start_ticks(pid) is not None]
+
+
+def identifiers_started_with(variable: str, value: str) -> set[str]:
+    """Identifiers of the runtimes whose environment has ``variable=value`` (e.g. the data
+    directory of one test session, so its clean-up never touches anyone else's)."""
+    needle = f"{variable}={value}".encode()
+    prefix = f"{MARKER}=".encode()
+    return {
+        line[len(prefix) :].decode()
+        for _, environ in _environments()
+        if needle in environ
+        for line in environ
+        if line.startswith(prefix)
+    }
 
 
 def stop(identifier: str, *, pid: int | None = None, grace: float = 5.0) -> None:
