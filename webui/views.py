@@ -258,12 +258,17 @@ def endpoint_detail(request: DashboardRequest, name: str) -> HttpResponse:
     return render(request, "webui/endpoint_detail.html", _endpoint_page_context(request, endpoint))
 
 
+def _cache_key(purpose: str, endpoint: Endpoint) -> str:
+    # The creation time too: a name (and in tests an id) can be reused by a new endpoint.
+    return f"webui:{purpose}:{endpoint.pk}:{endpoint.created_at.timestamp()}"
+
+
 def _chart_html(request: DashboardRequest, endpoint: Endpoint) -> str:
     """The chart, shared by everyone looking at the endpoint for CHART_CACHE_SECONDS."""
-    key = f"webui:chart:{endpoint.pk}"
+    key = _cache_key("chart", endpoint)
     html: str | None = cache.get(key)
     if html is None:
-        if cache.add(f"webui:logs-collected:{endpoint.pk}", 1, timeout=LOG_COLLECT_SECONDS):
+        if cache.add(_cache_key("logs-collected", endpoint), 1, timeout=LOG_COLLECT_SECONDS):
             # Collects the runtime's new access-log lines; limit=0 asks for none back.
             endpoint_logs(endpoint=endpoint, after=0, limit=0)
         lines = selectors.runtime_log_messages(endpoint=endpoint, limit=CHART_LOG_LINES)
@@ -290,7 +295,7 @@ def endpoint_log_tail(request: DashboardRequest, name: str) -> HttpResponse:
     following = request.GET.get("follow", "1") != "0"
     lines: list[LogLine] = []
     if following:
-        if cache.add(f"webui:logs-collected:{endpoint.pk}", 1, timeout=LOG_COLLECT_SECONDS):
+        if cache.add(_cache_key("logs-collected", endpoint), 1, timeout=LOG_COLLECT_SECONDS):
             lines, _cursor = endpoint_logs(endpoint=endpoint, after=after, limit=LOG_LINES_PER_POLL)
         else:
             lines = selectors.log_lines_after(endpoint=endpoint, after=after, limit=LOG_LINES_PER_POLL)

@@ -59,6 +59,12 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+_SECTIONS = {"Models": "/models/", "Endpoints": "/endpoints/", "API tokens": "/tokens/"}
+
+
 def go_to(page: Page, section: str) -> None:
-    """Follow a link of the main navigation ("Models", "Endpoints", "API tokens")."""
+    """Follow a link of the main navigation ("Models", "Endpoints", "API tokens") and wait
+    until that page has loaded, so the next lookup cannot hit the page being left."""
     page.get_by_role("navigation", name="Main").get_by_role("link", name=section).click()
+    page.wait_for_url(re.compile(re.escape(_SECTIONS[section]) + "$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text(section)
