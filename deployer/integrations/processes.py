@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MARKER = "RDEPLOY_PROCESS"
+# A runtime runs the user's model code (an .rds is code: CVE-2024-27322), so it inherits
+# none of the worker's secrets (Django key, database URL, cloud credentials): only these.
+INHERITED_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def start(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     pid_path = log_path.with_suffix(".pid")
     pid_path.unlink(missing_ok=True)
-    child_env = {**os.environ, **env, MARKER: identifier}
+    inherited = {name: os.environ[name] for name in INHERITED_VARIABLES if name in os.environ}
+    child_env = {**inherited, "HOME": str(cwd), "TMPDIR": str(cwd), **env, MARKER: identifier}
     with log_path.open("ab") as log:
         # setsid --fork: the runtime leads a new session and its parent exits at once, so
         # the runtime is re-parented to init. It writes its own pid before exec'ing.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import threading
 import time
@@ -29,7 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployer.integrations import processes
-from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
+from deployer.models import Deployment, Endpoint, ExternalResource, LogLine, ModelVersion
 from deployer.services.model_versions import model_version_materialize
 from deployer.targets.base import (
     ROUTE_CACHE_SECONDS,
@@ -204,18 +205,25 @@ class LocalTarget(Target):
         return StepOutcome.done(f"Prepared {ctx.model_version} for the runtime.")
 
     @staticmethod
-    def _launch(*, identifier: str, directory: Path, port: int, options: Mapping[str, Any]) -> processes.StartedProcess:
+    def _launch(
+        *, identifier: str, directory: Path, port: int, options: Mapping[str, Any], model_version: ModelVersion
+    ) -> processes.StartedProcess:
         """Start a runtime serving ``directory/model`` on ``port``."""
+        env = {
+            "RDEPLOY_MODEL_DIR": str(directory / "model"),
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            "RDEPLOY_BIND": "127.0.0.1",
+            "RDEPLOY_MAX_WORKERS": str(options.get("workers", _DEFAULT_OPTIONS["workers"])),
+            "RDEPLOY_GRACE_SECONDS": "5",
+        }
+        # Packages inspection installed from RDEPLOY_CRAN_REPO live in a cached library per
+        # dependency set; the endpoint serves from the same one, as an image would.
+        if libraries := model_version.inspection.get("r_library"):
+            env["R_LIBS"] = os.pathsep.join(libraries)
         return processes.start(
             identifier=identifier,
             command=[str(Path(settings.RUNTIME_DIR) / "serve")],
-            env={
-                "RDEPLOY_MODEL_DIR": str(directory / "model"),
-                "SAGEMAKER_BIND_TO_PORT": str(port),
-                "RDEPLOY_BIND": "127.0.0.1",
-                "RDEPLOY_MAX_WORKERS": str(options.get("workers", _DEFAULT_OPTIONS["workers"])),
-                "RDEPLOY_GRACE_SECONDS": "5",
-            },
+            env=env,
             cwd=directory,
             log_path=directory / "runtime.log",
         )
@@ -231,7 +239,9 @@ class LocalTarget(Target):
         port = processes.free_port()
         directory = rollout_dir(ctx.deployment)
         ctx.record_resource("process", identifier, {"port": port, "log": str(directory / "runtime.log")})
-        started = self._launch(identifier=identifier, directory=directory, port=port, options=ctx.options)
+        started = self._launch(
+            identifier=identifier, directory=directory, port=port, options=ctx.options, model_version=ctx.model_version
+        )
         ctx.record_resource("process", identifier, {"pid": started.pid, "start_ticks": started.start_ticks})
         return StepOutcome.done(f"Started the R runtime on port {port}.")
 
@@ -379,7 +389,14 @@ class LocalTarget(Target):
         processes.stop(identifier, grace=1)
         port = details["port"] if not processes.port_is_open(details["port"]) else processes.free_port()
         directory = log_path.parent
-        started = self._launch(identifier=identifier, directory=directory, port=port, options=endpoint.options)
+        assert endpoint.model_version is not None  # check() runs only for live endpoints
+        started = self._launch(
+            identifier=identifier,
+            directory=directory,
+            port=port,
+            options=endpoint.options,
+            model_version=endpoint.model_version,
+        )
         details.update(port=port, pid=started.pid, start_ticks=started.start_ticks, crashes=[*crashes, now])
         ExternalResource.objects.filter(pk=resource.pk).update(details=details)
         runtime = {**endpoint.runtime, "port": port, "pid": started.pid, "start_ticks": started.start_ticks}
