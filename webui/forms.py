@@ -16,6 +16,14 @@ class UploadForm(forms.Form):
     sample = forms.FileField(required=False, allow_empty_file=True)
     packages = forms.CharField(required=False, max_length=1000)
 
+    @classmethod
+    def refused(cls, field: str, message: str) -> UploadForm:
+        """A form showing only ``message`` on ``field``: for a body too large to read back."""
+        form = cls()
+        form.cleaned_data = {}
+        form.add_error(field, message)
+        return form
+
 
 class DeployForm(forms.Form):
     name = forms.CharField(max_length=63)

@@ -23,12 +23,13 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
 from deployer import selectors
-from deployer.artifacts import ArtifactRejected
+from deployer.artifacts import ArtifactRejected, ArtifactTooLarge, HashingUploadHandler
 from deployer.models import ApiToken, Endpoint, LogLine, ModelVersion
 from deployer.services.endpoints import (
     EndpointConflict,
@@ -109,7 +110,22 @@ _UPLOAD_ERROR_FIELDS = (("invalid name", "name"), ("package", "packages"), ("sam
 
 @login_required
 @require_http_methods(["GET", "POST"])
+@csrf_exempt  # only so the handler below is set before CSRF reads the body; checked next
 def model_upload(request: DashboardRequest) -> HttpResponse:
+    # Like the REST upload: stream to disk, hash on the way, stop at RDEPLOY_MAX_UPLOAD_BYTES
+    # instead of receiving an oversized file in full first.
+    if request.method == "POST":
+        request.upload_handlers = [HashingUploadHandler(request)]
+    try:
+        return _model_upload(request)
+    except ArtifactTooLarge as exc:
+        form = UploadForm.refused("file", f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
+        template = "webui/model_upload.html#upload-fields" if request.htmx else "webui/model_upload.html"
+        return render(request, template, {"form": form}, status=200 if request.htmx else 413)
+
+
+@csrf_protect
+def _model_upload(request: DashboardRequest) -> HttpResponse:
     form = UploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:

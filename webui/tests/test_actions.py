@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion
@@ -216,6 +216,22 @@ def test_upload_refusal_is_shown_next_to_the_model_file_field_without_javascript
     assert error.group(1).strip()
     assert 'id="id_file" name="file" type="file" required accept=".rds,.tar.gz,.tgz,.zip" aria-invalid="true"' in html
     assert not ModelVersion.objects.filter(name="notes").exists()
+
+
+@override_settings(MAX_UPLOAD_BYTES=300_000)
+def test_an_upload_above_the_limit_is_refused_while_it_streams_with_413(client: Client, owner: User) -> None:
+    big = SimpleUploadedFile("big.rds", b"x" * 1_000_000)
+    response = logged_in(client, owner).post("/models/upload/", {"name": "big", "file": big})
+    assert response.status_code == 413
+    assert "larger than the upload limit of 300000 bytes" in response.content.decode()
+    assert not ModelVersion.objects.filter(name="big").exists()
+
+
+def test_the_upload_form_still_needs_a_csrf_token(owner: User) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    junk = SimpleUploadedFile("notes.rds", b"not a model")
+    assert client.post("/models/upload/", {"name": "notes", "file": junk}).status_code == 403
 
 
 def test_upload_refusal_over_htmx_returns_only_the_fields_with_the_message(client: Client, owner: User) -> None:
