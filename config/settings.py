@@ -183,7 +183,8 @@ AWS_MAX_ATTEMPTS = env.integer("RDEPLOY_AWS_MAX_ATTEMPTS", 8, minimum=1)
 RDEPLOY_SAGEMAKER_ROLE_ARN = env.optional_text("RDEPLOY_SAGEMAKER_ROLE_ARN")
 RDEPLOY_S3_BUCKET = env.optional_text("RDEPLOY_S3_BUCKET")
 RDEPLOY_ECR_REPOSITORY = env.text("RDEPLOY_ECR_REPOSITORY", "rdeploy-runtime")
-RDEPLOY_IMAGE_BUILDER = env.text("RDEPLOY_IMAGE_BUILDER", "codebuild")
+# Where SageMaker images are built: CodeBuild (no Docker on workers) or the workers' own Docker engine.
+RDEPLOY_IMAGE_BUILDER = env.choice("RDEPLOY_IMAGE_BUILDER", "codebuild", choices=("codebuild", "docker"))
 RDEPLOY_CODEBUILD_ROLE_ARN = env.optional_text("RDEPLOY_CODEBUILD_ROLE_ARN")
 RDEPLOY_LAMBDA_ROLE_ARN = env.optional_text("RDEPLOY_LAMBDA_ROLE_ARN")
 # Caps the per-endpoint Lambda roles rdeploy creates when RDEPLOY_LAMBDA_ROLE_ARN is unset.

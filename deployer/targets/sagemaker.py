@@ -30,6 +30,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from deployer.build_context import BuildContext, check_r_version, render_build_context
+from deployer.integrations import docker_engine
 from deployer.integrations.aws import (
     apigateway,
     autoscaling,
@@ -66,6 +67,9 @@ LAMBDA_TIMEOUT = 29
 # own startup health-check window (instances are provisioned first).
 POLL_SECONDS = 20.0
 BUILD_POLL_SECONDS = 15.0
+# A local Docker build's output is a file here: poll it more often than CodeBuild.
+DOCKER_POLL_SECONDS = 5.0
+MAX_BUILD_LINES_PER_POLL = 2000
 PROVISIONING_ALLOWANCE = 30 * 60
 UPDATE_VISIBLE_SECONDS = 120
 # Images no endpoint uses any more are removed by `rdeploy_gc --delete` after this long:
@@ -179,8 +183,22 @@ def _reproducible_tarball(directory: Path, destination: Path) -> None:
             archive.add(path, arcname=str(path.relative_to(directory)), recursive=False, filter=clean)
 
 
+def model_renv_lock(model_version: ModelVersion) -> bytes | None:
+    """The bundle's ``renv.lock`` (the image then installs its pinned versions); None for
+    a bare .rds or a bundle without one. Read from the model directory as the runtime gets it."""
+    if model_version.artifact_kind == ModelVersion.ArtifactKind.RDS:
+        return None
+    scratch = Path(settings.DATA_DIR) / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="sagemaker-lock-") as tmp:
+        model_dir = model_version_materialize(model_version=model_version, destination=Path(tmp) / "model")
+        lock = model_dir / "renv.lock"
+        return lock.read_bytes() if lock.is_file() else None
+
+
 def image_build_context(model_version: ModelVersion) -> BuildContext:
-    """The runtime's build context for the R packages the inspection found.
+    """The runtime's build context for the R packages the inspection found, pinned by the
+    bundle's renv.lock when it has one (so the lockfile is part of the image tag).
 
     Images need R >= 4.4.0 (CVE-2024-27322); a model saved by an older R is served by
     IMAGE_R_VERSION, which reads every older serialization.
@@ -196,9 +214,14 @@ def image_build_context(model_version: ModelVersion) -> BuildContext:
     except ValueError:
         pass
     try:
-        return render_build_context(r_version=r_version, packages=packages)
+        return render_build_context(r_version=r_version, packages=packages, renv_lock=model_renv_lock(model_version))
     except ValueError as error:
         raise PermanentStepError(f"No image can be built for this model: {error}.") from error
+
+
+def docker_build_dir(identifier: str) -> Path:
+    """Where a local Docker build keeps its context, output and registry login."""
+    return Path(settings.DATA_DIR) / "image-builds" / identifier
 
 
 def _context_zip(context: BuildContext, destination: Path) -> None:
@@ -332,23 +355,29 @@ class SageMakerTarget(Target):
 
     def _step_build_image(self, ctx: StepContext) -> StepOutcome:
         repository = str(settings.RDEPLOY_ECR_REPOSITORY)
-        context = image_build_context(ctx.model_version)
+        context: BuildContext | None = None
+        tag = ctx.intent.get("tag")
+        if not tag:
+            # Rendering may unpack a bundle (for its renv.lock): once per rollout, not per poll.
+            context = image_build_context(ctx.model_version)
+            tag = context.tag
+            ctx.intent["tag"] = tag
+            ctx.save_intent()
         installation_tags = resource_tags(settings.INSTALLATION_ID)
         repository_uri = ecr.ensure_repository(repository, tags=installation_tags)
-        image = f"{repository_uri}:{context.tag}"
-        ctx.record_resource("ecr_image", f"{repository}:{context.tag}", {"uri": image, "unused_since": None})
-        if ecr.image_exists(repository, context.tag):
-            return StepOutcome.skipped(f"Image {context.tag} is already in ECR: the same R packages need no build.")
-        builder = str(settings.RDEPLOY_IMAGE_BUILDER)
-        if builder != "codebuild":
-            raise PermanentStepError(
-                f"RDEPLOY_IMAGE_BUILDER={builder!r} is not supported here; use 'codebuild' (docs/sagemaker.md)."
-            )
+        image = f"{repository_uri}:{tag}"
+        ctx.record_resource("ecr_image", f"{repository}:{tag}", {"uri": image, "unused_since": None})
+        if ecr.image_exists(repository, tag):
+            self._remove_docker_build(ctx)
+            return StepOutcome.skipped(f"Image {tag} is already in ECR: the same R packages need no build.")
+        if settings.RDEPLOY_IMAGE_BUILDER == "docker":
+            return self._build_with_docker(ctx, context=context, image=image, repository=repository, tag=tag)
         build_id = ctx.intent.get("build_id")
         if not build_id:
+            context = context or image_build_context(ctx.model_version)
             bucket = _required("RDEPLOY_S3_BUCKET")
             role = _required("RDEPLOY_CODEBUILD_ROLE_ARN")
-            key = f"{prefix()}/build-context/{context.tag}.zip"
+            key = f"{prefix()}/build-context/{tag}.zip"
             ctx.record_resource("build_context", f"s3://{bucket}/{key}")
             if not s3.object_exists(bucket, key):
                 with tempfile.TemporaryDirectory(dir=Path(settings.DATA_DIR) / "tmp") as tmp:
@@ -358,13 +387,13 @@ class SageMakerTarget(Target):
             project = _name(prefix(), "image-builder")
             codebuild.ensure_project(project, role_arn=role, source_location=f"{bucket}/{key}", tags=installation_tags)
             # Same token within 5 minutes = same build: a start retried after a crash.
-            token = hashlib.sha256(f"{project}:{ctx.deployment.pk}:{context.tag}".encode()).hexdigest()
+            token = hashlib.sha256(f"{project}:{ctx.deployment.pk}:{tag}".encode()).hexdigest()
             build_id = codebuild.start_build(
                 project, source_location=f"{bucket}/{key}", image_uri=image, idempotency_token=token
             )
             ctx.intent.update(build_id=build_id, log_ms=0)
             ctx.save_intent()
-            ctx.log(f"CodeBuild build {build_id} started for image {context.tag}.", source=LogLine.Source.BUILD)
+            ctx.log(f"CodeBuild build {build_id} started for image {tag}.", source=LogLine.Source.BUILD)
         state = codebuild.build_state(str(build_id))
         self._stream_build_logs(ctx, state)
         if state.status == "IN_PROGRESS":
@@ -372,9 +401,9 @@ class SageMakerTarget(Target):
         self._remove_build_context(ctx)
         if state.status == "SUCCEEDED":
             return StepOutcome.done(f"Built and pushed {image}.")
-        if ecr.image_exists(repository, context.tag):
+        if ecr.image_exists(repository, tag):
             # Tags are immutable: a build for another endpoint pushed the same image first.
-            return StepOutcome.done(f"Image {context.tag} was pushed by a concurrent build.")
+            return StepOutcome.done(f"Image {tag} was pushed by a concurrent build.")
         tail = ""
         if state.log_group:
             tail = "\n".join(logs.last_lines(state.log_group, count=LOG_LINES_IN_FAILURE))
@@ -382,6 +411,85 @@ class SageMakerTarget(Target):
             f"The image build {state.status.lower()}: {state.failure or 'see the build log'}."
             + (f"\nLast build log lines:\n{tail}" if tail else "")
         )
+
+    def _build_with_docker(
+        self, ctx: StepContext, *, context: BuildContext | None, image: str, repository: str, tag: str
+    ) -> StepOutcome:
+        """``docker build`` then ``docker login`` + ``docker push`` on this worker, each a
+        detached job polled every DOCKER_POLL_SECONDS (RDEPLOY_IMAGE_BUILDER=docker)."""
+        job = ctx.intent.get("docker")
+        if job is None:
+            identifier = _name(prefix(), "image-build", f"d{ctx.deployment.pk}")
+            directory = docker_build_dir(identifier)
+            ctx.record_resource("docker_build", identifier, {"directory": str(directory)})
+            context = context or image_build_context(ctx.model_version)
+            try:
+                started = docker_engine.start_build(
+                    identifier=identifier, directory=directory, context_tar_gz=context.tar_gz(), image=image
+                )
+            except docker_engine.DockerUnavailable as error:
+                raise PermanentStepError(
+                    f"RDEPLOY_IMAGE_BUILDER=docker, but {error}. Install Docker on the workers or use codebuild."
+                ) from error
+            job = {"identifier": identifier, "phase": started.phase, "pid": started.pid, "ticks": started.start_ticks}
+            ctx.intent.update(docker=job, log_offset=0)
+            ctx.save_intent()
+            ctx.log(f"Docker build of image {tag} started on this worker.", source=LogLine.Source.BUILD)
+        directory = docker_build_dir(job["identifier"])
+        state = docker_engine.job_state(
+            docker_engine.Job(job["identifier"], directory, job["phase"], job["pid"], job["ticks"])
+        )
+        self._stream_docker_output(ctx, directory)
+        if state.running:
+            doing = "Building the image with Docker" if job["phase"] == "build" else "Pushing the image to ECR"
+            return StepOutcome.wait(DOCKER_POLL_SECONDS, f"{doing}.")
+        if state.exit_code is None:
+            # Gone without an exit status (the machine restarted): build again.
+            del ctx.intent["docker"]
+            ctx.save_intent()
+            raise TransientStepError(f"docker {job['phase']} stopped without an exit status; starting it again.")
+        if state.exit_code != 0:
+            tail = "\n".join(docker_engine.last_output(directory, lines=LOG_LINES_IN_FAILURE))
+            self._remove_docker_build(ctx)
+            if ecr.image_exists(repository, tag):
+                return StepOutcome.done(f"Image {tag} was pushed by a concurrent build.")
+            raise PermanentStepError(
+                f"The image build failed: docker {job['phase']} exited with status {state.exit_code}."
+                + (f"\nLast build log lines:\n{tail}" if tail else "")
+            )
+        if job["phase"] == "build":
+            username, password, registry = ecr.docker_login()
+            try:
+                docker_engine.login(directory=directory, registry=registry, username=username, password=password)
+            except docker_engine.DockerCommandFailed as error:
+                raise TransientStepError(str(error)) from error
+            started = docker_engine.start_push(identifier=job["identifier"], directory=directory, image=image)
+            ctx.intent["docker"] = {**job, "phase": started.phase, "pid": started.pid, "ticks": started.start_ticks}
+            ctx.save_intent()
+            ctx.log(f"Pushing {image}.", source=LogLine.Source.BUILD)
+            return StepOutcome.wait(DOCKER_POLL_SECONDS, "Pushing the image to ECR.")
+        self._remove_docker_build(ctx)
+        return StepOutcome.done(f"Built and pushed {image} with Docker.")
+
+    def _stream_docker_output(self, ctx: StepContext, directory: Path) -> None:
+        offset = int(ctx.intent.get("log_offset", 0))
+        lines, new_offset = docker_engine.read_output(directory, offset)
+        if new_offset == offset:
+            return
+        skipped = max(0, len(lines) - MAX_BUILD_LINES_PER_POLL)
+        messages = ([f"… {skipped} build log lines skipped"] if skipped else []) + lines[skipped:]
+        LogLine.objects.bulk_create(
+            LogLine(endpoint=ctx.endpoint, deployment=ctx.deployment, source=LogLine.Source.BUILD, message=message)
+            for message in messages
+        )
+        ctx.intent["log_offset"] = new_offset
+        ctx.save_intent()
+
+    def _remove_docker_build(self, ctx: StepContext) -> None:
+        identifier = ctx.deployment.resources.get("docker_build")
+        if identifier:
+            delete_cloud_resource("docker_build", identifier)
+            ctx.mark_resource_deleted("docker_build", identifier)
 
     def _stream_build_logs(self, ctx: StepContext, state: codebuild.BuildState) -> None:
         if not state.log_group:
@@ -702,7 +810,7 @@ class SageMakerTarget(Target):
         return StepOutcome.done(f"Removed {count} SageMaker model(s) and config(s).")
 
     def _step_release_artifacts(self, ctx: StepContext) -> StepOutcome:
-        count = self._remove_kinds(ctx, ("build_context", "model_data", "ecr_image"))
+        count = self._remove_kinds(ctx, ("docker_build", "build_context", "model_data", "ecr_image"))
         return StepOutcome.done(f"Released {count} artifact(s); images stay for reuse until rdeploy_gc removes them.")
 
     def discard(self, ctx: StepContext) -> None:
@@ -826,6 +934,9 @@ def delete_cloud_resource(kind: str, identifier: str) -> None:
     elif kind == "ecr_image":
         repository, _, tag = identifier.partition(":")
         ecr.delete_image(repository, tag)
+    elif kind == "docker_build":
+        # Not in the cloud: a local build job (its files hold an ECR login).
+        docker_engine.remove_job(identifier, docker_build_dir(identifier))
 
 
 def cloud_orphans(*, image_grace_seconds: float = IMAGE_GRACE_SECONDS) -> list[CloudResource]:
