@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from deployer.integrations import docker_engine
+from deployer.integrations import docker_engine, processes
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, ExternalResource, LogLine
 from deployer.services.pipeline import deployment_advance
@@ -224,3 +224,65 @@ def test_the_engine_counts_as_available_only_when_docker_info_answers(
 
     monkeypatch.setenv("PATH", "/nonexistent")
     assert not docker_engine.is_available()
+
+
+def wait_until(predicate: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def held_build(owner: User, api_client_for: Any, fake_docker: FakeDocker) -> tuple[Deployment, str]:
+    """A rollout whose docker build runs (held) in the background; and the job's identifier."""
+    fake_docker.hold()
+    deployment = create(owner, api_client_for)
+    deadline = time.monotonic() + 30
+    while not fake_docker.calls():
+        assert time.monotonic() < deadline
+        advance_once(deployment)
+        time.sleep(0.1)
+    deployment.refresh_from_db()
+    return deployment, deployment.resources["docker_build"]
+
+
+def test_a_build_step_rerun_after_a_crash_replaces_the_build_it_had_started(
+    aws: MotoServer, owner: User, api_client_for: Any, fake_docker: FakeDocker
+) -> None:
+    deployment, identifier = held_build(owner, api_client_for, fake_docker)
+    first = processes.find(identifier)
+    assert first
+    # The worker died after starting the build and before recording it.
+    step = deployment.steps.get(name="build_image")
+    step.intent.pop("docker")
+    DeploymentStep.objects.filter(pk=step.pk).update(intent=step.intent)
+
+    advance_once(deployment)
+
+    wait_until(lambda: len(fake_docker.calls()) == 2)
+    assert fake_docker.commands() == ["build", "build"]
+    assert processes.find(identifier)
+    assert not set(first) & set(processes.find(identifier))
+    fake_docker.release()
+    assert drive(deployment).status == Deployment.Status.SUCCEEDED
+    assert fake_docker.commands() == ["build", "build", "login", "push"]
+    assert processes.find(identifier) == []
+
+
+def test_deleting_the_endpoint_stops_a_running_docker_build_and_removes_its_files(
+    aws: MotoServer, owner: User, api_client_for: Any, fake_docker: FakeDocker
+) -> None:
+    deployment, identifier = held_build(owner, api_client_for, fake_docker)
+    assert processes.find(identifier)
+    Deployment.objects.filter(pk=deployment.pk).update(lease_until=None)
+
+    assert api_client_for(owner).delete("/api/v1/endpoints/iris-docker/").status_code == 202
+    teardown = drive(latest("iris-docker"))
+
+    assert teardown.status == Deployment.Status.SUCCEEDED, teardown.error
+    deployment.refresh_from_db()
+    assert deployment.status == Deployment.Status.FAILED
+    assert processes.find(identifier) == []
+    assert not docker_build_dir(identifier).exists()
+    assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
+    assert fake_docker.commands() == ["build"]
