@@ -114,17 +114,21 @@ def _start(
     return Job(identifier, directory, phase, started.pid, started.start_ticks)
 
 
-def start_build(*, identifier: str, directory: Path, context_tar_gz: bytes, image: str) -> Job:
-    """Start ``docker build`` of ``context_tar_gz`` (sent on stdin) tagged ``image``."""
+def start_build(
+    *, identifier: str, directory: Path, context_tar_gz: bytes, image: str, platform: str | None = PLATFORM
+) -> Job:
+    """Start ``docker build`` of ``context_tar_gz`` (sent on stdin) tagged ``image``, for
+    ``platform`` (None: the engine's own, for images that run on this machine)."""
     directory.mkdir(parents=True, exist_ok=True)
     context = directory / "context.tar.gz"
     context.write_bytes(context_tar_gz)
+    platform_arguments = ["--platform", platform] if platform else []
     # `docker build -` reads the context from stdin: the job's stdin is the file.
     return _start(
         identifier,
         directory,
         "build",
-        ["build", "--pull", "--platform", PLATFORM, "--tag", image, "-"],
+        ["build", "--pull", *platform_arguments, "--tag", image, "-"],
         # Plain progress output: one readable line per build step, not a terminal UI.
         {"BUILDKIT_PROGRESS": "plain"},
         stdin=context,
@@ -154,6 +158,72 @@ def login(*, directory: Path, registry: str, username: str, password: str, timeo
 def start_push(*, identifier: str, directory: Path, image: str) -> Job:
     """Start ``docker push image`` with the credentials ``login`` stored for this job."""
     return _start(identifier, directory, "push", ["push", image], {"DOCKER_CONFIG": str(_config_dir(directory))})
+
+
+def image_present(image: str, *, timeout: float = 30) -> bool:
+    """True when the engine has ``image`` locally."""
+    result = subprocess.run(
+        [docker_cli(), "image", "inspect", "--format", "{{.Id}}", image],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **_engine_env()},
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def remove_container(name: str, *, timeout: float = 60) -> None:
+    """``docker rm --force name``; a container that does not exist counts as removed."""
+    result = subprocess.run(
+        [docker_cli(), "rm", "--force", name],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **_engine_env()},
+        check=False,
+    )
+    output = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
+    if result.returncode != 0 and "no such container" not in output.lower():
+        raise DockerCommandFailed(f"docker rm {name} failed: {output[-500:]}")
+
+
+def start_container(
+    *,
+    identifier: str,
+    name: str,
+    image: str,
+    port: int,
+    model_dir: Path,
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+) -> processes.StartedProcess:
+    """Run ``image``'s ``serve`` in container ``name`` with ``model_dir`` mounted read-only at
+    /opt/ml/model and its port 8080 published on 127.0.0.1:``port``.
+
+    ``docker run`` stays attached, as a detached runtime process (``processes.start``):
+    the container's output goes to ``log_path``, the client's liveness is the container's,
+    and SIGTERM to it reaches the container (``--sig-proxy``). A leftover container of the
+    same name (a crash) is removed first.
+    """
+    remove_container(name)
+    variables = [argument for key, value in sorted(env.items()) for argument in ("--env", f"{key}={value}")]
+    command = [
+        docker_cli(),
+        "run",
+        "--rm",
+        "--name",
+        name,
+        "--publish",
+        f"127.0.0.1:{port}:8080",
+        "--volume",
+        f"{model_dir}:/opt/ml/model:ro",
+        *variables,
+        image,
+        "serve",
+    ]
+    return processes.start(identifier=identifier, command=command, env=_engine_env(), cwd=cwd, log_path=log_path)
 
 
 def job_state(job: Job) -> JobState:

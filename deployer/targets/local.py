@@ -10,6 +10,12 @@ example payload, then ``switch_traffic`` points ``Endpoint.runtime`` at it and
 
 Processes are started and stopped only through ``deployer.integrations.processes``;
 requests reach them through keep-alive connections pooled per port and process.
+
+With ``options.runner = "docker"`` (accepted only where ``docker info`` answers) the
+runtime is the SageMaker image instead (same build-context recipe, built once per R
+package set by the local engine, through ``deployer.integrations.docker_engine``): an
+attached ``docker run`` is the supervised process, with the model directory mounted at
+/opt/ml/model and port 8080 published on the loopback port.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from deployer.integrations import processes
+from deployer.integrations import docker_engine, processes
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine, ModelVersion
 from deployer.services.model_versions import model_version_materialize
 from deployer.targets.base import (
@@ -57,6 +63,11 @@ MAX_LOG_LINES_PER_COLLECT = 2000
 READ_TIMEOUT = 65.0
 
 _DEFAULT_OPTIONS: dict[str, Any] = {"workers": 2, "startup_timeout": 60}
+RUNNERS = ("process", "docker")
+# Local name of runtime images built for the docker runner (tag: the build context's hash).
+LOCAL_IMAGE = "rdeploy-runtime"
+IMAGE_BUILD_POLL_SECONDS = 2.0
+MAX_BUILD_LINES_PER_POLL = 2000
 
 
 def endpoint_dir(endpoint_name: str) -> Path:
@@ -69,6 +80,10 @@ def rollout_dir(deployment: Deployment) -> Path:
 
 def process_identifier(deployment: Deployment) -> str:
     return f"{deployment.endpoint.name}-{deployment.pk}"
+
+
+def container_name(identifier: str) -> str:
+    return f"rdeploy-{settings.INSTALLATION_ID}-{identifier}"
 
 
 def example_request(inspection: Mapping[str, Any]) -> tuple[bytes, str] | None:
@@ -171,7 +186,7 @@ class LocalTarget(Target):
     name = "local"
 
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - set(_DEFAULT_OPTIONS))
+        unknown = sorted(set(options) - {*_DEFAULT_OPTIONS, "runner"})
         if unknown:
             raise TargetOptionsError(f"Unknown option(s) for the local target: {', '.join(unknown)}.")
         merged = {**_DEFAULT_OPTIONS, **options}
@@ -179,6 +194,14 @@ class LocalTarget(Target):
             value = merged[key]
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise TargetOptionsError(f"Option {key!r} must be a whole number from {low} to {high}.")
+        runner = merged.get("runner", "process")
+        if runner not in RUNNERS:
+            raise TargetOptionsError('Option \'runner\' must be "process" (the default) or "docker".')
+        if runner == "docker" and not docker_engine.is_available():
+            raise TargetOptionsError(
+                'Option runner="docker" needs a Docker engine, and none answers `docker info` on this server; '
+                'use the default "process" runner.'
+            )
         return merged
 
     def steps(self, kind: str, *, public: bool) -> list[str]:
@@ -206,9 +229,29 @@ class LocalTarget(Target):
 
     @staticmethod
     def _launch(
-        *, identifier: str, directory: Path, port: int, options: Mapping[str, Any], model_version: ModelVersion
+        *,
+        identifier: str,
+        directory: Path,
+        port: int,
+        options: Mapping[str, Any],
+        model_version: ModelVersion,
+        image: str | None = None,
     ) -> processes.StartedProcess:
-        """Start a runtime serving ``directory/model`` on ``port``."""
+        """Start a runtime serving ``directory/model`` on ``port`` (in ``image`` if given)."""
+        if image is not None:
+            return docker_engine.start_container(
+                identifier=identifier,
+                name=container_name(identifier),
+                image=image,
+                port=port,
+                model_dir=directory / "model",
+                env={
+                    "RDEPLOY_MAX_WORKERS": str(options.get("workers", _DEFAULT_OPTIONS["workers"])),
+                    "RDEPLOY_GRACE_SECONDS": "5",
+                },
+                cwd=directory,
+                log_path=directory / "runtime.log",
+            )
         env = {
             "RDEPLOY_MODEL_DIR": str(directory / "model"),
             "SAGEMAKER_BIND_TO_PORT": str(port),
@@ -234,16 +277,85 @@ class LocalTarget(Target):
         details = resource.details if resource else {}
         if details.get("pid") and processes.is_running(details["pid"], details["start_ticks"]):
             return StepOutcome.skipped(f"The runtime already runs on port {details['port']}.")
+        image: str | None = None
+        if ctx.options.get("runner") == "docker":
+            ready = self._runtime_image(ctx)
+            if isinstance(ready, StepOutcome):
+                return ready
+            image = ready
         # A previous attempt may have started it and died before recording it.
         processes.stop(identifier, grace=1)
         port = processes.free_port()
         directory = rollout_dir(ctx.deployment)
-        ctx.record_resource("process", identifier, {"port": port, "log": str(directory / "runtime.log")})
+        facts: dict[str, Any] = {"port": port, "log": str(directory / "runtime.log")}
+        if image is not None:
+            facts.update(image=image, container=container_name(identifier))
+        ctx.record_resource("process", identifier, facts)
         started = self._launch(
-            identifier=identifier, directory=directory, port=port, options=ctx.options, model_version=ctx.model_version
+            identifier=identifier,
+            directory=directory,
+            port=port,
+            options=ctx.options,
+            model_version=ctx.model_version,
+            image=image,
         )
         ctx.record_resource("process", identifier, {"pid": started.pid, "start_ticks": started.start_ticks})
-        return StepOutcome.done(f"Started the R runtime on port {port}.")
+        where = f"in container {container_name(identifier)} ({image})" if image else "as a process"
+        return StepOutcome.done(f"Started the R runtime {where} on port {port}.")
+
+    def _runtime_image(self, ctx: StepContext) -> str | StepOutcome:
+        """The docker runner's image, or a wait while the local engine builds it (a
+        detached job, polled; its lines stream into the deployment's log)."""
+        # The SageMaker image recipe; imported here so serving local endpoints loads no boto3.
+        from deployer.targets.sagemaker import image_build_context
+
+        tag = ctx.intent.get("image_tag")
+        if not tag:
+            tag = image_build_context(ctx.model_version).tag
+            ctx.intent["image_tag"] = tag
+            ctx.save_intent()
+        image = f"{LOCAL_IMAGE}:{tag}"
+        identifier = f"{process_identifier(ctx.deployment)}-image"
+        directory = rollout_dir(ctx.deployment) / "image-build"
+        job = ctx.intent.get("image_build")
+        if job is None:
+            if docker_engine.image_present(image):
+                return image
+            started = docker_engine.start_build(
+                identifier=identifier,
+                directory=directory,
+                context_tar_gz=image_build_context(ctx.model_version).tar_gz(),
+                image=image,
+                platform=None,
+            )
+            job = {"pid": started.pid, "ticks": started.start_ticks, "offset": 0}
+            ctx.intent["image_build"] = job
+            ctx.save_intent()
+            ctx.log(f"Building the runtime image {image} with Docker.", source=LogLine.Source.BUILD)
+        state = docker_engine.job_state(docker_engine.Job(identifier, directory, "build", job["pid"], job["ticks"]))
+        lines, offset = docker_engine.read_output(directory, int(job["offset"]))
+        if lines:
+            skipped = max(0, len(lines) - MAX_BUILD_LINES_PER_POLL)
+            LogLine.objects.bulk_create(
+                LogLine(endpoint=ctx.endpoint, deployment=ctx.deployment, source=LogLine.Source.BUILD, message=line)
+                for line in lines[skipped:]
+            )
+            ctx.intent["image_build"] = {**job, "offset": offset}
+            ctx.save_intent()
+        if state.running:
+            return StepOutcome.wait(IMAGE_BUILD_POLL_SECONDS, "Building the runtime image with Docker.")
+        tail = "\n".join(docker_engine.last_output(directory))
+        docker_engine.remove_job(identifier, directory)
+        del ctx.intent["image_build"]
+        ctx.save_intent()
+        if state.exit_code == 0:
+            return image
+        if state.exit_code is None:
+            raise TransientStepError("The runtime image build stopped without an exit status; starting it again.")
+        raise PermanentStepError(
+            f"Building the runtime image failed (docker build exited with status {state.exit_code}). "
+            f"Its last lines:\n{tail}"
+        )
 
     def _process(self, ctx: StepContext) -> dict[str, Any]:
         resource = ExternalResource.objects.get(target=self.name, kind="process", identifier=ctx.resource_id("process"))
@@ -324,6 +436,8 @@ class LocalTarget(Target):
     def _remove(self, ctx: StepContext, resource: ExternalResource) -> None:
         if resource.kind == "process":
             processes.stop(resource.identifier, pid=resource.details.get("pid"))
+            if resource.details.get("container"):
+                docker_engine.remove_container(resource.details["container"])
         elif resource.kind == "model_dir":
             shutil.rmtree(resource.identifier, ignore_errors=True)
         ctx.mark_resource_deleted(resource.kind, resource.identifier)
@@ -396,6 +510,7 @@ class LocalTarget(Target):
             port=port,
             options=endpoint.options,
             model_version=endpoint.model_version,
+            image=details.get("image"),
         )
         details.update(port=port, pid=started.pid, start_ticks=started.start_ticks, crashes=[*crashes, now])
         ExternalResource.objects.filter(pk=resource.pk).update(details=details)
