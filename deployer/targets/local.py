@@ -315,7 +315,7 @@ class LocalTarget(Target):
             ctx.intent["image_tag"] = tag
             ctx.save_intent()
         image = f"{LOCAL_IMAGE}:{tag}"
-        identifier = f"{process_identifier(ctx.deployment)}-image"
+        identifier = f"{process_identifier(ctx.deployment)}-image"  # stopped with the model dir
         directory = rollout_dir(ctx.deployment) / "image-build"
         job = ctx.intent.get("image_build")
         if job is None:
@@ -439,6 +439,9 @@ class LocalTarget(Target):
             if resource.details.get("container"):
                 docker_engine.remove_container(resource.details["container"])
         elif resource.kind == "model_dir":
+            if resource.deployment is not None:
+                # The docker runner's image build, if one is still running for this rollout.
+                processes.stop(f"{process_identifier(resource.deployment)}-image", grace=1)
             shutil.rmtree(resource.identifier, ignore_errors=True)
         ctx.mark_resource_deleted(resource.kind, resource.identifier)
 

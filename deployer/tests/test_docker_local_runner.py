@@ -12,6 +12,8 @@ import base64
 import json
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from deployer.integrations import processes
-from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
+from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
+from deployer.services.pipeline import deployment_advance
 from deployer.targets.local import container_name, process_identifier, rollout_dir
 from deployer.targets.sagemaker import image_build_context
 from deployer.tests.test_sagemaker_target import drive, latest, ready_model
@@ -28,7 +31,7 @@ from deployer.tests.test_sagemaker_target import drive, latest, ready_model
 pytestmark = pytest.mark.django_db
 
 RECORDER = """#!{python}
-import base64, http.server, json, pathlib, sys
+import base64, http.server, json, pathlib, sys, time
 here = pathlib.Path({here!r})
 argv = sys.argv[1:]
 stdin = base64.b64encode(sys.stdin.buffer.read() if argv[0] == "build" else b"").decode()
@@ -41,6 +44,8 @@ if argv[:2] == ["image", "inspect"]:
     print("sha256:1234")
 elif argv[0] == "build":
     print("#6 [3/5] RUN Rscript /tmp/rdeploy-build/install_packages.R", flush=True)
+    while (here / "hold-build").exists():
+        time.sleep(0.05)
     (here / "image-present").touch()
 elif argv[0] == "rm":
     print("Error response from daemon: No such container: " + argv[-1], file=sys.stderr)
@@ -83,14 +88,16 @@ class FakeDocker:
 
 
 @pytest.fixture
-def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
+def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDocker]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "docker"
     script.write_text(RECORDER.format(python=sys.executable, here=str(tmp_path)))
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return FakeDocker(tmp_path)
+    yield FakeDocker(tmp_path)
+    # A held build ends even when a test fails before releasing it.
+    (tmp_path / "hold-build").unlink(missing_ok=True)
 
 
 def test_the_docker_runner_is_refused_where_no_docker_engine_answers(
@@ -188,3 +195,32 @@ def test_the_docker_runner_reuses_an_image_the_engine_already_has(
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
     assert fake_docker.commands() == ["info", "image inspect", "rm", "run"]
     processes.stop(process_identifier(deployment), grace=1)
+
+
+def test_deleting_the_endpoint_stops_an_image_build_still_running(
+    owner: User, api_client_for: Any, fake_docker: FakeDocker
+) -> None:
+    (fake_docker.directory / "hold-build").touch()
+    model = ready_model(owner)
+    client = api_client_for(owner)
+    client.post(
+        "/api/v1/endpoints/", {"name": "iris-box", "model": model.pk, "options": {"runner": "docker"}}, format="json"
+    )
+    rollout = latest("iris-box")
+    build = f"{process_identifier(rollout)}-image"
+    deadline = time.monotonic() + 30
+    while "build" not in fake_docker.commands():
+        assert time.monotonic() < deadline
+        DeploymentStep.objects.filter(deployment=rollout).update(next_check_at=None)
+        Deployment.objects.filter(pk=rollout.pk).update(lease_until=None)
+        deployment_advance(deployment_id=rollout.pk)
+        time.sleep(0.1)
+    assert processes.find(build)
+    Deployment.objects.filter(pk=rollout.pk).update(lease_until=None)
+
+    assert client.delete("/api/v1/endpoints/iris-box/").status_code == 202
+    assert drive(latest("iris-box")).status == Deployment.Status.SUCCEEDED
+
+    assert processes.find(build) == []
+    assert not rollout_dir(rollout).exists()
+    assert "run" not in fake_docker.commands()
