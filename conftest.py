@@ -15,6 +15,9 @@ from deployer.services.tokens import api_token_create
 from testsupport.factories import make_user
 from testsupport.services import CeleryWorker, RedisServer
 
+# The models trained by R once per session (the `r_models` fixture).
+pytest_plugins = ["testsupport.r_models"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def redis_server() -> Iterator[RedisServer]:

@@ -1,4 +1,5 @@
-"""Fixtures for the R serving runtime: models trained by real R at test time, and `serve` started on a free port.
+"""Fixtures for the R serving runtime: models trained by real R at test time (testsupport/r_models.py), and `serve`
+started on a free port.
 
 Nothing here needs Django: run these tests with `pytest -p no:django container_templates` too.
 """
@@ -98,11 +99,9 @@ def stop(server: Server) -> None:
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory of trained model directories, one per case of train_models.R."""
-    out = tmp_path_factory.mktemp("models")
-    subprocess.run(["Rscript", str(Path(__file__).with_name("train_models.R")), str(out)], check=True)
-    return out
+def models(r_models: Path) -> Path:
+    """Directory of trained model directories, one per case of testsupport/train_models.R."""
+    return r_models
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,28 @@
-"""Fixtures for deployer tests: a moto server standing in for AWS."""
+"""Fixtures for deployer tests: the session's trained R models, a moto server standing in for AWS."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from testsupport.moto import MotoServer
+
+
+@pytest.fixture(scope="session")
+def trained_models(r_models: Path) -> Path:
+    """<dir>/<case>/model.rds (+ predict.R) and expected.json with rows and R's predictions,
+    for lm, glm_binomial, randomforest, ranger, rpart, svm and bundle_log_dose (and more:
+    testsupport/train_models.R)."""
+    return r_models
+
+
+@pytest.fixture(scope="session")
+def iris_models(r_models: Path) -> Path:
+    """<dir>/v1.rds, v2.rds and expected.json {rows, v1, v2} (R's own predictions)."""
+    return r_models / "iris_versions"
 
 
 @pytest.fixture(scope="session")

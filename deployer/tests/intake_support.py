@@ -1,29 +1,14 @@
-"""Shared helpers for the model-intake tests: real models trained by R at test time
-(deployer/tests/train_models.R) and hand-built archives, good and hostile."""
+"""Shared helpers for the model-intake tests: reading the real models trained by R at test
+time (the `trained_models` fixture) and hand-built archives, good and hostile."""
 
 from __future__ import annotations
 
 import io
 import json
-import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
-
-import pytest
-from django.conf import settings
-
-TRAIN_SCRIPT = Path(__file__).resolve().parent / "train_models.R"
-
-
-@pytest.fixture(scope="session")
-def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """<dir>/<case>/model.rds (+ predict.R) and expected.json with rows and R's predictions,
-    for lm, glm_binomial, randomforest, ranger, rpart, svm and bundle_log_dose."""
-    out = tmp_path_factory.mktemp("trained-models")
-    subprocess.run([settings.RSCRIPT, "--vanilla", str(TRAIN_SCRIPT), str(out)], check=True, capture_output=True)
-    return out
 
 
 def expected(case_dir: Path) -> dict[str, Any]:

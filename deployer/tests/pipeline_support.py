@@ -1,51 +1,31 @@
 """Shared helpers for the pipeline and local-target tests: two real iris classifiers
-trained by R at test time (v2 predicts the species in reverse order, so a client can tell
-which version answered), ready ModelVersions for them, and waiting helpers."""
+trained by R at test time (the `iris_models` fixture; v2 predicts the species in reverse
+order, so a client can tell which version answered), ready ModelVersions for them, and
+waiting helpers."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import User
 
 from deployer.models import Deployment, Endpoint, ModelVersion
 from deployer.services.pipeline import deployment_advance
 from testsupport.factories import make_model_version
-
-TRAIN = r"""
-suppressPackageStartupMessages({library(randomForest); library(jsonlite)})
-out <- commandArgs(trailingOnly = TRUE)[1]
-rows <- iris[c(1, 51, 101, 75, 130), 1:4]
-rownames(rows) <- NULL
-set.seed(1)
-v1 <- randomForest(Species ~ ., data = iris, ntree = 50)
-flipped <- iris
-flipped$Species <- factor(rev(levels(iris$Species))[as.integer(iris$Species)], levels = levels(iris$Species))
-set.seed(2)
-v2 <- randomForest(Species ~ ., data = flipped, ntree = 50)
-saveRDS(v1, file.path(out, "v1.rds"))
-saveRDS(v2, file.path(out, "v2.rds"))
-write_json(
-  list(rows = rows, v1 = as.character(predict(v1, rows)), v2 = as.character(predict(v2, rows))),
-  file.path(out, "expected.json"), dataframe = "rows", digits = NA
-)
-"""
+from testsupport.r_models import train_models
 
 COLUMNS = ["Sepal.Length", "Sepal.Width", "Petal.Length", "Petal.Width"]
 
 
 def train_iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """<dir>/v1.rds, v2.rds and expected.json {rows, v1, v2} (R's own predictions)."""
-    out = tmp_path_factory.mktemp("iris-models")
-    subprocess.run([settings.RSCRIPT, "--vanilla", "-e", TRAIN, str(out)], check=True, capture_output=True)
-    return out
+    """What the `iris_models` fixture gives, for modules outside deployer/tests (the
+    session's one training run: testsupport/r_models.py)."""
+    return train_models(tmp_path_factory) / "iris_versions"
 
 
 def expected(models: Path) -> dict[str, Any]:

@@ -14,10 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from deployer.models import ModelVersion
 from deployer.services.model_versions import model_version_inspect, model_version_materialize, model_version_upload
-from deployer.tests import intake_support
 from deployer.tests.intake_support import expected, rows_as_csv, tar_gz
-
-trained_models = intake_support.trained_models
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 

@@ -25,16 +25,10 @@ from deployer.tests.pipeline_support import (
     ready_model,
     rows_csv,
     stop_everything,
-    train_iris_models,
     wait_for,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="module")
-def iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_iris_models(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)

@@ -16,11 +16,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from deployer.models import Endpoint, ModelVersion
-from deployer.tests import intake_support
 from deployer.tests.intake_support import expected, rows_as_csv, tar_gz, zip_bytes
 from testsupport.factories import make_endpoint
 
-trained_models = intake_support.trained_models
 URL = "/api/v1/models/"
 
 

@@ -27,7 +27,6 @@ from deployer.tests.pipeline_support import (
     ready_model,
     rows_csv,
     stop_everything,
-    train_iris_models,
     wait_for,
 )
 from testsupport.services import CeleryWorker
@@ -62,11 +61,6 @@ def faulty_worker(celery_worker: CeleryWorker) -> Iterator[FaultyWorker]:
     yield worker
     worker.stop()
     celery_worker.start()
-
-
-@pytest.fixture(scope="module")
-def iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_iris_models(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)

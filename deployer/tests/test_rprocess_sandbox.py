@@ -20,11 +20,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from deployer.integrations import rprocess
 from deployer.models import ModelVersion
 from deployer.services.model_versions import model_version_inspect, model_version_upload
-from deployer.tests import intake_support
 from deployer.tests.intake_support import tar_gz
 
 pytestmark = pytest.mark.slow
-trained_models = intake_support.trained_models
 
 # Runs while the model loads (load_fn), like code hidden in a crafted .rds would, and
 # smuggles what it saw out through its predictions.

@@ -1,8 +1,14 @@
-# Trains the models the runtime tests serve, at test time, with the R and
-# packages of this machine. Usage: Rscript train_models.R <output dir>
-# Each case becomes <output dir>/<case>/ holding what `serve` reads (model.rds,
-# maybe predict.R and rdeploy.json) plus expected.json: the input rows, in the
-# schema's column order, and R's own predict() output for them.
+# Trains every model the tests use, at test time, with this machine's R and packages:
+# the runtime tests serve them, the intake tests upload them (and build hostile bundles
+# around them), the pipeline tests deploy them. testsupport/r_models.py runs it once per
+# test session. Usage: Rscript --vanilla testsupport/train_models.R <output dir>
+#
+# Each case becomes <output dir>/<case>/ holding what `serve` reads (model.rds, maybe
+# predict.R and rdeploy.json) plus expected.json: the input rows, in the schema's column
+# order, and R's own predict() output for them (and class probabilities for the forest).
+# <output dir>/iris_versions/ holds two iris classifiers for update and rollback tests:
+# v1.rds (the example model), v2.rds (trained on reversed species, so a client can tell
+# which version answered) and expected.json {rows, v1, v2}.
 suppressPackageStartupMessages({
   library(jsonlite)
   library(randomForest)
@@ -11,6 +17,7 @@ suppressPackageStartupMessages({
   library(e1071)
 })
 out <- commandArgs(trailingOnly = TRUE)[1]
+this_script <- sub("^--file=", "", grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE))
 set.seed(42)
 
 write_case <- function(name, model, rows, predictions, probabilities = NULL, predict_r = NULL, config = NULL) {
@@ -23,15 +30,26 @@ write_case <- function(name, model, rows, predictions, probabilities = NULL, pre
   if (is.factor(predictions)) predictions <- as.character(predictions)
   expected <- list(rows = rows, predictions = unname(predictions))
   if (!is.null(probabilities)) expected$probabilities <- as.data.frame(probabilities)
-  write_json(expected, file.path(dir, "expected.json"), digits = NA, dataframe = "rows", na = "null")
+  write_json(expected, file.path(dir, "expected.json"), digits = NA, dataframe = "rows", factor = "string", na = "null")
 }
+
+# The quick start's example model (examples/iris/train.R), trained by the example itself
+# so the tests serve and deploy exactly what users are shown.
+example_dir <- file.path(out, "example")
+status <- system2(
+  file.path(R.home("bin"), "Rscript"),
+  c("--vanilla", shQuote(file.path(dirname(normalizePath(this_script)), "..", "examples", "iris", "train.R")), shQuote(example_dir))
+)
+if (status != 0) stop("examples/iris/train.R failed with status ", status)
+forest <- readRDS(file.path(example_dir, "iris-rf.rds"))
 
 # lm: plain regression.
 lm_rows <- mtcars[1:6, c("wt", "hp")]
 m <- lm(mpg ~ wt + hp, data = mtcars)
 write_case("lm", m, lm_rows, predict(m, lm_rows))
 
-# Binomial glm with a factor input: predictions on the response scale.
+# Binomial glm with a factor input whose levels are not alphabetical: predictions on the
+# response scale.
 n <- 200
 glm_data <- data.frame(x = rnorm(n), group = factor(sample(c("low", "mid", "high"), n, TRUE), levels = c("low", "mid", "high")))
 glm_data$y <- rbinom(n, 1, plogis(0.5 * glm_data$x + c(low = -1, mid = 0, high = 1)[as.character(glm_data$group)]))
@@ -39,10 +57,9 @@ m <- glm(y ~ x + group, family = binomial, data = glm_data)
 glm_rows <- glm_data[unlist(lapply(levels(glm_data$group), function(l) which(glm_data$group == l)[1:2])), c("x", "group")]
 write_case("glm_binomial", m, glm_rows, predict(m, glm_rows, type = "response"))
 
-# randomForest classification: class labels, and probabilities on request.
-m <- randomForest(Species ~ ., data = iris, ntree = 50)
+# randomForest classification (the example model): class labels, and probabilities on request.
 rf_rows <- iris[c(1, 51, 101, 75, 130), 1:4]
-write_case("randomforest", m, rf_rows, predict(m, rf_rows), probabilities = predict(m, rf_rows, type = "prob"))
+write_case("randomforest", forest, rf_rows, predict(forest, rf_rows), probabilities = predict(forest, rf_rows, type = "prob"))
 
 # ranger regression: predictions unwrapped from $predictions.
 m <- ranger(mpg ~ ., data = mtcars, num.trees = 50, seed = 1)
@@ -104,3 +121,21 @@ write_case("slow_load", tiny, tiny_rows, predict(tiny, tiny_rows), predict_r = c
 write_case("failing", tiny, tiny_rows, predict(tiny, tiny_rows), predict_r = c(
   "predict_fn <- function(model, data) stop('the model exploded')"
 ))
+
+# Two versions of an iris classifier: v1 is the example model, v2 learnt the species in
+# reverse order.
+versions_dir <- file.path(out, "iris_versions")
+dir.create(versions_dir, showWarnings = FALSE)
+flipped <- iris
+flipped$Species <- factor(rev(levels(iris$Species))[as.integer(iris$Species)], levels = levels(iris$Species))
+set.seed(2)
+v2 <- randomForest(Species ~ ., data = flipped, ntree = 50)
+iris_rows <- rf_rows
+rownames(iris_rows) <- NULL
+saveRDS(forest, file.path(versions_dir, "v1.rds"))
+saveRDS(v2, file.path(versions_dir, "v2.rds"))
+write_json(
+  list(rows = iris_rows, v1 = as.character(predict(forest, iris_rows)), v2 = as.character(predict(v2, iris_rows))),
+  file.path(versions_dir, "expected.json"),
+  dataframe = "rows", digits = NA
+)
