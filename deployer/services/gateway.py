@@ -59,6 +59,9 @@ class Route:
 
 
 _routes: dict[str, tuple[float, Route | None]] = {}
+# Unknown names are cached too (a client retrying a wrong URL costs no query), so the
+# cache is bounded: requests for made-up names must not grow a web process's memory.
+_MAX_CACHED_ROUTES = 10_000
 
 
 def _load_route(name: str) -> Route | None:
@@ -83,6 +86,8 @@ def _load_route(name: str) -> Route | None:
             rate=float(throttle.get("rate", settings.GATEWAY_DEFAULT_RATE)),
             burst=int(throttle.get("burst", settings.GATEWAY_DEFAULT_BURST)),
         )
+    if len(_routes) >= _MAX_CACHED_ROUTES and name not in _routes:
+        _routes.clear()
     _routes[name] = (time.monotonic() + ROUTE_CACHE_SECONDS, route)
     return route
 

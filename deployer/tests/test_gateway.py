@@ -163,3 +163,16 @@ def test_a_route_whose_runtime_vanished_is_a_503_not_a_crash(owner: User) -> Non
     status, body = call("vanished", key)
     assert status == 503
     assert "not answering" in str(body["message"])
+
+
+def test_requests_for_made_up_names_do_not_grow_the_route_cache_without_bound(
+    owner: User, echo_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "_MAX_CACHED_ROUTES", 50, raising=False)
+    key = live_public(owner, "known", echo_port)
+
+    for i in range(200):
+        assert call(f"nope{i}", "rdk_guess")[0] == 403
+        assert len(gateway._routes) <= 50
+
+    assert call("known", key)[0] == 200
