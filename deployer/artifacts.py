@@ -261,6 +261,10 @@ class _Member:
     is_dir: bool
 
 
+_MAX_NAME_BYTES = 255
+_MAX_PATH_BYTES = 1024
+
+
 def _clean_name(raw: str) -> str:
     """A member name as a safe relative POSIX path, or ArtifactRejected."""
     name = raw.replace("\\", "/")
@@ -271,7 +275,14 @@ def _clean_name(raw: str) -> str:
         raise ArtifactRejected(f"the archive member '{raw}' points outside the bundle ('..')")
     if any("\x00" in part for part in parts):
         raise ArtifactRejected(f"the archive member '{raw}' has a NUL byte in its name")
-    return "/".join(parts)
+    # Beyond Linux's NAME_MAX, or deep enough to approach PATH_MAX once under the data
+    # directory, unpacking fails with an OSError: refuse at upload instead.
+    if any(len(part.encode()) > _MAX_NAME_BYTES for part in parts):
+        raise ArtifactRejected(f"the archive member '{raw}' has a name longer than {_MAX_NAME_BYTES} bytes")
+    cleaned = "/".join(parts)
+    if len(cleaned.encode()) > _MAX_PATH_BYTES:
+        raise ArtifactRejected(f"the archive member '{raw[:80]}...' has a path longer than {_MAX_PATH_BYTES} bytes")
+    return cleaned
 
 
 def _tar_members(path: Path) -> Iterator[tuple[_Member, IO[bytes] | None]]:
@@ -322,7 +333,8 @@ def _members(path: Path, kind: str, limits: BundleLimits) -> Iterator[tuple[_Mem
     """Every member, checked for shape and against the limits before it is yielded."""
     walker = _tar_members(path) if kind == "tar.gz" else _zip_members(path)
     total = 0
-    seen: set[str] = set()
+    files: set[str] = set()
+    folders: set[str] = set()
     for count, (member, stream) in enumerate(walker, start=1):
         if count > limits.max_members:
             raise ArtifactRejected(f"the bundle has more than {limits.max_members} members")
@@ -331,11 +343,29 @@ def _members(path: Path, kind: str, limits: BundleLimits) -> Iterator[tuple[_Mem
             raise ArtifactRejected(
                 f"the bundle unpacks to more than {limits.max_unpacked_bytes} bytes (RDEPLOY_MAX_UNPACKED_BYTES)"
             )
-        if member.name and not member.is_dir:
-            if member.name in seen:
-                raise ArtifactRejected(f"the bundle holds '{member.name}' twice")
-            seen.add(member.name)
+        if member.name:
+            _check_layout(member, files, folders)
         yield member, stream
+
+
+def _check_layout(member: _Member, files: set[str], folders: set[str]) -> None:
+    """Every path is either a file or a folder, once: `a` next to `a/b` cannot be unpacked
+    (nor can model.rds next to model.rds/x). Records the member in `files`/`folders`."""
+    parents = [member.name.rsplit("/", depth)[0] for depth in range(1, member.name.count("/") + 1)]
+    for parent in parents:
+        if parent in files:
+            raise ArtifactRejected(f"the bundle holds '{parent}' both as a file and as a folder ('{member.name}')")
+    if member.is_dir:
+        if member.name in files:
+            raise ArtifactRejected(f"the bundle holds '{member.name}' both as a file and as a folder")
+        folders.add(member.name)
+    else:
+        if member.name in files:
+            raise ArtifactRejected(f"the bundle holds '{member.name}' twice")
+        if member.name in folders:
+            raise ArtifactRejected(f"the bundle holds '{member.name}' both as a file and as a folder")
+        files.add(member.name)
+    folders.update(parents)
 
 
 def _wrapping_prefix(files: list[str]) -> str:

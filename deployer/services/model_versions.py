@@ -445,6 +445,12 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
         except FileNotFoundError as exc:
             reason = f"the stored model file is missing: {exc}"
             return _finish(model_version, status=ModelVersion.Status.INVALID, reason=reason, inspection={})
+        except OSError as exc:
+            # Left uncaught, the version would stay `inspecting` and be re-queued forever.
+            # Uploading the same bytes again inspects them again (after e.g. a full disk).
+            logger.exception("could not unpack model version %s", model_version.pk)
+            reason = f"the model could not be unpacked on this server: {exc}"
+            return _finish(model_version, status=ModelVersion.Status.INVALID, reason=reason, inspection={})
         runtime = scratch / "rdeploy"
         runtime.mkdir()
         shutil.copy(Path(settings.RUNTIME_DIR) / "rdeploy_runtime.R", runtime)

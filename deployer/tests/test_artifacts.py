@@ -1,3 +1,4 @@
+import errno
 import io
 import json
 import subprocess
@@ -11,7 +12,7 @@ from django.contrib.auth.models import User
 from deployer import artifacts
 from deployer.artifacts import ArtifactRejected, BundleLimits
 from deployer.models import ModelVersion
-from deployer.services.model_versions import model_version_materialize
+from deployer.services.model_versions import model_version_inspect, model_version_materialize
 from deployer.tests.intake_support import tar_gz, zip_bytes
 from testsupport.factories import make_model_version
 
@@ -233,3 +234,84 @@ def test_tar_bundles_compressed_otherwise_than_gzip_are_refused_with_what_to_use
 
     with pytest.raises(ArtifactRejected, match=r"use \.tar\.gz or \.zip"):
         artifacts.sniff(buffer.getvalue()[:4096])
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda m: tar_gz({"model.rds": m, "a": b"file", "a/b": b"inside"}),
+        lambda m: tar_gz({"model.rds": m, "a/b/c": b"inside", "a/b": b"file"}),
+        lambda m: tar_gz({"model.rds": m, "model.rds/x": b"inside"}),
+        lambda m: zip_bytes({"model.rds": m, "a": b"file", "a/b": b"inside"}),
+        lambda m: zip_bytes({"model.rds": m, "a/": b"", "a": b"file"}),
+        lambda m: zip_bytes({"wrap/model.rds": m, "wrap/lib/x.R": b"1", "wrap/lib": b"file"}),
+    ],
+    ids=[
+        "tar-file-first",
+        "tar-folder-first",
+        "tar-inside-model-rds",
+        "zip-file-first",
+        "zip-folder-entry",
+        "zip-wrapped",
+    ],
+)
+def test_a_bundle_holding_one_path_as_both_a_file_and_a_folder_is_refused_at_upload(
+    r_files: Path, tmp_path: Path, build: object
+) -> None:
+    data = build((r_files / "gzip.rds").read_bytes())  # type: ignore[operator]
+    kind = "zip" if data.startswith(b"PK") else "tar.gz"
+
+    with pytest.raises(ArtifactRejected, match="both as a file and as a folder"):
+        artifacts.inspect_bundle(_bundle_file(tmp_path, data), kind, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("x" * 256, "longer than 255 bytes"), ("/".join(["d" * 200] * 6) + "/f", "longer than 1024 bytes")],
+    ids=["component", "path"],
+)
+def test_a_bundle_member_name_too_long_to_unpack_is_refused_at_upload(
+    r_files: Path, tmp_path: Path, name: str, message: str
+) -> None:
+    data = tar_gz({"model.rds": (r_files / "gzip.rds").read_bytes(), name: b"x"})
+
+    with pytest.raises(ArtifactRejected, match=message):
+        artifacts.inspect_bundle(_bundle_file(tmp_path, data), "tar.gz", LIMITS)
+
+
+def _stored_bundle(owner: User, content: bytes) -> ModelVersion:
+    version = make_model_version(owner, "clash", content=content, status=ModelVersion.Status.INSPECTING)
+    version.artifact_kind = ModelVersion.ArtifactKind.TAR_GZ
+    version.save()
+    return version
+
+
+@pytest.mark.django_db
+def test_a_stored_bundle_with_a_file_folder_clash_ends_invalid_instead_of_inspecting_forever(
+    owner: User, r_files: Path
+) -> None:
+    bundle = tar_gz({"model.rds": (r_files / "gzip.rds").read_bytes(), "a": b"file", "a/b": b"inside"})
+    version = _stored_bundle(owner, bundle)
+
+    version = model_version_inspect(model_version=version)
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert "'a' both as a file and as a folder" in version.status_reason
+
+
+@pytest.mark.django_db
+def test_an_os_error_while_unpacking_ends_the_inspection_invalid_saying_so(
+    owner: User, r_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = _stored_bundle(owner, tar_gz({"model.rds": (r_files / "gzip.rds").read_bytes()}))
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts, "extract_bundle", disk_full)
+
+    version = model_version_inspect(model_version=version)
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert "could not be unpacked" in version.status_reason
+    assert "No space left on device" in version.status_reason
