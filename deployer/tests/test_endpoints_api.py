@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.test import Client
 from rest_framework.test import APIClient
 
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion
 from deployer.services.endpoints import endpoint_create
+from deployer.services.tokens import api_token_create
 from testsupport.factories import make_model_version
 
 pytestmark = pytest.mark.django_db
@@ -209,3 +212,25 @@ def test_lists_show_own_endpoints_and_staff_sees_all(
     assert names(colleague) == {"theirs"}
     assert names(staff) == {"mine", "theirs"}
     assert api_client_for(staff).get("/api/v1/endpoints/mine/").status_code == 200
+
+
+def test_a_browser_session_must_send_the_csrf_token_to_invoke(owner: User) -> None:
+    endpoint_create(owner=owner, name="session", model_version=ready(owner))
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(owner)
+
+    refused = browser.post("/api/v1/endpoints/session/invocations", b"x\n1\n", content_type="text/csv")
+    assert refused.status_code == 403
+    assert "CSRF" in refused.json()["detail"]
+
+    token = "a" * 32
+    browser.cookies[settings.CSRF_COOKIE_NAME] = token
+    allowed = browser.post(
+        "/api/v1/endpoints/session/invocations", b"x\n1\n", content_type="text/csv", HTTP_X_CSRFTOKEN=token
+    )
+    assert allowed.status_code == 503  # past authentication: the endpoint is not live yet
+    with_token = APIClient(enforce_csrf_checks=True)
+    with_token.credentials(HTTP_AUTHORIZATION=f"Token {api_token_create(user=owner).secret}")
+    assert (
+        with_token.post("/api/v1/endpoints/session/invocations", b"x\n1\n", content_type="text/csv").status_code == 503
+    )
