@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -24,7 +25,7 @@ from rest_framework.routers import SimpleRouter
 
 from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
 from deployer.services import endpoints as services
-from deployer.services.gateway import gateway_public_invoke, token_principal
+from deployer.services.gateway import MAX_BODY_BYTES, gateway_public_invoke, token_principal
 from deployer.targets.base import InvocationResult
 
 
@@ -266,6 +267,10 @@ def _csrf_failure(request: HttpRequest) -> str | None:
     return reason
 
 
+def _too_large() -> JsonResponse:
+    return JsonResponse({"message": f"Request body is larger than {MAX_BODY_BYTES} bytes."}, status=413)
+
+
 @csrf_exempt  # a token request needs no CSRF token; a session request is checked below
 @require_POST
 def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponse:
@@ -283,7 +288,17 @@ def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponse:
     if not authorization and (reason := _csrf_failure(request)):
         # A browser session authenticates itself: a cross-site form must not invoke for it.
         return JsonResponse({"detail": f"CSRF Failed: {reason}"}, status=403)
-    result = services.endpoint_invoke(user=user, name=name, body=request.body, headers=_forwarded_headers(request))
+    # The same limit as the public route, refused before the body is read.
+    try:
+        if int(request.META.get("CONTENT_LENGTH") or 0) > MAX_BODY_BYTES:
+            return _too_large()
+    except ValueError:
+        pass
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return _too_large()
+    result = services.endpoint_invoke(user=user, name=name, body=body, headers=_forwarded_headers(request))
     return _not_found() if result is None else _response(result)
 
 

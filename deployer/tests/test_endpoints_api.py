@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion
 from deployer.services.endpoints import endpoint_create
+from deployer.services.gateway import MAX_BODY_BYTES
 from deployer.services.tokens import api_token_create
 from testsupport.factories import make_model_version
 
@@ -234,3 +235,13 @@ def test_a_browser_session_must_send_the_csrf_token_to_invoke(owner: User) -> No
     assert (
         with_token.post("/api/v1/endpoints/session/invocations", b"x\n1\n", content_type="text/csv").status_code == 503
     )
+
+
+@pytest.mark.parametrize("size", [MAX_BODY_BYTES + 1, settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1])
+def test_a_body_above_the_limit_is_a_json_413_before_it_is_read(
+    owner: User, api_client_for: ClientFor, size: int
+) -> None:
+    endpoint_create(owner=owner, name="small", model_version=ready(owner))
+    response = api_client_for(owner).post("/api/v1/endpoints/small/invocations", b"x" * size, content_type="text/csv")
+    assert response.status_code == 413
+    assert "larger than" in response.json()["message"]
