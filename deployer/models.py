@@ -167,6 +167,9 @@ class Deployment(models.Model):
     # Guards concurrent advancement: a task claims the row until this time.
     lease_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # When the rollout's version started serving traffic (its target's switch step
+    # succeeded): a later failure rolls forward instead of discarding what now serves.
+    traffic_switched_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
