@@ -9,6 +9,13 @@ restart after a crash or a reboot never leaves an orphan holding a port.
 
 A process is identified by (pid, start time in clock ticks since boot): a pid reused by
 an unrelated process after a reboot does not look alive.
+
+A runtime runs the user's model code, so ``start`` can sandbox it (``Sandbox``, with the
+primitives of ``deployer.integrations.isolation`` that inspection uses too): its own
+unprivileged uid derived from the identifier, a private mount namespace that shows
+only the paths it needs, rlimits. ``find`` and ``stop`` also go by that uid, so a model
+that rewrites its own environment cannot shed the marker. See docs/pipeline.md, "The
+local runtime's isolation".
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployer.integrations import isolation
+
 MARKER = "RDEPLOY_PROCESS"
 # A runtime runs the user's model code (an .rds is code: CVE-2024-27322), so it inherits
 # none of the worker's secrets (Django key, database URL, cloud credentials): only these.
@@ -33,6 +42,75 @@ INHERITED_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ")
 class StartedProcess:
     pid: int
     start_ticks: int
+    # The unprivileged uid it runs as (None: the caller's own).
+    uid: int | None = None
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How ``start`` isolates a process that runs a user's model code.
+
+    Inside a private mount namespace RDEPLOY_DATA_DIR, the installation and ``*_FILE``
+    secrets are hidden, /tmp is private and /proc shows only the runtime's own processes;
+    ``read_only`` and ``writable`` paths are shown again at their own paths. ``owned``
+    paths (and ``writable`` ones, created if missing) are given to the runtime's uid first,
+    so it can read them whatever their mode. No CPU limit: a runtime runs for months."""
+
+    read_only: tuple[Path, ...] = ()
+    writable: tuple[Path, ...] = ()
+    owned: tuple[Path, ...] = ()
+    memory_bytes: int = 4 * 1024**3
+    # Past it a write fails (EFBIG) instead of killing the server (SIGXFSZ is ignored).
+    file_bytes: int = 1024**3
+    # Processes and threads of the runtime's uid: HAProxy, R, one Rserve child per
+    # connection from HAProxy (workers + 4) and the threads of each.
+    processes: int = 512
+
+    def describe(self, uid: int | None) -> str:
+        probe = isolation.probe()
+        if uid is None:
+            parts = ["RUNS AS THE WORKER'S USER (the worker is not root)"]
+        else:
+            parts = [f"runs as uid {uid} (no capabilities, no new privileges)"]
+        if uid is not None and probe.mounts:
+            parts.append(
+                "private mount namespace: RDEPLOY_DATA_DIR, the installation and *_FILE secrets hidden, private /tmp, "
+                "/proc shows only its own processes, its model directory read-only"
+            )
+        parts.append(
+            f"rlimits: address space {self.memory_bytes // 1024**2} MiB, file size {self.file_bytes // 1024**2} MiB, "
+            f"processes {self.processes}"
+        )
+        parts.append("network: loopback and beyond, not isolated (it must listen for the gateway)")
+        return "rdeploy: sandbox: " + "; ".join(parts)
+
+
+def _sandboxed(identifier: str, command: Sequence[str], sandbox: Sandbox) -> tuple[list[str], int | None]:
+    """``command`` behind the sandbox's mount script and setpriv, and the uid it runs as."""
+    probe = isolation.probe()
+    if probe.setpriv is None:
+        return list(command), None
+    uid = isolation.runtime_uid(identifier)
+    if others := isolation.running_as(uid):
+        raise OSError(f"uid {uid} of the runtime {identifier} is already used by processes {others}")
+    for path in sandbox.writable:
+        path.mkdir(parents=True, exist_ok=True)
+    for path in (*sandbox.owned, *sandbox.writable):
+        isolation.hand_over(path, uid)
+    prefix: list[str] = []
+    if probe.mounts:
+        binds = [isolation.Bind(path, path) for path in sandbox.read_only]
+        binds += [isolation.Bind(path, path, writable=True) for path in sandbox.writable]
+        script = isolation.mount_script(binds=binds, private_tmp=True, hide_processes=True)
+        prefix = [*isolation.mount_namespace_prefix(net=False), isolation.bash(), "-c", script, "rdeploy-runtime"]
+    # Detached on purpose: the runtime outlives the worker that started it.
+    return [*prefix, *isolation.setpriv_prefix(uid, die_with_parent=False), *command], uid
+
+
+def _limit(sandbox: Sandbox) -> None:
+    """Runs in the child between fork and exec; inherited through every exec after it."""
+    isolation.set_rlimits(memory_bytes=sandbox.memory_bytes, file_bytes=sandbox.file_bytes, processes=sandbox.processes)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def free_port() -> int:
@@ -69,17 +147,31 @@ def is_running(pid: int, ticks: int) -> bool:
 
 
 def start(
-    *, identifier: str, command: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
+    *,
+    identifier: str,
+    command: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    log_path: Path,
+    sandbox: Sandbox | None = None,
 ) -> StartedProcess:
-    """Start ``command`` detached, appending its stdout and stderr to ``log_path``."""
+    """Start ``command`` detached (in ``sandbox`` if given), appending its stdout and
+    stderr to ``log_path``, which the runtime writes through the descriptor it inherits."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     pid_path = log_path.with_suffix(".pid")
     pid_path.unlink(missing_ok=True)
     inherited = {name: os.environ[name] for name in INHERITED_VARIABLES if name in os.environ}
     child_env = {**inherited, "HOME": str(cwd), "TMPDIR": str(cwd), **env, MARKER: identifier}
+    uid = None
+    if sandbox is not None:
+        command, uid = _sandboxed(identifier, command, sandbox)
     with log_path.open("ab") as log:
+        if sandbox is not None:
+            log.write(f"{sandbox.describe(uid)}\n".encode())
+            log.flush()
         # setsid --fork: the runtime leads a new session and its parent exits at once, so
-        # the runtime is re-parented to init. It writes its own pid before exec'ing.
+        # the runtime is re-parented to init. It writes its own pid before exec'ing (as root,
+        # outside the sandbox; unshare, the mount script and setpriv exec in place).
         launcher = subprocess.Popen(
             ["setsid", "--fork", "sh", "-c", 'echo $$ > "$0" && exec "$@"', str(pid_path), *command],
             cwd=cwd,
@@ -88,6 +180,7 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
             close_fds=True,
+            preexec_fn=(lambda: _limit(sandbox)) if sandbox is not None else None,
         )
         launcher.wait(timeout=10)
     deadline = time.monotonic() + 10
@@ -96,9 +189,9 @@ def start(
             pid = int(pid_path.read_text().strip())
             ticks = start_ticks(pid)
             if ticks is not None:
-                return StartedProcess(pid=pid, start_ticks=ticks)
+                return StartedProcess(pid=pid, start_ticks=ticks, uid=uid)
             # Started and already gone: report it as such; the caller reads the log.
-            return StartedProcess(pid=pid, start_ticks=-1)
+            return StartedProcess(pid=pid, start_ticks=-1, uid=uid)
         time.sleep(0.01)
     raise OSError(f"the runtime process for {identifier} did not start")
 
@@ -117,9 +210,13 @@ def _environments() -> list[tuple[int, list[bytes]]]:
 
 
 def find(identifier: str) -> list[int]:
-    """Pids of every live process carrying the marker for ``identifier``."""
+    """Pids of every live process carrying the marker for ``identifier`` or running as its
+    sandbox's uid."""
     needle = f"{MARKER}={identifier}".encode()
-    return [pid for pid, environ in _environments() if needle in environ and start_ticks(pid) is not None]
+    found = {pid for pid, environ in _environments() if needle in environ}
+    if isolation.probe().setpriv is not None:
+        found.update(isolation.running_as(isolation.runtime_uid(identifier)))
+    return sorted(pid for pid in found if start_ticks(pid) is not None)
 
 
 def identifiers_started_with(variable: str, value: str) -> set[str]:
@@ -149,11 +246,14 @@ def stop(identifier: str, *, pid: int | None = None, grace: float = 5.0) -> None
     for _ in range(20):
         remaining = find(identifier)
         if not remaining:
-            return
+            break
         for target in remaining:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGKILL)
         time.sleep(0.05)
+    if isolation.probe().setpriv is not None:
+        # Whatever the sandbox's uid still runs (forked between two scans above).
+        isolation.kill_uid(isolation.runtime_uid(identifier))
 
 
 def read_log(path: Path, offset: int, *, max_bytes: int = 256 * 1024) -> tuple[list[str], int]:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import resource
 import secrets
-import shlex
 import shutil
 import signal
 import subprocess
@@ -32,11 +30,13 @@ from pathlib import Path
 
 from django.conf import settings
 
+from deployer.integrations import isolation as iso
+
 # Each sandboxed run gets a fresh uid from this range, with no passwd entry: it owns only
 # its scratch directory, so concurrent inspections cannot read each other's files, and
 # RLIMIT_NPROC counts exactly that run's processes.
-SANDBOX_UID_BASE = 2_000_000
-SANDBOX_UID_COUNT = 1_000_000
+SANDBOX_UID_BASE = iso.INSPECTION_UID_BASE
+SANDBOX_UID_COUNT = iso.INSPECTION_UID_COUNT
 _OUTPUT_TAIL = 64 * 1024
 # The only variables an R child sees (plus those a caller names explicitly).
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -103,37 +103,29 @@ class _Isolation:
     mounts: bool = False
 
 
-def _works(command: Sequence[str]) -> bool:
-    try:
-        return subprocess.run(command, capture_output=True, timeout=10, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @functools.cache
 def _isolation() -> _Isolation:
     prefix: list[str] = []
     described = ["environment scrubbed (only PATH, HOME, TMPDIR, LANG and R_LIBS)", "scratch directory as HOME/TMPDIR"]
-    unshare = shutil.which("unshare")
+    probe = iso.probe()
+    unshare = probe.unshare
     mounts = False
-    if unshare and _works([unshare, "--net", "true"]):
+    if unshare and probe.net:
         prefix += [unshare, "--net"]
         described.append("no network (unshare --net: a network namespace with only a down loopback)")
-        with tempfile.TemporaryDirectory() as probe:
-            private = [unshare, "--net", "--mount", "--propagation", "private"]
-            mounts = _works([*private, "mount", "-t", "tmpfs", "rdeploy-probe", probe])
+        mounts = probe.mounts
         if mounts:
-            prefix[1:] = ["--net", "--mount", "--propagation", "private"]
+            prefix = iso.mount_namespace_prefix(net=True)
             described.append(
                 "a private mount namespace hides RDEPLOY_DATA_DIR, the rdeploy installation and *_FILE secrets "
                 "behind empty filesystems; R libraries are mounted read-only"
             )
-    elif unshare and _works([unshare, "--user", "--net", "true"]):
+    elif unshare and probe.user_net:
         prefix += [unshare, "--user", "--net"]
         described.append("no network (unshare --user --net)")
     else:
         described.append("NETWORK NOT ISOLATED: unshare --net is not permitted here")
-    setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
+    setpriv = probe.setpriv
     if setpriv:
         described.append(
             "runs as a fresh unprivileged uid per run (no capabilities, no new privileges): reads only "
@@ -169,42 +161,18 @@ def _scrubbed_env(home: Path, library_paths: Sequence[Path], extra: Mapping[str,
 
 def _limit(limits: Limits) -> None:
     """Runs in the child between fork and exec: limits are inherited by everything R starts."""
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    iso.set_rlimits(
+        cpu_seconds=limits.cpu_seconds,
+        memory_bytes=limits.memory_bytes,
+        file_bytes=limits.file_bytes,
+        processes=limits.processes,
+    )
 
 
 def _tail(path: Path) -> str:
     with path.open("rb") as handle:
         handle.seek(max(0, path.stat().st_size - _OUTPUT_TAIL))
         return handle.read().decode("utf-8", "replace")
-
-
-def _hand_over(directory: Path, uid: int) -> None:
-    """Gives the scratch directory to the run's uid (nothing else is writable to it)."""
-    for root, dirs, files in os.walk(directory):
-        for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
-            os.chown(name, uid, uid, follow_symlinks=False)
-
-
-def _kill_uid(uid: int) -> None:
-    """Kills every process of a run's uid: also those that left the process group (setsid)."""
-    for _attempt in range(10):
-        found = False
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                uids = next(line for line in status.read_text().splitlines() if line.startswith("Uid:"))
-            except (OSError, StopIteration):
-                continue
-            if int(uids.split()[1]) == uid:
-                found = True
-                with suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(status.parent.name), signal.SIGKILL)
-        if not found:
-            return
-        time.sleep(0.05)
 
 
 def _reachable_by_others(path: Path) -> bool:
@@ -240,7 +208,8 @@ def _run(
     timed_out = False
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         if uid is not None:
-            _hand_over(workdir, uid)
+            # The scratch directory is the only place the run's uid may write to.
+            iso.hand_over(workdir, uid)
         process = subprocess.Popen(
             command,
             cwd=workdir,
@@ -261,7 +230,8 @@ def _run(
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             if uid is not None:
-                _kill_uid(uid)
+                # Also what left the session (setsid).
+                iso.kill_uid(uid)
     return Result(
         returncode=process.returncode,
         stdout=_tail(stdout_path),
@@ -287,7 +257,7 @@ def run_sandboxed(
     libraries = [Path(library) for library in library_paths]
     if isolation.mounts:
         mount_script, libraries = _hiding_script(workdir, libraries)
-        prefix += ["/bin/sh", "-c", mount_script, "rdeploy-sandbox"]
+        prefix += [iso.bash(), "-c", mount_script, "rdeploy-sandbox"]
     uid = None
     if isolation.setpriv:
         if not isolation.mounts:
@@ -298,17 +268,8 @@ def run_sandboxed(
                         "every parent directory world-executable (RDEPLOY_R_LIBRARY_DIR)"
                     )
         uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_COUNT)
-        prefix += [
-            isolation.setpriv,
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
-            "--no-new-privs",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            # R dies with the worker (SIGKILL, OOM) instead of running on unsupervised.
-            "--pdeathsig=KILL",
-        ]
+        # R dies with the worker (SIGKILL, OOM) instead of running on unsupervised.
+        prefix += iso.setpriv_prefix(uid, die_with_parent=True)
     command = [*prefix, settings.RSCRIPT, "--vanilla", str(script), *args]
     environ = _scrubbed_env(workdir, libraries, extra_env)
     return _run(
@@ -321,41 +282,14 @@ def run_sandboxed(
     )
 
 
-def _inside(path: Path, directory: Path) -> bool:
-    return path == directory or directory in path.parents
-
-
 def _hiding_script(workdir: Path, libraries: list[Path]) -> tuple[str, list[Path]]:
-    """A shell script, run as root inside the new mount namespace before privileges are
-    dropped, that mounts each R library read-only under the scratch directory, then hides
-    the installation's directories and secret files; and the libraries' new paths."""
+    """The mount script (``isolation.mount_script``) that shows each R library read-only
+    under the scratch directory and hides the installation; and the libraries' new paths."""
     workdir = workdir.resolve()
-    hidden_dirs = [
-        directory
-        for directory in {Path(settings.DATA_DIR).resolve(), Path(settings.BASE_DIR).resolve()}
-        if directory.is_dir() and not _inside(workdir, directory) and directory != Path("/")
-    ]
-    secret_files = {Path(value).resolve() for name, value in os.environ.items() if name.endswith("_FILE") and value}
-    database = settings.DATABASES["default"].get("NAME")
-    if database and str(database).startswith("/"):
-        secret_files.add(Path(str(database)).resolve())
-    hidden_files = [path for path in secret_files if path.is_file() and not any(_inside(path, d) for d in hidden_dirs)]
-    lines = ["set -e"]
-    mounted: list[Path] = []
-    for index, library in enumerate(libraries):
-        target = workdir / ".libraries" / str(index)
-        target.mkdir(parents=True, exist_ok=True)
-        lines += [
-            f"mount --bind {shlex.quote(str(library))} {shlex.quote(str(target))}",
-            f"mount -o remount,bind,ro {shlex.quote(str(target))}",
-        ]
-        mounted.append(target)
-    for directory in sorted(hidden_dirs):
-        lines.append(f"mount -t tmpfs -o size=16k,mode=0755 rdeploy-hidden {shlex.quote(str(directory))}")
-    for path in sorted(hidden_files):
-        lines.append(f"mount --bind /dev/null {shlex.quote(str(path))}")
-    lines.append('exec "$@"')
-    return "\n".join(lines), mounted
+    binds = [iso.Bind(library, workdir / ".libraries" / str(index)) for index, library in enumerate(libraries)]
+    for bind in binds:
+        bind.target.mkdir(parents=True, exist_ok=True)
+    return iso.mount_script(binds=binds, keep_visible=[workdir]), [bind.target for bind in binds]
 
 
 def library_for(packages: Sequence[str], *, repo: str) -> Path:
