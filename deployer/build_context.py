@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import re
 import tarfile
 from collections.abc import Iterable
@@ -52,6 +53,13 @@ BASE_PACKAGES = frozenset(
 )
 PACKAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]$")
 R_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+# An R package version (Writing R Extensions 1.1.1): at least two integers joined by . or -.
+PACKAGE_VERSION = re.compile(r"^\d+([.-]\d+)+$")
+# The renv.lock sources renv restores from the repositories install_packages.R passes it
+# (the PPM snapshot); "CRAN" is how renv before 0.15 wrote "Repository". Every other
+# source (GitHub, GitLab, Bitbucket, git, URL, Local, Bioconductor, none) would fetch and
+# compile code from wherever the lockfile says, with the image build's network and role.
+REPOSITORY_SOURCES = frozenset({"repository", "cran"})
 # Runtime files that go into the image; docs and tests stay out so they never change a tag.
 RUNTIME_FILES = ("serve", "rdeploy_runtime.R", "rdeploy_server.R", "haproxy.cfg", "errors/503.http", "errors/504.http")
 
@@ -108,6 +116,52 @@ def check_r_version(r_version: str) -> None:
         )
 
 
+def _shown(value: object) -> str:
+    return repr(value)[:80]
+
+
+def check_renv_lock(renv_lock: bytes) -> None:
+    """Refuses (ValueError, naming the package and its Source) an renv.lock with any package
+    that does not come from a CRAN-like repository, or with names or versions that are not
+    R's: the image build restores it with network access (review finding 6)."""
+    try:
+        lock = json.loads(renv_lock)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"renv.lock is not valid JSON: {error}") from error
+    packages = lock.get("Packages", {}) if isinstance(lock, dict) else None
+    if not isinstance(packages, dict):
+        raise ValueError("renv.lock must be a JSON object whose Packages is an object of package records")
+    fix = (
+        "rdeploy installs packages only from CRAN-like repositories (Source: Repository), because building the "
+        "image would otherwise fetch and compile code from elsewhere. Install a CRAN release of {name} "
+        "(install.packages('{name}')) and run renv::snapshot() again, or leave renv.lock out of the bundle"
+    )
+    for key, record in packages.items():
+        if not isinstance(record, dict) or not PACKAGE_NAME.match(key):
+            raise ValueError(f"renv.lock lists {_shown(key)}, which is not an R package name with a package record")
+        if record.get("Package") != key:
+            raise ValueError(f"renv.lock's record for '{key}' names package {_shown(record.get('Package'))}")
+        source = record.get("Source")
+        if not isinstance(source, str) or not source:
+            raise ValueError(f"renv.lock: package '{key}' has no Source. " + fix.format(name=key))
+        repository = str(record.get("Repository") or "")
+        if source.lower() not in REPOSITORY_SOURCES:
+            raise ValueError(
+                f"renv.lock: package '{key}' comes from {source[:40]} (Source: {source[:40]}). " + fix.format(name=key)
+            )
+        if repository.lower() in ("bioc", "bioconductor") or repository.lower().startswith("bioc"):
+            raise ValueError(
+                f"renv.lock: package '{key}' comes from Bioconductor (Repository: {repository[:40]}). "
+                + fix.format(name=key)
+            )
+        version = record.get("Version")
+        if version is not None and not (isinstance(version, str) and PACKAGE_VERSION.match(version)):
+            raise ValueError(
+                f"renv.lock: package '{key}' has version {_shown(version)}, which is not an R package version "
+                "(like 1.2-3)"
+            )
+
+
 def render_build_context(
     *,
     r_version: str,
@@ -117,9 +171,12 @@ def render_build_context(
 ) -> BuildContext:
     """Renders the build context for an image with R `r_version` and `packages` (plus renv.lock's versions).
 
-    Raises ValueError for an R version below 4.4.0 or an invalid package name.
+    Raises ValueError for an R version below 4.4.0, an invalid package name, or an
+    renv.lock that check_renv_lock refuses.
     """
     check_r_version(r_version)
+    if renv_lock is not None:
+        check_renv_lock(renv_lock)
     dockerfile = (
         (TEMPLATES_DIR / "Dockerfile.template")
         .read_text()

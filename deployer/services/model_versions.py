@@ -27,6 +27,7 @@ from django.utils.dateparse import parse_datetime
 
 from deployer import artifacts
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
+from deployer.build_context import check_renv_lock
 from deployer.integrations import rprocess
 from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, ModelVersion, name_validator
@@ -34,6 +35,7 @@ from deployer.models import Deployment, Endpoint, ModelVersion, name_validator
 logger = logging.getLogger(__name__)
 
 RDEPLOY_JSON = "rdeploy.json"
+RENV_LOCK = "renv.lock"
 INSPECT_SCRIPT = Path(__file__).resolve().parent.parent / "r" / "inspect.R"
 SAMPLE_MAX_BYTES = 5 * 1024 * 1024
 # R's own rule for package names (Writing R Extensions, 1.1.1).
@@ -451,6 +453,13 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
             logger.exception("could not unpack model version %s", model_version.pk)
             reason = f"the model could not be unpacked on this server: {exc}"
             return _finish(model_version, status=ModelVersion.Status.INVALID, reason=reason, inspection={})
+        lock = model_dir / RENV_LOCK
+        if lock.is_file():
+            # Said here, at upload, rather than when an image build for SageMaker refuses it.
+            try:
+                check_renv_lock(lock.read_bytes())
+            except ValueError as exc:
+                return _finish(model_version, status=ModelVersion.Status.INVALID, reason=str(exc), inspection={})
         runtime = scratch / "rdeploy"
         runtime.mkdir()
         shutil.copy(Path(settings.RUNTIME_DIR) / "rdeploy_runtime.R", runtime)

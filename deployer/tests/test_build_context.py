@@ -101,3 +101,68 @@ def test_write_to_lays_out_the_same_files(tmp_path: Path) -> None:
     context.write_to(tmp_path)
     assert (tmp_path / "runtime" / "serve").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "build" / "packages.txt").read_text() == "jsonlite\nranger\nRserve\n"
+
+
+def lock_with(record: dict[str, object], name: str = "evilpkg") -> bytes:
+    ranger = {"Package": "ranger", "Version": "0.16.0", "Source": "Repository", "Repository": "CRAN"}
+    return json.dumps({"R": {"Version": "4.4.2"}, "Packages": {"ranger": ranger, name: record}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (
+            {"Package": "evilpkg", "Version": "1.0", "Source": "GitHub", "RemoteUsername": "x", "RemoteRepo": "y"},
+            r"package 'evilpkg' comes from GitHub \(Source: GitHub\)",
+        ),
+        ({"Package": "evilpkg", "Version": "1.0", "Source": "URL", "RemoteUrl": "https://x/y.tar.gz"}, "Source: URL"),
+        ({"Package": "evilpkg", "Version": "1.0", "Source": "git", "RemoteUrl": "https://x/y.git"}, "Source: git"),
+        ({"Package": "evilpkg", "Version": "1.0", "Source": "GitLab"}, "Source: GitLab"),
+        ({"Package": "evilpkg", "Version": "1.0", "Source": "Local", "RemoteUrl": "/tmp/x"}, "Source: Local"),
+        ({"Package": "evilpkg", "Version": "1.0", "Source": "Bioconductor"}, "Source: Bioconductor"),
+        ({"Package": "evilpkg", "Version": "1.0", "Source": "Repository", "Repository": "BioCsoft"}, "Bioconductor"),
+        ({"Package": "evilpkg", "Version": "1.0"}, r"no Source"),
+    ],
+    ids=["github", "url", "git", "gitlab", "local", "bioconductor", "bioc-repository", "no-source"],
+)
+def test_an_renv_lock_with_a_package_not_from_a_cran_like_repository_is_refused_naming_it(
+    record: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message) as refused:
+        render_build_context(r_version="4.4.2", packages=["ranger"], renv_lock=lock_with(record))
+
+    assert "evilpkg" in str(refused.value)
+    assert "only from CRAN-like repositories (Source: Repository)" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("lock", "message"),
+    [
+        (lock_with({"Package": "evilpkg", "Version": "1'); system('id'); ('", "Source": "Repository"}), "version"),
+        (lock_with({"Package": "other", "Version": "1.0", "Source": "Repository"}), "names package 'other'"),
+        (lock_with({"Package": "x; rm -rf /", "Version": "1.0", "Source": "Repository"}, "x; rm -rf /"), "name"),
+        (b"{not json", "not valid JSON"),
+        (b'{"Packages": []}', "Packages"),
+    ],
+    ids=["code-in-version", "key-and-package-differ", "bad-name", "not-json", "packages-not-an-object"],
+)
+def test_an_renv_lock_that_is_malformed_is_refused(lock: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        render_build_context(r_version="4.4.2", packages=["ranger"], renv_lock=lock)
+
+
+def test_an_renv_lock_from_cran_like_repositories_is_accepted_including_old_cran_sources() -> None:
+    lock = json.dumps(
+        {
+            "R": {"Version": "4.4.2", "Repositories": [{"Name": "CRAN", "URL": "https://cloud.r-project.org"}]},
+            "Packages": {
+                "ranger": {"Package": "ranger", "Version": "0.16.0", "Source": "Repository", "Repository": "RSPM"},
+                "Rcpp": {"Package": "Rcpp", "Version": "1.0.12", "Source": "CRAN"},
+                "renv": {"Package": "renv", "Version": "1.0.7", "Source": "Repository", "Repository": "CRAN"},
+            },
+        }
+    ).encode()
+
+    context = render_build_context(r_version="4.4.2", packages=["ranger"], renv_lock=lock)
+
+    assert context.files["build/renv.lock"] == (lock, 0o644)

@@ -364,7 +364,10 @@ def renv_lock(packages: dict[str, str]) -> bytes:
     return json.dumps(
         {
             "R": {"Version": "4.2.2", "Repositories": []},
-            "Packages": {name: {"Package": name, "Version": version} for name, version in packages.items()},
+            "Packages": {
+                name: {"Package": name, "Version": version, "Source": "Repository", "Repository": "CRAN"}
+                for name, version in packages.items()
+            },
         }
     ).encode()
 
@@ -396,6 +399,30 @@ def test_renv_lock_packages_missing_here_are_installed_when_a_repository_is_set(
     assert version.status == ModelVersion.Status.READY, version.status_reason
     assert version.inspection["installed_packages"] == ["rdeploytoy"]
     assert version.inspection["packages"]["renv_missing"] == []
+
+
+def test_an_renv_lock_with_a_github_package_makes_the_model_invalid_naming_the_package_and_the_fix(
+    owner: User, tmp_path: Path
+) -> None:
+    lock = json.loads(renv_lock({"randomForest": "4.7-1.1"}))
+    lock["Packages"]["ghpkg"] = {
+        "Package": "ghpkg",
+        "Version": "0.0.1",
+        "Source": "GitHub",
+        "RemoteType": "github",
+        "RemoteUsername": "someone",
+        "RemoteRepo": "ghpkg",
+        "RemoteSha": "0123456789abcdef",
+    }
+    model = r_object(tmp_path, "lm(mpg ~ wt, data = mtcars)")
+    bundle = tar_gz({"model.rds": model, "renv.lock": json.dumps(lock).encode()})
+
+    version = inspect(upload(owner, "cars", bundle))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert "package 'ghpkg' comes from GitHub (Source: GitHub)" in version.status_reason
+    assert "only from CRAN-like repositories (Source: Repository)" in version.status_reason
+    assert "install.packages('ghpkg')" in version.status_reason
 
 
 @pytest.mark.parametrize("case", ["glm_binomial", "bundle_log_dose"])
