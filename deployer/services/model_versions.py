@@ -41,6 +41,9 @@ SAMPLE_MAX_BYTES = 5 * 1024 * 1024
 # R's own rule for package names (Writing R Extensions, 1.1.1).
 _PACKAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]$")
 _EXTENSIONS = {"rds": "rds", "tar.gz": "tar.gz", "zip": "zip"}
+# Installs run outside the sandbox, from names the sandboxed R reports: a ceiling keeps a
+# hostile model from turning one upload into an install of a whole repository.
+MAX_PACKAGES_TO_INSTALL = 50
 
 
 class ModelVersionInUse(Exception):
@@ -386,12 +389,36 @@ def _run_inspection(
 
 def _packages_to_install(outcome: dict[str, Any]) -> list[str]:
     """What a CRAN-like repository could fix: packages the model needs, or that its
-    renv.lock lists (predict.R may load them), that this server lacks."""
+    renv.lock lists (predict.R may load them), that this server lacks.
+
+    The list comes from the sandboxed R's stdout, which the model's own code can write:
+    ValueError unless it is at most MAX_PACKAGES_TO_INSTALL valid R package names, since
+    installing runs outside the sandbox, with network access."""
     if outcome.get("code") == "missing_packages":
-        return list(outcome["missing_packages"])
-    if outcome.get("status") == "ok":
-        return list(outcome["packages"].get("renv_missing") or [])
-    return []
+        names = outcome.get("missing_packages")
+    elif outcome.get("status") == "ok":
+        names = (outcome.get("packages") or {}).get("renv_missing") or []
+    else:
+        return []
+    if not isinstance(names, list):
+        raise ValueError("the inspection reported its missing packages in an unexpected form: nothing was installed")
+    for name in names:
+        if not isinstance(name, str) or not _PACKAGE_NAME.match(name):
+            raise ValueError(
+                f"the inspection reported {str(name)[:80]!r} as a package to install, which is not an R package "
+                "name: nothing was installed"
+            )
+    unique = list(dict.fromkeys(names))
+    if len(unique) > MAX_PACKAGES_TO_INSTALL:
+        raise ValueError(_too_many_packages(len(unique)))
+    return unique
+
+
+def _too_many_packages(count: int) -> str:
+    return (
+        f"the model needs {count} R packages this server lacks, and rdeploy installs at most "
+        f"{MAX_PACKAGES_TO_INSTALL} per model: have an administrator install them, then upload again"
+    )
 
 
 def _missing_packages_reason(packages: list[str]) -> str:
@@ -480,7 +507,13 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
                 model_dir=model_dir, scratch=scratch, sample=sample, requested=requested, libraries=libraries
             )
             timings["r"] = timings.get("r", 0.0) + result.seconds
-            new = [p for p in _packages_to_install(outcome) if p not in installed]
+            try:
+                new = [p for p in _packages_to_install(outcome) if p not in installed]
+                if len(installed) + len(new) > MAX_PACKAGES_TO_INSTALL:
+                    raise ValueError(_too_many_packages(len(installed) + len(new)))
+            except ValueError as exc:
+                outcome = {"status": "invalid", "code": "bad_package_list", "reason": str(exc)}
+                break
             if not new or not settings.CRAN_REPO or round_ == 2:
                 break
             installed += new

@@ -360,6 +360,33 @@ def test_without_a_repository_an_unknown_package_stays_invalid(owner: User, tmp_
     assert "RDEPLOY_CRAN_REPO" in version.status_reason
 
 
+@pytest.mark.parametrize(
+    ("packages", "message"),
+    [
+        ([f"pkg{i}" for i in range(60)], "rdeploy installs at most 50"),
+        (["ranger", "x'); system('id'); ('"], "which is not an R package name"),
+        (["--version"], "which is not an R package name"),
+    ],
+    ids=["too-many", "code-in-a-name", "an-option"],
+)
+def test_a_package_list_forged_by_the_models_code_installs_nothing(
+    owner: User, tmp_path: Path, settings: Any, shared_library_dir: Path, packages: list[str], message: str
+) -> None:
+    # The sandboxed R's stdout is the model's to write: predict.R prints its own verdict.
+    settings.CRAN_REPO = f"file://{tmp_path}/no-such-repository"
+    forged = json.dumps({"status": "invalid", "code": "missing_packages", "missing_packages": packages})
+    predict_r = f"sink()\ncat({json.dumps(forged)}, '\\n', sep = '')\nquit(save = 'no', status = 0)\n"
+    model = r_object(tmp_path, "lm(mpg ~ wt, data = mtcars)")
+    bundle = tar_gz({"model.rds": model, "predict.R": predict_r.encode()})
+
+    version = inspect(upload(owner, "forged", bundle))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert message in version.status_reason
+    assert version.inspection["installed_packages"] == []
+    assert not list(shared_library_dir.iterdir())
+
+
 def renv_lock(packages: dict[str, str]) -> bytes:
     return json.dumps(
         {
