@@ -15,7 +15,11 @@ beat) re-enqueues every non-terminal deployment whose lease expired and whose ne
 is due, and the step runs again from the top (steps are idempotent). A permanent error,
 or ``MAX_TRANSIENT_ATTEMPTS`` runs of one step, fails the deployment: the step is marked
 failed first, then the target discards what this rollout created, then the deployment is
-marked failed, so a crash during the cleanup resumes the cleanup.
+marked failed, so a crash during the cleanup resumes the cleanup. Once the step the
+target names in ``switches_traffic_at`` has succeeded (``Deployment.traffic_switched_at``)
+the new version serves: a later failure rolls forward instead (nothing is discarded, the
+deployment succeeds with the failed step's error, the endpoint is live on the new version
+and shows that error).
 """
 
 from __future__ import annotations
@@ -224,6 +228,9 @@ def _run_step(run: _Run, deployment: Deployment, step: DeploymentStep) -> bool:
                 else DeploymentStep.Status.SUCCEEDED
             )
             _save_step(step, status=status, message=outcome.message)
+            if step.name == target.switches_traffic_at.get(deployment.kind) and not deployment.traffic_switched_at:
+                deployment.traffic_switched_at = timezone.now()
+                Deployment.objects.filter(pk=deployment.pk).update(traffic_switched_at=deployment.traffic_switched_at)
     if outcome.kind != StepOutcome.WAIT:
         _log(
             deployment,
@@ -274,20 +281,46 @@ def _succeed(run: _Run, deployment: Deployment) -> None:
                 status=Endpoint.Status.DELETED, runtime={}, api_key_hash="", error="", updated_at=now
             )
         else:
-            previous = endpoint.model_version_id
-            Endpoint.objects.filter(pk=endpoint.pk).update(
-                status=Endpoint.Status.LIVE,
-                model_version=deployment.model_version,
-                previous_model_version_id=(
-                    previous if previous != deployment.model_version_id else endpoint.previous_model_version_id
-                ),
-                error="",
-                updated_at=now,
-            )
+            _serve(deployment, now=now, error="")
     message = (
         "Endpoint deleted." if deployment.kind == Deployment.Kind.DELETE else f"{deployment.model_version} is live."
     )
     _log(deployment, message)
+
+
+def _serve(deployment: Deployment, *, now: datetime, error: str) -> None:
+    """The endpoint is live on the deployment's version; the one it replaces becomes previous."""
+    endpoint = deployment.endpoint
+    endpoint.refresh_from_db(fields=["model_version", "previous_model_version"])
+    previous = endpoint.model_version_id
+    Endpoint.objects.filter(pk=endpoint.pk).update(
+        status=Endpoint.Status.LIVE,
+        model_version=deployment.model_version,
+        previous_model_version_id=(
+            previous if previous != deployment.model_version_id else endpoint.previous_model_version_id
+        ),
+        error=error,
+        updated_at=now,
+    )
+
+
+def _roll_forward(run: _Run, deployment: Deployment, step: DeploymentStep, message: str) -> None:
+    """A step failed after the switch: the new version serves, so keep it and say what failed.
+
+    Discarding would remove what serves now (the previous version no longer does). What
+    the failed step left undone (e.g. stopping the previous runtime) stays recorded as a
+    live resource of the endpoint, so its teardown still removes it.
+    """
+    now = timezone.now()
+    error = f"Step {step.name} failed after traffic switched to {deployment.model_version}: {message}"
+    shown = f"{deployment.model_version} serves, but step {step.name} failed after the switch: {message}"
+    with transaction.atomic():
+        run.renew()
+        Deployment.objects.filter(pk=deployment.pk).update(
+            status=Deployment.Status.SUCCEEDED, error=error, finished_at=now, lease_until=None
+        )
+        _serve(deployment, now=now, error=shown)
+    _log(deployment, shown, level=LogLine.Level.WARNING)
 
 
 def _fail(run: _Run, deployment: Deployment, step: DeploymentStep, message: str) -> None:
@@ -302,6 +335,9 @@ def _fail(run: _Run, deployment: Deployment, step: DeploymentStep, message: str)
         target.collect_logs(endpoint)
     except Exception:
         logger.exception("deployment %s: collecting logs failed", deployment.pk)
+    if deployment.kind in ROLLOUT_KINDS and deployment.traffic_switched_at is not None:
+        _roll_forward(run, deployment, step, message)
+        return
     if deployment.kind != Deployment.Kind.DELETE:
         ctx = StepContext(deployment=deployment, step=step, previous=serving_deployment(endpoint))
         try:

@@ -36,7 +36,11 @@ Contract for ``run_step(name, ctx)``:
 
 When a rollout fails the pipeline calls ``discard(ctx)``: remove what *this* deployment
 created (``ctx.deployment.resources`` / ``ctx.deployment_resources()``), never what the
-live version needs. It must be idempotent as well.
+live version needs. It must be idempotent as well. Not once its version serves, though:
+a target declares in ``switches_traffic_at`` the step after whose success the rollout's
+version serves traffic; a failure after that step rolls forward instead (the new version
+stays live, nothing is discarded, the endpoint shows the failed step's error), because
+the previous version no longer serves and what would be discarded does.
 
 Outside deployments:
 
@@ -230,6 +234,12 @@ class Target(abc.ABC):
     name: ClassVar[str]
     # Steps during which an endpoint being created shows status "building" (not "deploying").
     build_steps: ClassVar[frozenset[str]] = frozenset()
+    # Per rollout kind, the step after whose success the rollout's version serves traffic.
+    switches_traffic_at: ClassVar[Mapping[str, str]] = {
+        Deployment.Kind.CREATE: "switch_traffic",
+        Deployment.Kind.UPDATE: "switch_traffic",
+        Deployment.Kind.ROLLBACK: "switch_traffic",
+    }
 
     @abc.abstractmethod
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
