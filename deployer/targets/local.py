@@ -63,6 +63,9 @@ MAX_LOG_LINES_PER_COLLECT = 2000
 READ_TIMEOUT = 65.0
 
 _DEFAULT_OPTIONS: dict[str, Any] = {"workers": 2, "startup_timeout": 60}
+# Address space of each runtime process (RLIMIT_AS; each Rserve child has its own),
+# unless options.memory_mb says otherwise (docs/pipeline.md, "The local runtime's isolation").
+DEFAULT_MEMORY_MB = 4096
 RUNNERS = ("process", "docker")
 # Local name of runtime images built for the docker runner (tag: the build context's hash).
 LOCAL_IMAGE = "rdeploy-runtime"
@@ -186,7 +189,7 @@ class LocalTarget(Target):
     name = "local"
 
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - {*_DEFAULT_OPTIONS, "runner"})
+        unknown = sorted(set(options) - {*_DEFAULT_OPTIONS, "runner", "memory_mb"})
         if unknown:
             raise TargetOptionsError(f"Unknown option(s) for the local target: {', '.join(unknown)}.")
         merged = {**_DEFAULT_OPTIONS, **options}
@@ -194,6 +197,9 @@ class LocalTarget(Target):
             value = merged[key]
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise TargetOptionsError(f"Option {key!r} must be a whole number from {low} to {high}.")
+        memory = merged.get("memory_mb", DEFAULT_MEMORY_MB)
+        if not isinstance(memory, int) or isinstance(memory, bool) or not 256 <= memory <= 1024**2:
+            raise TargetOptionsError("Option 'memory_mb' must be a whole number of MiB from 256 to 1048576.")
         runner = merged.get("runner", "process")
         if runner not in RUNNERS:
             raise TargetOptionsError('Option \'runner\' must be "process" (the default) or "docker".')
@@ -258,17 +264,29 @@ class LocalTarget(Target):
             "RDEPLOY_BIND": "127.0.0.1",
             "RDEPLOY_MAX_WORKERS": str(options.get("workers", _DEFAULT_OPTIONS["workers"])),
             "RDEPLOY_GRACE_SECONDS": "5",
+            "TMPDIR": str(directory / "tmp"),
         }
         # Packages inspection installed from RDEPLOY_CRAN_REPO live in a cached library per
         # dependency set; the endpoint serves from the same one, as an image would.
-        if libraries := model_version.inspection.get("r_library"):
+        libraries = [str(library) for library in model_version.inspection.get("r_library") or []]
+        if libraries:
             env["R_LIBS"] = os.pathsep.join(libraries)
+        # The model's code runs in it: its own uid; of this machine's files it sees only its
+        # rollout directory (read-only but for tmp/), the runtime and its R libraries.
+        sandbox = processes.Sandbox(
+            read_only=(directory, Path(settings.RUNTIME_DIR), *(Path(library) for library in libraries)),
+            writable=(directory / "tmp",),
+            # Readable to it whatever the worker's umask; read-only all the same.
+            owned=(directory,),
+            memory_bytes=int(options.get("memory_mb", DEFAULT_MEMORY_MB)) * 1024**2,
+        )
         return processes.start(
             identifier=identifier,
             command=[str(Path(settings.RUNTIME_DIR) / "serve")],
             env=env,
             cwd=directory,
             log_path=directory / "runtime.log",
+            sandbox=sandbox,
         )
 
     def _step_start_runtime(self, ctx: StepContext) -> StepOutcome:
