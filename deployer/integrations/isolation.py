@@ -131,7 +131,11 @@ def _pids_of(uid: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             with suppress(OSError):
-                if entry.stat().st_uid == uid:
+                # A zombie is dead (and init may be slow to reap it).
+                if (
+                    entry.stat().st_uid == uid
+                    and Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                ):
                     found.append(int(entry.name))
     return found
 
@@ -218,6 +222,9 @@ def mount_script(
         lines.append(f"exec {number}<&-")
     if hide_processes:
         lines.append("mount -t proc -o hidepid=invisible rdeploy-proc /proc")
+    # The working directory still points into the hidden tree (its ".." leads there):
+    # enter it again through the new mounts.
+    lines.append('cd -- "$PWD" 2>/dev/null || cd /')
     lines.append('exec "$@"')
     return "\n".join(lines)
 
