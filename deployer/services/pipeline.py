@@ -5,8 +5,10 @@ A ``Deployment`` is a list of ``DeploymentStep`` rows named by its target (see
 
 1. claims the deployment with a conditional UPDATE (``status`` pending/running and no
    live lease) that sets ``lease_until``; "0 rows" means someone else has it;
-2. runs the first unfinished step, persists its outcome, renews the lease, and goes on
-   with the next step while steps finish quickly (at most ``budget()`` seconds per task);
+2. runs the first unfinished step (a heartbeat thread renews the lease while it runs, so
+   a step longer than the lease is never claimed twice), persists its outcome, renews the
+   lease, and goes on with the next step while steps finish quickly (at most ``budget()``
+   seconds per task);
 3. on "wait" records ``next_check_at`` and re-enqueues itself with a countdown;
 4. releases the lease.
 
@@ -26,11 +28,12 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -116,6 +119,45 @@ class _Run:
         Deployment.objects.filter(pk=self.deployment_id, lease_until=self.lease).update(lease_until=None)
 
 
+class _Heartbeat:
+    """Renews the lease from a thread while one step runs, however long it takes.
+
+    Without it a step longer than the lease (unpacking a large bundle, an S3 upload, a
+    runtime starting) would let the reconciler claim the deployment and run the step a
+    second time concurrently, or let a delete cancel the rollout under it. The main thread
+    does not touch the lease while the heartbeat runs (it is joined before the step's
+    outcome is saved), and on a lost lease the heartbeat stops: the step's outcome is then
+    not saved (``renew`` raises ``_LeaseLost``).
+    """
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"lease-{run.deployment_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _beat(self) -> None:
+        try:
+            while not self.stopped.wait(lease_seconds() / 3):
+                try:
+                    self.run.renew()
+                except _LeaseLost:
+                    logger.warning("deployment %s: lease lost while a step ran", self.run.deployment_id)
+                    return
+                except DatabaseError:
+                    logger.exception("deployment %s: renewing the lease failed", self.run.deployment_id)
+        finally:
+            # This thread's own database connection.
+            connections.close_all()
+
+
 def _claim(deployment_id: int) -> _Run | None:
     now = timezone.now()
     lease = now + timedelta(seconds=lease_seconds())
@@ -196,8 +238,9 @@ def _run_step(run: _Run, deployment: Deployment, step: DeploymentStep) -> bool:
         return False
     ctx = StepContext(deployment=deployment, step=step, previous=serving_deployment(deployment.endpoint))
     try:
-        outcome = target.run_step(step.name, ctx)
-        _pause_for_fault_tests()
+        with _Heartbeat(run):
+            outcome = target.run_step(step.name, ctx)
+            _pause_for_fault_tests()
     except PermanentStepError as exc:
         _fail(run, deployment, step, exc.message)
         return False
