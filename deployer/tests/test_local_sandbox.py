@@ -55,6 +55,8 @@ load_fn <- function(model_dir) {
     worker_environ = if (grepl("DJANGO_SECRET_KEY", worker_env)) "leaked" else worker_env,
     worker_visible = as.character(file.exists(file.path("/proc", t[1]))),
     data_dir = paste(listed, collapse = ","),
+    # From the rollout directory (the working directory) up to the data directory.
+    up = paste(list.files("../../..", all.files = TRUE, no.. = TRUE), collapse = ","),
     database = attempt(readBin(t[3], "raw", 16)),
     installation = attempt(stopifnot(length(readLines(t[4], n = 1)) == 1)),
     secret_file = attempt(stopifnot(length(readLines(t[5], n = 1)) == 1)),
@@ -153,6 +155,7 @@ def test_a_hostile_model_deployed_locally_sees_no_secrets_no_data_and_cannot_kil
     # Of the data directory only its own rollout is there: no database, artifacts, other endpoints.
     assert all(path.startswith(f"endpoints/hostile/{rollout}/") for path in visible), visible
     assert any(path.endswith("model/model.rds") for path in visible)
+    assert report["up"] == "endpoints"
     assert report["database"] == "denied"
     assert report["installation"] == "denied"
     assert report["secret_file"] == "denied"
