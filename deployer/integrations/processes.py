@@ -129,6 +129,31 @@ def port_is_open(port: int, *, timeout: float = 0.2) -> bool:
         return False
 
 
+def listener_uids(port: int) -> set[int]:
+    """The uids owning the sockets that listen on TCP ``port`` (any address, IPv4 or IPv6)."""
+    uids = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                uids.add(int(fields[7]))
+    return uids
+
+
+def listens_as(identifier: str, port: int) -> bool:
+    """Whether what listens on ``port`` is the sandboxed runtime ``identifier`` and nobody
+    else: a model can bind any free loopback port, including the one a later runtime was
+    given, and must not receive that endpoint's traffic. True when runtimes are not
+    sandboxed (they all share the worker's uid then)."""
+    if isolation.probe().setpriv is None:
+        return True
+    return listener_uids(port) == {isolation.runtime_uid(identifier)}
+
+
 def start_ticks(pid: int) -> int | None:
     """The process's start time (field 22 of /proc/<pid>/stat), or None if it is gone."""
     try:

@@ -3,11 +3,13 @@ runtime's isolation"): real R, the real runtime, the pipeline driven in this pro
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,3 +240,44 @@ def test_a_runtime_that_writes_past_the_file_size_limit_gets_an_error_not_killed
         assert processes.is_running(started.pid, started.start_ticks)
     finally:
         processes.stop("file-limit", grace=0.5)
+
+
+class _Pong(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b'{"predictions": ["from the squatter"]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@needs_root
+def test_a_port_squatted_by_another_process_is_not_taken_for_the_runtime(
+    owner: User, trained_models: Path, secret_file: Path, root_process: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another local process (a model of another endpoint could) listens on the port the
+    # new runtime is given, and answers like a runtime: it must not receive the endpoint's traffic.
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Pong)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    monkeypatch.setattr(processes, "free_port", lambda: squatter.server_address[1])
+    try:
+        version = hostile_model(owner, trained_models, secret_file, root_process)
+        issued = endpoint_create(owner=owner, name="squatted", model_version=version)
+        deployment = drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
+
+    assert deployment.status == Deployment.Status.FAILED
+    assert "another process holds it" in deployment.error
+    assert Endpoint.objects.get(name="squatted").runtime.get("port") is None
