@@ -39,7 +39,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from deployer.jobs import enqueue
-from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
+from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
 from deployer.targets import get_target
 from deployer.targets.base import (
     MAX_TRANSIENT_ATTEMPTS,
@@ -433,7 +433,8 @@ def _log(deployment: Deployment, message: str, *, level: str = LogLine.Level.INF
 
 
 def pipeline_reconcile() -> dict[str, int]:
-    """Periodic repair: resume deployments nobody advances, supervise live endpoints."""
+    """Periodic repair: resume deployments nobody advances, supervise live endpoints, reap
+    what runs for resources already removed."""
     now = timezone.now()
     resumed = 0
     stale = Deployment.objects.filter(status__in=ACTIVE).filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
@@ -462,4 +463,10 @@ def pipeline_reconcile() -> dict[str, int]:
             failed += 1
         except Exception:
             logger.exception("reconciling endpoint %s failed", endpoint.name)
-    return {"resumed": resumed, "checked": checked, "failed": failed}
+    reaped = 0
+    for target_name in ExternalResource.objects.values_list("target", flat=True).distinct():
+        try:
+            reaped += get_target(target_name).reap()
+        except Exception:
+            logger.exception("reaping orphans of target %s failed", target_name)
+    return {"resumed": resumed, "checked": checked, "failed": failed, "reaped": reaped}

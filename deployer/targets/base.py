@@ -52,6 +52,8 @@ Outside deployments:
   repair what drifted (local: restart a crashed runtime, with backoff) and raise
   ``PermanentStepError`` when the endpoint cannot be kept alive; the reconciler then marks
   it failed with that message.
+- ``reap()`` is called by the periodic reconciler: stop what runs for a resource already
+  recorded as deleted (an orphan), so nothing keeps running that no teardown will find.
 - ``collect_logs(endpoint)`` copies new runtime or cloud log lines into ``LogLine`` rows
   (source ``runtime`` / ``endpoint`` / ``build``); called by the reconciler and before a
   failure message is composed. Returns the number of lines stored.
@@ -266,4 +268,9 @@ class Target(abc.ABC):
 
     def collect_logs(self, endpoint: Endpoint) -> int:
         """Copy new runtime/cloud log lines into ``LogLine``; returns how many."""
+        return 0
+
+    def reap(self) -> int:
+        """Reconciler hook: stop what still runs though its ``ExternalResource`` was removed
+        (e.g. started by a step whose rollout was discarded meanwhile); returns how many."""
         return 0

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ DRAIN_SECONDS = ROUTE_CACHE_SECONDS + 1.5
 # Crash supervision: restart with exponential backoff; fail after this many crashes
 # within CRASH_WINDOW seconds.
 MAX_CRASHES = 5
+# How long after its removal the reconciler still looks for a runtime that kept running.
+REAP_WINDOW = timedelta(hours=1)
 CRASH_WINDOW = 600
 # The runtime's own log lines, copied into LogLine at most this many per collection.
 MAX_LOG_LINES_PER_COLLECT = 2000
@@ -382,11 +385,6 @@ class LocalTarget(Target):
     def _step_wait_healthy(self, ctx: StepContext) -> StepOutcome:
         process = self._process(ctx)
         if _ping(process["port"]):
-            if not process.get("container") and not processes.listens_as(ctx.resource_id("process"), process["port"]):
-                raise PermanentStepError(
-                    f"Port {process['port']} answers, but another process holds it, not this runtime; "
-                    "deploy again to get another port."
-                )
             return StepOutcome.done(f"The runtime answered /ping after {ctx.elapsed():.1f} s.")
         log_path = Path(process["log"])
         if not processes.is_running(process["pid"], process["start_ticks"]):
@@ -548,6 +546,30 @@ class LocalTarget(Target):
             level=LogLine.Level.WARNING,
             message=f"The R runtime had stopped; restarted it on port {port} (restart {len(crashes) + 1}).",
         )
+
+    def reap(self) -> int:
+        """Stop runtimes whose process resource was removed within ``REAP_WINDOW`` but which
+        still run: one a step started after its rollout was discarded or cancelled, or one a
+        stop did not end. (A runtime is recorded before it starts, so none runs unrecorded.)"""
+        stopped = 0
+        recently_removed = ExternalResource.objects.filter(
+            target=self.name, kind="process", deleted_at__gte=timezone.now() - REAP_WINDOW
+        ).select_related("endpoint")
+        for resource in recently_removed:
+            if not processes.find(resource.identifier):
+                continue
+            processes.stop(resource.identifier, grace=1)
+            if resource.details.get("container"):
+                docker_engine.remove_container(resource.details["container"])
+            stopped += 1
+            if resource.endpoint is not None:
+                LogLine.objects.create(
+                    endpoint=resource.endpoint,
+                    source=LogLine.Source.ENDPOINT,
+                    level=LogLine.Level.WARNING,
+                    message=f"Stopped runtime {resource.identifier}: it ran though it had been removed.",
+                )
+        return stopped
 
     def collect_logs(self, endpoint: Endpoint) -> int:
         stored = 0
