@@ -385,6 +385,11 @@ class LocalTarget(Target):
     def _step_wait_healthy(self, ctx: StepContext) -> StepOutcome:
         process = self._process(ctx)
         if _ping(process["port"]):
+            if not process.get("container") and not processes.listens_as(ctx.resource_id("process"), process["port"]):
+                raise PermanentStepError(
+                    f"Port {process['port']} answers, but another process holds it, not this runtime; "
+                    "deploy again to get another port."
+                )
             return StepOutcome.done(f"The runtime answered /ping after {ctx.elapsed():.1f} s.")
         log_path = Path(process["log"])
         if not processes.is_running(process["pid"], process["start_ticks"]):
