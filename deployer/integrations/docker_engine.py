@@ -43,7 +43,6 @@ class DockerCommandFailed(Exception):
 class Job:
     """A detached ``docker`` command: ``phase`` names its status file in ``directory``."""
 
-    identifier: str
     directory: Path
     phase: str
     pid: int
@@ -92,31 +91,33 @@ def is_available(*, timeout: float = 10) -> bool:
     return result.returncode == 0
 
 
+def job_marker(directory: Path) -> str:
+    """The ``processes`` marker of a job: its directory, unique per data directory, so two
+    installations (or test sessions) on one machine never stop each other's jobs."""
+    return f"docker-job:{directory.resolve()}"
+
+
 def _config_dir(directory: Path) -> Path:
     return directory / "docker-config"
 
 
-def _start(
-    identifier: str, directory: Path, phase: str, arguments: list[str], env: dict[str, str], stdin: Path | None = None
-) -> Job:
+def _start(directory: Path, phase: str, arguments: list[str], env: dict[str, str], stdin: Path | None = None) -> Job:
     cli = docker_cli()
     status = directory / f"{phase}.status"
     status.unlink(missing_ok=True)
     # A rerun after a crash replaces the job it may have started already.
-    processes.stop(identifier, grace=1)
+    processes.stop(job_marker(directory), grace=1)
     started = processes.start(
-        identifier=identifier,
+        identifier=job_marker(directory),
         command=["sh", "-c", _WRAPPER, str(status), str(stdin or os.devnull), cli, *arguments],
         env={**_engine_env(), **env},
         cwd=directory,
         log_path=directory / OUTPUT,
     )
-    return Job(identifier, directory, phase, started.pid, started.start_ticks)
+    return Job(directory, phase, started.pid, started.start_ticks)
 
 
-def start_build(
-    *, identifier: str, directory: Path, context_tar_gz: bytes, image: str, platform: str | None = PLATFORM
-) -> Job:
+def start_build(*, directory: Path, context_tar_gz: bytes, image: str, platform: str | None = PLATFORM) -> Job:
     """Start ``docker build`` of ``context_tar_gz`` (sent on stdin) tagged ``image``, for
     ``platform`` (None: the engine's own, for images that run on this machine)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,6 @@ def start_build(
     platform_arguments = ["--platform", platform] if platform else []
     # `docker build -` reads the context from stdin: the job's stdin is the file.
     return _start(
-        identifier,
         directory,
         "build",
         ["build", "--pull", *platform_arguments, "--tag", image, "-"],
@@ -155,9 +155,9 @@ def login(*, directory: Path, registry: str, username: str, password: str, timeo
         raise DockerCommandFailed(f"docker login to {registry} failed: {output[-500:]}")
 
 
-def start_push(*, identifier: str, directory: Path, image: str) -> Job:
+def start_push(*, directory: Path, image: str) -> Job:
     """Start ``docker push image`` with the credentials ``login`` stored for this job."""
-    return _start(identifier, directory, "push", ["push", image], {"DOCKER_CONFIG": str(_config_dir(directory))})
+    return _start(directory, "push", ["push", image], {"DOCKER_CONFIG": str(_config_dir(directory))})
 
 
 def image_present(image: str, *, timeout: float = 30) -> bool:
@@ -245,8 +245,8 @@ def last_output(directory: Path, *, lines: int = 20) -> list[str]:
     return processes.tail(directory / OUTPUT, lines=lines)
 
 
-def remove_job(identifier: str, directory: Path) -> None:
+def remove_job(directory: Path) -> None:
     """Stop the job if it still runs and delete its directory (context, output,
     credentials). Idempotent."""
-    processes.stop(identifier, grace=2)
+    processes.stop(job_marker(directory), grace=2)
     shutil.rmtree(directory, ignore_errors=True)

@@ -72,6 +72,7 @@ DEFAULT_MEMORY_MB = 4096
 RUNNERS = ("process", "docker")
 # Local name of runtime images built for the docker runner (tag: the build context's hash).
 LOCAL_IMAGE = "rdeploy-runtime"
+IMAGE_BUILD_DIR = "image-build"
 IMAGE_BUILD_POLL_SECONDS = 2.0
 MAX_BUILD_LINES_PER_POLL = 2000
 
@@ -82,6 +83,11 @@ def endpoint_dir(endpoint_name: str) -> Path:
 
 def rollout_dir(deployment: Deployment) -> Path:
     return endpoint_dir(deployment.endpoint.name) / str(deployment.pk)
+
+
+def image_build_dir(deployment: Deployment) -> Path:
+    """Where the docker runner builds the rollout's image (removed with the rollout's files)."""
+    return rollout_dir(deployment) / IMAGE_BUILD_DIR
 
 
 def process_identifier(deployment: Deployment) -> str:
@@ -336,14 +342,12 @@ class LocalTarget(Target):
             ctx.intent["image_tag"] = tag
             ctx.save_intent()
         image = f"{LOCAL_IMAGE}:{tag}"
-        identifier = f"{process_identifier(ctx.deployment)}-image"  # stopped with the model dir
-        directory = rollout_dir(ctx.deployment) / "image-build"
+        directory = image_build_dir(ctx.deployment)
         job = ctx.intent.get("image_build")
         if job is None:
             if docker_engine.image_present(image):
                 return image
             started = docker_engine.start_build(
-                identifier=identifier,
                 directory=directory,
                 context_tar_gz=image_build_context(ctx.model_version).tar_gz(),
                 image=image,
@@ -353,7 +357,7 @@ class LocalTarget(Target):
             ctx.intent["image_build"] = job
             ctx.save_intent()
             ctx.log(f"Building the runtime image {image} with Docker.", source=LogLine.Source.BUILD)
-        state = docker_engine.job_state(docker_engine.Job(identifier, directory, "build", job["pid"], job["ticks"]))
+        state = docker_engine.job_state(docker_engine.Job(directory, "build", job["pid"], job["ticks"]))
         lines, offset = docker_engine.read_output(directory, int(job["offset"]))
         if lines:
             skipped = max(0, len(lines) - MAX_BUILD_LINES_PER_POLL)
@@ -366,7 +370,7 @@ class LocalTarget(Target):
         if state.running:
             return StepOutcome.wait(IMAGE_BUILD_POLL_SECONDS, "Building the runtime image with Docker.")
         tail = "\n".join(docker_engine.last_output(directory))
-        docker_engine.remove_job(identifier, directory)
+        docker_engine.remove_job(directory)
         del ctx.intent["image_build"]
         ctx.save_intent()
         if state.exit_code == 0:
@@ -465,9 +469,8 @@ class LocalTarget(Target):
             if resource.details.get("container"):
                 docker_engine.remove_container(resource.details["container"])
         elif resource.kind == "model_dir":
-            if resource.deployment is not None:
-                # The docker runner's image build, if one is still running for this rollout.
-                processes.stop(f"{process_identifier(resource.deployment)}-image", grace=1)
+            # The docker runner's image build, if one still runs for this rollout.
+            docker_engine.remove_job(Path(resource.identifier) / IMAGE_BUILD_DIR)
             shutil.rmtree(resource.identifier, ignore_errors=True)
         ctx.mark_resource_deleted(resource.kind, resource.identifier)
 

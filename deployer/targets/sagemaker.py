@@ -426,9 +426,7 @@ class SageMakerTarget(Target):
             ctx.record_resource("docker_build", identifier, {"directory": str(directory)})
             context = context or image_build_context(ctx.model_version)
             try:
-                started = docker_engine.start_build(
-                    identifier=identifier, directory=directory, context_tar_gz=context.tar_gz(), image=image
-                )
+                started = docker_engine.start_build(directory=directory, context_tar_gz=context.tar_gz(), image=image)
             except docker_engine.DockerUnavailable as error:
                 raise PermanentStepError(
                     f"RDEPLOY_IMAGE_BUILDER=docker, but {error}. Install Docker on the workers or use codebuild."
@@ -438,9 +436,7 @@ class SageMakerTarget(Target):
             ctx.save_intent()
             ctx.log(f"Docker build of image {tag} started on this worker.", source=LogLine.Source.BUILD)
         directory = docker_build_dir(job["identifier"])
-        state = docker_engine.job_state(
-            docker_engine.Job(job["identifier"], directory, job["phase"], job["pid"], job["ticks"])
-        )
+        state = docker_engine.job_state(docker_engine.Job(directory, job["phase"], job["pid"], job["ticks"]))
         self._stream_docker_output(ctx, directory)
         if state.running:
             doing = "Building the image with Docker" if job["phase"] == "build" else "Pushing the image to ECR"
@@ -465,7 +461,7 @@ class SageMakerTarget(Target):
                 docker_engine.login(directory=directory, registry=registry, username=username, password=password)
             except docker_engine.DockerCommandFailed as error:
                 raise TransientStepError(str(error)) from error
-            started = docker_engine.start_push(identifier=job["identifier"], directory=directory, image=image)
+            started = docker_engine.start_push(directory=directory, image=image)
             ctx.intent["docker"] = {**job, "phase": started.phase, "pid": started.pid, "ticks": started.start_ticks}
             ctx.save_intent()
             ctx.log(f"Pushing {image}.", source=LogLine.Source.BUILD)
@@ -873,6 +869,8 @@ class SageMakerTarget(Target):
         if environment is not None and environment.get("RDEPLOY_API_KEY_SHA256") != endpoint.api_key_hash:
             lambda_.set_environment(function, {**environment, "RDEPLOY_API_KEY_SHA256": endpoint.api_key_hash})
 
+    push_api_key = _sync_public_key
+
     def collect_logs(self, endpoint: Endpoint) -> int:
         # Called by the reconciler and by every log request of the dashboard: CloudWatch's
         # FilterLogEvents allows only a few calls per second per account, so at most one
@@ -938,7 +936,7 @@ def delete_cloud_resource(kind: str, identifier: str) -> None:
         ecr.delete_image(repository, tag)
     elif kind == "docker_build":
         # Not in the cloud: a local build job (its files hold an ECR login).
-        docker_engine.remove_job(identifier, docker_build_dir(identifier))
+        docker_engine.remove_job(docker_build_dir(identifier))
 
 
 def cloud_orphans(*, image_grace_seconds: float = IMAGE_GRACE_SECONDS) -> list[CloudResource]:

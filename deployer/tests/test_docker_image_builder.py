@@ -243,7 +243,7 @@ def held_build(owner: User, api_client_for: Any, fake_docker: FakeDocker) -> tup
         advance_once(deployment)
         time.sleep(0.1)
     deployment.refresh_from_db()
-    return deployment, deployment.resources["docker_build"]
+    return deployment, docker_engine.job_marker(docker_build_dir(deployment.resources["docker_build"]))
 
 
 def test_a_build_step_rerun_after_a_crash_replaces_the_build_it_had_started(
@@ -283,6 +283,6 @@ def test_deleting_the_endpoint_stops_a_running_docker_build_and_removes_its_file
     deployment.refresh_from_db()
     assert deployment.status == Deployment.Status.FAILED
     assert processes.find(identifier) == []
-    assert not docker_build_dir(identifier).exists()
+    assert not docker_build_dir(deployment.resources["docker_build"]).exists()
     assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
     assert fake_docker.commands() == ["build"]

@@ -21,10 +21,10 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from deployer.integrations import processes
+from deployer.integrations import docker_engine, processes
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
 from deployer.services.pipeline import deployment_advance
-from deployer.targets.local import container_name, process_identifier, rollout_dir
+from deployer.targets.local import container_name, image_build_dir, process_identifier, rollout_dir
 from deployer.targets.sagemaker import image_build_context
 from deployer.tests.test_sagemaker_target import drive, latest, ready_model
 
@@ -135,7 +135,7 @@ def test_the_docker_runner_builds_the_image_runs_it_with_the_model_mounted_and_r
 
     deployment = drive(latest("iris-box"))
 
-    assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
+    assert deployment.status == Deployment.Status.SUCCEEDED, list(LogLine.objects.values_list("message", flat=True))
     context = image_build_context(model)
     image = f"rdeploy-runtime:{context.tag}"
     assert fake_docker.commands() == ["info", "image inspect", "build", "rm", "run"]
@@ -165,7 +165,7 @@ def test_the_docker_runner_builds_the_image_runs_it_with_the_model_mounted_and_r
         "serve",
     ]
     assert (rollout_dir(deployment) / "model" / "model.rds").read_bytes() == b"model-1"
-    assert not (rollout_dir(deployment) / "image-build").exists()
+    assert not image_build_dir(deployment).exists()
     builds = LogLine.objects.filter(deployment=deployment, source=LogLine.Source.BUILD)
     assert "#6 [3/5] RUN Rscript /tmp/rdeploy-build/install_packages.R" in builds.values_list("message", flat=True)
     invoked = client.generic(
@@ -207,7 +207,7 @@ def test_deleting_the_endpoint_stops_an_image_build_still_running(
         "/api/v1/endpoints/", {"name": "iris-box", "model": model.pk, "options": {"runner": "docker"}}, format="json"
     )
     rollout = latest("iris-box")
-    build = f"{process_identifier(rollout)}-image"
+    build = docker_engine.job_marker(image_build_dir(rollout))
     deadline = time.monotonic() + 30
     while "build" not in fake_docker.commands():
         assert time.monotonic() < deadline
