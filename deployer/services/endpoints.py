@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, name_validator
 from deployer.services import gateway
 from deployer.services.pipeline import ACTIVE, deployment_start
@@ -30,6 +31,7 @@ API_KEY_PREFIX = "rdk_"
 MAX_RATE = 10_000
 MAX_BURST = 5_000
 LOG_PAGE = 500
+PUSH_API_KEY_TASK = "rdeploy.endpoint_push_api_key"
 
 
 class EndpointConflict(Exception):
@@ -184,7 +186,17 @@ def endpoint_rotate_key(*, endpoint: Endpoint) -> str:
     endpoint.api_key_hash, endpoint.api_key_prefix = key_hash, key_prefix
     gateway.route_forget(endpoint.name)
     LogLine.objects.create(endpoint=endpoint, source=LogLine.Source.GATEWAY, message="The public API key was rotated.")
+    # A cloud-hosted public API (API Gateway's authorizer) gets the new hash now, not at
+    # the next reconciliation, and whatever the endpoint's status.
+    enqueue(PUSH_API_KEY_TASK, endpoint.pk)
     return key
+
+
+def endpoint_push_api_key(*, endpoint_id: int) -> None:
+    """Give the endpoint's current key hash to its target's public API, if it hosts one."""
+    endpoint = Endpoint.objects.filter(pk=endpoint_id).exclude(status=Endpoint.Status.DELETED).first()
+    if endpoint is not None and endpoint.public:
+        get_target(endpoint.target).push_api_key(endpoint)
 
 
 def endpoint_invoke(

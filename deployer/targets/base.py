@@ -52,6 +52,8 @@ Outside deployments:
   repair what drifted (local: restart a crashed runtime, with backoff) and raise
   ``PermanentStepError`` when the endpoint cannot be kept alive; the reconciler then marks
   it failed with that message.
+- ``push_api_key(endpoint)`` runs (as a task) right after a key rotation, whatever the
+  endpoint's status: a target hosting its own public API hands it the new key's hash.
 - ``reap()`` is called by the periodic reconciler: stop what runs for a resource already
   recorded as deleted (an orphan), so nothing keeps running that no teardown will find.
 - ``collect_logs(endpoint)`` copies new runtime or cloud log lines into ``LogLine`` rows
@@ -269,6 +271,10 @@ class Target(abc.ABC):
     def collect_logs(self, endpoint: Endpoint) -> int:
         """Copy new runtime/cloud log lines into ``LogLine``; returns how many."""
         return 0
+
+    def push_api_key(self, endpoint: Endpoint) -> None:  # noqa: B027 (optional hook; nothing to do by default)
+        """After a key rotation: give ``endpoint.api_key_hash`` to a public API the target
+        hosts itself (rdeploy's own gateway reads it from the database)."""
 
     def reap(self) -> int:
         """Reconciler hook: stop what still runs though its ``ExternalResource`` was removed
