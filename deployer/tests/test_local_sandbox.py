@@ -22,6 +22,8 @@ from deployer.integrations import isolation, processes
 from deployer.models import Deployment, Endpoint, ModelVersion
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke
 from deployer.services.model_versions import model_version_inspect, model_version_upload
+from deployer.targets.base import TargetOptionsError
+from deployer.targets.local import LocalTarget
 from deployer.tests.intake_support import tar_gz
 from deployer.tests.pipeline_support import drive, wait_for
 
@@ -281,3 +283,12 @@ def test_a_port_squatted_by_another_process_is_not_taken_for_the_runtime(
     assert deployment.status == Deployment.Status.FAILED
     assert "another process holds it" in deployment.error
     assert Endpoint.objects.get(name="squatted").runtime.get("port") is None
+
+
+def test_memory_mb_is_a_whole_number_of_mib_within_bounds() -> None:
+    target = LocalTarget()
+
+    assert target.validate_options({"memory_mb": 2048})["memory_mb"] == 2048
+    for wrong in (100, 2**21, "4096", 1.5, True):
+        with pytest.raises(TargetOptionsError, match="memory_mb"):
+            target.validate_options({"memory_mb": wrong})
