@@ -370,7 +370,10 @@ class SageMakerTarget(Target):
         image = f"{repository_uri}:{tag}"
         ctx.record_resource("ecr_image", f"{repository}:{tag}", {"uri": image, "unused_since": None})
         if ecr.image_exists(repository, tag):
-            self._remove_docker_build(ctx)
+            if ctx.intent.get("docker"):
+                # Our push finished between two polls (or a concurrent build pushed the same tag).
+                self._remove_docker_build(ctx)
+                return StepOutcome.done(f"Built and pushed {image} with Docker.")
             return StepOutcome.skipped(f"Image {tag} is already in ECR: the same R packages need no build.")
         if settings.RDEPLOY_IMAGE_BUILDER == "docker":
             return self._build_with_docker(ctx, context=context, image=image, repository=repository, tag=tag)

@@ -53,7 +53,9 @@ elif argv[0] == "build":
 elif argv[0] == "login":
     print("Login Succeeded")
 elif argv[0] == "push":
-    print("latest: digest: sha256:0000 size: 1234")
+    print("latest: digest: sha256:0000 size: 1234", flush=True)
+    while (here / "hold-push").exists():
+        time.sleep(0.05)
 """
 
 
@@ -75,6 +77,7 @@ class FakeDocker:
 
     def release(self) -> None:
         (self.directory / "hold-build").unlink(missing_ok=True)
+        (self.directory / "hold-push").unlink(missing_ok=True)
 
     def fail_builds(self) -> None:
         (self.directory / "fail-build").touch()
@@ -286,3 +289,27 @@ def test_deleting_the_endpoint_stops_a_running_docker_build_and_removes_its_file
     assert not docker_build_dir(deployment.resources["docker_build"]).exists()
     assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
     assert fake_docker.commands() == ["build"]
+
+
+def test_a_push_that_lands_between_two_polls_counts_as_built(
+    aws: MotoServer, owner: User, api_client_for: Any, fake_docker: FakeDocker
+) -> None:
+    (fake_docker.directory / "hold-push").touch()
+    deployment = create(owner, api_client_for)
+    deadline = time.monotonic() + 30
+    while "push" not in fake_docker.commands():
+        assert time.monotonic() < deadline
+        advance_once(deployment)
+        time.sleep(0.1)
+    deployment.refresh_from_db()
+    marker = docker_engine.job_marker(docker_build_dir(deployment.resources["docker_build"]))
+    assert processes.find(marker)
+    # The image reaches ECR before the push job has ended.
+    push_image(deployment.resources["ecr_image"])
+
+    step = advance_once(deployment)
+
+    assert step.status == DeploymentStep.Status.SUCCEEDED
+    assert step.message.startswith("Built and pushed ")
+    assert processes.find(marker) == []
+    assert not docker_build_dir(deployment.resources["docker_build"]).exists()
