@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from deployer.targets.sagemaker import image_build_context
 from deployer.tests.test_sagemaker_target import drive, latest, ready_model
 
 pytestmark = pytest.mark.django_db
+# Runtime processes are found machine-wide by "<endpoint>-<deployment id>": a name of its
+# own keeps a concurrent test session's clean-up away from this one's runtimes.
+NAME = f"box-{uuid.uuid4().hex[:10]}"
 
 RECORDER = """#!{python}
 import base64, http.server, json, pathlib, sys, time
@@ -108,10 +112,10 @@ def test_the_docker_runner_is_refused_where_no_docker_engine_answers(
     client = api_client_for(owner)
 
     refused = client.post(
-        "/api/v1/endpoints/", {"name": "iris-box", "model": model.pk, "options": {"runner": "docker"}}, format="json"
+        "/api/v1/endpoints/", {"name": NAME, "model": model.pk, "options": {"runner": "docker"}}, format="json"
     )
     unknown = client.post(
-        "/api/v1/endpoints/", {"name": "iris-box", "model": model.pk, "options": {"runner": "podman"}}, format="json"
+        "/api/v1/endpoints/", {"name": NAME, "model": model.pk, "options": {"runner": "podman"}}, format="json"
     )
 
     assert refused.status_code == 400
@@ -128,12 +132,12 @@ def test_the_docker_runner_builds_the_image_runs_it_with_the_model_mounted_and_r
     client = api_client_for(owner)
     response = client.post(
         "/api/v1/endpoints/",
-        {"name": "iris-box", "model": model.pk, "options": {"runner": "docker", "workers": 3}},
+        {"name": NAME, "model": model.pk, "options": {"runner": "docker", "workers": 3}},
         format="json",
     )
     assert response.status_code == 202, response.content
 
-    deployment = drive(latest("iris-box"))
+    deployment = drive(latest(NAME))
 
     assert deployment.status == Deployment.Status.SUCCEEDED, list(LogLine.objects.values_list("message", flat=True))
     context = image_build_context(model)
@@ -145,9 +149,9 @@ def test_the_docker_runner_builds_the_image_runs_it_with_the_model_mounted_and_r
     assert base64.b64decode(build["stdin"]) == context.tar_gz()
     identifier = process_identifier(deployment)
     name = container_name(identifier)
-    assert name == f"rdeploy-{settings.INSTALLATION_ID}-iris-box-{deployment.pk}"
+    assert name == f"rdeploy-{settings.INSTALLATION_ID}-{NAME}-{deployment.pk}"
     assert remove["argv"] == ["rm", "--force", name]
-    port = Endpoint.objects.get(name="iris-box").runtime["port"]
+    port = Endpoint.objects.get(name=NAME).runtime["port"]
     assert run["argv"] == [
         "run",
         "--rm",
@@ -169,12 +173,12 @@ def test_the_docker_runner_builds_the_image_runs_it_with_the_model_mounted_and_r
     builds = LogLine.objects.filter(deployment=deployment, source=LogLine.Source.BUILD)
     assert "#6 [3/5] RUN Rscript /tmp/rdeploy-build/install_packages.R" in builds.values_list("message", flat=True)
     invoked = client.generic(
-        "POST", "/api/v1/endpoints/iris-box/invocations", b'[{"Sepal.Length": 5.1}]', content_type="application/json"
+        "POST", f"/api/v1/endpoints/{NAME}/invocations", b'[{"Sepal.Length": 5.1}]', content_type="application/json"
     )
     assert (invoked.status_code, invoked.content) == (200, b'["setosa"]')
 
-    assert client.delete("/api/v1/endpoints/iris-box/").status_code == 202
-    assert drive(latest("iris-box")).status == Deployment.Status.SUCCEEDED
+    assert client.delete(f"/api/v1/endpoints/{NAME}/").status_code == 202
+    assert drive(latest(NAME)).status == Deployment.Status.SUCCEEDED
     assert fake_docker.calls()[-1]["argv"] == ["rm", "--force", name]
     assert processes.find(identifier) == []
     assert not processes.port_is_open(port)
@@ -187,10 +191,10 @@ def test_the_docker_runner_reuses_an_image_the_engine_already_has(
     (fake_docker.directory / "image-present").touch()
     model = ready_model(owner)
     api_client_for(owner).post(
-        "/api/v1/endpoints/", {"name": "iris-box", "model": model.pk, "options": {"runner": "docker"}}, format="json"
+        "/api/v1/endpoints/", {"name": NAME, "model": model.pk, "options": {"runner": "docker"}}, format="json"
     )
 
-    deployment = drive(latest("iris-box"))
+    deployment = drive(latest(NAME))
 
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
     assert fake_docker.commands() == ["info", "image inspect", "rm", "run"]
@@ -203,10 +207,8 @@ def test_deleting_the_endpoint_stops_an_image_build_still_running(
     (fake_docker.directory / "hold-build").touch()
     model = ready_model(owner)
     client = api_client_for(owner)
-    client.post(
-        "/api/v1/endpoints/", {"name": "iris-box", "model": model.pk, "options": {"runner": "docker"}}, format="json"
-    )
-    rollout = latest("iris-box")
+    client.post("/api/v1/endpoints/", {"name": NAME, "model": model.pk, "options": {"runner": "docker"}}, format="json")
+    rollout = latest(NAME)
     build = docker_engine.job_marker(image_build_dir(rollout))
     deadline = time.monotonic() + 30
     while "build" not in fake_docker.commands():
@@ -218,8 +220,8 @@ def test_deleting_the_endpoint_stops_an_image_build_still_running(
     assert processes.find(build)
     Deployment.objects.filter(pk=rollout.pk).update(lease_until=None)
 
-    assert client.delete("/api/v1/endpoints/iris-box/").status_code == 202
-    assert drive(latest("iris-box")).status == Deployment.Status.SUCCEEDED
+    assert client.delete(f"/api/v1/endpoints/{NAME}/").status_code == 202
+    assert drive(latest(NAME)).status == Deployment.Status.SUCCEEDED
 
     assert processes.find(build) == []
     assert not rollout_dir(rollout).exists()
