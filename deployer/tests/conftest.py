@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from deployer.models import Endpoint
+from deployer.services import gateway
+from deployer.tests.pipeline_support import FaultyWorker, stop_everything
 from testsupport.moto import MotoServer
+from testsupport.services import CeleryWorker
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +49,28 @@ def aws(moto_server: MotoServer) -> MotoServer:
         iam.create_role(RoleName=str(role_arn).rsplit("/", 1)[1], AssumeRolePolicyDocument="{}")
     client.aws_client("s3").create_bucket(Bucket=settings.RDEPLOY_S3_BUCKET)
     return moto_server
+
+
+@pytest.fixture(scope="module")
+def faulty_worker(request: pytest.FixtureRequest, celery_worker: CeleryWorker) -> Iterator[FaultyWorker]:
+    """The only worker while a module's tests run (the session's is stopped meanwhile), with a
+    short lease and a pause after each step's work for tests to kill it in (FAULT_ENV)."""
+    celery_worker.stop()
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    worker = FaultyWorker(settings.DATABASES["default"]["NAME"], Path(settings.DATA_DIR) / f"{module}-worker.log")
+    worker.start()
+    yield worker
+    worker.stop()
+    celery_worker.start()
+
+
+@pytest.fixture
+def fresh_gateway_routes() -> None:
+    """The public API's route cache starts empty, as in a freshly started web process."""
+    gateway._routes.clear()
+
+
+@pytest.fixture
+def no_runtime_outlives_the_test() -> Iterator[None]:
+    yield
+    stop_everything(list(Endpoint.objects.values_list("name", flat=True)))

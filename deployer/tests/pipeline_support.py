@@ -1,11 +1,12 @@
 """Shared helpers for the pipeline and local-target tests: two real iris classifiers
 trained by R at test time (the `iris_models` fixture; v2 predicts the species in reverse
-order, so a client can tell which version answered), ready ModelVersions for them, and
-waiting helpers."""
+order, so a client can tell which version answered), ready ModelVersions for them,
+waiting helpers, and the worker the fault tests kill."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +16,10 @@ import pytest
 from django.contrib.auth.models import User
 
 from deployer.models import Deployment, Endpoint, ModelVersion
-from deployer.services.pipeline import deployment_advance
+from deployer.services.pipeline import deployment_advance, pipeline_reconcile
 from testsupport.factories import make_model_version
 from testsupport.r_models import train_models
+from testsupport.services import CeleryWorker
 
 COLUMNS = ["Sepal.Length", "Sepal.Width", "Petal.Length", "Petal.Width"]
 
@@ -93,3 +95,34 @@ def stop_everything(endpoint_names: Iterator[str] | list[str]) -> None:
     for name in endpoint_names:
         for deployment_id in Deployment.objects.filter(endpoint__name=name).values_list("pk", flat=True):
             processes.stop(f"{name}-{deployment_id}", grace=0.5)
+
+
+# A short lease so a killed step is resumed within seconds, and a pause after each step's
+# work (before its outcome is saved) that is the window the worker is killed in.
+FAULT_ENV = {"RDEPLOY_PIPELINE_LEASE_SECONDS": "5", "RDEPLOY_PIPELINE_FAULT_PAUSE_MS": "700"}
+
+
+class FaultyWorker(CeleryWorker):
+    def start(self) -> None:
+        saved = {name: os.environ.get(name) for name in FAULT_ENV}
+        os.environ.update(FAULT_ENV)
+        try:
+            super().start()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def finish(deployment: Deployment, *, timeout: float = 90) -> Deployment:
+    """Let the reconciler (as beat would run it) resume the deployment until it is done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        deployment.refresh_from_db()
+        if deployment.is_terminal:
+            return deployment
+        assert time.monotonic() < deadline, f"deployment still {deployment.status}"
+        pipeline_reconcile()
+        time.sleep(1)

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,17 +23,14 @@ from deployer.tests.pipeline_support import (
     expected,
     ready_model,
     rows_csv,
-    stop_everything,
     wait_for,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def _no_runtime_outlives_its_test() -> Iterator[None]:
-    yield
-    stop_everything(list(Endpoint.objects.values_list("name", flat=True)))
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("no_runtime_outlives_the_test"),
+]
 
 
 def invoke(owner: User, name: str, body: bytes, content_type: str) -> tuple[int, object]:

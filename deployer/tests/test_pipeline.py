@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,14 @@ from deployer.tests.pipeline_support import (
     expected,
     ready_model,
     rows_csv,
-    stop_everything,
     wait_for,
 )
-from testsupport.services import CeleryWorker
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def _clean(celery_worker: CeleryWorker) -> Iterator[None]:
-    gateway._routes.clear()
-    yield
-    stop_everything(list(Endpoint.objects.values_list("name", flat=True)))
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("celery_worker", "fresh_gateway_routes", "no_runtime_outlives_the_test"),
+]
 
 
 def wait_endpoint(client: APIClient, name: str, status: str, *, timeout: float = 60) -> dict[str, Any]:

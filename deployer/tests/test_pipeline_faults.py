@@ -8,11 +8,9 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import User
 
 from deployer.integrations import processes
@@ -22,52 +20,13 @@ from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoi
 from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets import get_target
 from deployer.targets.local import endpoint_dir
-from deployer.tests.pipeline_support import (
-    expected,
-    ready_model,
-    rows_csv,
-    stop_everything,
-    wait_for,
-)
-from testsupport.services import CeleryWorker
+from deployer.tests.pipeline_support import FaultyWorker, expected, finish, ready_model, rows_csv, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-# A short lease so a killed step is resumed within seconds, and a pause after each step's
-# work (before its outcome is saved) that is the window the worker is killed in.
-FAULT_ENV = {"RDEPLOY_PIPELINE_LEASE_SECONDS": "5", "RDEPLOY_PIPELINE_FAULT_PAUSE_MS": "700"}
-
-
-class FaultyWorker(CeleryWorker):
-    def start(self) -> None:
-        saved = {name: os.environ.get(name) for name in FAULT_ENV}
-        os.environ.update(FAULT_ENV)
-        try:
-            super().start()
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
-
-@pytest.fixture(scope="module")
-def faulty_worker(celery_worker: CeleryWorker) -> Iterator[FaultyWorker]:
-    """The only worker while these tests run (the session's is stopped meanwhile)."""
-    celery_worker.stop()
-    worker = FaultyWorker(settings.DATABASES["default"]["NAME"], Path(settings.DATA_DIR) / "faulty-worker.log")
-    worker.start()
-    yield worker
-    worker.stop()
-    celery_worker.start()
-
-
-@pytest.fixture(autouse=True)
-def _clean() -> Iterator[None]:
-    gateway._routes.clear()
-    yield
-    stop_everything(list(Endpoint.objects.values_list("name", flat=True)))
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fresh_gateway_routes", "no_runtime_outlives_the_test"),
+]
 
 
 def kill_in_step(worker: FaultyWorker, deployment: Deployment, step: str) -> None:
@@ -81,18 +40,6 @@ def kill_in_step(worker: FaultyWorker, deployment: Deployment, step: str) -> Non
     time.sleep(0.35)
     worker.kill()
     worker.start()
-
-
-def finish(deployment: Deployment, *, timeout: float = 90) -> Deployment:
-    """Let the reconciler (as beat would run it) resume the deployment until it is done."""
-    deadline = time.monotonic() + timeout
-    while True:
-        deployment.refresh_from_db()
-        if deployment.is_terminal:
-            return deployment
-        assert time.monotonic() < deadline, f"deployment still {deployment.status}"
-        pipeline_reconcile()
-        time.sleep(1)
 
 
 def live_processes(endpoint: Endpoint) -> list[str]:

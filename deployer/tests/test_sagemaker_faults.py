@@ -14,16 +14,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import User
 
-from deployer.integrations.aws import tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, ExternalResource
 from deployer.services.pipeline import serving_deployment
 from deployer.targets import get_target
 from deployer.targets.base import StepContext, StepOutcome
-from deployer.tests.test_sagemaker_target import create_public, drive, latest
+from deployer.tests.sagemaker_support import ONE_PUBLIC_ENDPOINT, counts, create_public, drive, latest, tagged
 from testsupport.moto import MotoServer
 
 pytestmark = pytest.mark.django_db
@@ -93,38 +91,6 @@ def run_with_a_kill_at_every_call(deployment: Deployment) -> int:
     return kills
 
 
-def counts() -> dict[str, int]:
-    sagemaker = aws_client("sagemaker")
-    apigateway = aws_client("apigateway")
-    return {
-        "models": len(sagemaker.list_models()["Models"]),
-        "configs": len(sagemaker.list_endpoint_configs()["EndpointConfigs"]),
-        "endpoints": len(sagemaker.list_endpoints()["Endpoints"]),
-        "functions": len(aws_client("lambda").list_functions()["Functions"]),
-        "roles": len(aws_client("iam").list_roles(PathPrefix="/rdeploy/")["Roles"]),
-        "apis": len(apigateway.get_rest_apis()["items"]),
-        "keys": len(apigateway.get_api_keys()["items"]),
-        "plans": len(apigateway.get_usage_plans()["items"]),
-        "scaling": len(
-            aws_client("application-autoscaling").describe_scalable_targets(ServiceNamespace="sagemaker")[
-                "ScalableTargets"
-            ]
-        ),
-        "objects": len(aws_client("s3").list_objects_v2(Bucket=settings.RDEPLOY_S3_BUCKET).get("Contents", [])),
-    }
-
-
-def tagged() -> list[tagging.CloudResource]:
-    return list(
-        tagging.inventory(
-            installation=settings.INSTALLATION_ID,
-            prefix=settings.RDEPLOY_RESOURCE_PREFIX,
-            bucket=settings.RDEPLOY_S3_BUCKET,
-            repository="no-images-are-pushed-by-moto-codebuild",
-        )
-    )
-
-
 def test_a_worker_killed_at_every_aws_call_of_every_step_creates_no_duplicate_and_leaks_nothing(
     aws: MotoServer, owner: User, api_client_for: Any
 ) -> None:
@@ -136,19 +102,7 @@ def test_a_worker_killed_at_every_aws_call_of_every_step_creates_no_duplicate_an
 
     assert creation.status == Deployment.Status.SUCCEEDED, creation.error
     assert kills >= 25
-    assert counts() == {
-        "models": 1,
-        "configs": 1,
-        "endpoints": 1,
-        "functions": 1,
-        "roles": 1,
-        "apis": 1,
-        "keys": 1,
-        "plans": 1,
-        "scaling": 1,
-        # The model data; the build context is removed once the build finished.
-        "objects": 1,
-    }
+    assert counts() == {**ONE_PUBLIC_ENDPOINT, "scaling": 1}
 
     api_client_for(owner).delete("/api/v1/endpoints/iris-sm/")
     deletion = latest("iris-sm")

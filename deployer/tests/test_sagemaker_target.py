@@ -27,7 +27,7 @@ from django.core.management import call_command
 from deployer.build_context import render_build_context
 from deployer.integrations.aws import ecr, s3, tagging
 from deployer.integrations.aws.client import aws_client
-from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
+from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
 from deployer.services.pipeline import deployment_advance
 from deployer.targets import get_target
 from deployer.targets.base import PermanentStepError
@@ -38,62 +38,10 @@ from deployer.targets.sagemaker import (
     image_build_context,
     rollout_name,
 )
-from testsupport.factories import make_model_version
+from deployer.tests.sagemaker_support import builds_started, create_public, drive, latest, push_image, ready_model
 from testsupport.moto import MotoServer, SingleCallStubber
 
 pytestmark = pytest.mark.django_db
-INSPECTION = {
-    "r_version": {"writer": "4.2.2", "reader": "4.2.2"},
-    "packages": {"required": [{"name": "randomForest", "version": "4.7-1.1"}]},
-    "example": {"content_type": "application/json", "payload": '[{"Sepal.Length": 5.1}]', "rows": 1},
-}
-
-
-def ready_model(owner: User, content: bytes = b"model-1", **inspection: Any) -> ModelVersion:
-    return make_model_version(
-        owner,
-        name="iris",
-        content=content,
-        status=ModelVersion.Status.READY,
-        inspection={**INSPECTION, **inspection},
-    )
-
-
-def drive(deployment: Deployment, *, rounds: int = 200) -> Deployment:
-    """Advance in this process until terminal, answering every poll at once."""
-    for _ in range(rounds):
-        DeploymentStep.objects.filter(deployment=deployment).update(next_check_at=None)
-        Deployment.objects.filter(pk=deployment.pk).update(lease_until=None)
-        deployment_advance(deployment_id=deployment.pk)
-        deployment.refresh_from_db()
-        if deployment.is_terminal:
-            return deployment
-        time.sleep(0.01)
-    raise AssertionError(f"deployment {deployment.pk} still {deployment.status}: {list(deployment.steps.values())}")
-
-
-def latest(name: str) -> Deployment:
-    return Deployment.objects.filter(endpoint__name=name).order_by("-id").first()  # type: ignore[return-value]
-
-
-def push_image(tag_or_uri: str) -> None:
-    """What the CodeBuild buildspec's `docker push` does (moto's CodeBuild runs nothing)."""
-    repository, tag = tag_or_uri.rsplit("/", 1)[-1].split(":")
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {
-            "mediaType": "application/vnd.docker.container.image.v1+json",
-            "size": 1,
-            "digest": "sha256:" + "0" * 64,
-        },
-        "layers": [],
-    }
-    aws_client("ecr").put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)
-
-
-def builds_started() -> int:
-    return len(aws_client("codebuild").list_builds()["ids"])
 
 
 def endpoint_resources(name: str) -> list[tagging.CloudResource]:
@@ -108,17 +56,6 @@ def endpoint_resources(name: str) -> list[tagging.CloudResource]:
         )
         if resource.endpoint == name or resource.identifier.startswith(f"rdeploy-{name}")
     ]
-
-
-def create_public(owner: User, api_client_for: Any, name: str = "iris-sm", **options: Any) -> dict[str, Any]:
-    model = ready_model(owner)
-    response = api_client_for(owner).post(
-        "/api/v1/endpoints/",
-        {"name": name, "model": model.pk, "target": "sagemaker", "public": True, "options": options},
-        format="json",
-    )
-    assert response.status_code == 202, response.content
-    return dict(response.json())
 
 
 def test_a_public_sagemaker_endpoint_goes_live_with_every_resource_tagged(

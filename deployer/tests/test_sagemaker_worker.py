@@ -6,36 +6,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import User
 
 from deployer.models import Deployment, DeploymentStep, Endpoint
 from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets import get_target
-from deployer.tests.pipeline_support import wait_for
-from deployer.tests.test_pipeline_faults import FaultyWorker, finish
-from deployer.tests.test_sagemaker_faults import counts, tagged
-from deployer.tests.test_sagemaker_target import latest, ready_model
+from deployer.tests.pipeline_support import FaultyWorker, finish, wait_for
+from deployer.tests.sagemaker_support import ONE_PUBLIC_ENDPOINT, counts, latest, ready_model, tagged
 from testsupport.moto import MotoServer
-from testsupport.services import CeleryWorker
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="module")
-def sagemaker_worker(celery_worker: CeleryWorker) -> Iterator[FaultyWorker]:
-    """The only worker while these tests run (the session's is stopped meanwhile)."""
-    celery_worker.stop()
-    worker = FaultyWorker(settings.DATABASES["default"]["NAME"], Path(settings.DATA_DIR) / "sagemaker-worker.log")
-    worker.start()
-    yield worker
-    worker.stop()
-    celery_worker.start()
 
 
 def kill_in_step(worker: FaultyWorker, deployment: Deployment, step: str) -> None:
@@ -53,7 +36,7 @@ def kill_in_step(worker: FaultyWorker, deployment: Deployment, step: str) -> Non
 
 
 def test_a_worker_killed_in_every_step_still_deploys_serves_and_deletes_without_leaks(
-    aws: MotoServer, sagemaker_worker: FaultyWorker, owner: User, api_client_for: Any
+    aws: MotoServer, faulty_worker: FaultyWorker, owner: User, api_client_for: Any
 ) -> None:
     client = api_client_for(owner)
     model = ready_model(owner)
@@ -65,23 +48,12 @@ def test_a_worker_killed_in_every_step_still_deploys_serves_and_deletes_without_
     assert response.status_code == 202
     creation = latest("iris-sm")
     for step in get_target("sagemaker").steps(Deployment.Kind.CREATE, public=True):
-        kill_in_step(sagemaker_worker, creation, step)
+        kill_in_step(faulty_worker, creation, step)
     creation = finish(creation)
 
     assert creation.status == Deployment.Status.SUCCEEDED, creation.error
     assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.LIVE
-    assert counts() == {
-        "models": 1,
-        "configs": 1,
-        "endpoints": 1,
-        "functions": 1,
-        "roles": 1,
-        "apis": 1,
-        "keys": 1,
-        "plans": 1,
-        "scaling": 0,
-        "objects": 1,
-    }
+    assert counts() == ONE_PUBLIC_ENDPOINT
     aws.queue_endpoint_results({"Body": '["virginica"]', "ContentType": "application/json"})
     answer = client.generic(
         "POST", "/api/v1/endpoints/iris-sm/invocations", b'[{"Sepal.Length": 6.3}]', content_type="application/json"
@@ -91,7 +63,7 @@ def test_a_worker_killed_in_every_step_still_deploys_serves_and_deletes_without_
     assert client.delete("/api/v1/endpoints/iris-sm/").status_code == 202
     deletion = latest("iris-sm")
     for step in get_target("sagemaker").steps(Deployment.Kind.DELETE, public=True):
-        kill_in_step(sagemaker_worker, deletion, step)
+        kill_in_step(faulty_worker, deletion, step)
     deletion = finish(deletion)
 
     assert deletion.status == Deployment.Status.SUCCEEDED, deletion.error
