@@ -34,7 +34,7 @@ def _no_runtime_outlives_the_session() -> Iterator[None]:
     yield
     from deployer.integrations import processes
 
-    for identifier in processes.identifiers_started_with("RDEPLOY_DATA_DIR", str(settings.DATA_DIR)):
+    for identifier in processes.identifiers_under("RDEPLOY_MODEL_DIR", str(settings.DATA_DIR)):
         processes.stop(identifier, grace=1)
 
 

@@ -244,15 +244,16 @@ def find(identifier: str) -> list[int]:
     return sorted(pid for pid in found if start_ticks(pid) is not None)
 
 
-def identifiers_started_with(variable: str, value: str) -> set[str]:
-    """Identifiers of the runtimes whose environment has ``variable=value`` (e.g. the data
-    directory of one test session, so its clean-up never touches anyone else's)."""
-    needle = f"{variable}={value}".encode()
+def identifiers_under(variable: str, directory: str) -> set[str]:
+    """Identifiers of the runtimes whose ``variable`` names a path inside ``directory`` (e.g.
+    RDEPLOY_MODEL_DIR under one test session's data dir, so its clean-up never touches
+    anyone else's runtimes)."""
+    needle = f"{variable}={directory.rstrip('/')}/".encode()
     prefix = f"{MARKER}=".encode()
     return {
         line[len(prefix) :].decode()
         for _, environ in _environments()
-        if needle in environ
+        if any(entry.startswith(needle) for entry in environ)
         for line in environ
         if line.startswith(prefix)
     }

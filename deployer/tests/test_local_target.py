@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -139,7 +140,8 @@ def test_a_killed_runtime_is_restarted_by_the_reconciler(owner: User, iris_model
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     runtime = live_process(issued.endpoint)
     for pid in processes.find(str(runtime["process"])):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # serve's short-lived children exit on their own
+            os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not processes.find(str(runtime["process"])), what="the runtime to die")
 
     pipeline_reconcile()
@@ -166,7 +168,8 @@ def test_a_runtime_that_keeps_crashing_marks_the_endpoint_failed_with_its_log(ow
     resource.details = {**resource.details, "crashes": [now - 200, now - 150, now - 100, now - 60]}
     resource.save()
     for pid in processes.find(str(runtime["process"])):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # serve's short-lived children exit on their own
+            os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not processes.find(str(runtime["process"])), what="the runtime to die")
 
     pipeline_reconcile()  # the fifth restart
@@ -174,7 +177,8 @@ def test_a_runtime_that_keeps_crashing_marks_the_endpoint_failed_with_its_log(ow
     resource.refresh_from_db()
     wait_for(lambda: processes.find(str(runtime["process"])), what="the restart")
     for pid in processes.find(str(runtime["process"])):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # serve's short-lived children exit on their own
+            os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not processes.find(str(runtime["process"])), what="the runtime to die again")
 
     pipeline_reconcile()

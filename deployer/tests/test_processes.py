@@ -31,3 +31,24 @@ def test_a_runtime_process_inherits_no_secrets_from_the_worker(tmp_path: Path, m
     assert seen[processes.MARKER] == "test-env-scrub"
     assert seen["HOME"] == str(tmp_path)
     assert seen["PATH"] == os.environ["PATH"]
+
+
+def test_session_cleanup_finds_runtimes_by_their_model_dir_under_the_data_dir(tmp_path: Path) -> None:
+    mine, elsewhere = tmp_path / "data" / "endpoints" / "m" / "model", tmp_path / "other" / "model"
+    for identifier, model_dir in (("test-under-mine", mine), ("test-under-other", elsewhere)):
+        model_dir.mkdir(parents=True)
+        processes.start(
+            identifier=identifier,
+            command=["sleep", "30"],
+            env={"RDEPLOY_MODEL_DIR": str(model_dir)},
+            cwd=model_dir.parent,
+            log_path=model_dir.parent / "runtime.log",
+        )
+    try:
+        found = processes.identifiers_under("RDEPLOY_MODEL_DIR", str(tmp_path / "data"))
+        assert "test-under-mine" in found
+        assert "test-under-other" not in found
+    finally:
+        for identifier in ("test-under-mine", "test-under-other"):
+            processes.stop(identifier, grace=0.5)
+    assert not processes.find("test-under-mine")
