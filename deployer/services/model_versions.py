@@ -4,6 +4,7 @@ and materializing the runtime's model directory for targets."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -337,8 +338,23 @@ def model_version_materialize(*, model_version: ModelVersion, destination: Path)
     _write_model_dir(model_version, destination)
     config = model_version.inspection.get("rdeploy_json")
     if config:
-        (destination / RDEPLOY_JSON).write_text(json.dumps(config, indent=2) + "\n")
+        (destination / RDEPLOY_JSON).write_text(_rdeploy_json_text(config))
     return destination
+
+
+def model_version_directory_digest(model_version: ModelVersion) -> str:
+    """A SHA-256 naming what `model_version_materialize` writes: the artifact's bytes and the
+    inspection's rdeploy.json. Two versions with the same bytes but another schema or package
+    list (another owner, a re-inspection) must not share model data."""
+    digest = hashlib.sha256(model_version.sha256.encode())
+    config = model_version.inspection.get("rdeploy_json")
+    if config:
+        digest.update(b"\0" + _rdeploy_json_text(config).encode())
+    return digest.hexdigest()
+
+
+def _rdeploy_json_text(config: dict[str, Any]) -> str:
+    return json.dumps(config, indent=2) + "\n"
 
 
 # ---- Inspection ----------------------------------------------------------------------------

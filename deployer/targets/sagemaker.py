@@ -5,7 +5,7 @@ Names derive from the installation prefix, the endpoint name and the deployment 
 step rerun after a crash finds what it created. Per rollout: a SageMaker model and an
 endpoint config (``<prefix>-<endpoint>-d<deployment>``). Per endpoint, reused by every
 rollout: the SageMaker endpoint and the public API. Shared by content: model data
-(``<prefix>/model-data/<sha256>/model.tar.gz``) and images (tagged by the build context's
+(``<prefix>/model-data/<model directory digest>/model.tar.gz``) and images (tagged by the build context's
 content hash; a new model version needing the same R packages builds nothing).
 
 Every AWS call goes through ``deployer.integrations.aws``; see docs/sagemaker.md.
@@ -46,7 +46,7 @@ from deployer.integrations.aws import (
 from deployer.integrations.aws.client import AwsConfigurationError, error_code, error_message, is_transient
 from deployer.integrations.aws.tagging import CloudResource, resource_tags
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine, ModelVersion
-from deployer.services.model_versions import model_version_materialize
+from deployer.services.model_versions import model_version_directory_digest, model_version_materialize
 from deployer.targets.base import (
     InvocationResult,
     PermanentStepError,
@@ -341,7 +341,7 @@ class SageMakerTarget(Target):
     def _step_upload_model_data(self, ctx: StepContext) -> StepOutcome:
         bucket = _required("RDEPLOY_S3_BUCKET")
         model_version = ctx.model_version
-        key = f"{prefix()}/model-data/{model_version.sha256}/model.tar.gz"
+        key = f"{prefix()}/model-data/{model_version_directory_digest(model_version)}/model.tar.gz"
         uri = f"s3://{bucket}/{key}"
         ctx.record_resource("model_data", uri)
         if s3.object_exists(bucket, key):

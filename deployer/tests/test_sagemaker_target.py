@@ -28,6 +28,7 @@ from deployer.build_context import render_build_context
 from deployer.integrations.aws import ecr, s3, tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
+from deployer.services.model_versions import model_version_directory_digest
 from deployer.services.pipeline import deployment_advance
 from deployer.targets import get_target
 from deployer.targets.base import PermanentStepError
@@ -373,7 +374,7 @@ def test_model_data_is_the_runtimes_model_directory_as_tar_gz_and_uploaded_once(
 
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
         assert archive.extractfile("model.rds").read() == b"model-1"  # type: ignore[union-attr]
-    assert key == f"rdeploy/model-data/{deployment.model_version.sha256}/model.tar.gz"
+    assert key == f"rdeploy/model-data/{model_version_directory_digest(deployment.model_version)}/model.tar.gz"
     assert deployment.steps.get(name="upload_model_data").status == DeploymentStep.Status.SUCCEEDED
     tags = aws_client("s3").get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
     assert {"Key": tagging.ENDPOINT, "Value": "iris-sm"} in tags

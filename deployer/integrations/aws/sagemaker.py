@@ -30,6 +30,10 @@ def create_model(
             ModelName=name,
             PrimaryContainer={"Image": image, "ModelDataUrl": model_data_url, "Environment": environment},
             ExecutionRoleArn=role_arn,
+            # The container runs the user's model code: with network isolation it gets no
+            # network and no AWS credentials, so it cannot read other users' model data
+            # with the shared execution role (SageMaker still fetches its own model data).
+            EnableNetworkIsolation=True,
             Tags=tag_list(tags),
         )
     except ClientError as error:
