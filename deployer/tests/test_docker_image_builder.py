@@ -24,7 +24,7 @@ from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, ExternalResource, LogLine
 from deployer.services.pipeline import deployment_advance
 from deployer.targets.sagemaker import docker_build_dir, image_build_context
-from deployer.tests.test_sagemaker_target import builds_started, drive, latest, push_image, ready_model
+from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, ready_model
 from testsupport.moto import MotoServer
 
 pytestmark = pytest.mark.django_db

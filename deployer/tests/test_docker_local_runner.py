@@ -27,7 +27,7 @@ from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResour
 from deployer.services.pipeline import deployment_advance
 from deployer.targets.local import container_name, image_build_dir, process_identifier, rollout_dir
 from deployer.targets.sagemaker import image_build_context
-from deployer.tests.test_sagemaker_target import drive, latest, ready_model
+from deployer.tests.sagemaker_support import drive, latest, ready_model
 
 pytestmark = pytest.mark.django_db
 # Runtime processes are found machine-wide by "<endpoint>-<deployment id>": a name of its

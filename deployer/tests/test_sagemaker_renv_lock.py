@@ -15,7 +15,7 @@ from django.core.files.base import ContentFile
 from deployer.build_context import render_build_context
 from deployer.models import Deployment, ModelVersion
 from deployer.targets.sagemaker import image_build_context
-from deployer.tests.test_sagemaker_target import drive, latest, ready_model
+from deployer.tests.sagemaker_support import drive, latest, ready_model
 from testsupport.moto import MotoServer
 
 pytestmark = pytest.mark.django_db
