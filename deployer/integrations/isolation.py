@@ -186,10 +186,7 @@ def hidden_paths() -> tuple[list[Path], list[Path]]:
     database = settings.DATABASES["default"].get("NAME")
     if database and str(database).startswith("/"):
         secret_files.add(Path(str(database)).resolve())
-    hidden_files = sorted(
-        path for path in secret_files if path.is_file() and not any(inside(path, d) for d in hidden_dirs)
-    )
-    return hidden_dirs, hidden_files
+    return hidden_dirs, sorted(path for path in secret_files if path.is_file())
 
 
 def mount_script(
@@ -201,9 +198,13 @@ def mount_script(
     private /tmp and a /proc that shows only its own uid's processes, then mounts each
     bind. Each bind's source is opened before anything is hidden and mounted from that
     file descriptor, so a source inside a hidden directory can still be shown."""
-    hidden_dirs, hidden_files = hidden_paths()
+    hidden_dirs, secret_files = hidden_paths()
     keep = [path.resolve() for path in keep_visible]
     hidden_dirs = [d for d in hidden_dirs if not any(inside(path, d) for path in keep)]
+    # Hiding a directory hides all below it, and nothing can be mounted on a path inside it
+    # once it is hidden: the default data dir (./var) lies inside the installation.
+    hidden_dirs = [d for d in hidden_dirs if not any(d != other and inside(d, other) for other in hidden_dirs)]
+    hidden_files = [path for path in secret_files if not any(inside(path, d) for d in hidden_dirs)]
     ordered = sorted(binds, key=lambda bind: len(bind.target.parts))
     lines = ["set -e"]
     for number, bind in enumerate(ordered, start=10):
