@@ -6,9 +6,7 @@ and moto's overwriting ``create_endpoint`` plays SageMaker finishing the update.
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -19,6 +17,7 @@ from deployer.services.endpoints import endpoint_create, endpoint_update
 from deployer.services.pipeline import deployment_advance
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome
 from deployer.targets.sagemaker import SageMakerTarget, endpoint_name, rollout_name
+from deployer.tests.sagemaker_support import push_image
 from testsupport.factories import make_model_version
 from testsupport.moto import MotoServer, SingleCallStubber
 
@@ -49,22 +48,6 @@ def advance(deployment: Deployment, *, until_step: str | None = None, rounds: in
             return deployment
         time.sleep(0.01)
     raise AssertionError(f"deployment {deployment.pk} still {deployment.status}")
-
-
-def push_image(tag_or_uri: str) -> None:
-    """What the CodeBuild buildspec's `docker push` does (moto's CodeBuild runs nothing)."""
-    repository, tag = tag_or_uri.rsplit("/", 1)[-1].split(":")
-    manifest: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {
-            "mediaType": "application/vnd.docker.container.image.v1+json",
-            "size": 1,
-            "digest": "sha256:" + "0" * 64,
-        },
-        "layers": [],
-    }
-    aws_client("ecr").put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)
 
 
 def test_a_sagemaker_update_failing_after_the_endpoint_is_in_service_keeps_what_serves(
