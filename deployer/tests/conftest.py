@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +76,16 @@ def fresh_gateway_routes() -> None:
 def no_runtime_outlives_the_test() -> Iterator[None]:
     yield
     stop_everything(list(Endpoint.objects.values_list("name", flat=True)))
+
+
+@pytest.fixture
+def secret_file(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A world-readable secret handed to rdeploy as <NAME>_FILE, as Docker secrets are."""
+    directory = Path(tempfile.mkdtemp(prefix="rdeploy-secret-"))
+    directory.chmod(0o755)
+    path = directory / "key"
+    path.write_text("file-secret-that-must-not-leak\n")
+    path.chmod(0o644)
+    monkeypatch.setenv("RDEPLOY_TEST_SECRET_FILE", str(path))
+    yield path
+    shutil.rmtree(directory)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,19 +75,6 @@ load_fn <- function(model_dir) {
 }
 predict_fn <- function(model, data) rep(model$report, nrow(data))
 """
-
-
-@pytest.fixture
-def secret_file(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A world-readable secret handed to rdeploy as <NAME>_FILE, as Docker secrets are."""
-    directory = Path(tempfile.mkdtemp(prefix="rdeploy-secret-"))
-    directory.chmod(0o755)
-    path = directory / "key"
-    path.write_text("file-secret-that-must-not-leak\n")
-    path.chmod(0o644)
-    monkeypatch.setenv("RDEPLOY_TEST_SECRET_FILE", str(path))
-    yield path
-    shutil.rmtree(directory)
 
 
 @pytest.fixture

@@ -2,11 +2,9 @@
 installation's files, and runaway R is stopped."""
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -106,19 +104,6 @@ def report_of(version: ModelVersion) -> dict[str, str]:
     assert version.status == ModelVersion.Status.READY, version.status_reason
     report = version.inspection["example"]["predictions"]["predictions"][0]
     return dict(item.split("=", 1) for item in report.split(";"))
-
-
-@pytest.fixture
-def secret_file(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A world-readable secret handed to rdeploy as <NAME>_FILE, as Docker secrets are."""
-    directory = Path(tempfile.mkdtemp(prefix="rdeploy-secret-"))
-    directory.chmod(0o755)
-    path = directory / "key"
-    path.write_text("file-secret-that-must-not-leak\n")
-    path.chmod(0o644)
-    monkeypatch.setenv("RDEPLOY_TEST_SECRET_FILE", str(path))
-    yield path
-    shutil.rmtree(directory)
 
 
 @pytest.mark.django_db
