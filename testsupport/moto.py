@@ -4,7 +4,8 @@ The port comes from testsupport.env (``AWS_ENDPOINT_URL`` already points at it),
 test process and every worker it starts talk to the same server. Also a small
 fault-injecting HTTP proxy that answers the first N matching requests with an AWS
 throttling error and forwards everything else to moto, so botocore's real retry logic
-is exercised end to end; and a Stubber limited to one operation, for moto's gaps.
+is exercised end to end; and, for moto's gaps, a Stubber limited to one operation and a
+stand-in for SageMaker's UpdateEndpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 from moto.server import ThreadedMotoServer
 
@@ -84,6 +86,36 @@ class SingleCallStubber(Stubber):
         if self._mine(model):
             return super()._get_response_handler(model, params, context, **kwargs)
         return None
+
+
+class EndpointUpdates:
+    """SageMaker's ``UpdateEndpoint`` played for moto, which lacks it (HTTP 500): each call
+    switches moto's endpoint to the new config through moto's own ``create_endpoint`` (a
+    duplicate create overwrites), as SageMaker finishing the update would, and is kept in
+    ``calls`` (the request's parameters). Registered last, so any other ``before-call``
+    handler (the fault tests' kill hook) sees the call first."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls: list[dict[str, Any]] = []
+
+    def _update(self, params: dict[str, Any], **kwargs: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        request = json.loads(params["body"])
+        self.client.create_endpoint(
+            EndpointName=request["EndpointName"], EndpointConfigName=request["EndpointConfigName"]
+        )
+        self.calls.append(request)
+        arn = f"arn:aws:sagemaker:{self.client.meta.region_name}:{ACCOUNT_ID}:endpoint/{request['EndpointName']}"
+        return AWSResponse(None, 200, {}, None), {"EndpointArn": arn}
+
+    def __enter__(self) -> EndpointUpdates:
+        self.client.meta.events.register_last(
+            "before-call.sagemaker.UpdateEndpoint", self._update, unique_id="rdeploy-endpoint-updates"
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.meta.events.unregister("before-call.sagemaker.UpdateEndpoint", unique_id="rdeploy-endpoint-updates")
 
 
 class ThrottlingProxy:

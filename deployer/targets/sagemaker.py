@@ -27,6 +27,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 from django.utils import timezone
 
 from deployer.build_context import BuildContext, check_r_version, render_build_context
@@ -34,6 +35,7 @@ from deployer.integrations import docker_engine
 from deployer.integrations.aws import (
     apigateway,
     autoscaling,
+    cloudwatch,
     codebuild,
     ecr,
     iam,
@@ -80,6 +82,9 @@ LOG_LINES_IN_FAILURE = 20
 IMAGE_R_VERSION = "4.4.2"
 MAX_LOG_LINES_PER_COLLECT = 1000
 LOG_COLLECT_INTERVAL = 10
+# rdeploy creates the log groups SageMaker, Lambda and CodeBuild write to, so they carry
+# its tags and do not keep lines forever; the endpoint's lines are copied into its log.
+LOG_RETENTION_DAYS = 30
 
 # Resources that belong to the endpoint (reused across rollouts) rather than to one rollout.
 PER_ENDPOINT_KINDS = frozenset(
@@ -91,6 +96,8 @@ PER_ENDPOINT_KINDS = frozenset(
         "apigateway_api_key",
         "apigateway_rest_api",
         "apigateway_usage_plan",
+        "cloudwatch_alarm",
+        "log_group",
     }
 )
 SHARED_KINDS = frozenset({"model_data", "ecr_image"})
@@ -100,6 +107,17 @@ _DEFAULTS: dict[str, Any] = {
     "instance_count": 1,
     "startup_timeout": 600,
     "quota_per_day": 100_000,
+}
+# The alarms rdeploy creates for a blue/green update (``rollback`` option): SageMaker
+# rolls back while either fires during the update or the bake time after it.
+ROLLBACK_DEFAULTS: dict[str, int] = {
+    # Invocation5XXErrors (Sum) in any one minute.
+    "errors_per_minute": 5,
+    # ModelLatency (Average, microseconds in CloudWatch) for latency_minutes minutes in a row.
+    "latency_ms": 2000,
+    "latency_minutes": 2,
+    # How long the old fleet is kept (and the alarms watched) after traffic moved.
+    "bake_seconds": 300,
 }
 
 
@@ -132,6 +150,51 @@ def function_name(endpoint: Endpoint) -> str:
 
 def role_name(endpoint: Endpoint) -> str:
     return _name(prefix(), endpoint.name, "invoke", limit=64)
+
+
+def endpoint_log_group(endpoint: Endpoint) -> str:
+    """Where SageMaker writes the endpoint's container output."""
+    return f"/aws/sagemaker/Endpoints/{endpoint_name(endpoint)}"
+
+
+def function_log_group(endpoint: Endpoint) -> str:
+    """Where Lambda writes the public API function's output."""
+    return f"/aws/lambda/{function_name(endpoint)}"
+
+
+def build_log_group() -> str:
+    """The installation's CodeBuild project's group (one stream per build)."""
+    return f"/aws/codebuild/{_name(prefix(), 'image-builder')}"
+
+
+def rollback_alarms(endpoint: Endpoint, options: Mapping[str, Any]) -> list[cloudwatch.VariantAlarm]:
+    """The alarms rdeploy creates for the endpoint's blue/green updates (none when the
+    ``rollback`` option is false)."""
+    rollback = options.get("rollback", ROLLBACK_DEFAULTS)
+    if not rollback:
+        return []
+    rollback = {**ROLLBACK_DEFAULTS, **rollback}
+    name = endpoint_name(endpoint)
+    return [
+        cloudwatch.VariantAlarm(
+            name=_name(name, "5xx", limit=255),
+            metric="Invocation5XXErrors",
+            statistic="Sum",
+            threshold=float(rollback["errors_per_minute"]),
+            period=60,
+            evaluation_periods=1,
+            description=f"rdeploy: {name} answers 5xx errors; rolls a blue/green update back.",
+        ),
+        cloudwatch.VariantAlarm(
+            name=_name(name, "latency", limit=255),
+            metric="ModelLatency",
+            statistic="Average",
+            threshold=float(rollback["latency_ms"]) * 1000,
+            period=60,
+            evaluation_periods=int(rollback["latency_minutes"]),
+            description=f"rdeploy: {name} predicts slowly; rolls a blue/green update back.",
+        ),
+    ]
 
 
 def _required(setting: str) -> str:
@@ -255,7 +318,7 @@ class SageMakerTarget(Target):
 
     # --- options --------------------------------------------------------------------
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        known = {*_DEFAULTS, "serverless", "autoscaling", "throttle", "rollback_alarms"}
+        known = {*_DEFAULTS, "serverless", "autoscaling", "throttle", "rollback", "rollback_alarms"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise TargetOptionsError(
@@ -276,8 +339,23 @@ class SageMakerTarget(Target):
         alarms = result.get("rollback_alarms")
         if alarms is not None:
             valid = isinstance(alarms, list) and all(isinstance(a, str) and 0 < len(a) <= 255 for a in alarms)
-            if not valid or not 1 <= len(alarms) <= 10:
-                raise TargetOptionsError("rollback_alarms must be a list of 1 to 10 CloudWatch alarm names.")
+            if not valid or not 1 <= len(alarms) <= 8:
+                raise TargetOptionsError("rollback_alarms must be a list of 1 to 8 CloudWatch alarm names.")
+        rollback = result.get("rollback", True)
+        if rollback is True:
+            result["rollback"] = dict(ROLLBACK_DEFAULTS)
+        elif rollback is not False:
+            if not isinstance(rollback, dict) or set(rollback) - set(ROLLBACK_DEFAULTS):
+                raise TargetOptionsError(
+                    'rollback must be false, true or look like {"errors_per_minute": 5, "latency_ms": 2000, '
+                    '"latency_minutes": 2, "bake_seconds": 300}.'
+                )
+            rollback = {**ROLLBACK_DEFAULTS, **rollback}
+            whole("rollback.errors_per_minute", rollback["errors_per_minute"], 1, 1_000_000)
+            whole("rollback.latency_ms", rollback["latency_ms"], 1, 60_000)
+            whole("rollback.latency_minutes", rollback["latency_minutes"], 1, 60)
+            whole("rollback.bake_seconds", rollback["bake_seconds"], 0, 3600)
+            result["rollback"] = rollback
         serverless = result.get("serverless")
         if serverless is not None:
             if not isinstance(serverless, dict) or set(serverless) - {"memory_mb", "max_concurrency"}:
@@ -305,7 +383,14 @@ class SageMakerTarget(Target):
 
     def steps(self, kind: str, *, public: bool) -> list[str]:
         if kind == Deployment.Kind.DELETE:
-            return ["remove_public_api", "remove_autoscaling", "remove_endpoint", "remove_models", "release_artifacts"]
+            return [
+                "remove_public_api",
+                "remove_autoscaling",
+                "remove_endpoint",
+                "remove_models",
+                "remove_monitoring",
+                "release_artifacts",
+            ]
         public_steps = ["public_function", "public_api"] if public else []
         return [
             "upload_model_data",
@@ -390,6 +475,8 @@ class SageMakerTarget(Target):
                     _context_zip(context, archive)
                     s3.upload_file(bucket, key, archive, tags=_tags(ctx))
             project = _name(prefix(), "image-builder")
+            # The installation's, like the project: builds of every endpoint log there.
+            logs.ensure_log_group(build_log_group(), tags=installation_tags, retention_days=LOG_RETENTION_DAYS)
             codebuild.ensure_project(project, role_arn=role, source_location=f"{bucket}/{key}", tags=installation_tags)
             # Same token within 5 minutes = same build: a start retried after a crash.
             token = hashlib.sha256(f"{project}:{ctx.deployment.pk}:{tag}".encode()).hexdigest()
@@ -550,6 +637,8 @@ class SageMakerTarget(Target):
         sagemaker.create_endpoint_config(config, variant=self._variant(ctx, model), tags=_tags(ctx))
         name = endpoint_name(ctx.endpoint)
         ctx.record_resource("sagemaker_endpoint", name)
+        # Made before the endpoint, so SageMaker writes into a tagged group with a retention.
+        self._ensure_log_group(ctx, endpoint_log_group(ctx.endpoint))
         state = sagemaker.describe_endpoint(name)
         if state is None:
             sagemaker.create_endpoint(name, config_name=config, tags=_tags(ctx))
@@ -560,24 +649,37 @@ class SageMakerTarget(Target):
             return StepOutcome.wait(POLL_SECONDS, f"Endpoint {name} is {state.status}; the update waits for it.")
         # A registered scalable target blocks changes to its variant; autoscaling re-registers it.
         autoscaling.disable(name, VARIANT)
-        # Blue/green: SageMaker starts the new fleet, shifts traffic, then retires the old
-        # one (serverless endpoints take no deployment config and switch on their own).
-        blue_green: dict[str, Any] = {
-            "BlueGreenUpdatePolicy": {
-                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
-                "TerminationWaitInSeconds": 0,
-            }
-        }
-        if ctx.options.get("rollback_alarms"):
-            # Any of these alarms firing during the update sends traffic back to the old fleet.
-            blue_green["BlueGreenUpdatePolicy"]["TerminationWaitInSeconds"] = 300
-            blue_green["AutoRollbackConfiguration"] = {
-                "Alarms": [{"AlarmName": name} for name in ctx.options["rollback_alarms"]]
-            }
-        sagemaker.update_endpoint(
-            name, config_name=config, deployment_config=None if ctx.options.get("serverless") else blue_green
-        )
+        if ctx.options.get("serverless"):
+            # Serverless endpoints take no deployment config and switch on their own.
+            sagemaker.update_endpoint(name, config_name=config)
+            return StepOutcome.done(f"Updating serverless SageMaker endpoint {name} to {config}.")
+        sagemaker.update_endpoint(name, config_name=config, deployment_config=self._blue_green(ctx, name))
         return StepOutcome.done(f"Updating SageMaker endpoint {name} to {config} (blue/green).")
+
+    def _blue_green(self, ctx: StepContext, name: str) -> dict[str, Any]:
+        """SageMaker starts the new fleet, shifts traffic, keeps the old fleet for the bake
+        time and sends traffic back to it if an alarm fires meanwhile. rdeploy's own alarms
+        are created (recorded first) before SageMaker is told to watch them."""
+        alarm_names = []
+        for alarm in rollback_alarms(ctx.endpoint, ctx.options):
+            ctx.record_resource("cloudwatch_alarm", alarm.name)
+            cloudwatch.ensure_variant_alarm(alarm, endpoint=name, variant=VARIANT, tags=_tags(ctx))
+            alarm_names.append(alarm.name)
+        alarm_names += list(ctx.options.get("rollback_alarms") or [])
+        policy: dict[str, Any] = {
+            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+            "TerminationWaitInSeconds": 0,
+        }
+        blue_green: dict[str, Any] = {"BlueGreenUpdatePolicy": policy}
+        if alarm_names:
+            rollback = {**ROLLBACK_DEFAULTS, **(ctx.options.get("rollback") or {})}
+            policy["TerminationWaitInSeconds"] = rollback["bake_seconds"]
+            blue_green["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": alarm} for alarm in alarm_names]}
+        return blue_green
+
+    def _ensure_log_group(self, ctx: StepContext, group: str) -> None:
+        ctx.record_resource("log_group", group)
+        logs.ensure_log_group(group, tags=_tags(ctx), retention_days=LOG_RETENTION_DAYS)
 
     def _failure(self, name: str, headline: str, reason: str) -> PermanentStepError:
         lines = logs.last_lines(f"/aws/sagemaker/Endpoints/{name}", count=LOG_LINES_IN_FAILURE)
@@ -650,6 +752,7 @@ class SageMakerTarget(Target):
         ctx.record_resource("apigateway_api_key", key_name)
         _key_id, usage_key = apigateway.ensure_api_key(key_name, value=secrets.token_urlsafe(30), tags=_tags(ctx))
         function = function_name(endpoint)
+        self._ensure_log_group(ctx, function_log_group(endpoint))
         ctx.record_resource("lambda_function", function)
         environment = {
             "SAGEMAKER_ENDPOINT_NAME": name,
@@ -767,6 +870,9 @@ class SageMakerTarget(Target):
                 details = {**resource.details, "unused_since": timezone.now().isoformat()}
                 ExternalResource.objects.filter(pk=resource.pk).update(endpoint=None, details=details)
                 return
+        if kind == "log_group":
+            # Its last lines (written since the last collection) go into the endpoint's log first.
+            self._copy_log_lines(ctx.endpoint, {identifier: _log_source(identifier)}, drain=True)
         delete_cloud_resource(kind, identifier)
         ctx.mark_resource_deleted(kind, identifier)
 
@@ -810,13 +916,21 @@ class SageMakerTarget(Target):
         count = self._remove_kinds(ctx, ("sagemaker_endpoint_config", "sagemaker_model"))
         return StepOutcome.done(f"Removed {count} SageMaker model(s) and config(s).")
 
+    def _step_remove_monitoring(self, ctx: StepContext) -> StepOutcome:
+        # Log groups last, once nothing writes to them any more (SageMaker and Lambda would
+        # create them again, untagged, for a late line; rdeploy_gc finds those by name).
+        count = self._remove_kinds(ctx, ("cloudwatch_alarm", "log_group"))
+        return StepOutcome.done(f"Removed {count} alarm(s) and log group(s).") if count else StepOutcome.skipped()
+
     def _step_release_artifacts(self, ctx: StepContext) -> StepOutcome:
         count = self._remove_kinds(ctx, ("docker_build", "build_context", "model_data", "ecr_image"))
         return StepOutcome.done(f"Released {count} artifact(s); images stay for reuse until rdeploy_gc removes them.")
 
     def discard(self, ctx: StepContext) -> None:
         live = ctx.previous if ctx.previous is not None and ctx.previous.pk != ctx.deployment.pk else None
-        for resource in reversed(list(ctx.deployment_resources())):
+        # Newest first, log groups after whatever writes to them.
+        resources = sorted(ctx.deployment_resources().order_by("-id"), key=lambda r: r.kind == "log_group")
+        for resource in resources:
             if live is not None and resource.kind in PER_ENDPOINT_KINDS:
                 continue
             if live is not None and live.resources.get(resource.kind) == resource.identifier:
@@ -865,14 +979,40 @@ class SageMakerTarget(Target):
                 return
             raise PermanentStepError(f"AWS: {error_code(error)}: {error_message(error)}") from error
 
-    def _sync_public_key(self, endpoint: Endpoint) -> None:
-        """A rotated rdeploy key reaches the authorizer at the next reconciliation."""
-        function = function_name(endpoint)
-        environment = lambda_.environment_of(function)
-        if environment is not None and environment.get("RDEPLOY_API_KEY_SHA256") != endpoint.api_key_hash:
-            lambda_.set_environment(function, {**environment, "RDEPLOY_API_KEY_SHA256": endpoint.api_key_hash})
+    def _sync_public_key(self, endpoint: Endpoint) -> bool:
+        """Give the authorizer the endpoint's key hash, then flush API Gateway's cache of
+        its answers, so a rotated key stops working at once (not after the 60 s TTL).
 
-    push_api_key = _sync_public_key
+        The flush waits until Lambda serves the new environment (an update takes a few
+        seconds); a flush before that could cache the old key's "Allow" again. Done once
+        per key: the hash it was done for is kept on the API's record. Returns whether the
+        key is in force.
+        """
+        function = function_name(endpoint)
+        key_hash = endpoint.api_key_hash
+        environment = lambda_.environment_of(function)
+        if environment is None:
+            return True
+        if environment.get("RDEPLOY_API_KEY_SHA256") != key_hash:
+            lambda_.set_environment(function, {**environment, "RDEPLOY_API_KEY_SHA256": key_hash})
+        api = ExternalResource.objects.filter(
+            target=Endpoint.Target.SAGEMAKER,
+            kind="apigateway_rest_api",
+            identifier=_name(prefix(), endpoint.name),
+            deleted_at__isnull=True,
+        ).first()
+        if api is None or not api.details.get("id") or api.details.get("authorizer_flushed_for") == key_hash:
+            return True
+        if not lambda_.update_finished(function):
+            return False
+        apigateway.flush_authorizer_cache(str(api.details["id"]), STAGE)
+        ExternalResource.objects.filter(pk=api.pk).update(details={**api.details, "authorizer_flushed_for": key_hash})
+        return True
+
+    def push_api_key(self, endpoint: Endpoint) -> None:
+        if not self._sync_public_key(endpoint):
+            # The push task retries with backoff; the reconciler's check would finish it too.
+            raise TransientStepError("The authorizer's new key is not active yet; flushing its cache later.")
 
     def collect_logs(self, endpoint: Endpoint) -> int:
         # Called by the reconciler and by every log request of the dashboard: CloudWatch's
@@ -881,33 +1021,50 @@ class SageMakerTarget(Target):
         key = f"rdeploy:sagemaker-logs:{endpoint.pk}:{endpoint.created_at.timestamp()}"
         if not cache.add(key, 1, LOG_COLLECT_INTERVAL):
             return 0
-        name = endpoint_name(endpoint)
-        resource = ExternalResource.objects.filter(
-            target=Endpoint.Target.SAGEMAKER, kind="sagemaker_endpoint", identifier=name
-        ).first()
-        if resource is None:
-            return 0
-        cursors: dict[str, int] = dict(resource.details.get("log_cursors", {}))
-        sources = {f"/aws/sagemaker/Endpoints/{name}": LogLine.Source.ENDPOINT}
+        groups = {endpoint_log_group(endpoint): LogLine.Source.ENDPOINT}
         if endpoint.public:
-            sources[f"/aws/lambda/{function_name(endpoint)}"] = LogLine.Source.GATEWAY
-        stored = 0
+            groups[function_log_group(endpoint)] = LogLine.Source.GATEWAY
         try:
-            for group, source in sources.items():
-                events = logs.events_since(group, start_ms=cursors.get(group, 0), limit=MAX_LOG_LINES_PER_COLLECT)
-                if not events:
-                    continue
-                LogLine.objects.bulk_create(
-                    LogLine(endpoint=endpoint, source=source, message=event.message.rstrip()) for event in events
-                )
-                cursors[group] = events[-1].timestamp + 1
-                stored += len(events)
+            return self._copy_log_lines(endpoint, groups, drain=False)
         except (ClientError, BotoCoreError):
             # Logs are best effort: the next collection continues from the saved cursor.
-            pass
-        if stored:
-            ExternalResource.objects.filter(pk=resource.pk).update(details={**resource.details, "log_cursors": cursors})
+            return 0
+
+    def _copy_log_lines(self, endpoint: Endpoint, groups: Mapping[str, str], *, drain: bool) -> int:
+        """New lines of ``groups`` ({group: LogLine source}) into the endpoint's log: one
+        batch per group, or (``drain``) every line there is. Each batch is stored together
+        with its group's cursor (kept on the SageMaker endpoint's record, the row locked
+        meanwhile), so a rerun or a concurrent collection never copies a line twice."""
+        stored = 0
+        for group, source in groups.items():
+            while True:
+                with transaction.atomic():
+                    resource = (
+                        ExternalResource.objects.select_for_update()
+                        .filter(target=Endpoint.Target.SAGEMAKER, kind="sagemaker_endpoint")
+                        .filter(identifier=endpoint_name(endpoint))
+                        .first()
+                    )
+                    if resource is None:
+                        return stored
+                    cursors: dict[str, int] = dict(resource.details.get("log_cursors", {}))
+                    events = logs.events_since(group, start_ms=cursors.get(group, 0), limit=MAX_LOG_LINES_PER_COLLECT)
+                    if events:
+                        LogLine.objects.bulk_create(
+                            LogLine(endpoint=endpoint, source=source, message=event.message.rstrip())
+                            for event in events
+                        )
+                        cursors[group] = events[-1].timestamp + 1
+                        resource.details = {**resource.details, "log_cursors": cursors}
+                        resource.save(update_fields=["details"])
+                        stored += len(events)
+                if not drain or len(events) < MAX_LOG_LINES_PER_COLLECT:
+                    break
         return stored
+
+
+def _log_source(group: str) -> str:
+    return LogLine.Source.GATEWAY if group.startswith("/aws/lambda/") else LogLine.Source.ENDPOINT
 
 
 def delete_cloud_resource(kind: str, identifier: str) -> None:
@@ -937,6 +1094,10 @@ def delete_cloud_resource(kind: str, identifier: str) -> None:
     elif kind == "ecr_image":
         repository, _, tag = identifier.partition(":")
         ecr.delete_image(repository, tag)
+    elif kind == "cloudwatch_alarm":
+        cloudwatch.delete_alarm(identifier)
+    elif kind == "log_group":
+        logs.delete_log_group(identifier)
     elif kind == "docker_build":
         # Not in the cloud: a local build job (its files hold an ECR login).
         docker_engine.remove_job(docker_build_dir(identifier))
@@ -951,6 +1112,12 @@ def cloud_orphans(*, image_grace_seconds: float = IMAGE_GRACE_SECONDS) -> list[C
     for row in rows.select_related("endpoint"):
         if row.endpoint is not None and row.endpoint.status != Endpoint.Status.DELETED:
             owned.add((row.kind, row.identifier))
+            # The groups its endpoint or function logs to, recorded or not (an endpoint
+            # deployed before rdeploy made them has them from SageMaker and Lambda).
+            if row.kind == "sagemaker_endpoint":
+                owned.add(("log_group", f"/aws/sagemaker/Endpoints/{row.identifier}"))
+            elif row.kind == "lambda_function":
+                owned.add(("log_group", f"/aws/lambda/{row.identifier}"))
         elif row.kind == "ecr_image":
             since = row.details.get("unused_since")
             if not since or datetime.fromisoformat(since) > cutoff:
@@ -977,6 +1144,8 @@ def cloud_orphans_delete(orphans: list[CloudResource]) -> None:
         "sagemaker_endpoint",
         "sagemaker_endpoint_config",
         "sagemaker_model",
+        "cloudwatch_alarm",
+        "log_group",
         "build_context",
         "model_data",
         "ecr_image",

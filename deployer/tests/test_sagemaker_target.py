@@ -155,7 +155,13 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
                         "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
                         "TerminationWaitInSeconds": 300,
                     },
-                    "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "iris-sm-5xx"}]},
+                    "AutoRollbackConfiguration": {
+                        "Alarms": [
+                            {"AlarmName": "rdeploy-iris-sm-5xx"},
+                            {"AlarmName": "rdeploy-iris-sm-latency"},
+                            {"AlarmName": "iris-sm-5xx"},
+                        ]
+                    },
                 },
             },
         )
@@ -174,6 +180,34 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
     assert configs == {rollout_name(update)}
     models = {m["ModelName"] for m in aws_client("sagemaker").list_models()["Models"]}
     assert models == {rollout_name(update)}
+    # The rollback alarms SageMaker watched exist, on the endpoint's variant, tagged.
+    alarms = {alarm["AlarmName"]: alarm for alarm in aws_client("cloudwatch").describe_alarms()["MetricAlarms"]}
+    assert set(alarms) == {"rdeploy-iris-sm-5xx", "rdeploy-iris-sm-latency"}
+    dimensions = [{"Name": "EndpointName", "Value": "rdeploy-iris-sm"}, {"Name": "VariantName", "Value": "main"}]
+    errors, latency = alarms["rdeploy-iris-sm-5xx"], alarms["rdeploy-iris-sm-latency"]
+    assert (errors["Namespace"], errors["MetricName"], errors["Statistic"]) == (
+        "AWS/SageMaker",
+        "Invocation5XXErrors",
+        "Sum",
+    )
+    assert (errors["Threshold"], errors["Period"], errors["EvaluationPeriods"]) == (5.0, 60, 1)
+    assert (latency["MetricName"], latency["Statistic"], latency["Threshold"], latency["EvaluationPeriods"]) == (
+        "ModelLatency",
+        "Average",
+        2_000_000.0,
+        2,
+    )
+    assert errors["Dimensions"] == dimensions
+    assert latency["Dimensions"] == dimensions
+    for alarm in alarms.values():
+        tags = aws_client("cloudwatch").list_tags_for_resource(ResourceARN=alarm["AlarmArn"])["Tags"]
+        assert {"Key": tagging.DEPLOYMENT, "Value": str(update.pk)} in tags
+        assert {"Key": tagging.ENDPOINT, "Value": "iris-sm"} in tags
+    assert set(
+        ExternalResource.objects.filter(kind="cloudwatch_alarm", deleted_at__isnull=True).values_list(
+            "identifier", flat=True
+        )
+    ) == set(alarms)
 
 
 def advance_until_done(deployment: Deployment, step_name: str) -> None:
@@ -343,7 +377,7 @@ def test_cloudwatch_lines_of_the_endpoint_appear_in_its_logs(aws: MotoServer, ow
     drive(latest("iris-sm"))
     group = "/aws/sagemaker/Endpoints/rdeploy-iris-sm"
     cloudwatch = aws_client("logs")
-    cloudwatch.create_log_group(logGroupName=group)
+    # rdeploy made the group before the endpoint: SageMaker writes into it.
     cloudwatch.create_log_stream(logGroupName=group, logStreamName="main/i-1")
     now = int(time.time() * 1000)
     cloudwatch.put_log_events(

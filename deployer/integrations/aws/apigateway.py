@@ -58,7 +58,8 @@ def _lambda_uri(lambda_arn: str, region: str) -> str:
 
 
 def ensure_authorizer(api_id: str, *, name: str, lambda_arn: str, region: str) -> str:
-    """A REQUEST authorizer reading the ``x-api-key`` header; results cached 60 s."""
+    """A REQUEST authorizer reading the ``x-api-key`` header; results cached 60 s (a key
+    rotation flushes the cache: ``flush_authorizer_cache``)."""
     client = aws_client("apigateway")
     for authorizer in client.get_authorizers(restApiId=api_id).get("items", []):
         if authorizer["name"] == name:
@@ -117,6 +118,16 @@ def ensure_stage(api_id: str, stage: str) -> None:
         if not is_not_found(error):
             raise
     client.create_deployment(restApiId=api_id, stageName=stage, description="rdeploy")
+
+
+def flush_authorizer_cache(api_id: str, stage: str) -> None:
+    """Forget every cached authorizer answer of ``stage``, so the next request with any key
+    asks the authorizer again. A missing API or stage has nothing cached."""
+    try:
+        aws_client("apigateway").flush_stage_authorizers_cache(restApiId=api_id, stageName=stage)
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
 
 
 def find_api_key(name: str) -> str | None:

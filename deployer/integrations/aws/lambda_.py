@@ -102,4 +102,17 @@ def environment_of(name: str) -> dict[str, str] | None:
 
 
 def set_environment(name: str, environment: dict[str, str]) -> None:
+    """Lambda applies it asynchronously: see ``update_finished``."""
     aws_client("lambda").update_function_configuration(FunctionName=name, Environment={"Variables": environment})
+
+
+def update_finished(name: str) -> bool:
+    """Whether new invocations run with the function's latest configuration (its last
+    update is no longer InProgress); a missing function has nothing pending."""
+    try:
+        configuration = aws_client("lambda").get_function_configuration(FunctionName=name)
+    except ClientError as error:
+        if is_not_found(error):
+            return True
+        raise
+    return configuration.get("LastUpdateStatus") != "InProgress"

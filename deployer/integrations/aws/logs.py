@@ -1,4 +1,6 @@
-"""CloudWatch Logs: the endpoint's, the build's and the Lambda function's log lines."""
+"""CloudWatch Logs: the endpoint's, the build's and the Lambda function's log lines, and
+the log groups themselves (rdeploy creates them, tagged and with a retention policy,
+before SageMaker, Lambda or CodeBuild write into them)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_not_found
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,41 @@ def last_lines(group: str, *, count: int = 20, window_ms: int = 3_600_000) -> li
     return [event.message.rstrip() for event in events_since(group, start_ms=start, limit=10_000)[-count:]]
 
 
+def ensure_log_group(group: str, *, tags: dict[str, str], retention_days: int) -> None:
+    """Create the group with ``tags`` (tag it when it already exists, e.g. made by the
+    service that writes into it) and (re)put its retention policy; every call an upsert."""
+    client = aws_client("logs")
+    try:
+        client.create_log_group(logGroupName=group, tags=tags)
+    except ClientError as error:
+        if not is_already_exists(error):
+            raise
+        arn = next(arn for name, arn in log_groups(group) if name == group)
+        client.tag_resource(resourceArn=arn, tags=tags)
+    client.put_retention_policy(logGroupName=group, retentionInDays=retention_days)
+
+
+def log_groups(prefix: str) -> list[tuple[str, str]]:
+    """(name, ARN without the trailing ``:*``) of every group whose name starts with ``prefix``."""
+    found: list[tuple[str, str]] = []
+    for page in aws_client("logs").get_paginator("describe_log_groups").paginate(logGroupNamePrefix=prefix):
+        for group in page["logGroups"]:
+            arn = str(group.get("logGroupArn") or str(group["arn"]).removesuffix(":*"))
+            found.append((str(group["logGroupName"]), arn))
+    return found
+
+
+def tags_of(arn: str) -> dict[str, str]:
+    try:
+        return dict(aws_client("logs").list_tags_for_resource(resourceArn=arn)["tags"])
+    except ClientError as error:
+        if is_not_found(error):
+            return {}
+        raise
+
+
 def delete_log_group(group: str) -> None:
+    """Missing counts as deleted."""
     try:
         aws_client("logs").delete_log_group(logGroupName=group)
     except ClientError as error:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from deployer.integrations.aws import apigateway, autoscaling, ecr, iam, lambda_, s3, sagemaker
+from deployer.integrations.aws import apigateway, autoscaling, cloudwatch, ecr, iam, lambda_, logs, s3, sagemaker
 
 INSTALLATION = "rdeploy:installation"
 ENDPOINT = "rdeploy:endpoint"
@@ -39,6 +39,12 @@ class CloudResource:
     @property
     def endpoint(self) -> str:
         return self.tags.get(ENDPOINT, "")
+
+
+def log_group_prefixes(prefix: str) -> tuple[str, ...]:
+    """The groups SageMaker (``/aws/sagemaker/Endpoints/<endpoint>``) and Lambda
+    (``/aws/lambda/<function>``) write an endpoint's logs to, for rdeploy's names."""
+    return (f"/aws/sagemaker/Endpoints/{prefix}-", f"/aws/lambda/{prefix}-")
 
 
 def inventory(*, installation: str, prefix: str, bucket: str | None, repository: str) -> Iterator[CloudResource]:
@@ -84,6 +90,18 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
     for name, _id, tags in apigateway.api_keys(prefix):
         if ours(tags):
             yield CloudResource("apigateway_api_key", name, tags)
+    for name, arn in cloudwatch.alarms(prefix):
+        tags = cloudwatch.tags_of(arn)
+        if ours(tags):
+            yield CloudResource("cloudwatch_alarm", name, tags)
+    for group_prefix in log_group_prefixes(prefix):
+        for name, arn in logs.log_groups(group_prefix):
+            tags = logs.tags_of(arn)
+            # A service creates the group itself, untagged, when it writes to a missing one
+            # (an endpoint from before rdeploy made its groups, a write after teardown):
+            # such a group goes by rdeploy's naming, unless another installation tagged it.
+            if ours(tags) or INSTALLATION not in tags:
+                yield CloudResource("log_group", name, tags)
     if bucket:
         for key in s3.list_keys(bucket, f"{prefix}/"):
             tags = s3.object_tags(bucket, key)

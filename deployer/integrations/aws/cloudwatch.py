@@ -1,0 +1,73 @@
+"""CloudWatch alarms: the metric alarms on an endpoint's variant that SageMaker watches
+during a blue/green update, rolling back when one fires."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from botocore.exceptions import ClientError
+
+from deployer.integrations.aws.client import aws_client, is_not_found, tag_list
+
+NAMESPACE = "AWS/SageMaker"
+
+
+@dataclass(frozen=True)
+class VariantAlarm:
+    """``metric`` of one endpoint variant compared with ``threshold`` (``>=``) over
+    ``evaluation_periods`` periods of ``period`` seconds; no data (no traffic) is fine."""
+
+    name: str
+    metric: str
+    statistic: str
+    threshold: float
+    period: int
+    evaluation_periods: int
+    description: str
+
+
+def ensure_variant_alarm(alarm: VariantAlarm, *, endpoint: str, variant: str, tags: dict[str, str]) -> None:
+    """PutMetricAlarm is an upsert: a rerun (or changed thresholds) overwrites the alarm.
+    (AWS applies ``tags`` only when it creates the alarm.)"""
+    aws_client("cloudwatch").put_metric_alarm(
+        AlarmName=alarm.name,
+        AlarmDescription=alarm.description,
+        Namespace=NAMESPACE,
+        MetricName=alarm.metric,
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}],
+        Statistic=alarm.statistic,
+        Period=alarm.period,
+        EvaluationPeriods=alarm.evaluation_periods,
+        Threshold=alarm.threshold,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="notBreaching",
+        Tags=tag_list(tags),
+    )
+
+
+def delete_alarm(name: str) -> None:
+    """Missing counts as deleted."""
+    try:
+        aws_client("cloudwatch").delete_alarms(AlarmNames=[name])
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+
+
+def alarms(prefix: str) -> list[tuple[str, str]]:
+    """(name, ARN) of every metric alarm whose name starts with ``prefix``."""
+    found: list[tuple[str, str]] = []
+    paginator = aws_client("cloudwatch").get_paginator("describe_alarms")
+    for page in paginator.paginate(AlarmNamePrefix=prefix, AlarmTypes=["MetricAlarm"]):
+        found.extend((str(alarm["AlarmName"]), str(alarm["AlarmArn"])) for alarm in page["MetricAlarms"])
+    return found
+
+
+def tags_of(arn: str) -> dict[str, str]:
+    try:
+        tags = aws_client("cloudwatch").list_tags_for_resource(ResourceARN=arn)["Tags"]
+    except ClientError as error:
+        if is_not_found(error):
+            return {}
+        raise
+    return {tag["Key"]: tag["Value"] for tag in tags}
