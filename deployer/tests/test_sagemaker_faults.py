@@ -5,6 +5,10 @@ worker's lease expires), must create no duplicate and leave nothing behind on de
 The death is injected as an exception no code catches, raised by a botocore
 ``before-call`` hook at the n-th AWS call, for n = 1, 2, ... until the step completes
 without reaching it: every point at which a step talks to AWS is a kill point.
+
+moto lacks ``UpdateEndpoint``: the update runs under ``EndpointUpdates``
+(testsupport/moto.py), registered after the kill hook, so the update call is a kill
+point like any other.
 """
 
 from __future__ import annotations
@@ -21,8 +25,17 @@ from deployer.models import Deployment, DeploymentStep, ExternalResource
 from deployer.services.pipeline import serving_deployment
 from deployer.targets import get_target
 from deployer.targets.base import StepContext, StepOutcome
-from deployer.tests.sagemaker_support import ONE_PUBLIC_ENDPOINT, counts, create_public, drive, latest, tagged
-from testsupport.moto import MotoServer
+from deployer.tests.sagemaker_support import (
+    ONE_PUBLIC_ENDPOINT,
+    counts,
+    create_public,
+    drive,
+    latest,
+    push_image,
+    ready_model,
+    tagged,
+)
+from testsupport.moto import EndpointUpdates, MotoServer
 
 pytestmark = pytest.mark.django_db
 SERVICES = (
@@ -35,6 +48,7 @@ SERVICES = (
     "apigateway",
     "iam",
     "application-autoscaling",
+    "cloudwatch",
 )
 
 
@@ -91,6 +105,17 @@ def run_with_a_kill_at_every_call(deployment: Deployment) -> int:
     return kills
 
 
+def monitoring() -> dict[str, int]:
+    """How many alarms, and log groups SageMaker or Lambda write an endpoint's lines to, exist."""
+    logs = aws_client("logs")
+    groups = [
+        group
+        for prefix in ("/aws/sagemaker/Endpoints/", "/aws/lambda/")
+        for group in logs.describe_log_groups(logGroupNamePrefix=prefix)["logGroups"]
+    ]
+    return {"alarms": len(aws_client("cloudwatch").describe_alarms()["MetricAlarms"]), "log_groups": len(groups)}
+
+
 def test_a_worker_killed_at_every_aws_call_of_every_step_creates_no_duplicate_and_leaks_nothing(
     aws: MotoServer, owner: User, api_client_for: Any
 ) -> None:
@@ -103,6 +128,21 @@ def test_a_worker_killed_at_every_aws_call_of_every_step_creates_no_duplicate_an
     assert creation.status == Deployment.Status.SUCCEEDED, creation.error
     assert kills >= 25
     assert counts() == {**ONE_PUBLIC_ENDPOINT, "scaling": 1}
+    assert monitoring() == {"alarms": 0, "log_groups": 2}
+
+    # A blue/green update (its rollback alarms), killed at every call too.
+    push_image(creation.resources["ecr_image"])
+    model = ready_model(owner, content=b"model-2")
+    api_client_for(owner).post("/api/v1/endpoints/iris-sm/deployments", {"model": model.pk}, format="json")
+    update = latest("iris-sm")
+    with EndpointUpdates(aws_client("sagemaker")) as updates:
+        run_with_a_kill_at_every_call(update)
+        update = drive(update)
+
+    assert update.status == Deployment.Status.SUCCEEDED, update.error
+    assert len(updates.calls) == 1
+    assert counts() == {**ONE_PUBLIC_ENDPOINT, "scaling": 1}
+    assert monitoring() == {"alarms": 2, "log_groups": 2}
 
     api_client_for(owner).delete("/api/v1/endpoints/iris-sm/")
     deletion = latest("iris-sm")
@@ -112,6 +152,7 @@ def test_a_worker_killed_at_every_aws_call_of_every_step_creates_no_duplicate_an
     assert deletion.status == Deployment.Status.SUCCEEDED, deletion.error
     assert tagged() == []
     assert set(counts().values()) == {0}
+    assert monitoring() == {"alarms": 0, "log_groups": 0}
     assert list(ExternalResource.objects.filter(deleted_at__isnull=True).values_list("kind", flat=True)) == [
         "ecr_image"
     ]

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import pytest
+from botocore.stub import Stubber
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
@@ -31,7 +32,7 @@ from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResour
 from deployer.services.model_versions import model_version_directory_digest
 from deployer.services.pipeline import deployment_advance
 from deployer.targets import get_target
-from deployer.targets.base import PermanentStepError
+from deployer.targets.base import PermanentStepError, TransientStepError
 from deployer.targets.sagemaker import (
     cloud_orphans,
     cloud_orphans_delete,
@@ -426,20 +427,50 @@ def test_the_image_tag_is_the_build_contexts_hash_and_other_packages_need_anothe
     assert "ranger\n" in image_build_context(other).files["build/packages.txt"][0].decode()
 
 
-def test_a_rotated_key_reaches_the_authorizer_at_the_next_check_and_a_vanished_endpoint_fails_it(
+def test_a_rotated_key_reaches_the_authorizer_and_its_cache_is_flushed_once_lambda_serves_it(
     aws: MotoServer, owner: User, api_client_for: Any
 ) -> None:
+    """moto has no FlushStageAuthorizersCache (404): a Stubber answers that one call and
+    checks its parameters. Lambda's update still in progress is a Stubber answer on
+    GetFunctionConfiguration (moto applies updates at once)."""
     create_public(owner, api_client_for)
     drive(latest("iris-sm"))
-    client = api_client_for(owner)
-    new_key = client.post("/api/v1/endpoints/iris-sm/rotate-key").json()["api_key"]
+    new_key = api_client_for(owner).post("/api/v1/endpoints/iris-sm/rotate-key").json()["api_key"]
     endpoint = Endpoint.objects.get(name="iris-sm")
     target = get_target("sagemaker")
+    api_id = aws_client("apigateway").get_rest_apis()["items"][0]["id"]
+    function = aws_client("lambda").get_function_configuration(FunctionName="rdeploy-iris-sm")
+    in_progress = {
+        "FunctionName": "rdeploy-iris-sm",
+        "Environment": {"Variables": {**function["Environment"]["Variables"], "RDEPLOY_API_KEY_SHA256": "x"}},
+        "LastUpdateStatus": "InProgress",
+    }
 
-    target.check(endpoint)
+    # Lambda still applies the new environment: flushing now could cache the old key again.
+    with (
+        SingleCallStubber(aws_client("lambda"), "GetFunctionConfiguration") as lambda_stub,
+        Stubber(aws_client("apigateway")),
+    ):
+        lambda_stub.add_response("get_function_configuration", in_progress)
+        lambda_stub.add_response("get_function_configuration", in_progress)
+        with pytest.raises(TransientStepError, match="not active yet"):
+            target.push_api_key(endpoint)
+    with SingleCallStubber(aws_client("apigateway"), "FlushStageAuthorizersCache") as flush:
+        flush.add_response("flush_stage_authorizers_cache", {}, {"restApiId": api_id, "stageName": "v1"})
+        target.push_api_key(endpoint)
+        flush.assert_no_pending_responses()
 
     variables = aws_client("lambda").get_function_configuration(FunctionName="rdeploy-iris-sm")["Environment"]
     assert variables["Variables"]["RDEPLOY_API_KEY_SHA256"] == hashlib.sha256(new_key.encode()).hexdigest()
+    # Once per key: the reconciler's checks flush nothing more (no API Gateway call at all).
+    calls: list[str] = []
+    apigateway = aws_client("apigateway")
+    apigateway.meta.events.register("before-call.*.*", lambda model, **_: calls.append(model.name), "count")
+    try:
+        target.check(endpoint)
+    finally:
+        apigateway.meta.events.unregister("before-call.*.*", unique_id="count")
+    assert calls == []
     aws_client("sagemaker").delete_endpoint(EndpointName="rdeploy-iris-sm")
     with pytest.raises(PermanentStepError, match="rdeploy-iris-sm no longer exists"):
         target.check(endpoint)
