@@ -12,8 +12,9 @@ Starts a throwaway installation (Redis, a Celery worker and gunicorn configured 
    connections: the R runtime directly, a bare WSGI proxy under the same gunicorn
    settings (the floor any Python proxy pays on this machine), POST
    /api/v1/endpoints/<name>/invocations (token auth) and POST /e/<name>/invocations
-   (x-api-key + Redis throttle), and what each adds at the median over the direct call
-   (goal <= 1 ms).
+   (x-api-key + Redis throttle), the latter also through Django's full request handling
+   without the prediction fast path (the baseline), and what each adds at the median
+   over the direct call (goal <= 1 ms).
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def main() -> int:
         # As `make run` serves (scripts/run.sh).
         gunicorn = [str(bin_dir / "gunicorn"), "-w", str(args.web_workers), "--threads", "8", "-k", "gthread"]
         spawn("web", [*gunicorn, "config.wsgi", "-b", f"127.0.0.1:{web_port}"])
+        # The same Django without the prediction fast path (deployer/api/fast_path.py), as
+        # the baseline the fast path is measured against.
+        django_only_port = free_port()
+        spawn("web-django-only", [*gunicorn, "config.wsgi:django_application", "-b", f"127.0.0.1:{django_only_port}"])
         http = urllib3.PoolManager(maxsize=4)
         auth = {"Authorization": f"Token {token}"}
         wait_until(lambda: _status(http, f"{base}/healthz") == 200, 60, "the web server", 0.2)
@@ -120,7 +125,8 @@ def main() -> int:
             spawn("bare", [*gunicorn, "bare_proxy:app", "--chdir", str(data_dir), "-b", f"127.0.0.1:{floor_port}"])
             return floor_port
 
-        measure(http, base, auth, name, report, args.requests, spawn_floor)
+        wait_until(lambda: _status(http, f"http://127.0.0.1:{django_only_port}/healthz") == 200, 60, "Django only", 0.2)
+        measure(http, base, auth, name, report, args.requests, spawn_floor, django_only_port)
         print(json.dumps(report, indent=2))
         delete = http.request("DELETE", f"{base}/api/v1/endpoints/{name}/", headers=auth)
         assert delete.status == 202, delete.data
@@ -219,6 +225,7 @@ def measure(
     report: dict[str, Any],
     requests: int,
     spawn_floor: Callable[[int], int],
+    django_only_port: int,
 ) -> None:
     from deployer.models import Endpoint
 
@@ -238,6 +245,11 @@ def measure(
         ),
         "public_route": (
             http_client.HTTPConnection("127.0.0.1", web_port),
+            f"/e/{name}/invocations",
+            {**csv, "x-api-key": report["api_key"]},
+        ),
+        "public_route_without_fast_path": (
+            http_client.HTTPConnection("127.0.0.1", django_only_port),
             f"/e/{name}/invocations",
             {**csv, "x-api-key": report.pop("api_key")},
         ),
@@ -262,7 +274,7 @@ def measure(
             "p99": round(values[int(len(values) * 0.99)], 3),
         }
     direct = report["direct_ms"]["p50"]
-    for route in ("bare_proxy", "invocations_route", "public_route"):
+    for route in ("bare_proxy", "invocations_route", "public_route", "public_route_without_fast_path"):
         report[f"{route}_adds_ms_p50"] = round(report[f"{route}_ms"]["p50"] - direct, 3)
 
 

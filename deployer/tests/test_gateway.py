@@ -5,11 +5,7 @@ here; the end-to-end tests put the real R runtime behind the same route."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,46 +15,12 @@ from django.test import Client
 from deployer.models import Endpoint, ModelVersion
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_rotate_key
+from deployer.tests.gateway_support import echo_port, live_public
 from testsupport.factories import make_model_version
 
-pytestmark = pytest.mark.django_db
+__all__ = ["echo_port"]  # a fixture: pytest finds it in this module's namespace
 
-
-class Echo(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        payload = json.dumps({"headers": dict(self.headers.items()), "body": body.decode()}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def echo_port() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield int(server.server_address[1])
-    server.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_routes() -> None:
-    gateway._routes.clear()
-
-
-def live_public(owner: User, name: str, port: int, **options: object) -> str:
-    model = make_model_version(owner, status=ModelVersion.Status.READY)
-    issued = endpoint_create(owner=owner, name=name, model_version=model, public=True, options=options)
-    Endpoint.objects.filter(pk=issued.endpoint.pk).update(status=Endpoint.Status.LIVE, runtime={"port": port})
-    assert issued.api_key
-    return issued.api_key
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_gateway_routes")]
 
 
 def call(name: str, key: str | None, body: bytes = b"a,b\n1,2\n", **headers: str) -> tuple[int, dict[str, object]]:

@@ -1,0 +1,51 @@
+"""A stand-in runtime for the gateway's tests: a tiny HTTP server echoing what reached it.
+
+The end-to-end tests put the real R runtime behind the same routes; these tests are about
+what the gateway does around it (keys, limits, headers), which an echo shows exactly."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.contrib.auth.models import User
+
+from deployer.models import Endpoint, ModelVersion
+from deployer.services.endpoints import endpoint_create
+from testsupport.factories import make_model_version
+
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        payload = json.dumps({"headers": dict(self.headers.items()), "body": body.decode()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def echo_port() -> Iterator[int]:
+    """The port of a running echo runtime (import this fixture into the test module)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield int(server.server_address[1])
+    server.shutdown()
+
+
+def live_public(owner: User, name: str, port: int, **options: object) -> str:
+    model = make_model_version(owner, status=ModelVersion.Status.READY)
+    issued = endpoint_create(owner=owner, name=name, model_version=model, public=True, options=options)
+    Endpoint.objects.filter(pk=issued.endpoint.pk).update(status=Endpoint.Status.LIVE, runtime={"port": port})
+    assert issued.api_key
+    return issued.api_key
