@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from deployer.services.tokens import api_token_create
 from testsupport.factories import make_user
-from testsupport.services import CeleryWorker, RedisServer
+from testsupport.services import CeleryWorker, RedisServer, WebServer
 
 # The models trained by R once per session (the `r_models` fixture).
 pytest_plugins = ["testsupport.r_models"]
@@ -45,6 +45,15 @@ def celery_worker(django_db_setup: None, django_db_blocker: pytest.FixtureReques
     worker.start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def web_server(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[WebServer]:
+    """gunicorn serving config.wsgi on the test database; tests using it need transaction=True."""
+    server = WebServer(settings.DATABASES["default"]["NAME"], Path(settings.DATA_DIR) / "web.log")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

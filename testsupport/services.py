@@ -1,10 +1,11 @@
-"""Real service processes for tests: Redis and a Celery worker, started and stopped here."""
+"""Real service processes for tests: Redis, a Celery worker and the web app, started and stopped here."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,4 +134,51 @@ class CeleryWorker:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self.process = None
+
+
+class WebServer:
+    """The real web app: gunicorn serving `config.wsgi` as `make run` does (gthread
+    workers), on the test database, so requests go through the same WSGI entry point as
+    in production (including the prediction fast path)."""
+
+    def __init__(self, database_name: str, logfile: Path) -> None:
+        self.database_name = database_name
+        self.logfile = logfile
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        env = dict(os.environ, DATABASE_URL=f"sqlite:///{self.database_name}", PYTHONUNBUFFERED="1")
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+        command = [str(gunicorn), "config.wsgi", "-b", f"127.0.0.1:{self.port}", "-w", "2", "-k", "gthread"]
+        log = self.logfile.open("ab")
+        self.process = subprocess.Popen(
+            command, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited; see {self.logfile}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn did not listen within {timeout} s; see {self.logfile}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
         self.process = None

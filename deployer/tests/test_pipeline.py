@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -20,6 +21,7 @@ from rest_framework.test import APIClient
 from deployer.integrations import processes
 from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway
+from deployer.services.tokens import api_token_create
 from deployer.targets.local import endpoint_dir
 from deployer.tests.pipeline_support import (
     expected,
@@ -27,6 +29,7 @@ from deployer.tests.pipeline_support import (
     rows_csv,
     wait_for,
 )
+from testsupport.services import WebServer
 
 pytestmark = [
     pytest.mark.slow,
@@ -101,8 +104,18 @@ class InvokingClient(threading.Thread):
             connection.close()
 
 
+def http_post(server: WebServer, path: str, body: bytes, content_type: str, **headers: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": content_type, **headers})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def test_a_model_goes_live_updates_without_a_failed_call_rolls_back_and_is_deleted(
-    owner: User, api_client_for: Callable[[User], APIClient], iris_models: Path
+    owner: User, api_client_for: Callable[[User], APIClient], iris_models: Path, web_server: WebServer
 ) -> None:
     truth = expected(iris_models)
     client = api_client_for(owner)
@@ -127,6 +140,22 @@ def test_a_model_goes_live_updates_without_a_failed_call_rolls_back_and_is_delet
     assert float(csv.headers["X-Rdeploy-Runtime-Ms"]) > 0
     as_json = client.post(invocations, json.dumps(truth["rows"]), content_type="application/json")
     assert predictions(as_json) == truth["v1"]
+    # The same over HTTP through the real web app (gunicorn serving config.wsgi), both routes.
+    token = api_token_create(user=owner, name="http").secret
+    over_http = [
+        http_post(web_server, invocations, rows_csv(truth["rows"]), "text/csv", Authorization=f"Token {token}"),
+        http_post(
+            web_server,
+            "/e/iris/invocations",
+            json.dumps(truth["rows"]).encode(),
+            "application/json",
+            **{"x-api-key": api_key},
+        ),
+    ]
+    for status, body in over_http:
+        assert status == 200, body
+        assert json.loads(body)["predictions"] == truth["v1"]
+    assert http_post(web_server, "/e/iris/invocations", b"1", "text/csv", **{"x-api-key": "rdk_wrong"})[0] == 403
 
     # Blue/green update while a client calls in a loop: no call fails.
     loop = InvokingClient(lambda: client.post(invocations, rows_csv(truth["rows"][:1]), content_type="text/csv"))
