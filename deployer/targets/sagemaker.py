@@ -744,7 +744,7 @@ class SageMakerTarget(Target):
                 role,
                 path=f"/{prefix()}/",
                 trust=iam.LAMBDA_TRUST,
-                policy=self._function_policy(name, region),
+                policy=self._function_policy(name, function_log_group(endpoint), region),
                 tags=_tags(ctx),
                 boundary=settings.RDEPLOY_LAMBDA_PERMISSIONS_BOUNDARY,
             )
@@ -777,7 +777,7 @@ class SageMakerTarget(Target):
         return StepOutcome.done(f"Lambda function {function} forwards to {name}.")
 
     @staticmethod
-    def _function_policy(endpoint: str, region: str) -> dict[str, Any]:
+    def _function_policy(endpoint: str, log_group: str, region: str) -> dict[str, Any]:
         return {
             "Version": "2012-10-17",
             "Statement": [
@@ -787,9 +787,11 @@ class SageMakerTarget(Target):
                     "Resource": f"arn:aws:sagemaker:{region}:*:endpoint/{endpoint}",
                 },
                 {
+                    # The group exists (rdeploy made it): no CreateLogGroup, so a line after
+                    # teardown cannot recreate it.
                     "Effect": "Allow",
-                    "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                    "Resource": f"arn:aws:logs:{region}:*:log-group:/aws/lambda/{endpoint}:*",
+                    "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                    "Resource": f"arn:aws:logs:{region}:*:log-group:{log_group}:*",
                 },
             ],
         }
