@@ -919,6 +919,12 @@ class SageMakerTarget(Target):
         return StepOutcome.done(f"Removed {count} SageMaker model(s) and config(s).")
 
     def _step_remove_monitoring(self, ctx: StepContext) -> StepOutcome:
+        # A group SageMaker or Lambda made itself (for an endpoint deployed before rdeploy
+        # made them) is the endpoint's all the same: recorded now, removed like the others.
+        recorded = set(ctx.live_resources().filter(kind="log_group").values_list("identifier", flat=True))
+        for group in (endpoint_log_group(ctx.endpoint), function_log_group(ctx.endpoint)):
+            if group not in recorded and any(name == group for name, _arn in logs.log_groups(group)):
+                ctx.record_resource("log_group", group)
         # Log groups last, once nothing writes to them any more (SageMaker and Lambda would
         # create them again, untagged, for a late line; rdeploy_gc finds those by name).
         count = self._remove_kinds(ctx, ("cloudwatch_alarm", "log_group"))

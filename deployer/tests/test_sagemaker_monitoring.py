@@ -217,11 +217,11 @@ def test_rdeploy_gc_finds_log_groups_and_alarms_no_endpoint_owns(
     assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.LIVE
 
 
-def test_rdeploy_gc_keeps_the_groups_of_a_live_endpoint_that_rdeploy_did_not_make(
+def test_groups_sagemaker_and_lambda_made_themselves_are_their_endpoints_and_go_with_it(
     aws: MotoServer, owner: User, api_client_for: Any
 ) -> None:
     """An endpoint deployed before rdeploy made log groups has them from SageMaker and
-    Lambda, untagged and unrecorded: they belong to it all the same."""
+    Lambda, untagged and unrecorded: gc leaves them to it, and its teardown removes them."""
     create_public(owner, api_client_for)
     drive(latest("iris-sm"))
     for group in (SAGEMAKER_GROUP, LAMBDA_GROUP):
@@ -230,3 +230,12 @@ def test_rdeploy_gc_keeps_the_groups_of_a_live_endpoint_that_rdeploy_did_not_mak
     ExternalResource.objects.filter(kind="log_group").delete()
 
     assert [orphan for orphan in cloud_orphans() if orphan.kind == "log_group"] == []
+
+    write_log_lines(SAGEMAKER_GROUP, "last words")
+    api_client_for(owner).delete("/api/v1/endpoints/iris-sm/")
+    deletion = drive(latest("iris-sm"))
+
+    assert deletion.status == Deployment.Status.SUCCEEDED, deletion.error
+    assert endpoint_log_groups() == {}
+    assert LogLine.objects.filter(source=LogLine.Source.ENDPOINT, message="last words").count() == 1
+    assert tagged() == []
