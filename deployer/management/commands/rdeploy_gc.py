@@ -1,6 +1,8 @@
 """`python manage.py rdeploy_gc [--delete]`: cloud resources this installation tagged that
-no live database row owns (leaks from crashes or manual edits), and unused images past
-their grace period. Lists them; with --delete, removes them."""
+no live database row owns (leaks from crashes or manual edits), untagged log groups under
+rdeploy's names that no live endpoint writes to (SageMaker or Lambda recreate a group for a
+line written after teardown), and unused images past their grace period. Lists them; with
+--delete, removes them (docs/sagemaker.md, "Garbage collection")."""
 
 from __future__ import annotations
 
