@@ -30,15 +30,12 @@ log_line(sprintf(
 ))
 
 # Rserve calls this in the connection's child for every request. headers is
-# the raw header block, starting with "Request-Method: <METHOD>". HAProxy
-# logs every request, so nothing is logged here.
+# the raw header block, starting with "Request-Method: <METHOD>"; it is
+# parsed once here. HAProxy logs every request, so nothing is logged here.
 .http.request <- function(url, query, body, headers) {
-  headers <- if (is.null(headers)) "" else rawToChar(headers)
-  method <- if (startsWith(headers, "Request-Method: ")) {
-    substr(headers, 17L, regexpr("\n", headers, fixed = TRUE) - 1L)
-  } else {
-    "GET"
-  }
+  headers <- rd_parse_headers(if (is.null(headers)) "" else rawToChar(headers))
+  method <- rd_header_value(headers, "request-method")
+  if (!nzchar(method)) method <- "GET"
   res <- rd_handle_request(bundle, method, url, body, headers, max_body)
   if (res$status >= 500L) log_line(method, " ", url, " ", res$status, ": ", res$body)
   list(res$body, res$content_type, character(0), res$status)
