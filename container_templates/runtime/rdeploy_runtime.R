@@ -266,7 +266,7 @@ rd_schema_plan <- function(schema) {
 # Returns the data.frame rd_parse_input() would return, or NULL for anything
 # else, which then takes the general path (and gets its error messages).
 rd_read_simple_csv <- function(text, plan) {
-  if (!isTRUE(plan$simple_csv) || grepl("[\" \t\r]", text, perl = TRUE)) return(NULL)
+  if (!isTRUE(plan$simple_csv) || grepl("[ \t\r]", text, perl = TRUE)) return(NULL)
   lines <- strsplit(text, "\n", fixed = TRUE)[[1]]
   if (!all(nzchar(lines))) lines <- lines[nzchar(lines)]
   if (!length(lines)) return(NULL)
@@ -277,7 +277,7 @@ rd_read_simple_csv <- function(text, plan) {
   } else if (any(strsplit(first, ",", fixed = TRUE)[[1]] %in% plan$names)) {
     return(NULL)
   }
-  if (any(endsWith(lines, ","))) return(NULL)
+  if (any(endsWith(lines, ",")) || (grepl("\"", text, fixed = TRUE) && any(grepl("\"", lines, fixed = TRUE)))) return(NULL)
   fields <- strsplit(lines, ",", fixed = TRUE)
   k <- length(plan$names)
   n <- length(lines)
