@@ -1,7 +1,7 @@
 """The runtime's lean request path gives exactly what its general path gives.
 
-rdeploy_runtime.R parses the common request (a few rows of plain CSV) without the general parser, and parses
-the header block once. These tests run real R on both paths for the same inputs and compare the results with
+rdeploy_runtime.R parses the common requests (plain CSV, JSON records of scalars) without the general parsers,
+and parses the header block once. These tests run real R on both paths for the same inputs and compare the results with
 identical(), errors included, so the fast path can never change what a client gets.
 """
 
@@ -125,6 +125,61 @@ def test_the_common_requests_take_the_simple_csv_path(parsed: list[dict[str, Any
         "a,b,c\n" + "1.5,2,3\n" * 120,
     ]:
         assert body in taken
+
+
+JSON_BODIES = [
+    '[{"a":1,"b":"x"}]',
+    '[{"a":1,"b":"x"},{"a":2.5,"b":"y"}]',
+    '{"instances":[{"a":1,"b":"x"}]}',
+    '{"a":[1,2],"b":["x","y"]}',
+    '{"a":1,"b":"x"}',
+    '[{"a":true},{"a":false}]',
+    '{"instances":{"a":[1,2]}}',
+    '[{"a":12345678901234,"b":1e400}]',
+    '[{"a":"\u00e9","b":"\\u0000x"}]',
+    '[{"a":1,"b":null}]',
+    '[{"a":1},{"b":2}]',
+    '[{"a":1,"b":2},{"b":2,"a":1}]',
+    "[[1,2]]",
+    '{"instances":[[1,2]]}',
+    '[{"a":"1"},{"a":2}]',
+    '{"a":[true,1]}',
+    '[{"a":[1,2]}]',
+    '{"a":[1,2],"b":[1]}',
+    '{"a":[1,null]}',
+    '{"a":{"b":1}}',
+    '[{"a":1,"a":2}]',
+    '[{"":1}]',
+    "[]",
+    "{}",
+    "null",
+    "[{",
+    "1",
+    "[1,2]",
+    '{"instances":[]}',
+]
+
+JSON_SCRIPT = r"""
+source(Sys.getenv("RDEPLOY_RUNTIME_FILE"))
+bodies <- jsonlite::fromJSON(Sys.getenv("RDEPLOY_CASES"), simplifyVector = FALSE)
+results <- lapply(bodies, function(body) {
+  fast <- rd_read_simple_json(body)
+  general <- tryCatch(rd_read_json(body, NULL), error = function(e) conditionMessage(e))
+  list(fast_path = !is.null(fast), same = is.null(fast) || identical(fast, general),
+       fast = paste(capture.output(str(fast)), collapse = "\n"),
+       general = paste(capture.output(str(general)), collapse = "\n"))
+})
+cat(jsonlite::toJSON(results, auto_unbox = TRUE))
+"""
+
+
+def test_simple_json_gives_the_columns_jsonlite_simplification_gives() -> None:
+    results = run_r(JSON_SCRIPT, RDEPLOY_CASES=json.dumps(JSON_BODIES))
+    for body, result in zip(JSON_BODIES, results, strict=True):
+        assert result["same"], f"{body}\nfast path:\n{result['fast']}\ngeneral path:\n{result['general']}"
+    # Records, instances and columns of plain scalars take the simple path; nulls, mixed types,
+    # nesting, rows without names and malformed bodies are left to the general one.
+    assert [r["fast_path"] for r in results] == [True] * 9 + [False] * (len(JSON_BODIES) - 9)
 
 
 def test_headers_are_parsed_once_into_values_named_by_lower_case_names() -> None:
