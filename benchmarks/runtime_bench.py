@@ -7,7 +7,9 @@ Trains a randomForest on iris (200 trees), then measures on this machine:
   - a 10,000-row CSV through `serve` against R's own read.csv() + predict() for it.
 and prints requests/s, p50, p99 and the ratios the runtime's goals are stated in (issue 3).
 
-Usage: python benchmarks/runtime_bench.py [--seconds 10]
+Usage: python benchmarks/runtime_bench.py [--seconds 10] [--rounds 1]
+With --rounds N every wrk run is repeated N times, interleaved, and the table shows medians: on a shared machine
+one run can fall into someone else's burst of work. The load average is printed before and after.
 Needs: R with randomForest, plumber, Rserve, jsonlite; haproxy; wrk. Sends traffic to 127.0.0.1 only.
 """
 
@@ -120,6 +122,16 @@ def run_wrk(url: str, lua: Path, connections: int, seconds: int) -> dict[str, fl
     }
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median rate (its own p50 and p99), errors if any run had them."""
+    middle = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+    return {**middle, "errors": max(r["errors"] for r in runs)}
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def bare_predict(work: Path, seconds: int) -> tuple[float, float]:
     script = work / "bare.R"
     script.write_text(BARE_R.format(row=ROW_CSV.replace("\n", "\\n"), seconds=seconds))
@@ -156,7 +168,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=1, help="wrk runs per server and connection count (median)")
     args = parser.parse_args()
+    load_before = load_average()
 
     with tempfile.TemporaryDirectory(prefix="rdeploy-bench-") as tmp:
         work = Path(tmp)
@@ -183,12 +197,17 @@ def main() -> None:
         try:
             wait_for(ours_port)
             wait_for(plumber_port)
-            results: dict[str, dict[str, float]] = {}
-            for name, port in (("serve", ours_port), ("plumber", plumber_port)):
-                url = f"http://127.0.0.1:{port}/invocations"
-                run_wrk(url, lua, 1, 2)  # warm up: first connections fork, compile and page in
-                for connections in (1, 4):
-                    results[f"{name} c{connections}"] = run_wrk(url, lua, connections, args.seconds)
+            runs: dict[str, list[dict[str, float]]] = {}
+            for port in (ours_port, plumber_port):
+                run_wrk(f"http://127.0.0.1:{port}/invocations", lua, 1, 2)  # warm up: fork, compile, page in
+            for _ in range(args.rounds):
+                for name, port in (("serve", ours_port), ("plumber", plumber_port)):
+                    url = f"http://127.0.0.1:{port}/invocations"
+                    for connections in (1, 4):
+                        runs.setdefault(f"{name} c{connections}", []).append(
+                            run_wrk(url, lua, connections, args.seconds)
+                        )
+            results = {name: median_run(r) for name, r in runs.items()}
             big = (work / "rows10k.csv").read_bytes()
             serve_10k = post_seconds(ours_port, big)
         finally:
@@ -204,6 +223,8 @@ def main() -> None:
         print(f"{name:<14}{r['rps']:>10.0f}{r['p50']:>10.2f}{r['p99']:>10.2f}{flag}")
     print(f"bare predict() on one row: {bare:.0f}/s (before {bare_before:.0f}, after {bare_after:.0f})")
     print(f"10,000-row CSV: serve {serve_10k * 1000:.0f} ms, R read.csv + predict {read_predict * 1000:.0f} ms")
+    rounds = f"median of {args.rounds} runs of {args.seconds} s" if args.rounds > 1 else f"one run of {args.seconds} s"
+    print(f"wrk: {rounds} each; load average before {load_before}, after {load_average()}")
 
     one, four = results["serve c1"], results["serve c4"]
     goals = [
