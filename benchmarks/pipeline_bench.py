@@ -1,6 +1,6 @@
 """Deploy pipeline benchmark: upload-to-live time, and what the routes add per request.
 
-    .venv/bin/python benchmarks/pipeline_bench.py [--requests 2000] [--web-workers 2]
+    .venv/bin/python benchmarks/pipeline_bench.py [--requests 2000] [--web-workers 2] [--wrk-seconds 4]
 
 Starts a throwaway installation (Redis, a Celery worker and gunicorn configured as
 `make run` does, on a temporary data directory), trains the example model
@@ -10,11 +10,13 @@ Starts a throwaway installation (Redis, a Celery worker and gunicorn configured 
    -> live, for the example model on the local target (goal <= 10 s);
 2. per-request latency of a one-row CSV prediction, interleaved on keep-alive
    connections: the R runtime directly, a bare WSGI proxy under the same gunicorn
-   settings (the floor any Python proxy pays on this machine), POST
+   settings (the floor any Python proxy pays on this machine; it writes to the runtime in
+   one send, as rdeploy does), POST
    /api/v1/endpoints/<name>/invocations (token auth) and POST /e/<name>/invocations
    (x-api-key + Redis throttle), the latter also through Django's full request handling
    without the prediction fast path (the baseline), and what each adds at the median
-   over the direct call (goal <= 1 ms).
+   over the direct call (goal <= 1 ms): interleaved (requests spaced out, each route in
+   turn) and sustained (wrk sending back to back on one keep-alive connection).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import urllib3
+from wrk import post_script, run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = b"Sepal.Length,Sepal.Width,Petal.Length,Petal.Width\n5.1,3.5,1.4,0.2\n"
@@ -61,6 +65,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per route")
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--wrk-seconds", type=int, default=4, help="length of each sustained (wrk) run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args()
 
@@ -126,7 +131,7 @@ def main() -> int:
             return floor_port
 
         wait_until(lambda: _status(http, f"http://127.0.0.1:{django_only_port}/healthz") == 200, 60, "Django only", 0.2)
-        measure(http, base, auth, name, report, args.requests, spawn_floor, django_only_port)
+        measure(http, base, auth, name, report, args.requests, spawn_floor, django_only_port, args.wrk_seconds)
         print(json.dumps(report, indent=2))
         delete = http.request("DELETE", f"{base}/api/v1/endpoints/{name}/", headers=auth)
         assert delete.status == 202, delete.data
@@ -204,10 +209,17 @@ def deploy(http: urllib3.PoolManager, base: str, auth: dict[str, str], model_dir
 BARE_PROXY = """
 import http.client, os, threading
 local = threading.local()
+class OneWrite(http.client.HTTPConnection):
+    # Headers and body in one send, as rdeploy's gateway writes them (deployer/targets/local.py).
+    def _send_output(self, message_body=None, encode_chunked=False):
+        self._buffer.extend((b"", b""))
+        head = b"\\r\\n".join(self._buffer)
+        del self._buffer[:]
+        self.send(head + (message_body or b""))
 def app(environ, start_response):
     body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     if not hasattr(local, "conn"):
-        local.conn = http.client.HTTPConnection("127.0.0.1", int(os.environ["RUNTIME_PORT"]))
+        local.conn = OneWrite("127.0.0.1", int(os.environ["RUNTIME_PORT"]))
     local.conn.request("POST", "/invocations", body=body, headers={"Content-Type": environ.get("CONTENT_TYPE", "")})
     response = local.conn.getresponse()
     data = response.read()
@@ -226,30 +238,34 @@ def measure(
     requests: int,
     spawn_floor: Callable[[int], int],
     django_only_port: int,
+    wrk_seconds: int,
 ) -> None:
     from deployer.models import Endpoint
+    from deployer.targets.local import OneWriteHTTPConnection
 
     runtime_port = int(Endpoint.objects.get(name=name).runtime["port"])
     web_port = int(base.rsplit(":", 1)[1])
     floor_port = spawn_floor(runtime_port)
     wait_until(lambda: _status(http, f"http://127.0.0.1:{floor_port}/") != 0, 30, "the bare proxy", 0.1)
     csv = {"Content-Type": "text/csv"}
-    # http.client writes headers and body in one send, the best a client can do.
+    # Clients write headers and body in one send, as wrk and curl do (plain http.client
+    # writes them separately, which costs every route a second wake-up of its server).
+    connect = partial(OneWriteHTTPConnection, "127.0.0.1")
     routes: dict[str, tuple[http_client.HTTPConnection, str, dict[str, str]]] = {
-        "direct": (http_client.HTTPConnection("127.0.0.1", runtime_port), "/invocations", csv),
-        "bare_proxy": (http_client.HTTPConnection("127.0.0.1", floor_port), "/invocations", csv),
+        "direct": (connect(runtime_port), "/invocations", csv),
+        "bare_proxy": (connect(floor_port), "/invocations", csv),
         "invocations_route": (
-            http_client.HTTPConnection("127.0.0.1", web_port),
+            connect(web_port),
             f"/api/v1/endpoints/{name}/invocations",
             {**csv, **auth},
         ),
         "public_route": (
-            http_client.HTTPConnection("127.0.0.1", web_port),
+            connect(web_port),
             f"/e/{name}/invocations",
             {**csv, "x-api-key": report["api_key"]},
         ),
         "public_route_without_fast_path": (
-            http_client.HTTPConnection("127.0.0.1", django_only_port),
+            connect(django_only_port),
             f"/e/{name}/invocations",
             {**csv, "x-api-key": report.pop("api_key")},
         ),
@@ -276,6 +292,22 @@ def measure(
     direct = report["direct_ms"]["p50"]
     for route in ("bare_proxy", "invocations_route", "public_route", "public_route_without_fast_path"):
         report[f"{route}_adds_ms_p50"] = round(report[f"{route}_ms"]["p50"] - direct, 3)
+
+    # Sustained: one client sending back to back (wrk, one keep-alive connection), each
+    # route in turn, twice; the interleaved figures above are for requests spaced out.
+    body = Path(tempfile.mkstemp(suffix=".csv")[1])
+    body.write_bytes(ROW)
+    sustained: dict[str, list[float]] = {route: [] for route in routes}
+    for _ in range(2):
+        for route, (conn, path, headers) in routes.items():
+            lua = post_script(body.with_suffix(".lua"), body, headers)
+            result = run_wrk(f"http://127.0.0.1:{conn.port}{path}", lua, connections=1, seconds=wrk_seconds)
+            assert not result["errors"], f"{route}: {result['output']}"
+            sustained[route].append(result["p50"])
+    best = {route: min(values) for route, values in sustained.items()}
+    report["sustained_p50_ms"] = {route: round(value, 3) for route, value in best.items()}
+    for route in ("bare_proxy", "invocations_route", "public_route", "public_route_without_fast_path"):
+        report[f"sustained_{route}_adds_ms_p50"] = round(best[route] - best["direct"], 3)
 
 
 if __name__ == "__main__":
