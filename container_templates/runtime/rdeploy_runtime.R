@@ -257,9 +257,6 @@ rd_schema_plan <- function(schema) {
   )
 }
 
-# Splits CSV text into a list of character columns named by the header (or
-# the schema). Simple unquoted CSV, the common case and the benchmark's, is
-# split with strsplit; anything quoted goes through read.csv.
 # The common case of CSV, without the general parser's cost (a tenth of it on
 # one row): a header row exactly as the schema names it (or none), then rows
 # of plain fields, no quotes, no whitespace, every field fitting its column.
@@ -277,7 +274,8 @@ rd_read_simple_csv <- function(text, plan) {
   } else if (any(strsplit(first, ",", fixed = TRUE)[[1]] %in% plan$names)) {
     return(NULL)
   }
-  if (any(endsWith(lines, ",")) || (grepl("\"", text, fixed = TRUE) && any(grepl("\"", lines, fixed = TRUE)))) return(NULL)
+  quoted <- grepl("\"", text, fixed = TRUE) && any(grepl("\"", lines, fixed = TRUE))
+  if (quoted || any(endsWith(lines, ","))) return(NULL)
   fields <- strsplit(lines, ",", fixed = TRUE)
   k <- length(plan$names)
   n <- length(lines)
@@ -288,11 +286,17 @@ rd_read_simple_csv <- function(text, plan) {
   if (plan$all_numeric) {
     values <- suppressWarnings(as.numeric(flat))
     if (any(is.na(values) & !absent)) return(NULL)
-    columns <- if (n == 1L) as.list(values) else lapply(seq_len(k), function(j) values[seq.int(j, by = k, length.out = n)])
+    columns <- if (n == 1L) {
+      as.list(values)
+    } else {
+      lapply(seq_len(k), function(j) values[seq.int(j, by = k, length.out = n)])
+    }
   } else {
     # The general path's own coercion, column by column in schema order: the
     # same values and the same first error.
-    columns <- lapply(seq_len(k), function(j) rd_coerce_column(flat[seq.int(j, by = k, length.out = n)], plan$columns[[j]]))
+    columns <- lapply(seq_len(k), function(j) {
+      rd_coerce_column(flat[seq.int(j, by = k, length.out = n)], plan$columns[[j]])
+    })
   }
   names(columns) <- plan$names
   attr(columns, "row.names") <- c(NA_integer_, -n)
@@ -300,6 +304,9 @@ rd_read_simple_csv <- function(text, plan) {
   columns
 }
 
+# Splits CSV text into a list of character columns named by the header (or
+# the schema). Simple unquoted CSV, the common case and the benchmark's, is
+# split with strsplit; anything quoted goes through read.csv.
 rd_read_csv <- function(text, schema) {
   if (grepl("\r", text, fixed = TRUE)) text <- gsub("\r", "", text, fixed = TRUE)
   lines <- strsplit(text, "\n", fixed = TRUE)[[1]]
@@ -376,7 +383,8 @@ rd_read_simple_json <- function(text) {
   if (is.null(keys)) {
     # Records: every one an object with the same keys in the same order.
     keys <- names(parsed[[1L]])
-    if (is.null(keys) || !all(vapply(parsed, function(r) is.list(r) && identical(names(r), keys), logical(1)))) return(NULL)
+    same_keys <- vapply(parsed, function(r) is.list(r) && identical(names(r), keys), logical(1))
+    if (is.null(keys) || !all(same_keys)) return(NULL)
     n <- length(parsed)
     by_row <- TRUE
   } else {
@@ -394,7 +402,11 @@ rd_read_simple_json <- function(text) {
   if (n == 1L) {
     columns <- values
   } else {
-    at <- if (by_row) function(j) seq.int(j, by = k, length.out = n) else function(j) seq.int((j - 1L) * n + 1L, length.out = n)
+    at <- if (by_row) {
+      function(j) seq.int(j, by = k, length.out = n)
+    } else {
+      function(j) seq.int((j - 1L) * n + 1L, length.out = n)
+    }
     first <- vapply(seq_len(k), function(j) kinds[[at(j)[1L]]], character(1))
     if (by_row && !all(kinds == first)) return(NULL)
     if (!by_row && !all(kinds == rep(first, each = n))) return(NULL)
@@ -592,11 +604,11 @@ rd_default_predictor <- function(model) {
     type <- if (identical(model$method, "class")) "class" else "vector"
     return(function(model, data) stats::predict(model, newdata = data, type = type))
   }
-  if (inherits(model, "randomForest")) return(function(model, data) stats::predict(model, newdata = data, type = "response"))
+  if (inherits(model, "randomForest")) {
+    return(function(model, data) stats::predict(model, newdata = data, type = "response"))
+  }
   function(model, data) stats::predict(model, data)
 }
-
-rd_predict_default <- function(model, data) rd_default_predictor(model)(model, data)
 
 rd_simplify_prediction <- function(p) {
   if (is.list(p) && !is.data.frame(p) && !is.null(p$predictions)) p <- p$predictions
@@ -613,7 +625,9 @@ rd_predict <- function(model, data, type = NULL, predictor = rd_default_predicto
   withCallingHandlers(
     rd_simplify_prediction(if (identical(type, "prob")) rd_predict_prob(model, data) else predictor(model, data)),
     error = function(e) {
-      if (!inherits(e, "rdeploy_error")) rd_error("rdeploy_predict_error", "the model's predict() failed: ", conditionMessage(e))
+      if (!inherits(e, "rdeploy_error")) {
+        rd_error("rdeploy_predict_error", "the model's predict() failed: ", conditionMessage(e))
+      }
     },
     # Warnings (e.g. "prediction from rank-deficient fit") must not abort a
     # prediction the user would have got in an R session.
@@ -756,9 +770,9 @@ rd_parse_headers <- function(headers) {
   values <- substring(lines, colon + 1L)
   # Usually "Name: value": drop that one space without a regex.
   if (all(startsWith(values, " "))) values <- substring(values, 2L)
-  if (any(startsWith(values, " ") | startsWith(values, "\t") | endsWith(values, " ") | endsWith(values, "\t") | endsWith(values, "\r"))) {
-    values <- gsub("^\\s+|\\s+$", "", values, perl = TRUE)
-  }
+  padded <- startsWith(values, " ") | startsWith(values, "\t") | endsWith(values, " ") | endsWith(values, "\t") |
+    endsWith(values, "\r")
+  if (any(padded)) values <- gsub("^\\s+|\\s+$", "", values, perl = TRUE)
   names(values) <- tolower(substr(lines, 1L, colon - 1L))
   values
 }

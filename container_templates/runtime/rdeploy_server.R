@@ -59,7 +59,7 @@ if (!is.null(bundle$schema)) {
   example <- rd_format_csv(rd_example_data(bundle$schema))
   warm_up("/invocations", example, "Content-Type: text/csv\nAccept: application/json\n")
   warm_up("/invocations", example, "Content-Type: text/csv\nAccept: text/csv\n")
-  records <- jsonlite::toJSON(rd_example_data(bundle$schema), dataframe = "rows", factor = "string", Date = "ISO8601", digits = NA)
+  records <- jsonlite::toJSON(rd_example_data(bundle$schema), dataframe = "rows", factor = "string", digits = NA)
   warm_up("/invocations", as.character(records), "Content-Type: application/json\n")
 }
 # Collect garbage once here, so children do not each start with a collection
