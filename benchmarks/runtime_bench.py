@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import re
 import signal
 import socket
 import statistics
@@ -26,6 +25,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from wrk import post_script, run_wrk
 
 SERVE = Path(__file__).resolve().parent.parent / "container_templates" / "runtime" / "serve"
 ROW_CSV = "Sepal.Length,Sepal.Width,Petal.Length,Petal.Width\n5.1,3.5,1.4,0.2\n"
@@ -65,12 +67,6 @@ pr() |>
   pr_run(host = "127.0.0.1", port = {port}, quiet = TRUE)
 """
 
-WRK_LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "text/csv"
-local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
-"""
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -101,31 +97,11 @@ def wait_for(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing answers /ping on port {port}")
 
 
-def to_ms(value: str) -> float:
-    number, unit = re.match(r"([\d.]+)(us|ms|s|m)", value).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-
-def run_wrk(url: str, lua: Path, connections: int, seconds: int) -> dict[str, float]:
-    threads = min(connections, 2)
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
-        "p99": to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
-        "errors": float(bool(re.search(r"Non-2xx|Socket errors", out))),
-    }
-
-
-def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
-    """The run with the median rate (its own p50 and p99), errors if any run had them."""
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate (its own p50 and p99), errors if any run had them
+    (a non-2xx answer or a broken connection)."""
     middle = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-    return {**middle, "errors": max(r["errors"] for r in runs)}
+    return {**middle, "errors": max(max(r["errors"], r["socket_errors"]) for r in runs)}
 
 
 def load_average() -> str:
@@ -177,8 +153,7 @@ def main() -> None:
         (work / "train.R").write_text(TRAIN_R)
         subprocess.run(["Rscript", str(work / "train.R"), str(work)], check=True)
         (work / "row.csv").write_text(ROW_CSV)
-        lua = work / "post.lua"
-        lua.write_text(WRK_LUA.format(body=work / "row.csv"))
+        lua = post_script(work / "post.lua", work / "row.csv", {"Content-Type": "text/csv"})
 
         bare_before, read_predict_10k = bare_predict(work, 5)
 
@@ -197,7 +172,7 @@ def main() -> None:
         try:
             wait_for(ours_port)
             wait_for(plumber_port)
-            runs: dict[str, list[dict[str, float]]] = {}
+            runs: dict[str, list[dict[str, Any]]] = {}
             for port in (ours_port, plumber_port):
                 run_wrk(f"http://127.0.0.1:{port}/invocations", lua, 1, 2)  # warm up: fork, compile, page in
             for _ in range(args.rounds):
