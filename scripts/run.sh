@@ -17,7 +17,16 @@ fi
 export DJANGO_HTTPS="${DJANGO_HTTPS:-0}"
 PORT="${PORT:-8000}"
 export RDEPLOY_PUBLIC_BASE_URL="${RDEPLOY_PUBLIC_BASE_URL:-http://127.0.0.1:$PORT}"
-export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+# Our own Redis gets a password, generated once beside the data: endpoint runtimes run
+# user code on this machine and share its loopback (docs/pipeline.md, "Not isolated").
+own_redis=0
+if [ -z "${REDIS_URL:-}" ]; then
+  own_redis=1
+  [ -s "$RDEPLOY_DATA_DIR/redis_password" ] || python -c "import secrets; print(secrets.token_hex(24))" > "$RDEPLOY_DATA_DIR/redis_password"
+  chmod 600 "$RDEPLOY_DATA_DIR/redis_password"
+  export REDISCLI_AUTH; REDISCLI_AUTH="$(cat "$RDEPLOY_DATA_DIR/redis_password")"
+  export REDIS_URL="redis://:$REDISCLI_AUTH@127.0.0.1:6379/0"
+fi
 
 pids=()
 stop_all() {
@@ -29,11 +38,20 @@ stop_all() {
 trap stop_all INT TERM EXIT
 
 redis_port="${REDIS_URL##*:}"; redis_port="${redis_port%%/*}"
-if ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
-  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$RDEPLOY_DATA_DIR" --save 60 1 \
-    >"$RDEPLOY_DATA_DIR/logs/redis.log" 2>&1 &
+if [ "$own_redis" = 1 ] && REDISCLI_AUTH='' redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG; then
+  # A Redis without a password already runs there (not ours): use it as it is.
+  echo "rdeploy: using the Redis without a password on port $redis_port (endpoint runtimes can reach it)" >&2
+  unset REDISCLI_AUTH
+  export REDIS_URL="redis://127.0.0.1:$redis_port/0"
+elif ! redis-cli --no-auth-warning -p "$redis_port" ping 2>/dev/null | grep -q PONG; then
+  # The password goes in on stdin, not on the command line other users can read.
+  redis_config=""
+  [ "$own_redis" = 1 ] && redis_config="requirepass $REDISCLI_AUTH"
+  printf '%s\n' "$redis_config" |
+    redis-server - --port "$redis_port" --bind 127.0.0.1 --dir "$RDEPLOY_DATA_DIR" --save 60 1 \
+      >"$RDEPLOY_DATA_DIR/logs/redis.log" 2>&1 &
   pids+=($!)
-  until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+  until redis-cli --no-auth-warning -p "$redis_port" ping 2>/dev/null | grep -q PONG; do sleep 0.1; done
 fi
 
 python manage.py migrate --noinput -v0
