@@ -17,9 +17,12 @@ def test_compose_runs_web_worker_beat_redis_and_postgres() -> None:
     for name in ("web", "worker", "beat"):
         environment = services[name]["environment"]
         assert environment["DATABASE_URL"].startswith("postgres://")
-        assert environment["REDIS_URL"] == "redis://redis:6379/0"
+        assert environment["REDIS_URL"] == "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}@redis:6379/0"
         assert set(services[name]["depends_on"]) == {"postgres", "redis"}
     assert set(compose["volumes"]) == {"rdeploy-data", "postgres-data"}
+    # Runtimes run user code beside the worker: the broker needs the password they lack.
+    assert "--requirepass" in " ".join(services["redis"]["command"])
+    assert "REDISCLI_AUTH" in " ".join(services["redis"]["healthcheck"]["test"])
 
 
 def test_dockerfile_builds_from_the_repository_with_its_pinned_requirements() -> None:
