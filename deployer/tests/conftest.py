@@ -6,10 +6,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
 
+from deployer import jobs
 from deployer.models import Endpoint
 from deployer.services import gateway
 from deployer.tests.pipeline_support import FaultyWorker, stop_everything
@@ -89,3 +91,28 @@ def secret_file(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("RDEPLOY_TEST_SECRET_FILE", str(path))
     yield path
     shutil.rmtree(directory)
+
+
+class RecordedTasks:
+    """Takes the Celery app's place in deployer.jobs: tasks are recorded, not sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[Any]]] = []
+
+    def send_task(self, name: str, args: list[Any] | None = None, **options: Any) -> None:
+        self.sent.append((name, list(args or [])))
+
+
+WORKER_FIXTURES = {"celery_worker", "faulty_worker", "web_server"}
+
+
+@pytest.fixture(autouse=True)
+def background_work_only_with_a_worker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that drive the pipeline in this process get no background work: the session's
+    real worker, once started by an earlier test, would otherwise pick up what the services
+    enqueue and race the test (seen under load: a second runtime, an update run without the
+    test's fault, a killed runtime restarted behind its back). Tests that want a worker ask
+    for one and keep the real queue."""
+    if WORKER_FIXTURES & set(request.fixturenames):
+        return
+    monkeypatch.setattr(jobs, "current_app", RecordedTasks())
