@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -94,6 +95,19 @@ def is_not_found(error: BaseException) -> bool:
     # SageMaker answers "ValidationException: Could not find model ..." for a missing resource.
     message = error_message(error)
     return code == "ValidationException" and ("Could not find" in message or "does not exist" in message)
+
+
+T = TypeVar("T")
+
+
+def unless_missing(fetch: Callable[[], T], default: T) -> T:
+    """``fetch()``, or ``default`` when what it asks about does not exist."""
+    try:
+        return fetch()
+    except ClientError as error:
+        if is_not_found(error):
+            return default
+        raise
 
 
 def is_already_exists(error: BaseException) -> bool:

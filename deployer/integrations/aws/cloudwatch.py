@@ -4,10 +4,11 @@ during a blue/green update, rolling back when one fires."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_not_found, tag_list
+from deployer.integrations.aws.client import aws_client, is_not_found, tag_list, unless_missing
 
 NAMESPACE = "AWS/SageMaker"
 
@@ -64,10 +65,6 @@ def alarms(prefix: str) -> list[tuple[str, str]]:
 
 
 def tags_of(arn: str) -> dict[str, str]:
-    try:
-        tags = aws_client("cloudwatch").list_tags_for_resource(ResourceARN=arn)["Tags"]
-    except ClientError as error:
-        if is_not_found(error):
-            return {}
-        raise
+    client = aws_client("cloudwatch")
+    tags: list[Any] = unless_missing(lambda: client.list_tags_for_resource(ResourceARN=arn)["Tags"], [])
     return {tag["Key"]: tag["Value"] for tag in tags}

@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, tag_list
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, tag_list, unless_missing
 
 LAMBDA_TRUST = {
     "Version": "2012-10-17",
@@ -69,10 +69,5 @@ def roles(path: str) -> list[tuple[str, str]]:
 
 
 def tags_of(name: str) -> dict[str, str]:
-    try:
-        tags = aws_client("iam").list_role_tags(RoleName=name)["Tags"]
-    except ClientError as error:
-        if is_not_found(error):
-            return {}
-        raise
+    tags: list[Any] = unless_missing(lambda: aws_client("iam").list_role_tags(RoleName=name)["Tags"], [])
     return {tag["Key"]: tag["Value"] for tag in tags}

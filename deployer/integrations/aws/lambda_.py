@@ -8,7 +8,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, unless_missing
 
 
 def package(handler_file: Path) -> bytes:
@@ -82,12 +82,7 @@ def functions(prefix: str) -> list[tuple[str, str]]:
 
 
 def tags_of(arn: str) -> dict[str, str]:
-    try:
-        return dict(aws_client("lambda").list_tags(Resource=arn)["Tags"])
-    except ClientError as error:
-        if is_not_found(error):
-            return {}
-        raise
+    return dict(unless_missing(lambda: aws_client("lambda").list_tags(Resource=arn)["Tags"], {}))
 
 
 def environment_of(name: str) -> dict[str, str] | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, unless_missing
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,7 @@ def log_groups(prefix: str) -> list[tuple[str, str]]:
 
 
 def tags_of(arn: str) -> dict[str, str]:
-    try:
-        return dict(aws_client("logs").list_tags_for_resource(resourceArn=arn)["tags"])
-    except ClientError as error:
-        if is_not_found(error):
-            return {}
-        raise
+    return dict(unless_missing(lambda: aws_client("logs").list_tags_for_resource(resourceArn=arn)["tags"], {}))
 
 
 def delete_log_group(group: str) -> None:

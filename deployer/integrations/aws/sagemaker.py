@@ -8,7 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, tag_list
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, tag_list, unless_missing
 
 # Statuses after which polling stops.
 ENDPOINT_READY = "InService"
@@ -142,12 +142,7 @@ def delete_endpoint(name: str) -> None:
 
 
 def tags_of(arn: str) -> dict[str, str]:
-    try:
-        tags = aws_client("sagemaker").list_tags(ResourceArn=arn)["Tags"]
-    except ClientError as error:
-        if is_not_found(error):
-            return {}
-        raise
+    tags: list[Any] = unless_missing(lambda: aws_client("sagemaker").list_tags(ResourceArn=arn)["Tags"], [])
     return {tag["Key"]: tag["Value"] for tag in tags}
 
 
