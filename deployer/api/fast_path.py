@@ -22,17 +22,26 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core import signals
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest, HttpResponseBase
-from django.middleware.clickjacking import XFrameOptionsMiddleware
-from django.middleware.common import CommonMiddleware
-from django.middleware.security import SecurityMiddleware
+from django.utils.module_loading import import_string
 
 from deployer.api.endpoints import endpoint_invocations, public_invocations
+
+# What applies to a token or key request: HTTPS redirect, HSTS and the other security
+# headers; Content-Length and refused user agents; X-Frame-Options.
+APPLICABLE_MIDDLEWARE = frozenset(
+    {
+        "django.middleware.security.SecurityMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    }
+)
 
 # Django's <slug:name> converter, as in config/urls.py and deployer/api/urls.py.
 _PUBLIC = re.compile(r"/e/(?P<name>[-a-zA-Z0-9_]+)/invocations")
@@ -46,15 +55,13 @@ class InvocationFastPath:
 
     def __init__(self, django_app: WSGIApp) -> None:
         self.django_app = django_app
-        # Synchronous all the way (the views are), so no awaitable comes back.
-        self._handle = cast(
-            Callable[[HttpRequest], HttpResponseBase],
-            convert_exception_to_response(
-                SecurityMiddleware(
-                    CommonMiddleware(XFrameOptionsMiddleware(convert_exception_to_response(self._dispatch)))
-                )
-            ),
-        )
+        # The applicable middleware in settings' order, wrapped as Django's handler wraps it;
+        # synchronous all the way (the views are), so no awaitable comes back.
+        handler: Callable[[HttpRequest], Any] = convert_exception_to_response(self._dispatch)
+        for path in reversed(settings.MIDDLEWARE):
+            if path in APPLICABLE_MIDDLEWARE:
+                handler = convert_exception_to_response(import_string(path)(handler))
+        self._handle = cast(Callable[[HttpRequest], HttpResponseBase], handler)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("SCRIPT_NAME"):
