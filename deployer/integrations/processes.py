@@ -166,17 +166,27 @@ def listens_as(identifier: str, port: int) -> bool:
     return listener_uids(port) == {isolation.runtime_uid(identifier)}
 
 
-def start_ticks(pid: int) -> int | None:
-    """The process's start time (field 22 of /proc/<pid>/stat), or None if it is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None if the process is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces: split after its closing parenthesis.
     fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # a zombie is dead
-        return None
-    return int(fields[19])
+    return None if fields[0] == "Z" else fields
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time (field 22 of /proc/<pid>/stat), or None if it is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def parent_pid(pid: int) -> int | None:
+    """The process's parent (field 4 of /proc/<pid>/stat), or None if it is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 def is_running(pid: int, ticks: int) -> bool:

@@ -34,14 +34,17 @@ def ready_model(owner: User, content: bytes = b"model-1", **inspection: Any) -> 
     )
 
 
-def drive(deployment: Deployment, *, rounds: int = 200) -> Deployment:
-    """Advance in this process until terminal, answering every poll at once."""
+def drive(deployment: Deployment, *, until_step: str | None = None, rounds: int = 200) -> Deployment:
+    """Advance in this process, answering every poll at once, until terminal (or until
+    ``until_step`` has succeeded)."""
     for _ in range(rounds):
         DeploymentStep.objects.filter(deployment=deployment).update(next_check_at=None)
         Deployment.objects.filter(pk=deployment.pk).update(lease_until=None)
         deployment_advance(deployment_id=deployment.pk)
         deployment.refresh_from_db()
         if deployment.is_terminal:
+            return deployment
+        if until_step and deployment.steps.get(name=until_step).status == DeploymentStep.Status.SUCCEEDED:
             return deployment
         time.sleep(0.01)
     raise AssertionError(f"deployment {deployment.pk} still {deployment.status}: {list(deployment.steps.values())}")

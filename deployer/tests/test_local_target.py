@@ -135,7 +135,7 @@ def test_starting_the_runtime_twice_starts_one_process(owner: User, iris_models:
     # jobs carry serve's command line until they exec (their parent is serve itself).
     wait_for(lambda: processes.port_is_open(int(ExternalResource.objects.get(identifier=identifier).details["port"])))
     serve_pids = {pid for pid in processes.find(identifier) if command_line(pid).endswith("runtime/serve")}
-    top_level = [pid for pid in serve_pids if parent_pid(pid) not in serve_pids]
+    top_level = [pid for pid in serve_pids if processes.parent_pid(pid) not in serve_pids]
     assert len(top_level) == 1, [command_line(pid) for pid in serve_pids]
 
 
@@ -144,14 +144,6 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
-
-
-def parent_pid(pid: int) -> int | None:
-    try:
-        # The command name in field 2 may hold spaces and parentheses: split after its last ")".
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def test_a_killed_runtime_is_restarted_by_the_reconciler(owner: User, iris_models: Path) -> None:
