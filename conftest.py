@@ -36,6 +36,20 @@ def _no_runtime_outlives_the_session() -> Iterator[None]:
 
     for identifier in processes.identifiers_under("RDEPLOY_MODEL_DIR", str(settings.DATA_DIR)):
         processes.stop(identifier, grace=1)
+    from deployer.integrations.containers import cli
+
+    # Every container this session started carries its installation label.
+    for name in cli.check(
+        [
+            "ps",
+            "--all",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            f"label={cli.LABEL_INSTALLATION}={settings.INSTALLATION_ID}",
+        ]
+    ).split():
+        cli.remove(name)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import dj_database_url
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
+import container_templates
 from config.env import Env
 
 # Lets runtime code write `admin.ModelAdmin[Model]` as the type checker expects.
@@ -161,6 +162,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("RDEPLOY_MAX_REQUEST_BODY", 7 * 1024 *
 RSCRIPT = env.text("RDEPLOY_RSCRIPT", "Rscript")
 CRAN_REPO = env.optional_text("RDEPLOY_CRAN_REPO")
 RUNTIME_DIR = BASE_DIR / "container_templates" / "runtime"
+# Model code runs only in containers (docs/containers.md): the engine's CLI (podman here,
+# docker where a Docker Engine serves DOCKER_HOST, e.g. compose), and the base image of
+# every serving image (scripts/base_image.sh builds it; on CodeBuild a Debian image).
+CONTAINER_CLI = env.choice("RDEPLOY_CONTAINER_CLI", "podman", choices=("podman", "docker"))
+CONTAINERS_CONF = BASE_DIR / "config" / "containers.conf"
+BASE_IMAGE = env.text("RDEPLOY_BASE_IMAGE", container_templates.base_image())
 # Model intake (docs/model-intake.md): archive-bomb limits for bundles, and the sandbox
 # R inspects uploads in (every .rds is code: CVE-2024-27322).
 MAX_BUNDLE_MEMBERS = env.integer("RDEPLOY_MAX_BUNDLE_MEMBERS", 1000, minimum=1)

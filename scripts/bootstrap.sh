@@ -9,6 +9,8 @@ DEBIAN_PACKAGES=(
   r-base-core r-cran-rserve r-cran-jsonlite r-cran-plumber r-cran-httpuv
   r-cran-randomforest r-cran-ranger r-cran-glmnet r-cran-rpart r-cran-e1071
   haproxy nginx-light wrk chromium chromium-driver unzip curl
+  # The container engine model code runs in, and what builds its base image.
+  podman runc mmdebstrap containernetworking-plugins iptables docker-registry
 )
 
 missing=()
@@ -33,3 +35,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
   echo "$wanted" > "$stamp"
 fi
+
+# Model code runs only in containers of the serving image, built on this base (cached).
+export CONTAINERS_CONF="$PWD/config/containers.conf"
+scripts/base_image.sh >/dev/null

@@ -1,0 +1,137 @@
+"""Which container engine rdeploy talks to, and the short commands every part shares.
+
+The engine is a CLI with Docker's dialect: ``podman`` (the embedded default, daemonless,
+configured by config/containers.conf) or ``docker`` (a Docker Engine, e.g. the host's
+through compose's socket). Both accept every flag used here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from django.conf import settings
+
+# Every container and image rdeploy makes carries these labels, so removal and the
+# reaper find what one installation owns without a database.
+LABEL_INSTALLATION = "rdeploy.installation"
+LABEL_ROLE = "rdeploy.role"
+# Variables that say which engine the CLI talks to; commands inherit nothing else.
+ENGINE_VARIABLES = (
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+    "DOCKER_API_VERSION",
+    "CONTAINER_HOST",
+    "XDG_RUNTIME_DIR",
+)
+
+
+class EngineUnavailable(Exception):
+    """No engine CLI on PATH, or the engine does not answer; the message says which."""
+
+
+class EngineCommandFailed(Exception):
+    """A short engine command failed; the message quotes its output."""
+
+
+def engine_cli() -> str:
+    name = settings.CONTAINER_CLI
+    path = shutil.which(name)
+    if path is None:
+        raise EngineUnavailable(
+            f"there is no {name} command on this server's PATH (RDEPLOY_CONTAINER_CLI={name}): "
+            "model code runs only in containers, so inspection and local endpoints cannot run"
+        )
+    return path
+
+
+def engine_env() -> dict[str, str]:
+    """The environment of every engine command: PATH, HOME and the engine's own variables."""
+    env = {name: os.environ[name] for name in ENGINE_VARIABLES if name in os.environ}
+    env["PATH"] = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["HOME"] = os.environ.get("HOME", "/root")
+    env["DOCKER_CONFIG"] = os.environ.get("DOCKER_CONFIG") or os.path.join(env["HOME"], ".docker")
+    if settings.CONTAINER_CLI == "podman":
+        env["CONTAINERS_CONF"] = os.environ.get("CONTAINERS_CONF") or str(settings.CONTAINERS_CONF)
+    return env
+
+
+def run(
+    arguments: Sequence[str], *, timeout: float = 60, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a short engine command and return it whatever its exit status."""
+    cli = engine_cli()
+    try:
+        return subprocess.run(
+            [cli, *arguments],
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            env=engine_env(),
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise EngineCommandFailed(
+            f"`{settings.CONTAINER_CLI} {arguments[0]}` did not finish within {timeout:.0f} s"
+        ) from exc
+
+
+def output_of(result: subprocess.CompletedProcess[bytes]) -> str:
+    return (result.stderr or result.stdout).decode("utf-8", "replace").strip()[-500:]
+
+
+def check(arguments: Sequence[str], *, timeout: float = 60) -> str:
+    """Run a short engine command; its stdout, or EngineCommandFailed with its output."""
+    result = run(arguments, timeout=timeout)
+    if result.returncode != 0:
+        raise EngineCommandFailed(f"`{settings.CONTAINER_CLI} {' '.join(arguments[:2])}` failed: {output_of(result)}")
+    return result.stdout.decode("utf-8", "replace")
+
+
+def engine_problem(*, timeout: float = 10) -> str | None:
+    """None when the engine answers and has the base image; else why not, in one sentence
+    (shown by /healthz and in every refusal to run model code)."""
+    try:
+        result = run(["image", "inspect", "--format", "{{.Id}}", settings.BASE_IMAGE], timeout=timeout)
+    except (EngineUnavailable, EngineCommandFailed) as exc:
+        return str(exc)
+    if result.returncode == 0:
+        return None
+    version = run(["version"], timeout=timeout)
+    if version.returncode != 0:
+        return f"the container engine ({settings.CONTAINER_CLI}) does not answer: {output_of(version)}"
+    return (
+        f"the container engine has no base image {settings.BASE_IMAGE}: build it with scripts/base_image.sh "
+        "(or set RDEPLOY_BASE_IMAGE)"
+    )
+
+
+def installation_labels(role: str) -> list[str]:
+    """``--label`` arguments marking a container as this installation's, in ``role``."""
+    return ["--label", f"{LABEL_INSTALLATION}={settings.INSTALLATION_ID}", "--label", f"{LABEL_ROLE}={role}"]
+
+
+def container_names(*, role: str, extra_label: str | None = None) -> list[str]:
+    """Names of this installation's containers in ``role`` (running or not)."""
+    filters = [
+        "--filter",
+        f"label={LABEL_INSTALLATION}={settings.INSTALLATION_ID}",
+        "--filter",
+        f"label={LABEL_ROLE}={role}",
+    ]
+    if extra_label:
+        filters += ["--filter", f"label={extra_label}"]
+    return check(["ps", "--all", "--format", "{{.Names}}", *filters]).split()
+
+
+def remove(name: str, *, timeout: float = 60) -> None:
+    """Remove container ``name`` (killing it if it runs); one that does not exist counts."""
+    result = run(["rm", "--force", name], timeout=timeout)
+    output = output_of(result)
+    if result.returncode != 0 and "no such container" not in output.lower():
+        raise EngineCommandFailed(f"removing container {name} failed: {output}")
