@@ -1,11 +1,12 @@
 # The rdeploy web app, worker and beat (one image, three commands in docker-compose.yml).
-# R is included: the worker inspects models and runs local endpoints with it.
+# No R here: model code runs only in serving-image containers the worker starts on the
+# host's container engine (docs/containers.md); this image carries the engine's client.
 FROM python:3.11-slim-bookworm
 
+# docker.io for its `docker` client only (the daemon is the host's, reached through the
+# socket compose mounts into the worker); curl for the health check.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      r-base-core r-cran-rserve r-cran-jsonlite r-cran-randomforest r-cran-ranger r-cran-glmnet \
-      r-cran-rpart r-cran-e1071 haproxy curl \
+ && apt-get install -y --no-install-recommends docker.io curl \
  && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 1000 rdeploy
@@ -13,9 +14,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY --chown=rdeploy:rdeploy . .
-ENV RDEPLOY_DATA_DIR=/data DJANGO_SETTINGS_MODULE=config.settings PYTHONUNBUFFERED=1
-RUN mkdir -p /data && chown rdeploy:rdeploy /data \
- && DJANGO_DEBUG=1 python manage.py collectstatic --noinput -v0
+ENV DJANGO_SETTINGS_MODULE=config.settings PYTHONUNBUFFERED=1
+RUN DJANGO_DEBUG=1 RDEPLOY_DATA_DIR=/tmp/rdeploy python manage.py collectstatic --noinput -v0
 USER rdeploy
 EXPOSE 8000
 HEALTHCHECK CMD curl -fs http://127.0.0.1:8000/healthz || exit 1
