@@ -283,6 +283,12 @@ CELERY_BEAT_SCHEDULE["model-inspection-requeue"] = {
     "schedule": 300.0,
     "options": {"expires": 300.0},
 }
+# /healthz: a worker says whether its container engine answers (deployer/health.py).
+CELERY_BEAT_SCHEDULE["container-engine-check"] = {
+    "task": "rdeploy.container_engine_check",
+    "schedule": 30.0,
+    "options": {"expires": 30.0},
+}
 # Fault tests only: a pause after each step's work and before its outcome is saved, the
 # window in which the tests SIGKILL the worker.
 PIPELINE_FAULT_PAUSE_SECONDS = env.integer("RDEPLOY_PIPELINE_FAULT_PAUSE_MS", 0, minimum=0) / 1000

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 from celery import current_app
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
+
+from deployer.integrations.containers import cli
+
+# Workers report on their container engine (model code runs only there); the web process
+# may not reach that engine at all (compose mounts its socket into the worker only).
+ENGINE_REPORT_KEY = "health:container_engine"
+# Beat asks for a report every 30 s (settings); older than this, the report is stale.
+ENGINE_REPORT_SECONDS = 120
 
 
 def system_health() -> dict[str, Any]:
-    checks = {"database": _database(), "broker": _broker(), "worker": _worker()}
+    checks = {
+        "database": _database(),
+        "broker": _broker(),
+        "worker": _worker(),
+        "container_engine": _container_engine(),
+    }
     return {"ok": all(check["ok"] for check in checks.values()), **checks}
 
 
@@ -41,6 +56,30 @@ def _worker() -> dict[str, Any]:
     if not replies:
         return {"ok": False, "error": "no Celery worker answered within 1 s"}
     return {"ok": True, "workers": sorted(name for reply in replies for name in reply)}
+
+
+def container_engine_report() -> dict[str, Any]:
+    """Runs in a worker: whether its engine answers and has the base image, kept for /healthz."""
+    problem = cli.engine_problem()
+    report: dict[str, Any] = {"ok": problem is None, "checked_at": time.time()}
+    if problem:
+        report["error"] = problem
+    cache.set(ENGINE_REPORT_KEY, report, timeout=ENGINE_REPORT_SECONDS)
+    return report
+
+
+def _container_engine() -> dict[str, Any]:
+    try:
+        report = cache.get(ENGINE_REPORT_KEY)
+    except redis.RedisError as exc:
+        return {"ok": False, "error": f"the workers' report is unreadable: {exc}"}
+    if report is None:
+        return {
+            "ok": False,
+            "error": f"no worker reported on the container engine in the last {ENGINE_REPORT_SECONDS} s; "
+            "inspections and local endpoints need one",
+        }
+    return dict(report)
 
 
 def worker_selfcheck(*, nonce: str, hostname: str) -> None:

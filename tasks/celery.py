@@ -5,6 +5,7 @@ import pkgutil
 from pathlib import Path
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -16,3 +17,11 @@ app.conf.include = [
     for module in pkgutil.iter_modules([str(Path(__file__).parent)])
     if module.name not in {"celery", "tests"}
 ]
+
+
+@worker_ready.connect
+def _report_on_the_container_engine(**_: object) -> None:
+    # /healthz knows at once whether this worker can run model code, not 30 s later.
+    from deployer.health import container_engine_report
+
+    container_engine_report()
