@@ -54,7 +54,10 @@ def engine_env() -> dict[str, str]:
     env = {name: os.environ[name] for name in ENGINE_VARIABLES if name in os.environ}
     env["PATH"] = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     env["HOME"] = os.environ.get("HOME", "/root")
-    env["DOCKER_CONFIG"] = os.environ.get("DOCKER_CONFIG") or os.path.join(env["HOME"], ".docker")
+    # Passed on only when set: podman refuses every `run` when DOCKER_CONFIG names a
+    # directory without a config.json, and both CLIs find ~/.docker on their own.
+    if "DOCKER_CONFIG" in os.environ:
+        env["DOCKER_CONFIG"] = os.environ["DOCKER_CONFIG"]
     if settings.CONTAINER_CLI == "podman":
         env["CONTAINERS_CONF"] = os.environ.get("CONTAINERS_CONF") or str(settings.CONTAINERS_CONF)
     return env
