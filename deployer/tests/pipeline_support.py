@@ -89,12 +89,33 @@ def endpoint_status(name: str) -> str:
 
 
 def stop_everything(endpoint_names: Iterator[str] | list[str]) -> None:
-    """Test cleanup: no runtime outlives its test, whatever state it ended in."""
-    from deployer.integrations import processes
+    """Test cleanup: no runtime container outlives its test, whatever state it ended in."""
+    from deployer.integrations.containers import cli, runtimes
 
     for name in endpoint_names:
-        for deployment_id in Deployment.objects.filter(endpoint__name=name).values_list("pk", flat=True):
-            processes.stop(f"{name}-{deployment_id}", grace=0.5)
+        for container in runtimes.names(endpoint=name):
+            cli.remove(container)
+
+
+def container_running(container: str) -> bool:
+    from deployer.integrations.containers import runtimes
+
+    state = runtimes.state(container)
+    return state is not None and state.running
+
+
+def kill_runtime(container: str) -> None:
+    """Kill the runtime's main process (``serve``) through the engine, as a crash would."""
+    from deployer.integrations.containers import cli
+
+    cli.check(["kill", "--signal", "KILL", container])
+    wait_for(lambda: not container_running(container), what=f"{container} to stop")
+
+
+def running_containers(endpoint_name: str) -> list[str]:
+    from deployer.integrations.containers import runtimes
+
+    return [name for name in runtimes.names(endpoint=endpoint_name) if container_running(name)]
 
 
 # A short lease so a killed step is resumed within seconds, and a pause after each step's

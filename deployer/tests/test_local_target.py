@@ -1,11 +1,9 @@
-"""The local target driven by the pipeline in this process: real R runtimes, no worker."""
+"""The local target driven by the pipeline in this process: real R runtimes in real
+containers (the session's engine), no worker."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -13,15 +11,17 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 
-from deployer.integrations import processes
+from deployer.integrations.containers import cli, runtimes
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
 from deployer.services.pipeline import pipeline_reconcile
-from deployer.targets.local import endpoint_dir
+from deployer.targets.local import container_name, endpoint_dir
 from deployer.tests.pipeline_support import (
     broken_model,
+    container_running,
     drive,
     expected,
+    kill_runtime,
     ready_model,
     rows_csv,
     wait_for,
@@ -40,7 +40,7 @@ def invoke(owner: User, name: str, body: bytes, content_type: str) -> tuple[int,
     return result.status, json.loads(result.body)
 
 
-def live_process(endpoint: Endpoint) -> dict[str, object]:
+def live_runtime(endpoint: Endpoint) -> dict[str, str]:
     endpoint.refresh_from_db()
     return dict(endpoint.runtime)
 
@@ -61,11 +61,40 @@ def test_created_endpoint_goes_live_and_predicts_what_r_predicts(owner: User, ir
     )
 
 
-def test_deleting_stops_the_process_frees_the_port_and_removes_the_files(owner: User, iris_models: Path) -> None:
+def test_the_runtime_is_a_locked_down_container_reached_only_through_its_checked_socket(
+    owner: User, iris_models: Path
+) -> None:
+    issued = endpoint_create(
+        owner=owner, name="boxed", model_version=ready_model(owner, iris_models, "v1"), options={"memory_mb": 1024}
+    )
+    deployment = drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+    runtime = live_runtime(issued.endpoint)
+
+    assert runtime["container"] == container_name(deployment)
+    socket_path = Path(runtime["socket"])
+    assert socket_path.is_socket()
+    # Taken back from the container before anyone connected: root's, not writable by it.
+    assert (socket_path.parent.stat().st_uid, socket_path.parent.stat().st_mode & 0o777) == (0, 0o755)
+    config = json.loads(cli.check(["inspect", "--type", "container", runtime["container"]]))[0]
+    host = config["HostConfig"]
+    assert host["NetworkMode"] == "none"
+    assert host["ReadonlyRootfs"] is True
+    assert host["Memory"] == 1024 * 1024**2
+    assert host["PidsLimit"] == runtimes.PIDS_LIMIT
+    assert "no-new-privileges" in " ".join(host["SecurityOpt"])
+    assert (
+        config["Config"]["User"]
+        == f"{runtimes.runtime_uid(runtime['container'])}:{runtimes.runtime_uid(runtime['container'])}"
+    )
+    assert config["Config"]["Labels"][runtimes.LABEL_ENDPOINT] == "boxed"
+    assert "DJANGO_SECRET_KEY" not in " ".join(config["Config"]["Env"])
+
+
+def test_deleting_removes_the_container_and_the_files(owner: User, iris_models: Path) -> None:
     issued = endpoint_create(owner=owner, name="gone", model_version=ready_model(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
-    runtime = live_process(issued.endpoint)
-    assert processes.find(str(runtime["process"]))
+    runtime = live_runtime(issued.endpoint)
+    assert container_running(runtime["container"])
     assert endpoint_dir("gone").exists()
 
     deployment = endpoint_delete(endpoint=issued.endpoint)
@@ -74,10 +103,13 @@ def test_deleting_stops_the_process_frees_the_port_and_removes_the_files(owner: 
 
     endpoint = Endpoint.objects.get(name="gone")
     assert endpoint.status == Endpoint.Status.DELETED
-    assert processes.find(str(runtime["process"])) == []
-    assert not processes.port_is_open(int(runtime["port"]))  # type: ignore[call-overload]
+    assert runtimes.state(runtime["container"]) is None
+    assert runtimes.names(endpoint="gone") == []
+    assert not Path(runtime["socket"]).exists()
     assert not endpoint_dir("gone").exists()
     assert not ExternalResource.objects.filter(endpoint=endpoint, deleted_at__isnull=True).exists()
+    # What the runtime said while it served is in the endpoint's log.
+    assert LogLine.objects.filter(endpoint=endpoint, source=LogLine.Source.RUNTIME, message__contains="model loaded")
 
 
 def test_a_runtime_that_cannot_load_fails_the_rollout_with_its_log_lines(owner: User, iris_models: Path) -> None:
@@ -92,14 +124,14 @@ def test_a_runtime_that_cannot_load_fails_the_rollout_with_its_log_lines(owner: 
     assert "rdeployNoSuchPackage" in endpoint.error
     assert deployment.steps.get(name="wait_healthy").status == DeploymentStep.Status.FAILED
     # What the failed rollout created is gone.
-    assert processes.find(f"broken-{deployment.pk}") == []
+    assert runtimes.names(endpoint="broken") == []
     assert not ExternalResource.objects.filter(deployment=deployment, deleted_at__isnull=True).exists()
 
 
 def test_a_failed_update_leaves_the_previous_version_serving(owner: User, iris_models: Path) -> None:
     issued = endpoint_create(owner=owner, name="steady", model_version=ready_model(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
-    serving = live_process(issued.endpoint)
+    serving = live_runtime(issued.endpoint)
 
     update = drive(endpoint_update(endpoint=issued.endpoint, model_version=broken_model(owner, iris_models)))
 
@@ -112,7 +144,7 @@ def test_a_failed_update_leaves_the_previous_version_serving(owner: User, iris_m
     assert invoke(owner, "steady", rows_csv(truth["rows"]), "text/csv") == (200, {"predictions": truth["v1"]})
 
 
-def test_starting_the_runtime_twice_starts_one_process(owner: User, iris_models: Path) -> None:
+def test_starting_the_runtime_twice_starts_one_container(owner: User, iris_models: Path) -> None:
     from deployer.services.pipeline import serving_deployment
     from deployer.targets import get_target
     from deployer.targets.base import StepContext
@@ -128,32 +160,17 @@ def test_starting_the_runtime_twice_starts_one_process(owner: User, iris_models:
             name, StepContext(deployment=deployment, step=step, previous=serving_deployment(issued.endpoint))
         )
 
-    identifier = f"twice-{deployment.pk}"
-    assert len(ExternalResource.objects.filter(kind="process", identifier=identifier)) == 1
-    # One serve script: no second runtime. Counted by command line, top-level only: R's
-    # per-connection children come and go, and bash's forks for subshells and background
-    # jobs carry serve's command line until they exec (their parent is serve itself).
-    wait_for(lambda: processes.port_is_open(int(ExternalResource.objects.get(identifier=identifier).details["port"])))
-    serve_pids = {pid for pid in processes.find(identifier) if command_line(pid).endswith("runtime/serve")}
-    top_level = [pid for pid in serve_pids if processes.parent_pid(pid) not in serve_pids]
-    assert len(top_level) == 1, [command_line(pid) for pid in serve_pids]
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
+    name = container_name(deployment)
+    assert len(ExternalResource.objects.filter(kind="container", identifier=name)) == 1
+    assert runtimes.names(endpoint="twice") == [name]
+    assert container_running(name)
 
 
 def test_a_killed_runtime_is_restarted_by_the_reconciler(owner: User, iris_models: Path) -> None:
     issued = endpoint_create(owner=owner, name="phoenix", model_version=ready_model(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
-    runtime = live_process(issued.endpoint)
-    for pid in processes.find(str(runtime["process"])):
-        with contextlib.suppress(ProcessLookupError):  # serve's short-lived children exit on their own
-            os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not processes.find(str(runtime["process"])), what="the runtime to die")
+    runtime = live_runtime(issued.endpoint)
+    kill_runtime(runtime["container"])
 
     pipeline_reconcile()
 
@@ -165,32 +182,49 @@ def test_a_killed_runtime_is_restarted_by_the_reconciler(owner: User, iris_model
     )
     endpoint = Endpoint.objects.get(name="phoenix")
     assert endpoint.status == Endpoint.Status.LIVE
-    assert endpoint.runtime["pid"] != runtime["pid"]
-    assert LogLine.objects.filter(endpoint=endpoint, message__contains="restarted it").exists()
+    assert endpoint.runtime["container"] == runtime["container"]
+    assert endpoint.runtime["socket"] != runtime["socket"]
+    assert not Path(runtime["socket"]).exists()
+    assert ExternalResource.objects.get(identifier=runtime["container"]).details["start"] == 1
+    assert LogLine.objects.filter(endpoint=endpoint, message__contains="restarted it (restart 1)").exists()
+
+
+def test_a_restart_waits_for_its_backoff(owner: User, iris_models: Path) -> None:
+    issued = endpoint_create(owner=owner, name="patient", model_version=ready_model(owner, iris_models, "v1"))
+    drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+    container = live_runtime(issued.endpoint)["container"]
+    resource = ExternalResource.objects.get(kind="container", identifier=container)
+    # Two crashes, the last one a second ago: the third restart waits 4 s.
+    resource.details = {**resource.details, "crashes": [time.time() - 30, time.time() - 1]}
+    resource.save()
+    kill_runtime(container)
+
+    pipeline_reconcile()
+    assert not container_running(container)
+    assert Endpoint.objects.get(name="patient").status == Endpoint.Status.LIVE
+
+    time.sleep(4)
+    pipeline_reconcile()
+    assert container_running(container)
+    resource.refresh_from_db()
+    assert len(resource.details["crashes"]) == 3
 
 
 def test_a_runtime_that_keeps_crashing_marks_the_endpoint_failed_with_its_log(owner: User, iris_models: Path) -> None:
     issued = endpoint_create(owner=owner, name="crashy", model_version=ready_model(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
-    runtime = live_process(issued.endpoint)
-    resource = ExternalResource.objects.get(kind="process", identifier=runtime["process"])
+    container = live_runtime(issued.endpoint)["container"]
+    resource = ExternalResource.objects.get(kind="container", identifier=container)
     # Four restarts already happened in the last minutes; this crash is the fifth.
     now = time.time()
     resource.details = {**resource.details, "crashes": [now - 200, now - 150, now - 100, now - 60]}
     resource.save()
-    for pid in processes.find(str(runtime["process"])):
-        with contextlib.suppress(ProcessLookupError):  # serve's short-lived children exit on their own
-            os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not processes.find(str(runtime["process"])), what="the runtime to die")
+    kill_runtime(container)
 
     pipeline_reconcile()  # the fifth restart
     assert Endpoint.objects.get(name="crashy").status == Endpoint.Status.LIVE
-    resource.refresh_from_db()
-    wait_for(lambda: processes.find(str(runtime["process"])), what="the restart")
-    for pid in processes.find(str(runtime["process"])):
-        with contextlib.suppress(ProcessLookupError):  # serve's short-lived children exit on their own
-            os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not processes.find(str(runtime["process"])), what="the runtime to die again")
+    wait_for(lambda: container_running(container), what="the restart")
+    kill_runtime(container)
 
     pipeline_reconcile()
 
@@ -198,7 +232,7 @@ def test_a_runtime_that_keeps_crashing_marks_the_endpoint_failed_with_its_log(ow
     assert endpoint.status == Endpoint.Status.FAILED
     assert "crashed 5 times" in endpoint.error
     assert "last log lines" in endpoint.error
-    assert processes.find(str(runtime["process"])) == []
+    assert not container_running(container)
 
 
 def test_a_runtime_that_never_answers_ping_fails_after_the_startup_timeout_with_its_log(
@@ -224,4 +258,4 @@ def test_a_runtime_that_never_answers_ping_fails_after_the_startup_timeout_with_
     assert deployment.status == Deployment.Status.FAILED
     assert "did not answer /ping within 5 s" in deployment.error
     assert "loading forever" in deployment.error
-    assert processes.find(f"sleepy-{deployment.pk}") == []
+    assert runtimes.names(endpoint="sleepy") == []

@@ -1,0 +1,238 @@
+"""Serving containers of local endpoints: start, find, inspect, stop and read their logs.
+
+One container per rollout, named and labelled from the endpoint and deployment, so a
+retry, the reconciler and teardown find it without a pid (and it outlives the worker
+that started it: containers are detached). It runs ``serve`` as SageMaker runs it, the
+model at /opt/ml/model (read-only), with no network at all: no outbound connections, no
+host loopback services, no other endpoint, no metadata service. The gateway reaches it
+through a Unix socket in a per-start host directory mounted at /run/rdeploy.
+
+That directory is the container's to write until ``lock_socket`` takes it back (root's,
+0755) and checks that the socket is a socket; only then may anyone connect to it.
+Output is read through the engine (``podman logs``), never from a file the container
+can write.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+
+from deployer.integrations.containers import cli
+
+ROLE = "runtime"
+LABEL_ENDPOINT = "rdeploy.endpoint"
+LABEL_DEPLOYMENT = "rdeploy.deployment"
+SOCKET_MOUNT = "/run/rdeploy"
+SOCKET_NAME = "runtime.sock"
+MODEL_MOUNT = "/opt/ml/model"
+# HAProxy, R, one Rserve child per connection from HAProxy and the threads of each.
+PIDS_LIMIT = 512
+# The engine keeps at most this much of a container's output; the rest is rotated away.
+LOG_MAX_SIZE = "16m"
+# The container's only writable place besides its socket: a tmpfs of its own.
+SCRATCH = "/tmp"  # noqa: S108 (inside the container, private to it)
+# Unprivileged uids for runtimes, one per container name, far above any host account.
+UID_BASE = 610_000
+UID_SPAN = 80_000
+
+
+class UntrustedSocket(Exception):
+    """The socket directory holds something other than the runtime's own socket."""
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    running: bool
+    exit_code: int
+    # How the engine ended it: "oomkilled" when the memory limit did.
+    oom_killed: bool
+
+
+def runtime_uid(name: str) -> int:
+    """The uid the container's processes run as (its own, so none shares one with another
+    endpoint's processes, nor with a host account)."""
+    return UID_BASE + zlib.crc32(name.encode()) % UID_SPAN
+
+
+def socket_path(socket_dir: Path) -> Path:
+    return socket_dir / SOCKET_NAME
+
+
+def start(
+    *,
+    name: str,
+    image: str,
+    command: list[str],
+    endpoint: str,
+    deployment: int,
+    model_dir: Path,
+    socket_dir: Path,
+    env: dict[str, str],
+    memory_mb: int,
+    cpus: float,
+    read_only_mounts: dict[Path, str] | None = None,
+) -> None:
+    """Start container ``name`` (replacing a leftover of that name) running ``command``;
+    ``socket_dir`` is created afresh for it, writable by its uid until ``lock_socket``."""
+    cli.remove(name)
+    uid = runtime_uid(name)
+    shutil.rmtree(socket_dir, ignore_errors=True)
+    socket_dir.mkdir(mode=0o700, parents=True)
+    os.chown(socket_dir, uid, uid)
+    variables = {
+        **env,
+        "RDEPLOY_LISTEN_SOCKET": f"{SOCKET_MOUNT}/{SOCKET_NAME}",
+        "HOME": SCRATCH,
+        "TMPDIR": SCRATCH,
+    }
+    # podman would add writable /tmp, /var/tmp and /run: the tmpfs stays the only one.
+    engine_specific = ["--read-only-tmpfs=false"] if settings.CONTAINER_CLI == "podman" else []
+    mounts = {model_dir: f"{MODEL_MOUNT}:ro", socket_dir: SOCKET_MOUNT}
+    mounts.update({path: f"{target}:ro" for path, target in (read_only_mounts or {}).items()})
+    cli.check(
+        [
+            "run",
+            "--detach",
+            "--name",
+            name,
+            *cli.installation_labels(ROLE),
+            "--label",
+            f"{LABEL_ENDPOINT}={endpoint}",
+            "--label",
+            f"{LABEL_DEPLOYMENT}={deployment}",
+            "--network",
+            "none",
+            "--read-only",
+            *engine_specific,
+            "--tmpfs",
+            f"{SCRATCH}:rw,nosuid,nodev,size=256m",
+            "--user",
+            f"{uid}:{uid}",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--pids-limit",
+            str(PIDS_LIMIT),
+            "--memory",
+            f"{memory_mb}m",
+            "--memory-swap",
+            f"{memory_mb}m",
+            "--cpus",
+            f"{cpus:g}",
+            "--log-opt",
+            f"max-size={LOG_MAX_SIZE}",
+            *(argument for path, target in mounts.items() for argument in ("--volume", f"{path}:{target}")),
+            *(argument for key, value in sorted(variables.items()) for argument in ("--env", f"{key}={value}")),
+            image,
+            *command,
+        ]
+    )
+
+
+def state(name: str) -> ContainerState | None:
+    """The container's state, or None if there is no such container."""
+    state_format = "{{.State.Running}} {{.State.ExitCode}} {{.State.OOMKilled}}"
+    result = cli.run(["inspect", "--type", "container", "--format", state_format, name])
+    if result.returncode != 0:
+        if "no such" in cli.output_of(result).lower():
+            return None
+        raise cli.EngineCommandFailed(f"inspecting container {name} failed: {cli.output_of(result)}")
+    running, exit_code, oom_killed = result.stdout.decode().split()
+    return ContainerState(running=running == "true", exit_code=int(exit_code), oom_killed=oom_killed == "true")
+
+
+def stop(name: str, *, grace: int = 5) -> None:
+    """SIGTERM (``serve`` drains), SIGKILL after ``grace`` seconds, then remove the
+    container: with it go every process it ran. Idempotent."""
+    cli.run(["stop", "--time", str(grace), name], timeout=grace + 30)
+    cli.remove(name)
+
+
+def names(*, endpoint: str | None = None) -> list[str]:
+    """This installation's runtime containers (of ``endpoint`` if given), running or not."""
+    return cli.container_names(role=ROLE, extra_label=f"{LABEL_ENDPOINT}={endpoint}" if endpoint else None)
+
+
+def lock_socket(socket_dir: Path) -> Path:
+    """Take ``socket_dir`` back from the container and return its socket's path, once
+    connecting through that path can only reach the container's own listener.
+
+    The directory becomes root's (0755), so the container's uid can no longer add,
+    rename or remove entries in it; then the entry is checked through the held
+    descriptor, without following links: a symlink the model planted (to the engine's
+    socket, say) is refused. FileNotFoundError: no socket yet."""
+    descriptor = os.open(socket_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        # Not before the runtime made its socket: it could not make it afterwards.
+        os.stat(SOCKET_NAME, dir_fd=descriptor, follow_symlinks=False)
+        os.fchown(descriptor, os.getuid(), os.getgid())
+        os.fchmod(descriptor, 0o755)
+        entry = os.stat(SOCKET_NAME, dir_fd=descriptor, follow_symlinks=False)
+        if not stat.S_ISSOCK(entry.st_mode):
+            raise UntrustedSocket(f"{socket_dir / SOCKET_NAME} is not a socket (mode {stat.filemode(entry.st_mode)})")
+        # The listener keeps working whoever owns the inode; connecting needs write access.
+        os.chown(SOCKET_NAME, os.getuid(), os.getgid(), dir_fd=descriptor, follow_symlinks=False)
+    finally:
+        os.close(descriptor)
+    return socket_dir / SOCKET_NAME
+
+
+def read_logs(name: str, cursor: str | None, *, timeout: float = 30) -> tuple[list[str], str | None]:
+    """Output lines (stdout and stderr, in time order) after ``cursor``, and the cursor to
+    pass next time (``cursor`` itself when nothing is new). The cursor is the engine's
+    timestamp of the last line read and how many lines carry it: lines stamped at that
+    instant are asked for again and those already read skipped, so none is lost."""
+    since, already_read = _parse_cursor(cursor)
+    arguments = ["logs", "--timestamps"]
+    if since is not None:
+        arguments += ["--since", _format_nanoseconds(since - 1)]
+    result = cli.run([*arguments, name], timeout=timeout)
+    if result.returncode != 0:
+        return [], cursor
+    stamped = sorted(
+        (_parse_timestamp(stamp), index, line)
+        for index, (stamp, _, line) in enumerate(
+            raw.partition(" ")
+            for raw in (result.stdout + result.stderr).decode("utf-8", "replace").splitlines()
+            if raw[:1].isdigit()
+        )
+        if since is None or _parse_timestamp(stamp) >= since
+    )
+    if not stamped:
+        return [], cursor
+    lines = []
+    for at, _, line in stamped:
+        if at == since and already_read > 0:
+            already_read -= 1
+            continue
+        lines.append(line)
+    last = stamped[-1][0]
+    return lines, f"{last}:{sum(1 for at, _, _ in stamped if at == last)}"
+
+
+def _parse_cursor(cursor: str | None) -> tuple[int | None, int]:
+    if not cursor:
+        return None, 0
+    at, count = cursor.split(":")
+    return int(at), int(count)
+
+
+def _parse_timestamp(stamp: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp with up to 9 decimals."""
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    whole = datetime.strptime(seconds, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return int(whole.timestamp()) * 10**9 + int((fraction or "0").ljust(9, "0")[:9])
+
+
+def _format_nanoseconds(nanoseconds: int) -> str:
+    seconds, fraction = divmod(nanoseconds, 10**9)
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{fraction:09d}Z"
