@@ -1,34 +1,38 @@
-"""Deterministic Docker build contexts for rdeploy serving images.
+"""Deterministic build contexts for rdeploy's serving image: one recipe for every package set.
 
-One image serves every model that needs the same R version and package set: the
-context (Dockerfile, the R runtime, the package list, an optional renv.lock) is
-rendered byte for byte the same from the same inputs, and its content hash is
-the image tag, so a registry lookup of the tag says whether to build at all.
+One image serves every model that needs the same package set: the context (Dockerfile,
+the R runtime, the package list, an optional renv.lock, the package tarballs of a file://
+CRAN-like repository) is rendered byte for byte the same from the same inputs, and its
+content hash together with the base image is the image tag, so a lookup of the tag says
+whether to build at all. The base image is a build argument (``BASE_IMAGE``): rdeploy's own
+Debian base here (scripts/base_image.sh), a public Debian image on CodeBuild.
 
 Plain Python on purpose (no Django): the build integration and the tests import it.
-See container_templates/runtime/README.md for how the context is built for real.
+See container_templates/runtime/README.md, "The image".
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import re
-import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "container_templates"
 
-# Dated Posit Package Manager snapshot of CRAN Linux binaries for the Ubuntu
-# release under rocker/r-ver 4.4 (jammy). Changing it changes every tag, on purpose.
-DEFAULT_PPM_SNAPSHOT = "https://packagemanager.posit.co/cran/__linux__/jammy/2025-02-03"
-# Ubuntu jammy's HAProxy series (the runtime needs >= 2.2 for `http-request return`).
-HAPROXY_VERSION = "2.4.*"
-MINIMUM_R_VERSION = (4, 4, 0)
+# The base where rdeploy's own (scripts/base_image.sh) is not at hand, e.g. on CodeBuild:
+# Debian trixie (R 4.5) from AWS's public mirror of Docker's official images; the recipe
+# installs R, Rserve, jsonlite and HAProxy on it.
+PUBLIC_BASE_IMAGE = "public.ecr.aws/debian/debian:trixie-slim"
+# Where the recipe copies the context's build/ directory (install_packages.R reads it there).
+BUILD_DIR_IN_IMAGE = "/tmp/rdeploy-build"  # noqa: S108 (a path inside the image build)
+# A file:// repository is invisible inside a build: its tarballs travel in the context, here.
+CONTEXT_REPOSITORY = "build/cran"
+PACKAGE_FIELDS_WITH_DEPENDENCIES = ("Depends", "Imports", "LinkingTo")
 
 # Packages the runtime itself needs in every image.
 RUNTIME_PACKAGES = ("Rserve", "jsonlite")
@@ -52,13 +56,12 @@ BASE_PACKAGES = frozenset(
     }
 )
 PACKAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]$")
-R_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 # An R package version (Writing R Extensions 1.1.1): at least two integers joined by . or -.
 PACKAGE_VERSION = re.compile(r"^\d+([.-]\d+)+$")
-# The renv.lock sources renv restores from the repositories install_packages.R passes it
-# (the PPM snapshot); "CRAN" is how renv before 0.15 wrote "Repository". Every other
-# source (GitHub, GitLab, Bitbucket, git, URL, Local, Bioconductor, none) would fetch and
-# compile code from wherever the lockfile says, with the image build's network and role.
+# The renv.lock sources an image can honour: packages come from Debian or a CRAN-like
+# repository (RDEPLOY_CRAN_REPO); "CRAN" is how renv before 0.15 wrote "Repository". Every
+# other source (GitHub, GitLab, Bitbucket, git, URL, Local, Bioconductor, none) would mean
+# fetching and compiling code from wherever the lockfile says, which no build does.
 REPOSITORY_SOURCES = frozenset({"repository", "cran"})
 # Runtime files that go into the image; docs and tests stay out so they never change a tag.
 RUNTIME_FILES = ("serve", "rdeploy_runtime.R", "rdeploy_server.R", "haproxy.cfg", "errors/503.http", "errors/504.http")
@@ -70,25 +73,11 @@ class BuildContext:
 
     files: dict[str, tuple[bytes, int]]
     tag: str
-
-    def tar_gz(self) -> bytes:
-        """The context as a .tar.gz with fixed order, times and owners, so equal contexts give equal bytes."""
-        raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(self.files):
-                content, mode = self.files[path]
-                info = tarfile.TarInfo(path)
-                info.size = len(content)
-                info.mode = mode
-                info.mtime = 0
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(content))
-        # mtime=0 and no file name in the gzip header: otherwise every call differs.
-        return gzip.compress(raw.getvalue(), mtime=0)
+    # The recipe's BASE_IMAGE build argument: every builder passes it (part of the tag).
+    base_image: str
 
     def write_to(self, directory: Path) -> None:
-        """Writes the context into an (empty or new) directory, e.g. for `docker build <directory>`."""
+        """Writes the context into an (empty or new) directory, for `podman build <directory>`."""
         for path, (content, mode) in self.files.items():
             target = directory / path
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,16 +93,6 @@ def normalise_packages(packages: Iterable[str]) -> list[str]:
             raise ValueError(f"not an R package name: {name!r}")
         names.add(name)
     return sorted(names - BASE_PACKAGES, key=str.lower)
-
-
-def check_r_version(r_version: str) -> None:
-    match = R_VERSION.match(r_version)
-    if not match:
-        raise ValueError(f"R version must look like 4.4.2, got {r_version!r}")
-    if tuple(int(part) for part in match.groups()) < MINIMUM_R_VERSION:
-        raise ValueError(
-            f"R {r_version} is older than 4.4.0, which deserializes untrusted .rds files unsafely (CVE-2024-27322)"
-        )
 
 
 def _shown(value: object) -> str:
@@ -162,42 +141,108 @@ def check_renv_lock(renv_lock: bytes) -> None:
             )
 
 
+def _dcf_records(text: str) -> list[dict[str, str]]:
+    """The records of a Debian control file (a repository's PACKAGES index)."""
+    records: list[dict[str, str]] = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        record: dict[str, str] = {}
+        field = ""
+        for line in block.splitlines():
+            if line[:1].isspace() and field:
+                record[field] += " " + line.strip()
+            elif ":" in line:
+                field, _, value = line.partition(":")
+                record[field] = value.strip()
+        if record.get("Package"):
+            records.append(record)
+    return records
+
+
+def _dependencies(record: dict[str, str]) -> set[str]:
+    names = set()
+    for field in PACKAGE_FIELDS_WITH_DEPENDENCIES:
+        for entry in record.get(field, "").split(","):
+            name = entry.split("(")[0].strip()
+            if PACKAGE_NAME.match(name):
+                names.add(name)
+    return names
+
+
+def repository_files(repository: Path, packages: Iterable[str]) -> dict[str, bytes]:
+    """The part of a local CRAN-like repository that ``packages`` need (their tarballs and
+    those of their dependencies, recursively, with an index of just those), as context
+    paths under CONTEXT_REPOSITORY. Packages it lacks are left to Debian."""
+    contrib = repository / "src" / "contrib"
+    index = contrib / "PACKAGES"
+    if index.is_file():
+        text = index.read_text()
+    elif index.with_suffix(".gz").is_file():
+        text = gzip.decompress(index.with_suffix(".gz").read_bytes()).decode()
+    else:
+        raise ValueError(f"{repository} is not a CRAN-like repository: it has no src/contrib/PACKAGES")
+    records = {record["Package"]: record for record in _dcf_records(text)}
+    wanted, queue = set(), [name for name in packages if name in records]
+    while queue:
+        name = queue.pop()
+        if name not in wanted:
+            wanted.add(name)
+            queue.extend(sorted(_dependencies(records[name]) & records.keys()))
+    files: dict[str, bytes] = {}
+    stanzas = []
+    for name in sorted(wanted, key=str.lower):
+        record = records[name]
+        tarball = f"{name}_{record['Version']}.tar.gz"
+        files[f"{CONTEXT_REPOSITORY}/src/contrib/{tarball}"] = (contrib / tarball).read_bytes()
+        stanzas.append("".join(f"{field}: {value}\n" for field, value in record.items()))
+    files[f"{CONTEXT_REPOSITORY}/src/contrib/PACKAGES"] = "\n".join(stanzas).encode()
+    return files
+
+
+def _repository_in_build(cran_repo: str, packages: list[str]) -> dict[str, bytes]:
+    """Context files that give the build its CRAN-like repository: ``build/repository`` (its
+    URL as the build sees it) and, for a file:// one, the copied part of it."""
+    url = urlparse(cran_repo)
+    if url.scheme in ("http", "https"):
+        return {"build/repository": f"{cran_repo}\n".encode()}
+    if url.scheme != "file":
+        raise ValueError(f"RDEPLOY_CRAN_REPO must be an http(s):// or file:// URL, got {cran_repo!r}")
+    copied = repository_files(Path(unquote(url.path)), packages)
+    return {**copied, "build/repository": f"file://{BUILD_DIR_IN_IMAGE}/cran\n".encode()}
+
+
 def render_build_context(
     *,
-    r_version: str,
     packages: Iterable[str],
+    base_image: str,
     renv_lock: bytes | None = None,
-    ppm_snapshot: str = DEFAULT_PPM_SNAPSHOT,
+    cran_repo: str | None = None,
 ) -> BuildContext:
-    """Renders the build context for an image with R `r_version` and `packages` (plus renv.lock's versions).
+    """Renders the serving image's build context on ``base_image`` with R ``packages``.
 
-    Raises ValueError for an R version below 4.4.0, an invalid package name, or an
-    renv.lock that check_renv_lock refuses.
+    ``cran_repo`` (RDEPLOY_CRAN_REPO) serves the packages Debian lacks at build time; a
+    file:// one is copied into the context. ``renv_lock``'s versions are compared with the
+    installed ones in the build log. Raises ValueError for an invalid package name, an
+    renv.lock that check_renv_lock refuses, or an unusable repository.
     """
-    check_r_version(r_version)
     if renv_lock is not None:
         check_renv_lock(renv_lock)
-    dockerfile = (
-        (TEMPLATES_DIR / "Dockerfile.template")
-        .read_text()
-        .replace("@R_VERSION@", r_version)
-        .replace("@HAPROXY_VERSION@", HAPROXY_VERSION)
-        .replace("@PPM_URL@", ppm_snapshot)
-    )
+    names = normalise_packages(packages)
     files: dict[str, tuple[bytes, int]] = {
-        "Dockerfile": (dockerfile.encode(), 0o644),
+        "Dockerfile": ((TEMPLATES_DIR / "Dockerfile.template").read_bytes(), 0o644),
         "build/install_packages.R": ((TEMPLATES_DIR / "image" / "install_packages.R").read_bytes(), 0o644),
-        "build/packages.txt": ("".join(f"{name}\n" for name in normalise_packages(packages)).encode(), 0o644),
+        "build/packages.txt": ("".join(f"{name}\n" for name in names).encode(), 0o644),
     }
     if renv_lock is not None:
         files["build/renv.lock"] = (renv_lock, 0o644)
+    if cran_repo:
+        files.update((path, (content, 0o644)) for path, content in _repository_in_build(cran_repo, names).items())
     for name in RUNTIME_FILES:
         source = TEMPLATES_DIR / "runtime" / name
         files[f"runtime/{name}"] = (source.read_bytes(), 0o755 if name == "serve" else 0o644)
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"BASE_IMAGE={base_image}\0".encode())
     for path in sorted(files):
         content, mode = files[path]
         digest.update(f"{path}\0{mode:o}\0{len(content)}\0".encode())
         digest.update(content)
-    return BuildContext(files=files, tag=f"r{r_version}-{digest.hexdigest()[:16]}")
+    return BuildContext(files=files, tag=f"ctx-{digest.hexdigest()[:16]}", base_image=base_image)

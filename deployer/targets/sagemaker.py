@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import platform
 import secrets
 import tarfile
 import tempfile
@@ -30,8 +31,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from deployer.build_context import BuildContext, check_r_version, render_build_context
-from deployer.integrations import docker_engine
+from deployer.build_context import PUBLIC_BASE_IMAGE, BuildContext
 from deployer.integrations.aws import (
     apigateway,
     autoscaling,
@@ -47,7 +47,9 @@ from deployer.integrations.aws import (
 )
 from deployer.integrations.aws.client import AwsConfigurationError, error_code, error_message, is_transient
 from deployer.integrations.aws.tagging import CloudResource, resource_tags
+from deployer.integrations.containers import cli, images
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine, ModelVersion
+from deployer.services.images import local_image, model_version_image_context
 from deployer.services.model_versions import model_version_directory_digest, model_version_materialize
 from deployer.targets.base import (
     InvocationResult,
@@ -69,8 +71,11 @@ LAMBDA_TIMEOUT = 29
 # own startup health-check window (instances are provisioned first).
 POLL_SECONDS = 20.0
 BUILD_POLL_SECONDS = 15.0
-# A local Docker build's output is a file here: poll it more often than CodeBuild.
+# A local engine's build output is a file here: poll it more often than CodeBuild.
 DOCKER_POLL_SECONDS = 5.0
+# SageMaker's instances (and CodeBuild's image) are x86_64.
+SAGEMAKER_PLATFORM = "linux/amd64"
+SAGEMAKER_ARCHITECTURE = "amd64"
 MAX_BUILD_LINES_PER_POLL = 2000
 PROVISIONING_ALLOWANCE = 30 * 60
 UPDATE_VISIBLE_SECONDS = 120
@@ -78,8 +83,6 @@ UPDATE_VISIBLE_SECONDS = 120
 # redeploying a recently deleted model should not rebuild.
 IMAGE_GRACE_SECONDS = 7 * 24 * 3600
 LOG_LINES_IN_FAILURE = 20
-# The image's R for models saved by an R older than the runtime accepts (4.4.0).
-IMAGE_R_VERSION = "4.4.2"
 MAX_LOG_LINES_PER_COLLECT = 1000
 LOG_COLLECT_INTERVAL = 10
 # rdeploy creates the log groups SageMaker, Lambda and CodeBuild write to, so they carry
@@ -246,44 +249,20 @@ def _reproducible_tarball(directory: Path, destination: Path) -> None:
             archive.add(path, arcname=str(path.relative_to(directory)), recursive=False, filter=clean)
 
 
-def model_renv_lock(model_version: ModelVersion) -> bytes | None:
-    """The bundle's ``renv.lock`` (the image then installs its pinned versions); None for
-    a bare .rds or a bundle without one. Read from the model directory as the runtime gets it."""
-    if model_version.artifact_kind == ModelVersion.ArtifactKind.RDS:
-        return None
-    scratch = Path(settings.DATA_DIR) / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch, prefix="sagemaker-lock-") as tmp:
-        model_dir = model_version_materialize(model_version=model_version, destination=Path(tmp) / "model")
-        lock = model_dir / "renv.lock"
-        return lock.read_bytes() if lock.is_file() else None
-
-
 def image_build_context(model_version: ModelVersion) -> BuildContext:
-    """The runtime's build context for the R packages the inspection found, pinned by the
-    bundle's renv.lock when it has one (so the lockfile is part of the image tag).
-
-    Images need R >= 4.4.0 (CVE-2024-27322); a model saved by an older R is served by
-    IMAGE_R_VERSION, which reads every older serialization.
-    """
-    inspection = model_version.inspection or {}
-    packages = [str(package["name"]) for package in (inspection.get("packages") or {}).get("required", [])]
-    packages += [str(name) for name in model_version.requested_packages or []]
-    writer = str((inspection.get("r_version") or {}).get("writer") or "")
-    r_version = IMAGE_R_VERSION
+    """The serving image's build context for the model version (its R packages, pinned by
+    the bundle's renv.lock when it has one), on the base the configured builder has: this
+    machine's (settings.BASE_IMAGE) for RDEPLOY_IMAGE_BUILDER=docker, so the image pushed is
+    the one local endpoints run; a public Debian image on CodeBuild."""
+    base = settings.BASE_IMAGE if settings.RDEPLOY_IMAGE_BUILDER == "docker" else PUBLIC_BASE_IMAGE
     try:
-        check_r_version(writer)
-        r_version = writer
-    except ValueError:
-        pass
-    try:
-        return render_build_context(r_version=r_version, packages=packages, renv_lock=model_renv_lock(model_version))
+        return model_version_image_context(model_version=model_version, base_image=base)
     except ValueError as error:
         raise PermanentStepError(f"No image can be built for this model: {error}.") from error
 
 
 def docker_build_dir(identifier: str) -> Path:
-    """Where a local Docker build keeps its context, output and registry login."""
+    """Where a local engine's build keeps its context, output and registry login."""
     return Path(settings.DATA_DIR) / "image-builds" / identifier
 
 
@@ -458,7 +437,7 @@ class SageMakerTarget(Target):
             if ctx.intent.get("docker"):
                 # Our push finished between two polls (or a concurrent build pushed the same tag).
                 self._remove_docker_build(ctx)
-                return StepOutcome.done(f"Built and pushed {image} with Docker.")
+                return StepOutcome.done(f"Built and pushed {image} with {settings.CONTAINER_CLI}.")
             return StepOutcome.skipped(f"Image {tag} is already in ECR: the same R packages need no build.")
         if settings.RDEPLOY_IMAGE_BUILDER == "docker":
             return self._build_with_docker(ctx, context=context, image=image, repository=repository, tag=tag)
@@ -481,7 +460,11 @@ class SageMakerTarget(Target):
             # Same token within 5 minutes = same build: a start retried after a crash.
             token = hashlib.sha256(f"{project}:{ctx.deployment.pk}:{tag}".encode()).hexdigest()
             build_id = codebuild.start_build(
-                project, source_location=f"{bucket}/{key}", image_uri=image, idempotency_token=token
+                project,
+                source_location=f"{bucket}/{key}",
+                image_uri=image,
+                base_image=context.base_image,
+                idempotency_token=token,
             )
             ctx.intent.update(build_id=build_id, log_ms=0)
             ctx.save_intent()
@@ -507,61 +490,81 @@ class SageMakerTarget(Target):
     def _build_with_docker(
         self, ctx: StepContext, *, context: BuildContext | None, image: str, repository: str, tag: str
     ) -> StepOutcome:
-        """``docker build`` then ``docker login`` + ``docker push`` on this worker, each a
-        detached job polled every DOCKER_POLL_SECONDS (RDEPLOY_IMAGE_BUILDER=docker)."""
+        """The image from this worker's engine (RDEPLOY_IMAGE_BUILDER=docker), pushed to ECR:
+        the local serving image of the same context when the engine has it (the very image
+        inspection and local endpoints ran), else a build of it. Build and push are detached
+        jobs polled every DOCKER_POLL_SECONDS."""
         job = ctx.intent.get("docker")
         if job is None:
             identifier = _name(prefix(), "image-build", f"d{ctx.deployment.pk}")
             directory = docker_build_dir(identifier)
             ctx.record_resource("docker_build", identifier, {"directory": str(directory)})
             context = context or image_build_context(ctx.model_version)
+            local = local_image(context)
             try:
-                started = docker_engine.start_build(directory=directory, context_tar_gz=context.tar_gz(), image=image)
-            except docker_engine.DockerUnavailable as error:
+                if images.image_present(local) and images.architecture(local) == SAGEMAKER_ARCHITECTURE:
+                    images.tag(local, image)
+                    ctx.log(f"Pushing {local}, the image built on this machine.", source=LogLine.Source.BUILD)
+                    return self._start_push(ctx, job={"identifier": identifier}, image=image)
+                # The local name too where SageMaker's platform is this machine's.
+                also_local = [local] if platform.machine() in ("x86_64", "amd64") else []
+                started = images.start_build(
+                    directory=directory, context=context, tags=[image, *also_local], platform=SAGEMAKER_PLATFORM
+                )
+            except cli.EngineUnavailable as error:
                 raise PermanentStepError(
-                    f"RDEPLOY_IMAGE_BUILDER=docker, but {error}. Install Docker on the workers or use codebuild."
+                    f"RDEPLOY_IMAGE_BUILDER=docker, but {error}. Install podman or Docker on the workers, "
+                    "or use codebuild."
                 ) from error
+            except cli.EngineCommandFailed as error:
+                raise TransientStepError(str(error)) from error
             job = {"identifier": identifier, "phase": started.phase, "pid": started.pid, "ticks": started.start_ticks}
             ctx.intent.update(docker=job, log_offset=0)
             ctx.save_intent()
-            ctx.log(f"Docker build of image {tag} started on this worker.", source=LogLine.Source.BUILD)
+            ctx.log(f"Build of image {tag} started on this worker.", source=LogLine.Source.BUILD)
         directory = docker_build_dir(job["identifier"])
-        state = docker_engine.job_state(docker_engine.Job(directory, job["phase"], job["pid"], job["ticks"]))
+        state = images.job_state(images.Job(directory, job["phase"], job["pid"], job["ticks"]))
         self._stream_docker_output(ctx, directory)
         if state.running:
-            doing = "Building the image with Docker" if job["phase"] == "build" else "Pushing the image to ECR"
+            doing = "Building the image" if job["phase"] == "build" else "Pushing the image to ECR"
             return StepOutcome.wait(DOCKER_POLL_SECONDS, f"{doing}.")
         if state.exit_code is None:
             # Gone without an exit status (the machine restarted): build again.
             del ctx.intent["docker"]
             ctx.save_intent()
-            raise TransientStepError(f"docker {job['phase']} stopped without an exit status; starting it again.")
+            raise TransientStepError(f"The image {job['phase']} stopped without an exit status; starting it again.")
         if state.exit_code != 0:
-            tail = "\n".join(docker_engine.last_output(directory, lines=LOG_LINES_IN_FAILURE))
+            tail = "\n".join(images.last_output(directory, lines=LOG_LINES_IN_FAILURE))
             self._remove_docker_build(ctx)
             if ecr.image_exists(repository, tag):
                 return StepOutcome.done(f"Image {tag} was pushed by a concurrent build.")
             raise PermanentStepError(
-                f"The image build failed: docker {job['phase']} exited with status {state.exit_code}."
-                + (f"\nLast build log lines:\n{tail}" if tail else "")
+                f"The image build failed: {settings.CONTAINER_CLI} {job['phase']} exited with status "
+                f"{state.exit_code}." + (f"\nLast build log lines:\n{tail}" if tail else "")
             )
         if job["phase"] == "build":
-            username, password, registry = ecr.docker_login()
-            try:
-                docker_engine.login(directory=directory, registry=registry, username=username, password=password)
-            except docker_engine.DockerCommandFailed as error:
-                raise TransientStepError(str(error)) from error
-            started = docker_engine.start_push(directory=directory, image=image)
-            ctx.intent["docker"] = {**job, "phase": started.phase, "pid": started.pid, "ticks": started.start_ticks}
-            ctx.save_intent()
-            ctx.log(f"Pushing {image}.", source=LogLine.Source.BUILD)
-            return StepOutcome.wait(DOCKER_POLL_SECONDS, "Pushing the image to ECR.")
+            return self._start_push(ctx, job=job, image=image)
         self._remove_docker_build(ctx)
-        return StepOutcome.done(f"Built and pushed {image} with Docker.")
+        return StepOutcome.done(f"Built and pushed {image} with {settings.CONTAINER_CLI}.")
+
+    def _start_push(self, ctx: StepContext, *, job: dict[str, Any], image: str) -> StepOutcome:
+        """Log in to ECR (the password on stdin) and start pushing ``image``."""
+        directory = docker_build_dir(job["identifier"])
+        username, password, registry = ecr.docker_login()
+        try:
+            images.login(directory=directory, registry=registry, username=username, password=password)
+            started = images.start_push(directory=directory, image=image)
+        except cli.EngineCommandFailed as error:
+            raise TransientStepError(str(error)) from error
+        ctx.intent.update(docker={**job, "phase": started.phase, "pid": started.pid, "ticks": started.start_ticks})
+        ctx.intent.setdefault("log_offset", 0)
+        ctx.save_intent()
+        ctx.log(f"Pushing {image}.", source=LogLine.Source.BUILD)
+        return StepOutcome.wait(DOCKER_POLL_SECONDS, "Pushing the image to ECR.")
 
     def _stream_docker_output(self, ctx: StepContext, directory: Path) -> None:
         offset = int(ctx.intent.get("log_offset", 0))
-        lines, new_offset = docker_engine.read_output(directory, offset)
+        lines, new_offset = images.read_output(directory, offset)
         if new_offset == offset:
             return
         skipped = max(0, len(lines) - MAX_BUILD_LINES_PER_POLL)
@@ -1108,7 +1111,7 @@ def delete_cloud_resource(kind: str, identifier: str) -> None:
         logs.delete_log_group(identifier)
     elif kind == "docker_build":
         # Not in the cloud: a local build job (its files hold an ECR login).
-        docker_engine.remove_job(docker_build_dir(identifier))
+        images.remove_job(docker_build_dir(identifier))
 
 
 def cloud_orphans(*, image_grace_seconds: float = IMAGE_GRACE_SECONDS) -> list[CloudResource]:

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 
-from deployer.build_context import render_build_context
+from deployer.build_context import PUBLIC_BASE_IMAGE, render_build_context
 from deployer.models import Deployment, ModelVersion
 from deployer.targets.sagemaker import image_build_context
 from deployer.tests.sagemaker_support import drive, latest, ready_model
@@ -59,8 +59,8 @@ def test_a_bundles_renv_lock_goes_into_the_image_and_its_tag(aws: MotoServer, ow
     deployment = drive(latest("churn"))
 
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
-    pinned = render_build_context(r_version="4.4.2", packages=["randomForest"], renv_lock=lock)
-    unpinned = render_build_context(r_version="4.4.2", packages=["randomForest"])
+    pinned = render_build_context(packages=["randomForest"], renv_lock=lock, base_image=PUBLIC_BASE_IMAGE)
+    unpinned = render_build_context(packages=["randomForest"], base_image=PUBLIC_BASE_IMAGE)
     assert pinned.tag != unpinned.tag
     assert deployment.resources["ecr_image"] == f"rdeploy-runtime:{pinned.tag}"
     assert image_build_context(model).files["build/renv.lock"] == (lock, 0o644)

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
 
-from deployer.build_context import render_build_context
+from deployer.build_context import PUBLIC_BASE_IMAGE, render_build_context
 from deployer.integrations.aws import ecr, s3, tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
@@ -420,7 +420,7 @@ def test_the_image_tag_is_the_build_contexts_hash_and_other_packages_need_anothe
 ) -> None:
     first = ready_model(owner)
     other = ready_model(owner, content=b"model-2", packages={"required": [{"name": "ranger", "version": "0.14"}]})
-    expected = render_build_context(r_version="4.4.2", packages=["randomForest"]).tag
+    expected = render_build_context(packages=["randomForest"], base_image=PUBLIC_BASE_IMAGE).tag
 
     assert image_build_context(first).tag == expected
     assert image_build_context(other).tag != expected

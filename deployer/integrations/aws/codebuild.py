@@ -8,7 +8,8 @@ from botocore.exceptions import ClientError
 
 from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found
 
-# Builds the image from the context zip (Dockerfile at its root) and pushes it to ECR.
+# Builds the image from the context zip (Dockerfile at its root) on BASE_IMAGE (the recipe's
+# build argument, part of the context's tag) and pushes it to ECR.
 BUILDSPEC = """\
 version: 0.2
 phases:
@@ -18,7 +19,7 @@ phases:
       - aws ecr get-login-password | docker login --username AWS --password-stdin "$REGISTRY"
   build:
     commands:
-      - docker build --pull -t "$IMAGE_URI" .
+      - docker build --pull --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$IMAGE_URI" .
   post_build:
     commands:
       - '[ "$CODEBUILD_BUILD_SUCCEEDING" = 1 ] && docker push "$IMAGE_URI"'
@@ -60,13 +61,16 @@ def ensure_project(name: str, *, role_arn: str, source_location: str, tags: dict
             raise
 
 
-def start_build(project: str, *, source_location: str, image_uri: str, idempotency_token: str) -> str:
+def start_build(project: str, *, source_location: str, image_uri: str, base_image: str, idempotency_token: str) -> str:
     """Start a build; the token makes a retried call within 5 minutes return the same build."""
     build = aws_client("codebuild").start_build(
         projectName=project,
         sourceTypeOverride="S3",
         sourceLocationOverride=source_location,
-        environmentVariablesOverride=[{"name": "IMAGE_URI", "value": image_uri, "type": "PLAINTEXT"}],
+        environmentVariablesOverride=[
+            {"name": "IMAGE_URI", "value": image_uri, "type": "PLAINTEXT"},
+            {"name": "BASE_IMAGE", "value": base_image, "type": "PLAINTEXT"},
+        ],
         idempotencyToken=idempotency_token,
     )["build"]
     return str(build["id"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from django.conf import settings
 
@@ -27,6 +27,8 @@ ENGINE_VARIABLES = (
     "DOCKER_API_VERSION",
     "CONTAINER_HOST",
     "XDG_RUNTIME_DIR",
+    # podman's registries (e.g. a plain-http test registry marked insecure: images.py).
+    "CONTAINERS_REGISTRIES_CONF",
 )
 
 
@@ -64,9 +66,14 @@ def engine_env() -> dict[str, str]:
 
 
 def run(
-    arguments: Sequence[str], *, timeout: float = 60, input: bytes | None = None
+    arguments: Sequence[str],
+    *,
+    timeout: float = 60,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a short engine command and return it whatever its exit status."""
+    """Run a short engine command (with ``env`` added to engine_env()) and return it
+    whatever its exit status."""
     cli = engine_cli()
     try:
         return subprocess.run(
@@ -75,7 +82,7 @@ def run(
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
-            env=engine_env(),
+            env={**engine_env(), **(env or {})},
             check=False,
         )
     except subprocess.TimeoutExpired as exc:

@@ -1,0 +1,194 @@
+"""Images through the engine CLI (podman or docker, ``cli``): build, tag, log in, push, look up.
+
+Builds and pushes take minutes, so the pipeline runs them as *jobs*: an engine command
+started detached (through ``deployer.integrations.processes``, so it outlives the worker
+that started it), its output appended to ``<job dir>/output.log`` and its exit status
+written to ``<job dir>/<phase>.status`` when it ends. A step starts a job, then polls it
+with ``job_state`` and streams ``read_output`` in short waits; nothing blocks a worker.
+``build`` is the synchronous form, with a timeout, for callers that need an image now.
+
+Contexts are directories (``BuildContext.write_to``): ``podman build -`` reads a
+Containerfile from stdin, not a context archive as ``docker build -`` does. No ``--pull``:
+the base is a local image (scripts/base_image.sh), pulled only when missing (both
+engines' default).
+
+The registry password goes to ``login`` on stdin, never on a command line (where ``ps``
+would show it), into a config directory private to the job (``DOCKER_CONFIG`` for docker,
+``REGISTRY_AUTH_FILE`` for podman, both ``<job dir>/registry-auth``) that ``remove_job``
+deletes with the job.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from deployer.build_context import BuildContext
+from deployer.integrations import processes
+from deployer.integrations.containers import cli
+
+OUTPUT = "output.log"
+# Runs the command and writes its exit status to $0 when it ends (atomically, by rename),
+# so a poll tells "still running" from "ended with status N".
+_WRAPPER = '"$@"; status=$?; echo $status > "$0.tmp" && mv "$0.tmp" "$0"'
+
+
+class ImageBuildFailed(Exception):
+    """A build failed or timed out; ``lines`` holds its last output lines."""
+
+    def __init__(self, message: str, lines: list[str]) -> None:
+        super().__init__(message)
+        self.lines = lines
+
+
+@dataclass(frozen=True)
+class Job:
+    """A detached engine command: ``phase`` names its status file in ``directory``."""
+
+    directory: Path
+    phase: str
+    pid: int
+    start_ticks: int
+
+
+@dataclass(frozen=True)
+class JobState:
+    running: bool
+    # None while running, and for a job that vanished without a status (e.g. a reboot).
+    exit_code: int | None
+
+
+def _build_arguments(*, context_dir: Path, base_image: str, tags: list[str], platform: str | None) -> list[str]:
+    arguments = ["build", "--build-arg", f"BASE_IMAGE={base_image}"]
+    if settings.CONTAINER_CLI == "podman":
+        # Docker's manifest and config format (podman's default is OCI): what the
+        # docker engine builds too, so ECR and SageMaker get one kind of image either way.
+        arguments += ["--format", "docker"]
+    if platform:
+        arguments += ["--platform", platform]
+    for tag in tags:
+        arguments += ["--tag", tag]
+    return [*arguments, str(context_dir)]
+
+
+def _auth_env(directory: Path) -> dict[str, str]:
+    auth = directory / "registry-auth"
+    return {"DOCKER_CONFIG": str(auth), "REGISTRY_AUTH_FILE": str(auth / "config.json")}
+
+
+def build(*, context: BuildContext, tags: list[str], timeout: float, platform: str | None = None) -> None:
+    """Build ``context`` now, tagged ``tags``; ImageBuildFailed with its last lines if it
+    fails or takes longer than ``timeout`` seconds."""
+    with tempfile.TemporaryDirectory(prefix="rdeploy-context-") as scratch:
+        context.write_to(Path(scratch))
+        arguments = _build_arguments(
+            context_dir=Path(scratch), base_image=context.base_image, tags=tags, platform=platform
+        )
+        try:
+            result = cli.run(arguments, timeout=timeout)
+        except cli.EngineCommandFailed as error:
+            raise ImageBuildFailed(f"building {tags[0]}: {error}", []) from error
+    if result.returncode != 0:
+        lines = (result.stdout + result.stderr).decode("utf-8", "replace").splitlines()[-20:]
+        raise ImageBuildFailed(
+            f"building {tags[0]} failed ({settings.CONTAINER_CLI} build exited with status {result.returncode})", lines
+        )
+
+
+def job_marker(directory: Path) -> str:
+    """The ``processes`` marker of a job: its directory, unique per data directory, so two
+    installations (or test sessions) on one machine never stop each other's jobs."""
+    return f"image-job:{directory.resolve()}"
+
+
+def _start(directory: Path, phase: str, arguments: list[str], env: dict[str, str]) -> Job:
+    status = directory / f"{phase}.status"
+    status.unlink(missing_ok=True)
+    # A rerun after a crash replaces the job it may have started already.
+    processes.stop(job_marker(directory), grace=1)
+    started = processes.start(
+        identifier=job_marker(directory),
+        command=["sh", "-c", _WRAPPER, str(status), cli.engine_cli(), *arguments],
+        env={**cli.engine_env(), **env},
+        cwd=directory,
+        log_path=directory / OUTPUT,
+    )
+    return Job(directory, phase, started.pid, started.start_ticks)
+
+
+def start_build(*, directory: Path, context: BuildContext, tags: list[str], platform: str | None = None) -> Job:
+    """Start building ``context`` (written to ``directory/context``) tagged ``tags``, for
+    ``platform`` (None: the engine's own, for images that run on this machine)."""
+    context_dir = directory / "context"
+    shutil.rmtree(context_dir, ignore_errors=True)
+    context_dir.mkdir(parents=True)
+    context.write_to(context_dir)
+    arguments = _build_arguments(context_dir=context_dir, base_image=context.base_image, tags=tags, platform=platform)
+    # Plain progress output from docker: one readable line per build step, not a terminal UI.
+    return _start(directory, "build", arguments, {"BUILDKIT_PROGRESS": "plain"})
+
+
+def login(*, directory: Path, registry: str, username: str, password: str, timeout: float = 60) -> None:
+    """Log in to ``registry`` into the job's private config; the password goes on stdin."""
+    env = _auth_env(directory)
+    Path(env["DOCKER_CONFIG"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        result = cli.run(
+            ["login", "--username", username, "--password-stdin", registry],
+            input=password.encode(),
+            timeout=timeout,
+            env=env,
+        )
+    except cli.EngineCommandFailed as error:
+        raise cli.EngineCommandFailed(f"login to {registry}: {error}") from error
+    if result.returncode != 0:
+        raise cli.EngineCommandFailed(f"login to {registry} failed: {cli.output_of(result)}")
+
+
+def start_push(*, directory: Path, image: str) -> Job:
+    """Start pushing ``image`` with the credentials ``login`` stored for this job."""
+    return _start(directory, "push", ["push", image], _auth_env(directory))
+
+
+def tag(source: str, target: str) -> None:
+    cli.check(["tag", source, target])
+
+
+def image_present(image: str) -> bool:
+    """True when the engine has ``image`` locally."""
+    return cli.run(["image", "inspect", "--format", "{{.Id}}", image], timeout=30).returncode == 0
+
+
+def architecture(image: str) -> str:
+    """The image's CPU architecture as the engine names it (amd64, arm64)."""
+    return cli.check(["image", "inspect", "--format", "{{.Architecture}}", image], timeout=30).strip()
+
+
+def job_state(job: Job) -> JobState:
+    status = job.directory / f"{job.phase}.status"
+    if processes.is_running(job.pid, job.start_ticks) and not status.exists():
+        return JobState(running=True, exit_code=None)
+    try:
+        return JobState(running=False, exit_code=int(status.read_text().strip()))
+    except (OSError, ValueError):
+        return JobState(running=False, exit_code=None)
+
+
+def read_output(directory: Path, offset: int) -> tuple[list[str], int]:
+    """Complete output lines of the job after byte ``offset``, and the new offset."""
+    return processes.read_log(directory / OUTPUT, offset)
+
+
+def last_output(directory: Path, *, lines: int = 20) -> list[str]:
+    return processes.tail(directory / OUTPUT, lines=lines)
+
+
+def remove_job(directory: Path) -> None:
+    """Stop the job if it still runs and delete its directory (context, output,
+    credentials). Idempotent."""
+    processes.stop(job_marker(directory), grace=2)
+    shutil.rmtree(directory, ignore_errors=True)
