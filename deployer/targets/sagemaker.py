@@ -232,7 +232,7 @@ def _s3_location(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _reproducible_tarball(directory: Path, destination: Path) -> None:
+def model_data_tarball(directory: Path, destination: Path) -> None:
     """``model.tar.gz`` with sorted entries and zeroed times/owners: same content, same bytes."""
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -414,7 +414,7 @@ class SageMakerTarget(Target):
         with tempfile.TemporaryDirectory(dir=scratch, prefix="sagemaker-model-") as tmp:
             model_dir = model_version_materialize(model_version=model_version, destination=Path(tmp) / "model")
             tarball = Path(tmp) / "model.tar.gz"
-            _reproducible_tarball(model_dir, tarball)
+            model_data_tarball(model_dir, tarball)
             s3.upload_file(bucket, key, tarball, tags=_tags(ctx))
             size = tarball.stat().st_size
         return StepOutcome.done(f"Uploaded the model data to {uri} ({size} bytes).")

@@ -6,9 +6,12 @@ what the gateway does around it (keys, limits, headers), which an echo shows exa
 from __future__ import annotations
 
 import json
+import socketserver
+import tempfile
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
@@ -30,22 +33,33 @@ class Echo(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def address_string(self) -> str:
+        return "gateway"  # a Unix socket's peer has no address
+
     def log_message(self, *args: object) -> None:
         pass
 
 
+class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
 @pytest.fixture(scope="module")
-def echo_port() -> Iterator[int]:
-    """The port of a running echo runtime (import this fixture into the test module)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield int(server.server_address[1])
-    server.shutdown()
+def echo_socket() -> Iterator[str]:
+    """The socket of a running echo runtime, as a runtime container's is reached (import
+    this fixture into the test module)."""
+    with tempfile.TemporaryDirectory(prefix="rdeploy-echo-") as directory:
+        path = str(Path(directory) / "runtime.sock")
+        server = _UnixHTTPServer(path, Echo)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield path
+        server.shutdown()
+        server.server_close()
 
 
-def live_public(owner: User, name: str, port: int, **options: object) -> str:
+def live_public(owner: User, name: str, socket_path: str, **options: object) -> str:
     model = make_model_version(owner, status=ModelVersion.Status.READY)
     issued = endpoint_create(owner=owner, name=name, model_version=model, public=True, options=options)
-    Endpoint.objects.filter(pk=issued.endpoint.pk).update(status=Endpoint.Status.LIVE, runtime={"port": port})
+    Endpoint.objects.filter(pk=issued.endpoint.pk).update(status=Endpoint.Status.LIVE, runtime={"socket": socket_path})
     assert issued.api_key
     return issued.api_key

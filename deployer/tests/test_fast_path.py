@@ -23,9 +23,9 @@ from deployer.api.fast_path import InvocationFastPath, WSGIApp
 from deployer.models import Endpoint
 from deployer.services import gateway
 from deployer.services.tokens import api_token_create
-from deployer.tests.gateway_support import echo_port, live_public
+from deployer.tests.gateway_support import echo_socket, live_public
 
-__all__ = ["echo_port"]  # a fixture: pytest finds it in this module's namespace
+__all__ = ["echo_socket"]  # a fixture: pytest finds it in this module's namespace
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_gateway_routes")]
 
@@ -104,13 +104,13 @@ def same_answer(django_answer: Answer, fast_answer: Answer) -> None:
 
 
 def test_public_route_answers_like_django_for_every_outcome(
-    owner: User, echo_port: int, apps: tuple[WSGIApp, InvocationFastPath, CountingApp]
+    owner: User, echo_socket: str, apps: tuple[WSGIApp, InvocationFastPath, CountingApp]
 ) -> None:
     django_app, fast_app, behind = apps
-    key = live_public(owner, "open", echo_port)
-    model = live_public(owner, "private", echo_port)
+    key = live_public(owner, "open", echo_socket)
+    model = live_public(owner, "private", echo_socket)
     Endpoint.objects.filter(name="private").update(public=False)
-    live_public(owner, "stopped", echo_port)
+    live_public(owner, "stopped", echo_socket)
     Endpoint.objects.filter(name="stopped").update(status=Endpoint.Status.FAILED)
     cases: list[tuple[str, dict[str, Any], bytes]] = [
         ("/e/open/invocations", {"HTTP_X_API_KEY": key, "HTTP_ACCEPT": "text/csv", "HTTP_COOKIE": "x=1"}, b"1,2\n"),
@@ -133,12 +133,12 @@ def test_public_route_answers_like_django_for_every_outcome(
 
 
 def test_throttled_public_requests_get_the_same_429(
-    owner: User, echo_port: int, apps: tuple[WSGIApp, InvocationFastPath, CountingApp]
+    owner: User, echo_socket: str, apps: tuple[WSGIApp, InvocationFastPath, CountingApp]
 ) -> None:
     django_app, fast_app, behind = apps
     answers = []
     for app, name in ((django_app, "one"), (fast_app, "two")):
-        key = live_public(owner, name, echo_port, throttle={"rate": 0.01, "burst": 1})
+        key = live_public(owner, name, echo_socket, throttle={"rate": 0.01, "burst": 1})
         call(app, f"/e/{name}/invocations", HTTP_X_API_KEY=key)
         answers.append(call(app, f"/e/{name}/invocations", HTTP_X_API_KEY=key))
     assert answers[0][0] == "429 Too Many Requests"
@@ -147,10 +147,10 @@ def test_throttled_public_requests_get_the_same_429(
 
 
 def test_token_route_answers_like_django_for_owner_stranger_and_bad_tokens(
-    owner: User, colleague: User, echo_port: int, apps: tuple[WSGIApp, InvocationFastPath, CountingApp]
+    owner: User, colleague: User, echo_socket: str, apps: tuple[WSGIApp, InvocationFastPath, CountingApp]
 ) -> None:
     django_app, fast_app, behind = apps
-    live_public(owner, "mine", echo_port)
+    live_public(owner, "mine", echo_socket)
     own = api_token_create(user=owner, name="ci").secret
     strangers = api_token_create(user=colleague, name="ci").secret
     path = "/api/v1/endpoints/mine/invocations"
@@ -166,10 +166,10 @@ def test_token_route_answers_like_django_for_owner_stranger_and_bad_tokens(
 
 
 def test_requests_the_fast_path_does_not_own_are_left_to_django(
-    owner: User, echo_port: int, apps: tuple[WSGIApp, InvocationFastPath, CountingApp]
+    owner: User, echo_socket: str, apps: tuple[WSGIApp, InvocationFastPath, CountingApp]
 ) -> None:
     django_app, fast_app, behind = apps
-    key = live_public(owner, "open", echo_port)
+    key = live_public(owner, "open", echo_socket)
     cases: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/e/open/invocations", {"HTTP_X_API_KEY": key}),
         ("POST", "/e/open/invocations/", {"HTTP_X_API_KEY": key}),
@@ -186,8 +186,8 @@ def test_requests_the_fast_path_does_not_own_are_left_to_django(
     assert call(fast_app, "/e/open/invocations", HTTP_X_API_KEY=key, HTTP_HOST="evil.example")[0].startswith("400")
 
 
-def test_https_redirect_and_hsts_apply_on_the_fast_path_too(owner: User, echo_port: int) -> None:
-    key = live_public(owner, "open", echo_port)
+def test_https_redirect_and_hsts_apply_on_the_fast_path_too(owner: User, echo_socket: str) -> None:
+    key = live_public(owner, "open", echo_socket)
     with override_settings(SECURE_SSL_REDIRECT=True, SECURE_HSTS_SECONDS=3600):
         django_app = get_wsgi_application()
         fast_app = InvocationFastPath(CountingApp(get_wsgi_application()))

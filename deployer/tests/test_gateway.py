@@ -6,6 +6,7 @@ here; the end-to-end tests put the real R runtime behind the same route."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +16,10 @@ from django.test import Client
 from deployer.models import Endpoint, ModelVersion
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_rotate_key
-from deployer.tests.gateway_support import echo_port, live_public
+from deployer.tests.gateway_support import echo_socket, live_public
 from testsupport.factories import make_model_version
 
-__all__ = ["echo_port"]  # a fixture: pytest finds it in this module's namespace
+__all__ = ["echo_socket"]  # a fixture: pytest finds it in this module's namespace
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_gateway_routes")]
 
@@ -29,8 +30,8 @@ def call(name: str, key: str | None, body: bytes = b"a,b\n1,2\n", **headers: str
     return response.status_code, response.json() | {"_headers": dict(response.headers)}
 
 
-def test_the_right_key_reaches_the_runtime_with_only_the_forwarded_headers(owner: User, echo_port: int) -> None:
-    key = live_public(owner, "open", echo_port)
+def test_the_right_key_reaches_the_runtime_with_only_the_forwarded_headers(owner: User, echo_socket: str) -> None:
+    key = live_public(owner, "open", echo_socket)
     status, body = call(
         "open",
         key,
@@ -50,12 +51,12 @@ def test_the_right_key_reaches_the_runtime_with_only_the_forwarded_headers(owner
 
 
 def test_wrong_missing_or_old_keys_and_unknown_or_private_endpoints_all_get_the_same_403(
-    owner: User, echo_port: int
+    owner: User, echo_socket: str
 ) -> None:
-    key = live_public(owner, "open", echo_port)
+    key = live_public(owner, "open", echo_socket)
     model = make_model_version(owner, status=ModelVersion.Status.READY)
     endpoint_create(owner=owner, name="private", model_version=model)
-    Endpoint.objects.filter(name="private").update(status=Endpoint.Status.LIVE, runtime={"port": echo_port})
+    Endpoint.objects.filter(name="private").update(status=Endpoint.Status.LIVE, runtime={"socket": echo_socket})
 
     answers = [
         call("open", "rdk_wrong"),
@@ -73,8 +74,8 @@ def test_wrong_missing_or_old_keys_and_unknown_or_private_endpoints_all_get_the_
     assert Client().get("/e/open/invocations", HTTP_X_API_KEY=key).status_code == 403
 
 
-def test_requests_above_the_rate_and_burst_get_429_until_the_bucket_refills(owner: User, echo_port: int) -> None:
-    key = live_public(owner, "limited", echo_port, throttle={"rate": 1, "burst": 3})
+def test_requests_above_the_rate_and_burst_get_429_until_the_bucket_refills(owner: User, echo_socket: str) -> None:
+    key = live_public(owner, "limited", echo_socket, throttle={"rate": 1, "burst": 3})
 
     started = time.monotonic()
     statuses = [call("limited", key)[0] for _ in range(5)]
@@ -92,8 +93,8 @@ def test_requests_above_the_rate_and_burst_get_429_until_the_bucket_refills(owne
     assert call("limited", key)[0] == 200
 
 
-def test_leased_tokens_never_let_a_key_past_its_burst_and_rate(owner: User, echo_port: int) -> None:
-    key = live_public(owner, "busy", echo_port, throttle={"rate": 100, "burst": 100})
+def test_leased_tokens_never_let_a_key_past_its_burst_and_rate(owner: User, echo_socket: str) -> None:
+    key = live_public(owner, "busy", echo_socket, throttle={"rate": 100, "burst": 100})
     started = time.monotonic()
     statuses = [call("busy", key)[0] for _ in range(150)]
     elapsed = time.monotonic() - started
@@ -104,34 +105,32 @@ def test_leased_tokens_never_let_a_key_past_its_burst_and_rate(owner: User, echo
     assert set(statuses) <= {200, 429}
 
 
-def test_each_key_has_its_own_bucket(owner: User, echo_port: int) -> None:
-    first = live_public(owner, "one", echo_port, throttle={"rate": 1, "burst": 1})
-    second = live_public(owner, "two", echo_port, throttle={"rate": 1, "burst": 1})
+def test_each_key_has_its_own_bucket(owner: User, echo_socket: str) -> None:
+    first = live_public(owner, "one", echo_socket, throttle={"rate": 1, "burst": 1})
+    second = live_public(owner, "two", echo_socket, throttle={"rate": 1, "burst": 1})
     assert [call("one", first)[0], call("one", first)[0]] == [200, 429]
     assert call("two", second)[0] == 200
 
 
-def test_bodies_above_sagemakers_limit_are_refused_before_they_are_read(owner: User, echo_port: int) -> None:
-    key = live_public(owner, "big", echo_port)
+def test_bodies_above_sagemakers_limit_are_refused_before_they_are_read(owner: User, echo_socket: str) -> None:
+    key = live_public(owner, "big", echo_socket)
     status, body = call("big", key, body=b"x" * (gateway.MAX_BODY_BYTES + 1))
     assert status == 413
     assert "larger than" in str(body["message"])
 
 
-def test_a_route_whose_runtime_vanished_is_a_503_not_a_crash(owner: User) -> None:
-    from deployer.integrations.processes import free_port
-
-    key = live_public(owner, "vanished", free_port())
+def test_a_route_whose_runtime_vanished_is_a_503_not_a_crash(owner: User, tmp_path: Path) -> None:
+    key = live_public(owner, "vanished", str(tmp_path / "gone" / "runtime.sock"))
     status, body = call("vanished", key)
     assert status == 503
     assert "not answering" in str(body["message"])
 
 
 def test_requests_for_made_up_names_do_not_grow_the_route_cache_without_bound(
-    owner: User, echo_port: int, monkeypatch: pytest.MonkeyPatch
+    owner: User, echo_socket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gateway, "_MAX_CACHED_ROUTES", 50, raising=False)
-    key = live_public(owner, "known", echo_port)
+    key = live_public(owner, "known", echo_socket)
 
     for i in range(200):
         assert call(f"nope{i}", "rdk_guess")[0] == 403

@@ -18,7 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from rest_framework.test import APIClient
 
-from deployer.integrations import processes
+from deployer.integrations.containers import runtimes
 from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway
 from deployer.services.tokens import api_token_create
@@ -27,6 +27,7 @@ from deployer.tests.pipeline_support import (
     expected,
     ready_model,
     rows_csv,
+    running_containers,
     wait_for,
 )
 from testsupport.services import WebServer
@@ -175,8 +176,9 @@ def test_a_model_goes_live_updates_without_a_failed_call_rolls_back_and_is_delet
     assert loop.last == truth["v2"][:1]
     assert predictions(client.post(invocations, rows_csv(truth["rows"]), content_type="text/csv")) == truth["v2"]
     # Only the new runtime is left.
-    processes_left = ExternalResource.objects.filter(endpoint__name="iris", kind="process", deleted_at__isnull=True)
-    assert processes_left.count() == 1
+    containers_left = ExternalResource.objects.filter(endpoint__name="iris", kind="container", deleted_at__isnull=True)
+    assert containers_left.count() == 1
+    assert running_containers("iris") == [containers_left.get().identifier]
 
     # Rollback: back to v1.
     assert client.post("/api/v1/endpoints/iris/rollback").status_code == 202
@@ -197,14 +199,14 @@ def test_a_model_goes_live_updates_without_a_failed_call_rolls_back_and_is_delet
     assert 429 in statuses
     assert statuses.count(200) <= 5
 
-    # Delete: the process is gone, its port closed, its files removed.
+    # Delete: the container is gone, its socket and files removed.
     runtime = Endpoint.objects.get(name="iris").runtime
     deleted = client.delete("/api/v1/endpoints/iris/")
     assert deleted.status_code == 202
     assert deleted.json()["status"] == "deleting"
     wait_endpoint(client, "iris", "deleted")
-    assert processes.find(runtime["process"]) == []
-    assert not processes.port_is_open(runtime["port"])
+    assert runtimes.names(endpoint="iris") == []
+    assert not Path(runtime["socket"]).exists()
     assert not endpoint_dir("iris").exists()
     assert not ExternalResource.objects.filter(endpoint__name="iris", deleted_at__isnull=True).exists()
     assert Deployment.objects.filter(endpoint__name="iris").exclude(status="succeeded").count() == 0

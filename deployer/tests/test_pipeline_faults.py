@@ -4,23 +4,29 @@ nothing left behind. Also: the reconciler brings a killed runtime back."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 
-from deployer.integrations import processes
+from deployer.integrations.containers import runtimes
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
 from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets import get_target
 from deployer.targets.local import endpoint_dir
-from deployer.tests.pipeline_support import FaultyWorker, expected, finish, ready_model, rows_csv, wait_for
+from deployer.tests.pipeline_support import (
+    FaultyWorker,
+    expected,
+    finish,
+    kill_runtime,
+    ready_model,
+    rows_csv,
+    running_containers,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,10 +48,10 @@ def kill_in_step(worker: FaultyWorker, deployment: Deployment, step: str) -> Non
     worker.start()
 
 
-def live_processes(endpoint: Endpoint) -> list[str]:
+def live_containers(endpoint: Endpoint) -> list[str]:
     return sorted(
         resource.identifier
-        for resource in ExternalResource.objects.filter(endpoint=endpoint, kind="process", deleted_at__isnull=True)
+        for resource in ExternalResource.objects.filter(endpoint=endpoint, kind="container", deleted_at__isnull=True)
     )
 
 
@@ -77,9 +83,8 @@ def test_a_worker_killed_in_any_step_of_an_update_leaves_an_update_that_complete
         assert result.status == 200, f"killed in {step}: {result.body!r}"
         assert truth[new][0] in result.body.decode()
         # One runtime serves; the previous one and any half-started one are gone.
-        assert live_processes(endpoint) == [endpoint.runtime["process"]], f"killed in {step}"
-        others = Deployment.objects.filter(endpoint=endpoint).exclude(pk=endpoint.runtime["deployment"])
-        assert all(processes.find(f"tough-{other.pk}") == [] for other in others), f"killed in {step}"
+        assert live_containers(endpoint) == [endpoint.runtime["container"]], f"killed in {step}"
+        assert runtimes.names(endpoint="tough") == [endpoint.runtime["container"]], f"killed in {step}"
         current = new
 
 
@@ -94,7 +99,6 @@ def test_a_worker_killed_during_create_and_during_delete_still_finishes_both(
     assert create is not None
     kill_in_step(faulty_worker, create, create_step)
     assert finish(create).status == Deployment.Status.SUCCEEDED
-    runtime = Endpoint.objects.get(name="cycle").runtime
 
     deletion = endpoint_delete(endpoint=issued.endpoint)
     assert deletion is not None
@@ -102,8 +106,7 @@ def test_a_worker_killed_during_create_and_during_delete_still_finishes_both(
 
     assert finish(deletion).status == Deployment.Status.SUCCEEDED
     assert Endpoint.objects.get(name="cycle").status == Endpoint.Status.DELETED
-    assert processes.find(runtime["process"]) == []
-    assert not processes.port_is_open(runtime["port"])
+    assert runtimes.names(endpoint="cycle") == []
     assert not endpoint_dir("cycle").exists()
     assert not ExternalResource.objects.filter(endpoint__name="cycle", deleted_at__isnull=True).exists()
 
@@ -116,9 +119,7 @@ def test_a_runtime_killed_while_the_worker_is_down_comes_back(
     assert finish(issued.endpoint.current_deployment).status == Deployment.Status.SUCCEEDED  # type: ignore[arg-type]
     runtime = Endpoint.objects.get(name="lazarus").runtime
     faulty_worker.kill()
-    for pid in processes.find(runtime["process"]):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_runtime(runtime["container"])
     faulty_worker.start()
 
     pipeline_reconcile()
@@ -131,3 +132,25 @@ def test_a_runtime_killed_while_the_worker_is_down_comes_back(
         return result is not None and result.status == 200
 
     wait_for(answers, timeout=30, what="the restarted runtime")
+
+
+def test_a_runtime_outlives_a_worker_restart(owner: User, iris_models: Path, faulty_worker: FaultyWorker) -> None:
+    truth = expected(iris_models)
+    issued = endpoint_create(owner=owner, name="steadfast", model_version=ready_model(owner, iris_models, "v1"))
+    assert finish(issued.endpoint.current_deployment).status == Deployment.Status.SUCCEEDED  # type: ignore[arg-type]
+    runtime = Endpoint.objects.get(name="steadfast").runtime
+
+    faulty_worker.kill()
+    faulty_worker.start()
+    pipeline_reconcile()
+
+    # The same container serves on, never restarted.
+    assert running_containers("steadfast") == [runtime["container"]]
+    assert Endpoint.objects.get(name="steadfast").runtime == runtime
+    assert "crashes" not in ExternalResource.objects.get(identifier=runtime["container"]).details
+    gateway._routes.clear()
+    result = endpoint_invoke(
+        user=owner, name="steadfast", body=rows_csv(truth["rows"]), headers={"Content-Type": "text/csv"}
+    )
+    assert result is not None
+    assert (result.status, truth["v1"][0] in result.body.decode()) == (200, True)

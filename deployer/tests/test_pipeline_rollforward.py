@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
-from deployer.integrations import processes
 from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome
 from deployer.targets.local import LocalTarget, rollout_dir
-from deployer.tests.pipeline_support import drive, expected, ready_model, rows_csv, stop_everything
+from deployer.tests.pipeline_support import container_running, drive, expected, ready_model, rows_csv, stop_everything
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -61,9 +60,9 @@ def test_an_update_failing_after_the_traffic_switch_keeps_the_new_version_live_a
     assert endpoint.previous_model_version == v1
     assert "would not stop" in endpoint.error
     assert f"{v2} serves" in endpoint.error
-    # What serves was not discarded: v2's process and model files are there and answer.
+    # What serves was not discarded: v2's container and model files are there and answer.
     assert (rollout_dir(update) / "model").is_dir()
-    assert processes.find(str(endpoint.runtime["process"]))
+    assert container_running(endpoint.runtime["container"])
     assert not ExternalResource.objects.filter(deployment=update, deleted_at__isnull=False).exists()
     assert predictions(owner, "forward", rows) == truth["v2"]
 
@@ -72,8 +71,8 @@ def test_an_update_failing_after_the_traffic_switch_keeps_the_new_version_live_a
     again = drive(endpoint_update(endpoint=endpoint, model_version=v1))
     assert again.status == Deployment.Status.SUCCEEDED, again.error
     assert predictions(owner, "forward", rows) == truth["v1"]
-    assert list(ExternalResource.objects.filter(endpoint=endpoint, deleted_at__isnull=True, kind="process")) == list(
-        ExternalResource.objects.filter(deployment=again, kind="process")
+    assert list(ExternalResource.objects.filter(endpoint=endpoint, deleted_at__isnull=True, kind="container")) == list(
+        ExternalResource.objects.filter(deployment=again, kind="container")
     )
     assert Endpoint.objects.get(name="forward").error == ""
     deleted = endpoint_delete(endpoint=endpoint)

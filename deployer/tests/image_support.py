@@ -1,0 +1,114 @@
+"""Serving images for real in tests: the image every test model needs (built once per
+session by the engine, as inspection and the targets build it) and containers started
+from it as SageMaker starts them (`run IMAGE serve`, the model at /opt/ml/model, port 8080)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployer.integrations.containers import cli
+from deployer.services.images import serving_image_ensure
+
+# The packages of every model in testsupport/train_models.R (lm and glm need none).
+TEST_MODEL_PACKAGES = ["randomForest", "ranger", "rpart", "e1071"]
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class ServingContainer:
+    name: str
+    port: int
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Response:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            connection.close()
+
+    def logs(self) -> str:
+        return cli.check(["logs", self.name])
+
+
+@pytest.fixture(scope="session")
+def serving_image() -> str:
+    """The serving image for every test model, built once per session (reused when its
+    tag exists, as every caller of serving_image_ensure does)."""
+    return serving_image_ensure(packages=TEST_MODEL_PACKAGES)
+
+
+def free_port() -> int:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return int(listener.getsockname()[1])
+
+
+def unpack_model_data(tarball: Path, destination: Path) -> Path:
+    """What SageMaker does with ModelDataUrl before the container starts."""
+    destination.mkdir(parents=True)
+    with tarfile.open(tarball) as archive:
+        archive.extractall(destination, filter="data")
+    return destination
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """serve(image, model_dir) -> a ServingContainer answering /ping; removed after the test."""
+    started: list[str] = []
+
+    def start(image: str, model_dir: Path, timeout: float = 60) -> ServingContainer:
+        container = ServingContainer(f"rdeploy-test-serving-{uuid.uuid4().hex[:8]}", free_port())
+        started.append(container.name)
+        # SageMaker's `docker run <image> serve`; the name and labels only let the session find it.
+        cli.check(
+            [
+                "run",
+                "--detach",
+                "--name",
+                container.name,
+                *cli.installation_labels("test-serving"),
+                "--volume",
+                f"{model_dir}:/opt/ml/model:ro",
+                "--publish",
+                f"127.0.0.1:{container.port}:8080",
+                image,
+                "serve",
+            ]
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if container.request("GET", "/ping").status == 200:
+                    return container
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{container.name} did not answer /ping within {timeout} s:\n{container.logs()}")
+
+    yield start
+    for name in started:
+        cli.remove(name)
