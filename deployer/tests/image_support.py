@@ -5,7 +5,6 @@ from it as SageMaker starts them (`run IMAGE serve`, the model at /opt/ml/model,
 from __future__ import annotations
 
 import http.client
-import json
 import socket
 import tarfile
 import time
@@ -17,21 +16,12 @@ from typing import Any
 
 import pytest
 
+from container_templates.tests.conftest import Response
 from deployer.integrations.containers import cli
 from deployer.services.images import serving_image_ensure
 
 # The packages of every model in testsupport/train_models.R (lm and glm need none).
 TEST_MODEL_PACKAGES = ["randomForest", "ranger", "rpart", "e1071"]
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass(frozen=True)

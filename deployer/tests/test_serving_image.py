@@ -6,10 +6,8 @@ served by the image's R 4.5). Packages Debian lacks come from RDEPLOY_CRAN_REPO 
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from deployer.services.images import serving_image_ensure
 from deployer.services.model_versions import model_version_materialize
 from deployer.targets.sagemaker import model_data_tarball
 from deployer.tests.image_support import serve, serving_image, unpack_model_data
+from deployer.tests.intake_support import tar_gz
 from testsupport.factories import make_model_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
@@ -39,15 +38,9 @@ def uploaded(owner: User, case_dir: Path) -> ModelVersion:
     files = {path.name: path.read_bytes() for path in sorted(case_dir.iterdir()) if path.name != "expected.json"}
     if list(files) == ["model.rds"]:
         return make_model_version(owner, name=case_dir.name.replace("_", "-"), content=files["model.rds"])
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz") as archive:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            archive.addfile(info, io.BytesIO(content))
     model = make_model_version(owner, name=case_dir.name.replace("_", "-"), content=b"placeholder")
     model.artifact_kind = ModelVersion.ArtifactKind.TAR_GZ
-    model.artifact.save(f"test/{owner.pk}/{case_dir.name}.tar.gz", ContentFile(raw.getvalue()))
+    model.artifact.save(f"test/{owner.pk}/{case_dir.name}.tar.gz", ContentFile(tar_gz(files)))
     return model
 
 
