@@ -29,7 +29,7 @@ from django.utils.dateparse import parse_datetime
 from deployer import artifacts
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
 from deployer.build_context import check_renv_lock
-from deployer.integrations import rprocess
+from deployer.integrations.containers import cli, images, sandbox
 from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, ModelVersion, name_validator
 
@@ -38,13 +38,26 @@ logger = logging.getLogger(__name__)
 RDEPLOY_JSON = "rdeploy.json"
 RENV_LOCK = "renv.lock"
 INSPECT_SCRIPT = Path(__file__).resolve().parent.parent / "r" / "inspect.R"
+# The sample's name in the inspection container's scratch (inspect.R sniffs CSV or JSON).
+SAMPLE_NAME = "sample"
+# Room in the inspection container's tmpfs for R's temporary files, beyond the model.
+SCRATCH_HEADROOM_BYTES = 256 * 1024**2
+# What the model's output may put into a reason and into the record the uploader sees.
+MAX_REASON_CHARS = 2000
+# What inspect.R reports that the inspection record keeps (its other fields are rdeploy's).
+OUTCOME_FIELDS = frozenset(
+    {"class", "hooks", "packages", "schema", "schema_source", "prediction", "example", "warnings"}
+    | {"code", "reason", "missing_packages"}
+)
+STDERR_TAIL_CHARS = 4000
 SAMPLE_MAX_BYTES = 5 * 1024 * 1024
 # R's own rule for package names (Writing R Extensions, 1.1.1).
 _PACKAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]$")
 _EXTENSIONS = {"rds": "rds", "tar.gz": "tar.gz", "zip": "zip"}
-# Installs run outside the sandbox, from names the sandboxed R reports: a ceiling keeps a
-# hostile model from turning one upload into an install of a whole repository.
+# Image builds install the packages the inspected R reports: a ceiling keeps a hostile
+# model from turning one upload into a build of a whole repository.
 MAX_PACKAGES_TO_INSTALL = 50
+MAX_IMAGE_ROUNDS = 3
 
 
 class ModelVersionInUse(Exception):
@@ -360,22 +373,48 @@ def _rdeploy_json_text(config: dict[str, Any]) -> str:
 # ---- Inspection ----------------------------------------------------------------------------
 
 
+def _inspection_limits(files: dict[str, Path]) -> sandbox.Limits:
+    # The tmpfs holds the unpacked model and sample, plus room for R's temporary files;
+    # its pages count against the container's memory limit too.
+    staged = sum(
+        path.stat().st_size for source in files.values() for path in [source, *source.rglob("*")] if path.is_file()
+    )
+    return sandbox.Limits(
+        memory_bytes=settings.INSPECT_MEMORY_BYTES,
+        wall_seconds=settings.INSPECT_TIMEOUT_SECONDS,
+        scratch_bytes=staged + SCRATCH_HEADROOM_BYTES,
+    )
+
+
 def _run_inspection(
-    *, model_dir: Path, scratch: Path, sample: Path | None, requested: list[str], libraries: list[Path]
-) -> tuple[dict[str, Any], rprocess.Result]:
+    *,
+    model_version: ModelVersion,
+    image: str,
+    files: dict[str, Path],
+    limits: sandbox.Limits,
+    requested: list[str],
+) -> tuple[dict[str, Any], sandbox.Result | None]:
+    """One run of inspect.R in a container of `image`: its verdict, and the run's result
+    (None when the container engine could not run it)."""
+    sample = f"{sandbox.SCRATCH}/{SAMPLE_NAME}" if SAMPLE_NAME in files else ""
     try:
-        result = rprocess.run_sandboxed(
-            scratch / "rdeploy" / "inspect.R",
-            [str(model_dir), str(sample or ""), ",".join(requested)],
-            workdir=scratch,
-            limits=rprocess.Limits.for_inspection(),
-            library_paths=libraries,
-            extra_env={"RDEPLOY_RUNTIME_DIR": str(scratch / "rdeploy")},
+        result = sandbox.run(
+            image=image,
+            files=files,
+            command=[
+                "Rscript",
+                "--vanilla",
+                f"{sandbox.SCRATCH}/rdeploy/inspect.R",
+                f"{sandbox.SCRATCH}/model",
+                sample,
+                ",".join(requested),
+            ],
+            limits=limits,
+            environment={"RDEPLOY_RUNTIME_DIR": f"{sandbox.SCRATCH}/rdeploy"},
+            name_hint=str(model_version.pk),
         )
-    except rprocess.SandboxError as exc:
-        reason = f"this server cannot inspect models as configured: {exc}"
-        return {"status": "invalid", "code": "sandbox", "reason": reason}, rprocess.Result(1, "", "", 0.0, False)
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    except sandbox.SandboxUnavailable as exc:
+        return {"status": "invalid", "code": "engine", "reason": _engine_reason(str(exc))}, None
     if result.timed_out:
         limit = settings.INSPECT_TIMEOUT_SECONDS
         return {
@@ -384,11 +423,12 @@ def _run_inspection(
             "reason": f"inspection did not finish within {limit} s (RDEPLOY_INSPECT_TIMEOUT): "
             "loading or predicting with the model takes too long",
         }, result
-    if result.returncode == 0 and lines:
-        try:
-            return dict(json.loads(lines[-1])), result
-        except json.JSONDecodeError:
-            pass
+    if result.output_exceeded:
+        return {
+            "status": "invalid",
+            "code": "too_much_output",
+            "reason": f"the model printed more than {sandbox.OUTPUT_LIMIT // 1024**2} MiB while being inspected",
+        }, result
     if result.out_of_memory:
         limit_mib = settings.INSPECT_MEMORY_BYTES // 1024**2
         return {
@@ -396,20 +436,51 @@ def _run_inspection(
             "code": "out_of_memory",
             "reason": f"R ran out of memory inspecting the model (limit {limit_mib} MiB, RDEPLOY_INSPECT_MEMORY_BYTES)",
         }, result
-    if result.cpu_exceeded:
-        return {"status": "invalid", "code": "timeout", "reason": "inspection used up its CPU time limit"}, result
-    stderr = result.stderr.strip().splitlines()
-    detail = " ".join(stderr[-3:]) if stderr else f"exit status {result.returncode}"
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    if result.exit_code == 0 and lines:
+        try:
+            return _checked_outcome(json.loads(lines[-1])), result
+        except (json.JSONDecodeError, ValueError) as exc:
+            reason = f"the inspection's result could not be read ({exc}): the model's code may have printed over it"
+            return {"status": "invalid", "code": "bad_result", "reason": reason}, result
+    stderr = result.stderr_tail.strip().splitlines()
+    detail = " ".join(stderr[-3:])[-MAX_REASON_CHARS:] if stderr else f"exit status {result.exit_code}"
     return {"status": "invalid", "code": "crashed", "reason": f"R stopped while inspecting the model: {detail}"}, result
 
 
-def _packages_to_install(outcome: dict[str, Any]) -> list[str]:
-    """What a CRAN-like repository could fix: packages the model needs, or that its
-    renv.lock lists (predict.R may load them), that this server lacks.
+def _checked_outcome(outcome: Any) -> dict[str, Any]:
+    """inspect.R's verdict, which the model's own code could have printed instead: the
+    shape the rest of rdeploy reads, or ValueError."""
+    if not isinstance(outcome, dict) or outcome.get("status") not in ("ok", "invalid"):
+        raise ValueError("not a verdict")
+    if outcome["status"] == "invalid":
+        if not isinstance(outcome.get("code"), str) or not isinstance(outcome.get("reason", ""), str):
+            raise ValueError("a refusal without a code")
+        outcome["reason"] = outcome.get("reason", "")[:MAX_REASON_CHARS]
+        return outcome
+    packages = outcome.get("packages")
+    prediction = outcome.get("prediction")
+    if not (
+        isinstance(outcome.get("class"), list)
+        and all(isinstance(name, str) for name in outcome["class"])
+        and isinstance(packages, dict)
+        and isinstance(packages.get("required"), list)
+        and all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in packages["required"])
+        and isinstance(prediction, dict)
+        and isinstance(prediction.get("kind"), str)
+        and (outcome.get("schema") is None or isinstance(outcome["schema"], dict))
+    ):
+        raise ValueError("an acceptance without a class, packages or prediction kind")
+    return outcome
 
-    The list comes from the sandboxed R's stdout, which the model's own code can write:
+
+def _packages_to_install(outcome: dict[str, Any]) -> list[str]:
+    """What a serving image with more packages could fix: packages the model needs, or that
+    its renv.lock lists (predict.R may load them), that the image lacks.
+
+    The list comes from the container's stdout, which the model's own code can write:
     ValueError unless it is at most MAX_PACKAGES_TO_INSTALL valid R package names, since
-    installing runs outside the sandbox, with network access."""
+    image builds run with network access."""
     if outcome.get("code") == "missing_packages":
         names = outcome.get("missing_packages")
     elif outcome.get("status") == "ok":
@@ -430,24 +501,46 @@ def _packages_to_install(outcome: dict[str, Any]) -> list[str]:
     return unique
 
 
+class ImageUnavailable(Exception):
+    """No serving image for the model's packages; ``code`` is "engine" when the container
+    engine is the problem, "image_build_failed" when the packages are."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def _serving_image(packages: list[str], renv_lock: bytes | None) -> str:
+    """The serving image with ``packages`` (built now when the engine lacks it): inspection
+    runs in the image the model will be served in, locally and on SageMaker."""
+    # Imported here: the images service materializes model versions with this module.
+    from deployer.services.images import serving_image_ensure
+
+    try:
+        return serving_image_ensure(packages=packages, renv_lock=renv_lock)
+    except (cli.EngineUnavailable, cli.EngineCommandFailed) as exc:
+        raise ImageUnavailable("engine", _engine_reason(cli.engine_problem() or str(exc))) from exc
+    except images.ImageBuildFailed as exc:
+        # A missing base image fails the build too: that is the operator's to fix.
+        if problem := cli.engine_problem():
+            raise ImageUnavailable("engine", _engine_reason(problem)) from exc
+        errors = [line.strip() for line in exc.lines if line.strip().startswith("Error")]
+        detail = errors[0] if errors else " ".join(exc.lines[-3:]) or str(exc)
+        named = ", ".join(packages) or "no extra R packages"
+        reason = f"the serving image (with {named}) could not be built: {detail}"[:MAX_REASON_CHARS]
+        raise ImageUnavailable("image_build_failed", reason) from exc
+    except ValueError as exc:
+        raise ImageUnavailable("image_build_failed", f"the serving image cannot be described: {exc}") from exc
+
+
+def _engine_reason(problem: str) -> str:
+    return f"this server cannot run model code now: {problem}"
+
+
 def _too_many_packages(count: int) -> str:
     return (
-        f"the model needs {count} R packages this server lacks, and rdeploy installs at most "
-        f"{MAX_PACKAGES_TO_INSTALL} per model: have an administrator install them, then upload again"
-    )
-
-
-def _missing_packages_reason(packages: list[str]) -> str:
-    quoted = ", ".join(packages)
-    if settings.CRAN_REPO:
-        return (
-            f"the model needs R packages this server does not have: {quoted}, and installing them from "
-            f"{settings.CRAN_REPO} (RDEPLOY_CRAN_REPO) did not provide them: check the package names"
-        )
-    return (
-        f"the model needs R packages this server does not have: {quoted}. Set RDEPLOY_CRAN_REPO to a CRAN-like "
-        "repository (e.g. a Posit Package Manager snapshot) so rdeploy installs them, or have an administrator "
-        f"install them (install.packages(c({', '.join(repr(p) for p in packages)}))), then upload again"
+        f"the model needs {count} R packages its image lacks, and rdeploy adds at most "
+        f"{MAX_PACKAGES_TO_INSTALL} per model: use fewer packages, then upload again"
     )
 
 
@@ -472,17 +565,18 @@ def _rdeploy_json(outcome: dict[str, Any], writer_r_version: str | None) -> dict
 
 
 def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
-    """Loads and test-predicts the model in the R sandbox; the version becomes `ready`
-    with its inspection record, or `invalid` with a reason. A no-op unless `inspecting`."""
+    """Loads and test-predicts the model in a locked-down container of the serving image;
+    the version becomes `ready` with its inspection record (and the image that serves it),
+    or `invalid` with a reason. A no-op unless `inspecting`."""
     if model_version.status != ModelVersion.Status.INSPECTING:
         return model_version
     started = timezone.now()
     timings: dict[str, float] = {}
-    libraries: list[Path] = []
-    installed: list[str] = []
-    with rprocess.scratch_directory() as scratch:
+    # Only rdeploy writes here: the model's code runs in a container that gets a copy.
+    with tempfile.TemporaryDirectory(prefix="rdeploy-inspect-") as directory:
+        staging = Path(directory)
         stage = timezone.now()
-        model_dir = scratch / "model"
+        model_dir = staging / "model"
         try:
             _write_model_dir(model_version, model_dir)
         except ArtifactRejected as exc:
@@ -503,70 +597,81 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
                 check_renv_lock(lock.read_bytes())
             except ValueError as exc:
                 return _finish(model_version, status=ModelVersion.Status.INVALID, reason=str(exc), inspection={})
-        runtime = scratch / "rdeploy"
-        runtime.mkdir()
-        shutil.copy(Path(settings.RUNTIME_DIR) / "rdeploy_runtime.R", runtime)
-        shutil.copy(INSPECT_SCRIPT, runtime)
-        sample = None
+        files = {
+            "model": model_dir,
+            "rdeploy/rdeploy_runtime.R": Path(settings.RUNTIME_DIR) / "rdeploy_runtime.R",
+            "rdeploy/inspect.R": INSPECT_SCRIPT,
+        }
         if model_version.sample:
-            sample = scratch / Path(str(model_version.sample.name)).name
+            files[SAMPLE_NAME] = staging / SAMPLE_NAME
             with model_version.sample.open("rb") as source:
-                artifacts.copy_stream(source, sample)
+                artifacts.copy_stream(source, files[SAMPLE_NAME])
         header = artifacts.sniff_file(model_dir / artifacts.MODEL_FILE).rds
+        limits = _inspection_limits(files)
         timings["prepare"] = (timezone.now() - stage).total_seconds()
 
         requested = list(model_version.requested_packages)
-        # Installing one package can reveal the next (the model loads further each
-        # round), so install and inspect again a few times, one library per package set.
-        for round_ in range(3):
-            outcome, result = _run_inspection(
-                model_dir=model_dir, scratch=scratch, sample=sample, requested=requested, libraries=libraries
-            )
-            timings["r"] = timings.get("r", 0.0) + result.seconds
+        renv_lock = lock.read_bytes() if lock.is_file() else None
+        # The packages the image adds to the runtime's: those asked for, then those the
+        # inspection finds missing. Adding one can reveal the next (the model loads further
+        # each round), so build and inspect again a few times, one image per package set.
+        wanted = list(requested)
+        image, image_packages = "", list(wanted)
+        runs: list[sandbox.Result] = []
+        for round_ in range(MAX_IMAGE_ROUNDS):
+            stage = timezone.now()
             try:
-                new = [p for p in _packages_to_install(outcome) if p not in installed]
-                if len(installed) + len(new) > MAX_PACKAGES_TO_INSTALL:
-                    raise ValueError(_too_many_packages(len(installed) + len(new)))
+                image, image_packages = _serving_image(wanted, renv_lock), list(wanted)
+            except ImageUnavailable as exc:
+                outcome = {"status": "invalid", "code": exc.code, "reason": str(exc)}
+                break
+            finally:
+                timings["image"] = timings.get("image", 0.0) + (timezone.now() - stage).total_seconds()
+            outcome, result = _run_inspection(
+                model_version=model_version, image=image, files=files, limits=limits, requested=requested
+            )
+            if result is not None:
+                runs.append(result)
+            try:
+                new = [p for p in _packages_to_install(outcome) if p not in wanted]
+                if len(wanted) + len(new) > MAX_PACKAGES_TO_INSTALL:
+                    raise ValueError(_too_many_packages(len(wanted) + len(new)))
             except ValueError as exc:
                 outcome = {"status": "invalid", "code": "bad_package_list", "reason": str(exc)}
                 break
-            if not new or not settings.CRAN_REPO or round_ == 2:
+            if not new:
                 break
-            installed += new
-            stage = timezone.now()
-            library, install = rprocess.install_packages(installed, repo=settings.CRAN_REPO)
-            timings["install"] = timings.get("install", 0.0) + (timezone.now() - stage).total_seconds()
-            if install.returncode != 0 or install.timed_out:
-                detail = " ".join(install.stderr.strip().splitlines()[-3:])
+            if round_ == MAX_IMAGE_ROUNDS - 1:
                 outcome = {
                     "status": "invalid",
-                    "code": "install_failed",
-                    "reason": f"installing {', '.join(installed)} from {settings.CRAN_REPO} failed: {detail}",
+                    "code": "missing_packages",
+                    "reason": f"the model still needs R packages after {MAX_IMAGE_ROUNDS} image builds: "
+                    f"{', '.join(new)}: name every package it needs in `packages` and upload again",
                 }
                 break
-            libraries = [library]
-        if outcome.get("code") == "missing_packages":
-            outcome["reason"] = _missing_packages_reason(list(outcome["missing_packages"]))
+            wanted += new
 
+    timings["container"] = sum(run.seconds for run in runs)
     timings["total"] = (timezone.now() - started).total_seconds()
     inspection: dict[str, Any] = {
-        **{key: value for key, value in outcome.items() if key not in ("status", "timings")},
+        **{key: value for key, value in outcome.items() if key in OUTCOME_FIELDS},
         "r_version": {
             "writer": header.writer_r_version if header else None,
             "reader": outcome.get("reader_r_version"),
         },
         "rds": dataclasses.asdict(header) if header else None,
-        "r_library": [str(path) for path in libraries],
-        "installed_packages": installed,
-        "sandbox": list(result.isolation),
+        "image": image,
+        # What `image` was built with beyond the runtime (with the bundle's renv.lock): the
+        # same list renders the same image for the local target and SageMaker.
+        "image_packages": image_packages,
+        "sandbox": sandbox.isolation(image, limits) if runs else None,
         "timings": {"r_script": outcome.get("timings", {}), **timings},
     }
-    inspection.pop("reader_r_version", None)
     if outcome.get("status") == "ok":
         inspection["rdeploy_json"] = _rdeploy_json(outcome, header.writer_r_version if header else None)
         return _finish(model_version, status=ModelVersion.Status.READY, reason="", inspection=inspection)
-    if result.stderr.strip():
-        inspection["stderr_tail"] = result.stderr[-4000:]
+    if runs and runs[-1].stderr_tail.strip():
+        inspection["stderr_tail"] = runs[-1].stderr_tail[-STDERR_TAIL_CHARS:]
     return _finish(
         model_version, status=ModelVersion.Status.INVALID, reason=str(outcome.get("reason")), inspection=inspection
     )

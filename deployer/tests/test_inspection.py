@@ -1,9 +1,7 @@
 """Inspection with real R and real trained models, checked against R itself."""
 
 import json
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +106,9 @@ def test_inspection_with_a_sample_predicts_what_r_predicts_for_its_rows(
     # The example request is the sample's first rows (at most 5).
     assert inspection["example"]["payload"] == wanted["rows"][:5]
     assert_same_predictions(inspection["example"]["predictions"]["predictions"], wanted["predictions"][:5])
-    assert inspection["r_version"]["reader"] == inspection["r_version"]["writer"]
+    # Written by the host's R, read by the image's (R >= 4.4, which refuses top-level promises).
+    assert inspection["r_version"]["writer"]
+    assert tuple(int(part) for part in inspection["r_version"]["reader"].split(".")[:2]) >= (4, 4)
     assert inspection["rdeploy_json"]["schema"] == inspection["schema"]
     assert inspection["timings"]["total"] > 0
 
@@ -194,18 +194,20 @@ def test_an_object_without_a_predict_method_is_not_a_model(owner: User, tmp_path
     assert version.status_reason.startswith("not an R model: an object of class data.frame has no predict() method")
 
 
-def test_a_model_needing_a_missing_package_names_it_and_how_to_fix_it(
+def test_a_model_needing_a_package_no_source_has_names_it_and_how_to_fix_it(
     owner: User, tmp_path: Path, settings: Any
 ) -> None:
     settings.CRAN_REPO = None
-    model = r_object(tmp_path, 'structure(list(handle = NULL), class = "xgb.Booster")')
+    # An S4-style class records the package its predict() method comes from.
+    model = r_object(tmp_path, 'structure(list(), class = structure("gizmo", package = "gizmomodels"))')
 
-    version = inspect(upload(owner, "boosted", model))
+    version = inspect(upload(owner, "gizmo", model))
 
     assert version.status == ModelVersion.Status.INVALID
-    assert "xgboost" in version.status_reason
-    assert "RDEPLOY_CRAN_REPO" in version.status_reason
-    assert version.inspection["missing_packages"] == ["xgboost"]
+    assert version.inspection["code"] == "image_build_failed"
+    assert version.status_reason.startswith("the serving image (with gizmomodels) could not be built")
+    assert "not in Debian (as r-cran-*) and RDEPLOY_CRAN_REPO is not set: gizmomodels" in version.status_reason
+    assert version.inspection["image_packages"] == []
 
 
 def test_a_requested_package_that_is_missing_is_named(owner: User, trained_models: Path, settings: Any) -> None:
@@ -216,8 +218,7 @@ def test_a_requested_package_that_is_missing_is_named(owner: User, trained_model
     )
 
     assert version.status == ModelVersion.Status.INVALID
-    assert "notapackage42" in version.status_reason
-    assert "jsonlite" not in version.inspection["missing_packages"]
+    assert version.status_reason.endswith("RDEPLOY_CRAN_REPO is not set: notapackage42")
 
 
 def test_predict_failing_on_the_sample_gives_rs_error_message(owner: User, trained_models: Path) -> None:
@@ -257,7 +258,7 @@ def test_a_model_that_loads_too_slowly_times_out(owner: User, trained_models: Pa
 
     assert version.status == ModelVersion.Status.INVALID
     assert version.status_reason.startswith("inspection did not finish within 3 s")
-    assert version.inspection["timings"]["r"] < 10
+    assert version.inspection["timings"]["container"] < 10
 
 
 def test_a_model_that_needs_too_much_memory_is_invalid(owner: User, trained_models: Path, settings: Any) -> None:
@@ -309,18 +310,8 @@ def toy_repository(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"file://{root / 'repo'}"
 
 
-@pytest.fixture
-def shared_library_dir(settings: Any) -> Any:
-    # The sandbox user must be able to read the cached libraries (pytest's tmp is private).
-    directory = Path(tempfile.mkdtemp(prefix="rdeploy-r-libs-"))
-    directory.chmod(0o755)
-    settings.R_LIBRARY_DIR = directory
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def test_missing_packages_are_installed_from_the_repository_and_inspection_runs_again(
-    owner: User, tmp_path: Path, settings: Any, toy_repository: str, shared_library_dir: Path
+def test_missing_packages_come_from_the_repository_into_the_image_that_inspects_the_model(
+    owner: User, tmp_path: Path, settings: Any, toy_repository: str
 ) -> None:
     settings.CRAN_REPO = toy_repository
     model = r_object(tmp_path, 'structure(list(k = 2), class = "toymodel")')
@@ -328,14 +319,13 @@ def test_missing_packages_are_installed_from_the_repository_and_inspection_runs_
     version = inspect(upload(owner, "toy", model, sample=b"x\n1.5\n4\n", packages="rdeploytoy"))
 
     assert version.status == ModelVersion.Status.READY, version.status_reason
-    assert version.inspection["installed_packages"] == ["rdeploytoy"]
-    library = Path(version.inspection["r_library"][0])
-    assert library.parent == shared_library_dir
-    assert (library / "rdeploytoy" / "DESCRIPTION").exists()
+    assert version.inspection["image_packages"] == ["rdeploytoy"]
+    assert version.inspection["image"].startswith("localhost/rdeploy-runtime:")
+    assert version.inspection["sandbox"]["image"] == version.inspection["image"]
     assert version.inspection["packages"]["required"] == [{"name": "rdeploytoy", "version": "0.1.0"}]
     assert version.inspection["example"]["predictions"]["predictions"] == [3, 8]
 
-    # The next model with the same dependency set reuses the cached library.
+    # The next model with the same packages reuses the image.
     again = inspect(
         upload(
             owner,
@@ -345,8 +335,21 @@ def test_missing_packages_are_installed_from_the_repository_and_inspection_runs_
             packages="rdeploytoy",
         )
     )
-    assert again.inspection["r_library"] == version.inspection["r_library"]
-    assert again.inspection["timings"]["install"] < 1
+    assert again.inspection["image"] == version.inspection["image"]
+    assert again.inspection["timings"]["image"] < 1
+
+
+def test_a_package_the_model_turns_out_to_need_is_added_to_its_image_and_inspected_again(
+    owner: User, tmp_path: Path, settings: Any, toy_repository: str
+) -> None:
+    settings.CRAN_REPO = toy_repository
+    model = r_object(tmp_path, 'structure(list(k = 2), class = structure("toymodel", package = "rdeploytoy"))')
+
+    version = inspect(upload(owner, "toy", model, sample=b"x\n1\n"))
+
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    assert version.inspection["image_packages"] == ["rdeploytoy"]
+    assert version.inspection["example"]["predictions"]["predictions"] == [2]
 
 
 def test_without_a_repository_an_unknown_package_stays_invalid(owner: User, tmp_path: Path, settings: Any) -> None:
@@ -363,17 +366,17 @@ def test_without_a_repository_an_unknown_package_stays_invalid(owner: User, tmp_
 @pytest.mark.parametrize(
     ("packages", "message"),
     [
-        ([f"pkg{i}" for i in range(60)], "rdeploy installs at most 50"),
+        ([f"pkg{i}" for i in range(60)], "rdeploy adds at most 50"),
         (["ranger", "x'); system('id'); ('"], "which is not an R package name"),
         (["--version"], "which is not an R package name"),
     ],
     ids=["too-many", "code-in-a-name", "an-option"],
 )
-def test_a_package_list_forged_by_the_models_code_installs_nothing(
-    owner: User, tmp_path: Path, settings: Any, shared_library_dir: Path, packages: list[str], message: str
+def test_a_package_list_forged_by_the_models_code_builds_nothing(
+    owner: User, tmp_path: Path, settings: Any, packages: list[str], message: str
 ) -> None:
-    # The sandboxed R's stdout is the model's to write: predict.R prints its own verdict.
-    settings.CRAN_REPO = f"file://{tmp_path}/no-such-repository"
+    # The container's stdout is the model's to write: predict.R prints its own verdict.
+    settings.CRAN_REPO = None
     forged = json.dumps({"status": "invalid", "code": "missing_packages", "missing_packages": packages})
     predict_r = f"sink()\ncat({json.dumps(forged)}, '\\n', sep = '')\nquit(save = 'no', status = 0)\n"
     model = r_object(tmp_path, "lm(mpg ~ wt, data = mtcars)")
@@ -383,8 +386,7 @@ def test_a_package_list_forged_by_the_models_code_installs_nothing(
 
     assert version.status == ModelVersion.Status.INVALID
     assert message in version.status_reason
-    assert version.inspection["installed_packages"] == []
-    assert not list(shared_library_dir.iterdir())
+    assert version.inspection["image_packages"] == []
 
 
 def renv_lock(packages: dict[str, str]) -> bytes:
@@ -402,20 +404,32 @@ def renv_lock(packages: dict[str, str]) -> bytes:
 def test_renv_lock_packages_are_recorded_with_their_versions(owner: User, trained_models: Path, settings: Any) -> None:
     settings.CRAN_REPO = None
     model = (trained_models / "randomforest" / "model.rds").read_bytes()
-    bundle = tar_gz({"model.rds": model, "renv.lock": renv_lock({"randomForest": "4.7-1.1", "ghostpkg": "1.0.0"})})
+    bundle = tar_gz({"model.rds": model, "renv.lock": renv_lock({"randomForest": "4.7-1.1", "rpart": "4.1.19"})})
 
     version = inspect(upload(owner, "forest", bundle))
 
     assert version.status == ModelVersion.Status.READY, version.status_reason
     packages = version.inspection["packages"]
-    assert {"name": "ghostpkg", "version": "1.0.0"} in packages["renv_lock"]
-    assert packages["renv_missing"] == ["ghostpkg"]
-    assert any("ghostpkg" in warning for warning in version.inspection["warnings"])
+    assert {"name": "rpart", "version": "4.1.19"} in packages["renv_lock"]
+    assert packages["renv_missing"] == []
     assert [p["name"] for p in packages["required"]] == ["randomForest"]
 
 
+def test_an_renv_lock_package_no_source_has_makes_the_model_invalid_naming_it(
+    owner: User, trained_models: Path, settings: Any
+) -> None:
+    settings.CRAN_REPO = None
+    model = (trained_models / "randomforest" / "model.rds").read_bytes()
+    bundle = tar_gz({"model.rds": model, "renv.lock": renv_lock({"randomForest": "4.7-1.1", "ghostpkg": "1.0.0"})})
+
+    version = inspect(upload(owner, "forest", bundle))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.status_reason.endswith("RDEPLOY_CRAN_REPO is not set: ghostpkg")
+
+
 def test_renv_lock_packages_missing_here_are_installed_when_a_repository_is_set(
-    owner: User, tmp_path: Path, settings: Any, toy_repository: str, shared_library_dir: Path
+    owner: User, tmp_path: Path, settings: Any, toy_repository: str
 ) -> None:
     settings.CRAN_REPO = toy_repository
     model = r_object(tmp_path, "lm(mpg ~ wt, data = mtcars)")
@@ -424,7 +438,7 @@ def test_renv_lock_packages_missing_here_are_installed_when_a_repository_is_set(
     version = inspect(upload(owner, "cars", bundle))
 
     assert version.status == ModelVersion.Status.READY, version.status_reason
-    assert version.inspection["installed_packages"] == ["rdeploytoy"]
+    assert version.inspection["image_packages"] == ["rdeploytoy"]
     assert version.inspection["packages"]["renv_missing"] == []
 
 

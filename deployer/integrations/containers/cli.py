@@ -126,6 +126,38 @@ def installation_labels(role: str) -> list[str]:
     return ["--label", f"{LABEL_INSTALLATION}={settings.INSTALLATION_ID}", "--label", f"{LABEL_ROLE}={role}"]
 
 
+def confinement_arguments(
+    *, uid: int, scratch: str, scratch_options: str, memory_bytes: int, cpus: float, pids: int
+) -> list[str]:
+    """``run`` flags for a container that runs model code: no network, a read-only root
+    whose only writable place is the ``scratch`` tmpfs, an unprivileged ``uid`` without
+    capabilities or a way to gain any, and memory (no swap), CPU and process limits."""
+    # podman would add writable /tmp, /var/tmp and /run: the tmpfs stays the only one.
+    engine_specific = ["--read-only-tmpfs=false"] if settings.CONTAINER_CLI == "podman" else []
+    return [
+        "--network",
+        "none",
+        "--read-only",
+        *engine_specific,
+        "--tmpfs",
+        f"{scratch}:{scratch_options}",
+        "--user",
+        f"{uid}:{uid}",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--pids-limit",
+        str(pids),
+        "--memory",
+        str(memory_bytes),
+        "--memory-swap",
+        str(memory_bytes),
+        "--cpus",
+        f"{cpus:g}",
+    ]
+
+
 def container_names(*, role: str, extra_label: str | None = None) -> list[str]:
     """Names of this installation's containers in ``role`` (running or not)."""
     filters = [
