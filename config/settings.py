@@ -159,6 +159,8 @@ MAX_UPLOAD_BYTES = env.integer("RDEPLOY_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "tmp")
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("RDEPLOY_MAX_REQUEST_BODY", 7 * 1024 * 1024, minimum=1024)
+# The host's R, for trusted work only (training the demo's and the tests' models): model
+# code never runs in it, only in containers.
 RSCRIPT = env.text("RDEPLOY_RSCRIPT", "Rscript")
 CRAN_REPO = env.optional_text("RDEPLOY_CRAN_REPO")
 RUNTIME_DIR = BASE_DIR / "container_templates" / "runtime"
@@ -168,14 +170,13 @@ RUNTIME_DIR = BASE_DIR / "container_templates" / "runtime"
 CONTAINER_CLI = env.choice("RDEPLOY_CONTAINER_CLI", "podman", choices=("podman", "docker"))
 CONTAINERS_CONF = BASE_DIR / "config" / "containers.conf"
 BASE_IMAGE = env.text("RDEPLOY_BASE_IMAGE", container_templates.base_image())
-# Model intake (docs/model-intake.md): archive-bomb limits for bundles, and the sandbox
-# R inspects uploads in (every .rds is code: CVE-2024-27322).
+# Model intake (docs/model-intake.md): archive-bomb limits for bundles, and the limits of
+# the container R inspects uploads in (every .rds is code: CVE-2024-27322).
 MAX_BUNDLE_MEMBERS = env.integer("RDEPLOY_MAX_BUNDLE_MEMBERS", 1000, minimum=1)
 MAX_UNPACKED_BYTES = env.integer("RDEPLOY_MAX_UNPACKED_BYTES", 4 * 1024**3, minimum=1)
 INSPECT_TIMEOUT_SECONDS = env.integer("RDEPLOY_INSPECT_TIMEOUT", 120, minimum=5)
+# The container's memory, swap included (its scratch tmpfs counts too).
 INSPECT_MEMORY_BYTES = env.integer("RDEPLOY_INSPECT_MEMORY_BYTES", 4 * 1024**3, minimum=256 * 1024**2)
-# Cached R libraries, one per set of packages installed from RDEPLOY_CRAN_REPO.
-R_LIBRARY_DIR = Path(env.text("RDEPLOY_R_LIBRARY_DIR", str(DATA_DIR / "r-libs")))
 
 # --- AWS: the SageMaker target (docs/sagemaker.md) ----------------------------------------
 # Read lazily by deployer/targets/sagemaker.py: an installation using only the local target

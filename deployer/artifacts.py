@@ -2,7 +2,7 @@
 anything unpacks them, and unpacked only into the runtime's model-directory layout.
 
 Nothing here deserializes R data: an `.rds` is only sniffed by its header bytes. R reads
-it later, in the sandbox (deployer/integrations/rprocess.py).
+it later, in a container (deployer/integrations/containers/sandbox.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model inspection: the R work runs in a sandboxed subprocess (deployer/integrations/rprocess.py)."""
+"""Model inspection: the R work runs in a locked-down container (deployer/integrations/containers/sandbox.py)."""
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -19,11 +19,11 @@ def model_version_inspect_task(model_version_id: int) -> None:
     try:
         model_version_inspect(model_version=model_version)
     except SoftTimeLimitExceeded:
-        # Package installs plus inspection outran the task's time limit: a verdict now,
+        # Image builds plus inspection outran the task's time limit: a verdict now,
         # rather than a version left inspecting (and re-queued by the reaper) forever.
         model_version_inspection_abandon(
             model_version=model_version,
-            reason="inspection, including installing R packages, took longer than the task time limit "
+            reason="inspection, including building its image with R packages, took longer than the task time limit "
             "(RDEPLOY_TASK_SOFT_TIME_LIMIT)",
         )
 

@@ -1,4 +1,4 @@
-# Inspects an uploaded model inside rdeploy's sandbox (deployer/integrations/rprocess.py)
+# Inspects an uploaded model inside a locked-down container (deployer/integrations/containers/sandbox.py)
 # with the serving runtime's own code, so whatever inspection accepts an endpoint serves
 # the same way: rd_load_model() loads it, rd_invocation() parses, coerces, predicts and
 # formats the example request exactly as POST /invocations would.

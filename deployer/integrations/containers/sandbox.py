@@ -36,7 +36,7 @@ SCRATCH = "/scratch"
 SCRATCH_TEMP = f"{SCRATCH}/temp"
 ROLE = "inspection"
 # The result is one line of JSON; more than this on stdout is the model's doing.
-STDOUT_LIMIT = 4 * 1024**2
+STDOUT_LIMIT = 1024**2
 STDERR_TAIL = 64 * 1024
 # Past this much output in all the run is stopped: reading it would cost the worker CPU
 # for nothing, since a result is never that large.
