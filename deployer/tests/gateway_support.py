@@ -40,7 +40,7 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
 
-class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+class UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
 
@@ -50,7 +50,7 @@ def echo_socket() -> Iterator[str]:
     this fixture into the test module)."""
     with tempfile.TemporaryDirectory(prefix="rdeploy-echo-") as directory:
         path = str(Path(directory) / "runtime.sock")
-        server = _UnixHTTPServer(path, Echo)
+        server = UnixHTTPServer(path, Echo)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         yield path
         server.shutdown()
