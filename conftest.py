@@ -29,13 +29,9 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_runtime_outlives_the_session() -> Iterator[None]:
-    """Local endpoint runtimes are detached on purpose (they outlive workers); a test that
-    leaves one running must not leak it past the session."""
+    """Local endpoint runtimes are detached containers on purpose (they outlive workers); a
+    test that leaves one running must not leak it past the session."""
     yield
-    from deployer.integrations import processes
-
-    for identifier in processes.identifiers_under("RDEPLOY_MODEL_DIR", str(settings.DATA_DIR)):
-        processes.stop(identifier, grace=1)
     from deployer.integrations.containers import cli
 
     # Every container this session started carries its installation label.

@@ -15,7 +15,8 @@ from deployer.integrations.containers import cli, runtimes
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
 from deployer.services.pipeline import pipeline_reconcile
-from deployer.targets.local import container_name, endpoint_dir
+from deployer.targets.base import TargetOptionsError
+from deployer.targets.local import LocalTarget, container_name, endpoint_dir
 from deployer.tests.pipeline_support import (
     broken_model,
     container_running,
@@ -259,3 +260,32 @@ def test_a_runtime_that_never_answers_ping_fails_after_the_startup_timeout_with_
     assert "did not answer /ping within 5 s" in deployment.error
     assert "loading forever" in deployment.error
     assert runtimes.names(endpoint="sleepy") == []
+
+
+def test_without_a_container_engine_a_local_deploy_fails_its_first_step_and_runs_nothing(
+    owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = endpoint_create(owner=owner, name="engineless", model_version=ready_model(owner, iris_models, "v1"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+
+    deployment = drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+
+    monkeypatch.undo()
+    assert deployment.status == Deployment.Status.FAILED
+    assert deployment.steps.get(name="prepare_model_dir").status == DeploymentStep.Status.FAILED
+    assert "Local endpoints run in containers" in deployment.error
+    assert "no podman command" in deployment.error
+    assert runtimes.names(endpoint="engineless") == []
+    assert not endpoint_dir("engineless").exists()
+
+
+def test_the_runner_option_is_refused_and_memory_is_a_whole_number_of_mib_within_bounds() -> None:
+    target = LocalTarget()
+
+    for runner in ("process", "docker"):
+        with pytest.raises(TargetOptionsError, match="every local endpoint now runs in a container"):
+            target.validate_options({"runner": runner})
+    assert target.validate_options({"memory_mb": 2048})["memory_mb"] == 2048
+    for wrong in (100, 2**21, "4096", 1.5, True):
+        with pytest.raises(TargetOptionsError, match="memory_mb"):
+            target.validate_options({"memory_mb": wrong})
