@@ -670,7 +670,8 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
     if outcome.get("status") == "ok":
         inspection["rdeploy_json"] = _rdeploy_json(outcome, header.writer_r_version if header else None)
         return _finish(model_version, status=ModelVersion.Status.READY, reason="", inspection=inspection)
-    if runs and runs[-1].stderr_tail.strip():
+    if runs:
+        inspection["exit_code"] = runs[-1].exit_code
         inspection["stderr_tail"] = runs[-1].stderr_tail[-STDERR_TAIL_CHARS:]
     return _finish(
         model_version, status=ModelVersion.Status.INVALID, reason=str(outcome.get("reason")), inspection=inspection

@@ -6,9 +6,14 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from rest_framework.test import APIClient
+
+MODELS_URL = "/api/v1/models/"
 
 
 def expected(case_dir: Path) -> dict[str, Any]:
@@ -43,3 +48,14 @@ def zip_bytes(members: dict[str, bytes], *, modes: dict[str, int] | None = None)
                 info.external_attr = modes[name] << 16
             archive.writestr(info, data)
     return buffer.getvalue()
+
+
+def wait_for_verdict(client: APIClient, model_id: int, *, timeout: float) -> dict[str, Any]:
+    """The model version as the API shows it once its inspection (by the worker) is done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = client.get(f"{MODELS_URL}{model_id}/").json()
+        if body["status"] != "inspecting":
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"model {model_id} still inspecting after {timeout} s")

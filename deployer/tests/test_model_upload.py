@@ -16,10 +16,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from deployer.models import Endpoint, ModelVersion
-from deployer.tests.intake_support import expected, rows_as_csv, tar_gz, zip_bytes
+from deployer.tests.intake_support import MODELS_URL, expected, rows_as_csv, tar_gz, wait_for_verdict, zip_bytes
 from testsupport.factories import make_endpoint
 
-URL = "/api/v1/models/"
+URL = MODELS_URL
 
 
 @pytest.fixture(scope="module")
@@ -280,16 +280,6 @@ def test_deleting_a_model_an_endpoint_serves_answers_409(owner: User, api_client
     assert client.delete(f"{URL}{created['id']}/").status_code == 204
 
 
-def wait_for_verdict(client: APIClient, model_id: int, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = client.get(f"{URL}{model_id}/").json()
-        if body["status"] != "inspecting":
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"model {model_id} still inspecting after {timeout} s")
-
-
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_an_uploaded_random_forest_is_inspected_by_the_worker_and_becomes_ready(
@@ -306,13 +296,16 @@ def test_an_uploaded_random_forest_is_inspected_by_the_worker_and_becomes_ready(
         (case_dir / "model.rds").read_bytes(),
         sample=SimpleUploadedFile("rows.csv", rows_as_csv(wanted["rows"])),
     )
-    body = wait_for_verdict(client, created.json()["id"])
+    body = wait_for_verdict(client, created.json()["id"], timeout=60)
     elapsed = time.monotonic() - started
 
     assert created.status_code == 201
     assert body["status"] == "ready", body["status_reason"]
     assert body["inspection"]["example"]["predictions"]["predictions"] == wanted["predictions"]
     assert body["inspection"]["packages"]["required"][0]["name"] == "randomForest"
+    # Inspected in a container of the serving image, never by R on the host.
+    assert body["inspection"]["sandbox"]["network"] == "none"
+    assert body["inspection"]["sandbox"]["image"] == body["inspection"]["image"]
     # The goal is 3 s; the bound here leaves room for a loaded CI machine.
     assert elapsed < 15
 
