@@ -33,9 +33,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from deployer.integrations import docker_engine
-from deployer.integrations.containers import cli, runtimes
+from deployer.build_context import BuildContext
+from deployer.integrations.containers import cli, images, runtimes
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
+from deployer.services.images import local_image, model_version_image_context
 from deployer.services.model_versions import model_version_materialize
 from deployer.targets.base import (
     ROUTE_CACHE_SECONDS,
@@ -408,7 +409,7 @@ class LocalTarget(Target):
             runtimes.stop(resource.identifier)
         elif resource.kind == "model_dir":
             # The docker runner's image build, if one still runs for this rollout.
-            docker_engine.remove_job(Path(resource.identifier) / IMAGE_BUILD_DIR)
+            images.remove_job(Path(resource.identifier) / IMAGE_BUILD_DIR)
             shutil.rmtree(resource.identifier, ignore_errors=True)
         ctx.mark_resource_deleted(resource.kind, resource.identifier)
 
@@ -432,34 +433,27 @@ class LocalTarget(Target):
         return StepOutcome.done("Removed the endpoint's files.")
 
     def _runtime_image(self, ctx: StepContext) -> str | StepOutcome:
-        """The docker runner's image, or a wait while the local engine builds it (a
-        detached job, polled; its lines stream into the deployment's log)."""
-        # The SageMaker image recipe; imported here so serving local endpoints loads no boto3.
-        from deployer.targets.sagemaker import image_build_context
-
-        tag = ctx.intent.get("image_tag")
-        if not tag:
-            tag = image_build_context(ctx.model_version).tag
-            ctx.intent["image_tag"] = tag
+        """The rollout's serving image (deployer/services/images.py: the model's packages on
+        the base, the image SageMaker would run), or a wait while the local engine builds it
+        (a detached job, polled; its lines stream into the deployment's log). Inspection has
+        usually built it already."""
+        image = ctx.intent.get("image")
+        if not image:
+            image = local_image(self._image_context(ctx))
+            ctx.intent["image"] = image
             ctx.save_intent()
-        image = f"{LOCAL_IMAGE}:{tag}"
         directory = image_build_dir(ctx.deployment)
         job = ctx.intent.get("image_build")
         if job is None:
-            if docker_engine.image_present(image):
-                return image
-            started = docker_engine.start_build(
-                directory=directory,
-                context_tar_gz=image_build_context(ctx.model_version).tar_gz(),
-                image=image,
-                platform=None,
-            )
+            if images.image_present(image):
+                return str(image)
+            started = images.start_build(directory=directory, context=self._image_context(ctx), tags=[image])
             job = {"pid": started.pid, "ticks": started.start_ticks, "offset": 0}
             ctx.intent["image_build"] = job
             ctx.save_intent()
-            ctx.log(f"Building the runtime image {image} with Docker.", source=LogLine.Source.BUILD)
-        state = docker_engine.job_state(docker_engine.Job(directory, "build", job["pid"], job["ticks"]))
-        lines, offset = docker_engine.read_output(directory, int(job["offset"]))
+            ctx.log(f"Building the serving image {image}.", source=LogLine.Source.BUILD)
+        state = images.job_state(images.Job(directory, "build", job["pid"], job["ticks"]))
+        lines, offset = images.read_output(directory, int(job["offset"]))
         if lines:
             skipped = max(0, len(lines) - MAX_BUILD_LINES_PER_POLL)
             LogLine.objects.bulk_create(
@@ -469,19 +463,26 @@ class LocalTarget(Target):
             ctx.intent["image_build"] = {**job, "offset": offset}
             ctx.save_intent()
         if state.running:
-            return StepOutcome.wait(IMAGE_BUILD_POLL_SECONDS, "Building the runtime image with Docker.")
-        tail = "\n".join(docker_engine.last_output(directory))
-        docker_engine.remove_job(directory)
+            return StepOutcome.wait(IMAGE_BUILD_POLL_SECONDS, "Building the serving image.")
+        tail = "\n".join(images.last_output(directory))
+        images.remove_job(directory)
         del ctx.intent["image_build"]
         ctx.save_intent()
         if state.exit_code == 0:
-            return image
+            return str(image)
         if state.exit_code is None:
-            raise TransientStepError("The runtime image build stopped without an exit status; starting it again.")
+            raise TransientStepError("The serving image build stopped without an exit status; starting it again.")
         raise PermanentStepError(
-            f"Building the runtime image failed (docker build exited with status {state.exit_code}). "
-            f"Its last lines:\n{tail}"
+            f"Building the serving image failed ({settings.CONTAINER_CLI} build exited with status "
+            f"{state.exit_code}). Its last lines:\n{tail}"
         )
+
+    @staticmethod
+    def _image_context(ctx: StepContext) -> BuildContext:
+        try:
+            return model_version_image_context(model_version=ctx.model_version)
+        except ValueError as error:
+            raise PermanentStepError(f"No image can be built for this model: {error}.") from error
 
     # --- serving ----------------------------------------------------------------------
     def invoke(self, runtime: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> InvocationResult:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import subprocess
 import tarfile
 import time
 import uuid
@@ -102,3 +103,23 @@ def serve() -> Iterator[Any]:
     yield start
     for name in started:
         cli.remove(name)
+
+
+def make_cran_repository(directory: Path, *, package: str, answer: int, install_seconds: int = 0) -> str:
+    """A CRAN-like file:// repository holding one small source package built by R, whose
+    installation takes ``install_seconds`` (its code runs when R installs it)."""
+    source = directory / "source" / package
+    (source / "R").mkdir(parents=True)
+    (source / "DESCRIPTION").write_text(
+        f"Package: {package}\nVersion: 0.1.0\nTitle: A Test Package\nDescription: Answers.\n"
+        "License: MIT\nAuthor: rdeploy\nMaintainer: rdeploy <rdeploy@example.org>\n"
+    )
+    (source / "NAMESPACE").write_text("export(answer)\n")
+    (source / "R" / "answer.R").write_text(f"Sys.sleep({install_seconds})\nanswer <- function() {answer}L\n")
+    contrib = directory / "repo" / "src" / "contrib"
+    contrib.mkdir(parents=True)
+    subprocess.run(["R", "CMD", "build", "--no-manual", str(source)], cwd=contrib, check=True, capture_output=True)
+    subprocess.run(
+        ["Rscript", "-e", f"tools::write_PACKAGES('{contrib}', type = 'source')"], check=True, capture_output=True
+    )
+    return f"file://{directory / 'repo'}"

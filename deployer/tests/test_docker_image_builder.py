@@ -1,109 +1,131 @@
-"""RDEPLOY_IMAGE_BUILDER=docker: the SageMaker image built and pushed by the worker's Docker.
+"""RDEPLOY_IMAGE_BUILDER=docker: the serving image built and tested on this machine is the
+one pushed for SageMaker, by the real engine (podman here) into a real registry.
 
-No Docker engine runs here, so these tests check the engine's inputs: a recording
-``docker`` executable first on PATH appends each call's arguments, stdin and
-DOCKER_CONFIG to a file and prints a few build lines (it can be told to hold the build
-until released, or to fail it). ECR, S3 and SageMaker are moto (server mode).
+ECR's API is moto; the push and pull go to `docker-registry` (Debian's OCI registry) on a
+free port, plain HTTP, which podman reaches through a registries.conf entry marking it
+insecure (CONTAINERS_REGISTRIES_CONF; production ECR is HTTPS and needs none). The
+`registry_as_ecr` fixture makes the ECR module name that registry: the repository URI and
+the login's registry, and an image "exists" in ECR once moto or the registry has it.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import sys
+import subprocess
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 
-from deployer.integrations import docker_engine, processes
+from deployer.integrations import processes
+from deployer.integrations.aws import ecr
 from deployer.integrations.aws.client import aws_client
-from deployer.models import Deployment, DeploymentStep, ExternalResource, LogLine
+from deployer.integrations.containers import cli, images
+from deployer.models import Deployment, DeploymentStep, ExternalResource, LogLine, ModelVersion
+from deployer.services.images import local_image, serving_image_ensure
 from deployer.services.pipeline import deployment_advance
+from deployer.targets import sagemaker as sagemaker_target
 from deployer.targets.sagemaker import docker_build_dir, image_build_context
+from deployer.tests.image_support import free_port, make_cran_repository
 from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, ready_model
 from testsupport.moto import MotoServer
 
-pytestmark = pytest.mark.django_db
-
-RECORDER = """#!{python}
-import base64, json, os, pathlib, sys, time
-here = pathlib.Path({here!r})
-argv = sys.argv[1:]
-stdin = sys.stdin.buffer.read()
-with (here / "calls.jsonl").open("a") as record:
-    stdin = base64.b64encode(stdin).decode()
-    entry = {{"argv": argv, "stdin": stdin, "docker_config": os.environ.get("DOCKER_CONFIG")}}
-    record.write(json.dumps(entry) + "\\n")
-if argv[0] == "info":
-    print("27.3.1")
-elif argv[0] == "build":
-    print("#1 [internal] load build definition from Dockerfile", flush=True)
-    print("#6 [3/5] RUN Rscript /tmp/rdeploy-build/install_packages.R", flush=True)
-    if (here / "fail-build").exists():
-        print("Error: dependency 'randomForest' is not available", flush=True)
-        print("ERROR: process did not complete successfully: exit code: 1", flush=True)
-        sys.exit(1)
-    while (here / "hold-build").exists():
-        time.sleep(0.05)
-    print("#9 naming to done", flush=True)
-elif argv[0] == "login":
-    print("Login Succeeded")
-elif argv[0] == "push":
-    print("latest: digest: sha256:0000 size: 1234", flush=True)
-    while (here / "hold-push").exists():
-        time.sleep(0.05)
-"""
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 
-class FakeDocker:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+@dataclass(frozen=True)
+class Registry:
+    address: str
 
-    def calls(self) -> list[dict[str, Any]]:
-        path = self.directory / "calls.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines()]
+    def tags(self, repository: str) -> list[str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/v2/{repository}/tags/list", timeout=5) as response:
+                return list(json.load(response).get("tags") or [])
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return []
+            raise
 
-    def commands(self) -> list[str]:
-        return [call["argv"][0] for call in self.calls()]
 
-    def hold(self) -> None:
-        (self.directory / "hold-build").touch()
-
-    def release(self) -> None:
-        (self.directory / "hold-build").unlink(missing_ok=True)
-        (self.directory / "hold-push").unlink(missing_ok=True)
-
-    def fail_builds(self) -> None:
-        (self.directory / "fail-build").touch()
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real OCI registry (docker-registry) with its storage in a temporary directory."""
+    directory = tmp_path_factory.mktemp("registry")
+    address = f"127.0.0.1:{free_port()}"
+    config = directory / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {directory / 'storage'}\nhttp:\n  addr: {address}\n"
+    )
+    (directory / "registries.conf").write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
+    with (directory / "registry.log").open("wb") as log:
+        server = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"http://{address}/v2/", timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, (directory / "registry.log").read_text()
+            time.sleep(0.1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONTAINERS_REGISTRIES_CONF", str(directory / "registries.conf"))
+        yield Registry(address)
+    server.terminate()
+    server.wait(timeout=10)
 
 
 @pytest.fixture
-def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Any) -> Any:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "docker"
-    script.write_text(RECORDER.format(python=sys.executable, here=str(tmp_path)))
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+def registry_as_ecr(aws: MotoServer, registry: Registry, monkeypatch: pytest.MonkeyPatch, settings: Any) -> Registry:
     settings.RDEPLOY_IMAGE_BUILDER = "docker"
-    docker = FakeDocker(tmp_path)
-    yield docker
-    docker.release()
+    ensure_repository, image_exists = ecr.ensure_repository, ecr.image_exists
+
+    def repository_in_registry(name: str, *, tags: dict[str, str]) -> str:
+        ensure_repository(name, tags=tags)
+        return f"{registry.address}/{name}"
+
+    def login_to_registry() -> tuple[str, str, str]:
+        data = aws_client("ecr").get_authorization_token()["authorizationData"][0]
+        username, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
+        return username, password, f"https://{registry.address}"
+
+    # Real builds and pushes take seconds: poll them often (the pipeline waits inline).
+    monkeypatch.setattr(sagemaker_target, "DOCKER_POLL_SECONDS", 0.2)
+    monkeypatch.setattr(ecr, "ensure_repository", repository_in_registry)
+    monkeypatch.setattr(ecr, "docker_login", login_to_registry)
+    monkeypatch.setattr(
+        ecr, "image_exists", lambda repository, tag: image_exists(repository, tag) or tag in registry.tags(repository)
+    )
+    return registry
 
 
-def create(owner: User, api_client_for: Any, name: str = "iris-docker") -> Deployment:
-    model = ready_model(owner)
+def create(owner: User, api_client_for: Any, model: ModelVersion, name: str = "iris-docker") -> Deployment:
     response = api_client_for(owner).post(
         "/api/v1/endpoints/", {"name": name, "model": model.pk, "target": "sagemaker"}, format="json"
     )
     assert response.status_code == 202, response.content
     return latest(name)
+
+
+def build_then_drive(deployment: Deployment, timeout: float = 300) -> Deployment:
+    """The worker's way through the build step (a poll runs when it is due, so a running
+    build is not counted as a retry), then drive() through the rest."""
+    deadline = time.monotonic() + timeout
+    while deployment.steps.get(name="build_image").status in (
+        DeploymentStep.Status.PENDING,
+        DeploymentStep.Status.RUNNING,
+    ):
+        assert time.monotonic() < deadline, "the build step did not finish"
+        Deployment.objects.filter(pk=deployment.pk).update(lease_until=None)
+        deployment_advance(deployment_id=deployment.pk)
+        time.sleep(0.05)
+    return drive(deployment)
 
 
 def advance_once(deployment: Deployment) -> DeploymentStep:
@@ -121,139 +143,153 @@ def build_lines(deployment: Deployment) -> list[str]:
     )
 
 
-def test_the_docker_builder_builds_the_context_logs_in_with_the_password_on_stdin_and_pushes(
-    aws: MotoServer, owner: User, api_client_for: Any, fake_docker: FakeDocker
-) -> None:
-    fake_docker.hold()
-    deployment = create(owner, api_client_for)
+def image_id(image: str) -> str:
+    return cli.check(["image", "inspect", "--format", "{{.Id}}", image]).strip()
 
-    # The build runs detached: the step waits, and its lines reach the log meanwhile.
-    deadline = time.monotonic() + 30
-    while "#6 [3/5] RUN Rscript /tmp/rdeploy-build/install_packages.R" not in build_lines(deployment):
-        assert time.monotonic() < deadline, build_lines(deployment)
-        step = advance_once(deployment)
-        time.sleep(0.1)
-    assert step.status == DeploymentStep.Status.RUNNING
-    assert fake_docker.commands() == ["build"]
-    fake_docker.release()
-    deployment = drive(deployment)
+
+def remove_image(image: str) -> None:
+    cli.run(["rmi", "--force", image])
+
+
+def test_the_image_built_on_this_machine_is_the_one_pushed_and_pulled_back_byte_for_byte(
+    registry_as_ecr: Registry, owner: User, api_client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = ready_model(owner)
+    local = serving_image_ensure(packages=["randomForest"])
+    assert local == local_image(image_build_context(model))
+    commands: list[list[str]] = []
+    run = cli.run
+
+    def recorded(arguments: list[str], **options: Any) -> subprocess.CompletedProcess[bytes]:
+        commands.append(list(arguments))
+        return run(arguments, **options)
+
+    monkeypatch.setattr(cli, "run", recorded)
+
+    deployment = build_then_drive(create(owner, api_client_for, model))
 
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
-    context = image_build_context(deployment.model_version)
-    repository_uri = aws_client("ecr").describe_repositories(repositoryNames=["rdeploy-runtime"])["repositories"][0][
-        "repositoryUri"
-    ]
-    image = f"{repository_uri}:{context.tag}"
-    build, login, push = fake_docker.calls()
-    assert build["argv"] == ["build", "--pull", "--platform", "linux/amd64", "--tag", image, "-"]
-    assert base64.b64decode(build["stdin"]) == context.tar_gz()
-    token = aws_client("ecr").get_authorization_token()["authorizationData"][0]
-    username, password = base64.b64decode(token["authorizationToken"]).decode().split(":", 1)
-    assert login["argv"] == ["login", "--username", username, "--password-stdin", token["proxyEndpoint"]]
-    assert base64.b64decode(login["stdin"]).decode() == password
-    assert not any(password in argument for call in fake_docker.calls() for argument in call["argv"])
-    assert push["argv"] == ["push", image]
-    # The login lives in a config private to this build, and is deleted with it.
-    build_dir = docker_build_dir(deployment.resources["docker_build"])
-    assert login["docker_config"] == push["docker_config"] == str(build_dir / "docker-config")
-    assert not build_dir.exists()
+    tag = image_build_context(model).tag
+    pushed = f"{registry_as_ecr.address}/rdeploy-runtime:{tag}"
+    assert tag in registry_as_ecr.tags("rdeploy-runtime")
+    assert not any(command[0] == "build" for command in commands)  # nothing was built: it was there
+    # The login's password went on stdin, into a config private to the build, deleted with it.
+    token = aws_client("ecr").get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    password = base64.b64decode(token).decode().split(":", 1)[1]
+    assert ["login", "--username", "AWS", "--password-stdin", f"https://{registry_as_ecr.address}"] in commands
+    assert not any(password in argument for command in commands for argument in command)
+    assert not docker_build_dir(deployment.resources["docker_build"]).exists()
     assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
     assert builds_started() == 0
-    lines = build_lines(deployment)
-    assert "#9 naming to done" in lines
-    assert "latest: digest: sha256:0000 size: 1234" in lines
-    assert deployment.steps.get(name="build_image").message == f"Built and pushed {image} with Docker."
-    assert (
-        aws_client("sagemaker").describe_model(ModelName=f"rdeploy-iris-docker-d{deployment.pk}")["PrimaryContainer"][
-            "Image"
-        ]
-        == image
-    )
+    assert f"Pushing {local}, the image built on this machine." in build_lines(deployment)
+    model_name = f"rdeploy-iris-docker-d{deployment.pk}"
+    assert aws_client("sagemaker").describe_model(ModelName=model_name)["PrimaryContainer"]["Image"] == pushed
+    # What SageMaker pulls is the image inspection and local endpoints ran.
+    remove_image(pushed)
+    cli.check(["pull", "--quiet", pushed], timeout=120)
+    assert image_id(pushed) == image_id(local)
+    remove_image(pushed)
 
 
-def test_a_failing_docker_build_fails_the_step_with_its_last_lines(
-    aws: MotoServer, owner: User, api_client_for: Any, fake_docker: FakeDocker
+def test_a_package_set_without_a_local_image_is_built_detached_for_sagemakers_platform_then_pushed(
+    registry_as_ecr: Registry, owner: User, api_client_for: Any
 ) -> None:
-    fake_docker.fail_builds()
+    model = ready_model(owner, packages={"required": [{"name": "rpart"}, {"name": "e1071"}]})
+    context = image_build_context(model)
+    remove_image(local_image(context))
 
-    deployment = drive(create(owner, api_client_for))
+    deployment = build_then_drive(create(owner, api_client_for, model))
+
+    assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
+    # Two detached jobs, the build then the push, whose lines reached the log.
+    assert deployment.steps.get(name="build_image").intent["docker"]["phase"] == "push"
+    assert context.tag in registry_as_ecr.tags("rdeploy-runtime")
+    lines = build_lines(deployment)
+    assert f"STEP 1/11: FROM {context.base_image}" in lines
+    # Tagged with the local name too: local endpoints and inspection reuse it.
+    pushed = f"{registry_as_ecr.address}/rdeploy-runtime:{context.tag}"
+    assert image_id(local_image(context)) == image_id(pushed)
+    assert cli.check(["image", "inspect", "--format", "{{.Architecture}}", pushed]).strip() == "amd64"
+    assert deployment.steps.get(name="build_image").message == f"Built and pushed {pushed} with podman."
+    remove_image(pushed)
+
+
+def test_a_failing_build_fails_the_step_with_its_last_lines(
+    registry_as_ecr: Registry, owner: User, api_client_for: Any
+) -> None:
+    model = ready_model(owner, packages={"required": [{"name": "rdeploynosuchpackage"}]})
+
+    deployment = build_then_drive(create(owner, api_client_for, model))
 
     assert deployment.status == Deployment.Status.FAILED
     message = deployment.steps.get(name="build_image").message
-    assert message.startswith("The image build failed: docker build exited with status 1.")
-    assert "Error: dependency 'randomForest' is not available" in message
-    assert "ERROR: process did not complete successfully: exit code: 1" in message
-    assert fake_docker.commands() == ["build"]
+    assert message.startswith("The image build failed: podman build exited with status ")
+    assert "not in Debian (as r-cran-*) and RDEPLOY_CRAN_REPO is not set: rdeploynosuchpackage" in message
     assert not docker_build_dir(deployment.resources["docker_build"]).exists()
-    assert "Error: dependency 'randomForest' is not available" in build_lines(deployment)
+    assert image_build_context(model).tag not in registry_as_ecr.tags("rdeploy-runtime")
 
 
-def test_an_image_already_in_ecr_starts_no_docker_build(
-    aws: MotoServer, owner: User, api_client_for: Any, fake_docker: FakeDocker
+def test_an_image_already_in_ecr_starts_no_build_and_no_push(
+    registry_as_ecr: Registry, owner: User, api_client_for: Any
 ) -> None:
     model = ready_model(owner)
     aws_client("ecr").create_repository(repositoryName="rdeploy-runtime")
     push_image(f"rdeploy-runtime:{image_build_context(model).tag}")
-    api_client_for(owner).post(
-        "/api/v1/endpoints/", {"name": "iris-docker", "model": model.pk, "target": "sagemaker"}, format="json"
-    )
 
-    deployment = drive(latest("iris-docker"))
+    deployment = drive(create(owner, api_client_for, model))
 
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
     assert deployment.steps.get(name="build_image").status == DeploymentStep.Status.SKIPPED
-    assert fake_docker.calls() == []
+    assert not ExternalResource.objects.filter(kind="docker_build").exists()
 
 
-def test_the_docker_builder_without_a_docker_command_fails_naming_the_setting(
+def test_the_docker_builder_without_an_engine_command_fails_naming_the_setting(
     aws: MotoServer, owner: User, api_client_for: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
     settings.RDEPLOY_IMAGE_BUILDER = "docker"
     monkeypatch.setenv("PATH", "/nonexistent")
 
-    deployment = drive(create(owner, api_client_for))
+    deployment = drive(create(owner, api_client_for, ready_model(owner)))
 
     assert deployment.status == Deployment.Status.FAILED
     message = deployment.steps.get(name="build_image").message
     assert "RDEPLOY_IMAGE_BUILDER=docker" in message
-    assert "no docker command" in message
+    assert "no podman command" in message
 
 
-def test_the_engine_counts_as_available_only_when_docker_info_answers(
-    fake_docker: FakeDocker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert docker_engine.is_available()
-    assert fake_docker.calls()[0]["argv"][0] == "info"
-
-    monkeypatch.setenv("PATH", "/nonexistent")
-    assert not docker_engine.is_available()
-
-
-def wait_until(predicate: Any, timeout: float = 30) -> None:
+def wait_until(predicate: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def held_build(owner: User, api_client_for: Any, fake_docker: FakeDocker) -> tuple[Deployment, str]:
-    """A rollout whose docker build runs (held) in the background; and the job's identifier."""
-    fake_docker.hold()
-    deployment = create(owner, api_client_for)
-    deadline = time.monotonic() + 30
-    while not fake_docker.calls():
-        assert time.monotonic() < deadline
-        advance_once(deployment)
         time.sleep(0.1)
+
+
+def nothing_installs_the_package() -> bool:
+    """No process of a stopped build survives: none is still installing its package."""
+    return subprocess.run(["pgrep", "-f", "rdeployslow"], check=False, capture_output=True).returncode == 1
+
+
+@pytest.fixture
+def held_build(
+    registry_as_ecr: Registry, owner: User, api_client_for: Any, settings: Any, tmp_path: Path
+) -> tuple[Deployment, str]:
+    """A rollout whose build runs in the background for a minute (its one package sleeps
+    while R installs it), and the build job's process marker."""
+    settings.CRAN_REPO = make_cran_repository(tmp_path, package="rdeployslow", answer=1, install_seconds=60)
+    model = ready_model(owner, packages={"required": [{"name": "rdeployslow"}]})
+    deployment = create(owner, api_client_for, model)
+    advance_once(deployment)
     deployment.refresh_from_db()
-    return deployment, docker_engine.job_marker(docker_build_dir(deployment.resources["docker_build"]))
+    directory = docker_build_dir(deployment.resources["docker_build"])
+    wait_until(lambda: "installing *source* package" in (directory / images.OUTPUT).read_text(errors="replace"))
+    return deployment, images.job_marker(directory)
 
 
 def test_a_build_step_rerun_after_a_crash_replaces_the_build_it_had_started(
-    aws: MotoServer, owner: User, api_client_for: Any, fake_docker: FakeDocker
+    held_build: tuple[Deployment, str], owner: User, api_client_for: Any
 ) -> None:
-    deployment, identifier = held_build(owner, api_client_for, fake_docker)
-    first = processes.find(identifier)
+    deployment, marker = held_build
+    first = processes.find(marker)
     assert first
     # The worker died after starting the build and before recording it.
     step = deployment.steps.get(name="build_image")
@@ -262,21 +298,21 @@ def test_a_build_step_rerun_after_a_crash_replaces_the_build_it_had_started(
 
     advance_once(deployment)
 
-    wait_until(lambda: len(fake_docker.calls()) == 2)
-    assert fake_docker.commands() == ["build", "build"]
-    assert processes.find(identifier)
-    assert not set(first) & set(processes.find(identifier))
-    fake_docker.release()
-    assert drive(deployment).status == Deployment.Status.SUCCEEDED
-    assert fake_docker.commands() == ["build", "build", "login", "push"]
-    assert processes.find(identifier) == []
+    assert processes.find(marker)
+    assert not set(first) & set(processes.find(marker))
+    assert deployment.steps.get(name="build_image").intent["docker"]["phase"] == "build"
+    Deployment.objects.filter(pk=deployment.pk).update(lease_until=None)
+    assert api_client_for(owner).delete("/api/v1/endpoints/iris-docker/").status_code == 202
+    assert drive(latest("iris-docker")).status == Deployment.Status.SUCCEEDED
+    assert processes.find(marker) == []
+    wait_until(nothing_installs_the_package, timeout=20)
 
 
-def test_deleting_the_endpoint_stops_a_running_docker_build_and_removes_its_files(
-    aws: MotoServer, owner: User, api_client_for: Any, fake_docker: FakeDocker
+def test_deleting_the_endpoint_stops_a_running_build_and_removes_its_files(
+    held_build: tuple[Deployment, str], owner: User, api_client_for: Any
 ) -> None:
-    deployment, identifier = held_build(owner, api_client_for, fake_docker)
-    assert processes.find(identifier)
+    deployment, marker = held_build
+    assert processes.find(marker)
     Deployment.objects.filter(pk=deployment.pk).update(lease_until=None)
 
     assert api_client_for(owner).delete("/api/v1/endpoints/iris-docker/").status_code == 202
@@ -285,31 +321,7 @@ def test_deleting_the_endpoint_stops_a_running_docker_build_and_removes_its_file
     assert teardown.status == Deployment.Status.SUCCEEDED, teardown.error
     deployment.refresh_from_db()
     assert deployment.status == Deployment.Status.FAILED
-    assert processes.find(identifier) == []
-    assert not docker_build_dir(deployment.resources["docker_build"]).exists()
-    assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
-    assert fake_docker.commands() == ["build"]
-
-
-def test_a_push_that_lands_between_two_polls_counts_as_built(
-    aws: MotoServer, owner: User, api_client_for: Any, fake_docker: FakeDocker
-) -> None:
-    (fake_docker.directory / "hold-push").touch()
-    deployment = create(owner, api_client_for)
-    deadline = time.monotonic() + 30
-    while "push" not in fake_docker.commands():
-        assert time.monotonic() < deadline
-        advance_once(deployment)
-        time.sleep(0.1)
-    deployment.refresh_from_db()
-    marker = docker_engine.job_marker(docker_build_dir(deployment.resources["docker_build"]))
-    assert processes.find(marker)
-    # The image reaches ECR before the push job has ended.
-    push_image(deployment.resources["ecr_image"])
-
-    step = advance_once(deployment)
-
-    assert step.status == DeploymentStep.Status.SUCCEEDED
-    assert step.message.startswith("Built and pushed ")
     assert processes.find(marker) == []
     assert not docker_build_dir(deployment.resources["docker_build"]).exists()
+    assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
+    wait_until(nothing_installs_the_package, timeout=20)

@@ -7,7 +7,6 @@ served by the image's R 4.5). Packages Debian lacks come from RDEPLOY_CRAN_REPO 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from deployer.services import images as image_services
 from deployer.services.images import serving_image_ensure
 from deployer.services.model_versions import model_version_materialize
 from deployer.targets.sagemaker import model_data_tarball
-from deployer.tests.image_support import serve, serving_image, unpack_model_data
+from deployer.tests.image_support import make_cran_repository, serve, serving_image, unpack_model_data
 from deployer.tests.intake_support import tar_gz
 from testsupport.factories import make_model_version
 
@@ -90,25 +89,6 @@ def test_the_same_packages_reuse_the_image_without_building(
     monkeypatch.setattr(images, "build", no_build)
 
     assert serving_image_ensure(packages=["e1071", "rpart", "ranger", "randomForest", "rpart"]) == serving_image
-
-
-def make_cran_repository(directory: Path, *, package: str, answer: int) -> str:
-    """A CRAN-like file:// repository holding one small source package built by R."""
-    source = directory / "source" / package
-    (source / "R").mkdir(parents=True)
-    (source / "DESCRIPTION").write_text(
-        f"Package: {package}\nVersion: 0.1.0\nTitle: A Test Package\nDescription: Answers.\n"
-        "License: MIT\nAuthor: rdeploy\nMaintainer: rdeploy <rdeploy@example.org>\n"
-    )
-    (source / "NAMESPACE").write_text("export(answer)\n")
-    (source / "R" / "answer.R").write_text(f"answer <- function() {answer}L\n")
-    contrib = directory / "repo" / "src" / "contrib"
-    contrib.mkdir(parents=True)
-    subprocess.run(["R", "CMD", "build", "--no-manual", str(source)], cwd=contrib, check=True, capture_output=True)
-    subprocess.run(
-        ["Rscript", "-e", f"tools::write_PACKAGES('{contrib}', type = 'source')"], check=True, capture_output=True
-    )
-    return f"file://{directory / 'repo'}"
 
 
 @pytest.fixture

@@ -20,8 +20,12 @@ deletes with the job.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,8 @@ from deployer.integrations import processes
 from deployer.integrations.containers import cli
 
 OUTPUT = "output.log"
+# How long a stopped job's engine may take to remove its build container.
+INTERRUPT_GRACE_SECONDS = 5.0
 # Runs the command and writes its exit status to $0 when it ends (atomically, by rename),
 # so a poll tells "still running" from "ended with status N".
 _WRAPPER = '"$@"; status=$?; echo $status > "$0.tmp" && mv "$0.tmp" "$0"'
@@ -105,11 +111,68 @@ def job_marker(directory: Path) -> str:
     return f"image-job:{directory.resolve()}"
 
 
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (in parentheses, may hold spaces): state, parent pid.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _descendants(roots: list[int]) -> dict[int, int]:
+    """Every process below ``roots`` (pid -> start ticks). A build's RUN step runs in a
+    container whose processes do not carry the job's marker."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (parent := _parent_pid(int(entry))) is not None:
+            children.setdefault(parent, []).append(int(entry))
+    found: dict[int, int] = {}
+    queue = list(roots)
+    while queue:
+        for child in children.get(queue.pop(), []):
+            ticks = processes.start_ticks(child)
+            if ticks is not None and child not in found:
+                found[child] = ticks
+                queue.append(child)
+    return found
+
+
+def _stop(directory: Path, *, grace: float) -> None:
+    """Stop a job and everything it started. Ctrl-C to the engine command first, on which
+    podman stops and removes the build's container when it can; then processes.stop, and
+    SIGKILL for the processes below the job (a killed podman leaves its RUN container
+    running; killing the container's first process ends its whole PID namespace)."""
+    marker = job_marker(directory)
+    job = processes.find(marker)
+    below = _descendants(job)
+    engine = [pid for pid in job if _command_name(pid) == settings.CONTAINER_CLI]
+    for pid in engine:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
+    while time.monotonic() < deadline and set(engine) & set(processes.find(marker)):
+        time.sleep(0.1)
+    processes.stop(marker, grace=grace)
+    for pid, ticks in below.items():
+        if processes.is_running(pid, ticks):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def _start(directory: Path, phase: str, arguments: list[str], env: dict[str, str]) -> Job:
+    # A rerun after a crash replaces the job it may have started already (stopped before
+    # its status goes, or its last words would land in the new job's status).
+    _stop(directory, grace=1)
     status = directory / f"{phase}.status"
     status.unlink(missing_ok=True)
-    # A rerun after a crash replaces the job it may have started already.
-    processes.stop(job_marker(directory), grace=1)
     started = processes.start(
         identifier=job_marker(directory),
         command=["sh", "-c", _WRAPPER, str(status), cli.engine_cli(), *arguments],
@@ -190,5 +253,5 @@ def last_output(directory: Path, *, lines: int = 20) -> list[str]:
 def remove_job(directory: Path) -> None:
     """Stop the job if it still runs and delete its directory (context, output,
     credentials). Idempotent."""
-    processes.stop(job_marker(directory), grace=2)
+    _stop(directory, grace=2)
     shutil.rmtree(directory, ignore_errors=True)
