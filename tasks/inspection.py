@@ -5,6 +5,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from deployer.models import ModelVersion
 from deployer.services.model_versions import (
+    inspection_containers_remove_leftovers,
     model_version_inspect,
     model_version_inspection_abandon,
     model_versions_requeue_stuck,
@@ -31,3 +32,4 @@ def model_version_inspect_task(model_version_id: int) -> None:
 @shared_task(name="rdeploy.model_versions_requeue_stuck")
 def model_versions_requeue_stuck_task() -> None:
     model_versions_requeue_stuck()
+    inspection_containers_remove_leftovers()

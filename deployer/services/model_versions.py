@@ -235,6 +235,16 @@ def model_versions_requeue_stuck() -> list[int]:
     return requeued
 
 
+def inspection_containers_remove_leftovers() -> None:
+    """Removes the stopped inspection containers of workers that died mid-inspection (their
+    inspections are queued again by `model_versions_requeue_stuck`)."""
+    try:
+        sandbox.remove_leftovers(wall_seconds=settings.INSPECT_TIMEOUT_SECONDS)
+    except (cli.EngineUnavailable, cli.EngineCommandFailed):
+        # /healthz reports an engine that does not answer; the next round tries again.
+        logger.warning("could not remove leftover inspection containers", exc_info=True)
+
+
 def model_version_reinspect(*, model_version: ModelVersion) -> bool:
     """Inspects a `ready` or `invalid` version again (after packages were installed on the
     server, or the runtime changed). False when it is already being inspected."""

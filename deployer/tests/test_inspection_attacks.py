@@ -9,6 +9,8 @@ import json
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from deployer.integrations.containers import cli
+from deployer.integrations.containers import cli, sandbox
 from deployer.models import ModelVersion
 from deployer.services.model_versions import model_version_inspect
 from deployer.tests.intake_support import MODELS_URL, tar_gz, wait_for_verdict
@@ -328,4 +330,60 @@ def test_a_model_that_never_finishes_times_out_and_leaves_no_container(
     assert version.status_reason.startswith("inspection did not finish within 5 s")
     assert "SLEEPING" in version.inspection["stderr_tail"]
     assert time.monotonic() - started < 5 + 15
+    assert no_inspection_container_is_left()
+
+
+def wait_until(condition: Any, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} after {timeout} s"
+        time.sleep(0.2)
+
+
+def stopped_inspection_containers() -> list[str]:
+    return cli.check(
+        [
+            "ps",
+            "--all",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            f"label={cli.LABEL_INSTALLATION}={settings.INSTALLATION_ID}",
+            "--filter",
+            f"label={cli.LABEL_ROLE}=inspection",
+            "--filter",
+            "status=exited",
+        ]
+    ).split()
+
+
+# (h) The worker supervising an inspection is killed (SIGKILL, OOM) while its model sleeps.
+SUPERVISE_A_SLEEPER = """
+from django.conf import settings
+from deployer.integrations.containers import sandbox
+limits = sandbox.Limits(memory_bytes=256 * 1024**2, wall_seconds=3, scratch_bytes=1024**2)
+command = ["sleep", "1000"]
+sandbox.run(image=settings.BASE_IMAGE, files={}, command=command, limits=limits, environment={}, name_hint="x")
+"""
+
+
+def test_a_container_whose_worker_died_ends_itself_and_the_cleanup_removes_it() -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "shell", "-c", SUPERVISE_A_SLEEPER],
+        cwd=settings.BASE_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: cli.container_names(role="inspection"), timeout=30, what="no inspection container started")
+    started = time.monotonic()
+
+    worker.kill()
+    worker.wait()
+
+    # Nobody removes it now: its own backstop (PID 1's timeout) ends it.
+    wait_until(
+        stopped_inspection_containers, timeout=3 + sandbox.BACKSTOP_GRACE_SECONDS + 10, what="the container still runs"
+    )
+    assert time.monotonic() - started >= 3
+    sandbox.remove_leftovers(wall_seconds=3, margin_seconds=0)
     assert no_inspection_container_is_left()

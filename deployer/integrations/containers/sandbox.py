@@ -47,7 +47,7 @@ UID_BASE = 1_000_000
 UID_COUNT = 1_000_000
 # The container's own backstop: it ends itself this long after the timeout even if the
 # worker that supervises it died (SIGKILL, OOM) and cannot remove it.
-BACKSTOP_GRACE_SECONDS = 30
+BACKSTOP_GRACE_SECONDS = 10
 _READ_CHUNK = 64 * 1024
 
 
@@ -175,6 +175,26 @@ def _supervise(process: subprocess.Popen[bytes], name: str, files: Mapping[str, 
         # SIGKILLs a run rdeploy did not stop itself.
         out_of_memory=not stopped_by_us and (bool(state.get("OOMKilled")) or exit_code == 137),
         output_exceeded=output.exceeded,
+    )
+
+
+def remove_leftovers(*, wall_seconds: float, margin_seconds: int = 60) -> None:
+    """Removes this installation's stopped inspection containers older than any run with a
+    ``wall_seconds`` limit can be: what a worker that died mid-run left behind (the
+    container ended itself at its backstop, but only the worker would have removed it)."""
+    oldest = int(wall_seconds) + BACKSTOP_GRACE_SECONDS + margin_seconds
+    cli.check(
+        [
+            "container",
+            "prune",
+            "--force",
+            "--filter",
+            f"label={cli.LABEL_INSTALLATION}={settings.INSTALLATION_ID}",
+            "--filter",
+            f"label={cli.LABEL_ROLE}={ROLE}",
+            "--filter",
+            f"until={oldest}s",
+        ]
     )
 
 
