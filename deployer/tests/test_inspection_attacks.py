@@ -340,23 +340,6 @@ def wait_until(condition: Any, *, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def stopped_inspection_containers() -> list[str]:
-    return cli.check(
-        [
-            "ps",
-            "--all",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            f"label={cli.LABEL_INSTALLATION}={settings.INSTALLATION_ID}",
-            "--filter",
-            f"label={cli.LABEL_ROLE}=inspection",
-            "--filter",
-            "status=exited",
-        ]
-    ).split()
-
-
 # (h) The worker supervising an inspection is killed (SIGKILL, OOM) while its model sleeps.
 SUPERVISE_A_SLEEPER = """
 from django.conf import settings
@@ -382,7 +365,9 @@ def test_a_container_whose_worker_died_ends_itself_and_the_cleanup_removes_it() 
 
     # Nobody removes it now: its own backstop (PID 1's timeout) ends it.
     wait_until(
-        stopped_inspection_containers, timeout=3 + sandbox.BACKSTOP_GRACE_SECONDS + 10, what="the container still runs"
+        lambda: cli.container_names(role="inspection", status="exited"),
+        timeout=3 + sandbox.BACKSTOP_GRACE_SECONDS + 10,
+        what="the container still runs",
     )
     assert time.monotonic() - started >= 3
     sandbox.remove_leftovers(wall_seconds=3, margin_seconds=0)

@@ -158,8 +158,9 @@ def confinement_arguments(
     ]
 
 
-def container_names(*, role: str, extra_label: str | None = None) -> list[str]:
-    """Names of this installation's containers in ``role`` (running or not)."""
+def container_names(*, role: str, extra_label: str | None = None, status: str | None = None) -> list[str]:
+    """Names of this installation's containers in ``role`` (running or not, unless
+    ``status`` names one: running, exited, ...)."""
     filters = [
         "--filter",
         f"label={LABEL_INSTALLATION}={settings.INSTALLATION_ID}",
@@ -168,6 +169,8 @@ def container_names(*, role: str, extra_label: str | None = None) -> list[str]:
     ]
     if extra_label:
         filters += ["--filter", f"label={extra_label}"]
+    if status:
+        filters += ["--filter", f"status={status}"]
     return check(["ps", "--all", "--format", "{{.Names}}", *filters]).split()
 
 
