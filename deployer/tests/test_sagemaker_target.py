@@ -571,7 +571,7 @@ def test_build_log_lines_stream_into_the_deployment_log_and_a_failed_build_says_
         logGroupName=group,
         logStreamName=stream,
         logEvents=[
-            {"timestamp": now, "message": "Step 1/9 : FROM rocker/r-ver:4.4.2"},
+            {"timestamp": now, "message": "Step 2/11 : FROM public.ecr.aws/debian/debian:trixie-slim"},
             {"timestamp": now + 1, "message": "installing ranger ... ERROR: compilation failed"},
         ],
     )
@@ -600,7 +600,10 @@ def test_build_log_lines_stream_into_the_deployment_log_and_a_failed_build_says_
     build_lines = list(
         LogLine.objects.filter(deployment=deployment, source=LogLine.Source.BUILD).values_list("message", flat=True)
     )
-    assert build_lines[1:] == ["Step 1/9 : FROM rocker/r-ver:4.4.2", "installing ranger ... ERROR: compilation failed"]
+    assert build_lines[1:] == [
+        "Step 2/11 : FROM public.ecr.aws/debian/debian:trixie-slim",
+        "installing ranger ... ERROR: compilation failed",
+    ]
     message = deployment.steps.get(name="build_image").message
     assert "COMMAND_EXECUTION_ERROR: exit 1" in message
     assert "compilation failed" in message
