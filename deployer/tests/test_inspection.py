@@ -584,3 +584,39 @@ def test_r_killed_by_sigkill_as_the_oom_killer_does_is_reported_as_out_of_memory
 
     assert version.status == ModelVersion.Status.INVALID
     assert version.status_reason.startswith("R ran out of memory inspecting the model")
+
+
+@pytest.mark.parametrize(
+    ("engine", "reason"),
+    [
+        ({"PATH": "/nonexistent"}, "there is no podman command on this server's PATH"),
+        (
+            {"RDEPLOY_CONTAINER_CLI": "docker", "DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+            "the container engine (docker) does not answer",
+        ),
+        ({"RDEPLOY_BASE_IMAGE": "localhost/rdeploy-base:missing"}, "the container engine has no base image"),
+    ],
+    ids=["no-engine-command", "engine-not-answering", "no-base-image"],
+)
+def test_without_a_working_engine_the_model_is_invalid_with_the_reason_and_never_run_on_the_host(
+    owner: User,
+    trained_models: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    engine: dict[str, str],
+    reason: str,
+) -> None:
+    version = upload(owner, "lm", (trained_models / "lm" / "model.rds").read_bytes())
+    for name, value in engine.items():
+        if name.startswith("RDEPLOY_"):
+            setattr(settings, name.removeprefix("RDEPLOY_"), value)
+        else:
+            monkeypatch.setenv(name, value)
+
+    version = inspect(version)
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.inspection["code"] == "engine"
+    assert version.status_reason.startswith("this server cannot run model code now: ")
+    assert reason in version.status_reason
+    assert "class" not in version.inspection
