@@ -35,16 +35,7 @@ def _no_runtime_outlives_the_session() -> Iterator[None]:
     from deployer.integrations.containers import cli
 
     # Every container this session started carries its installation label.
-    for name in cli.check(
-        [
-            "ps",
-            "--all",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            f"label={cli.LABEL_INSTALLATION}={settings.INSTALLATION_ID}",
-        ]
-    ).split():
+    for name in cli.container_names():
         cli.remove(name)
 
 

@@ -2,8 +2,9 @@
 
 Each rollout gets its own directory, DATA_DIR/endpoints/<name>/<deployment id>/ (the
 model directory in ``model/``, the runtime's socket in ``socket-<start>/``), and its own
-container (``deployer.integrations.containers.runtimes``), started as SageMaker starts
-the image (``serve``, the model read-only at /opt/ml/model) with no network at all, so
+container of the model's serving image (``deployer.services.images``, built if the
+engine lacks it; ``deployer.integrations.containers.runtimes`` runs it), started as
+SageMaker starts it (``serve``, the model read-only at /opt/ml/model) with no network, so
 the model's code reaches nothing on this machine or beyond. The gateway reaches the
 runtime only through the socket, once the socket directory has been taken back from the
 container and the socket checked (``runtimes.lock_socket``).
@@ -69,9 +70,6 @@ _DEFAULT_OPTIONS: dict[str, Any] = {"workers": 2, "startup_timeout": 60}
 # The container's memory limit (all its processes together), unless options.memory_mb
 # says otherwise (docs/pipeline.md, "The local runtime's isolation").
 DEFAULT_MEMORY_MB = 4096
-# Until the serving image is built per model (the images module), runtimes run the base
-# image with the runtime directory mounted here, read-only.
-RUNTIME_MOUNT = "/opt/rdeploy/runtime"
 # Local name of runtime images built for the docker runner (tag: the build context's hash).
 LOCAL_IMAGE = "rdeploy-runtime"
 IMAGE_BUILD_DIR = "image-build"
@@ -121,12 +119,24 @@ class _Response:
     headers: Mapping[str, str]
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over the runtime's Unix socket, each request written in one send.
-
-    http.client writes a request's headers and its body in two sends, so the runtime's
+class OneWriteHTTPConnection(http.client.HTTPConnection):
+    """http.client writes a request's headers and its body in two sends, so the runtime's
     HAProxy wakes up twice per prediction; one write of both saves a measurable share of
     the 1 ms the gateway may add (docs/pipeline.md)."""
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        if not isinstance(message_body, bytes) or encode_chunked:
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            return
+        buffer: list[bytes] = self._buffer  # type: ignore[attr-defined]
+        buffer.extend((b"", b""))
+        head = b"\r\n".join(buffer)
+        del buffer[:]
+        self.send(head + message_body)
+
+
+class UnixHTTPConnection(OneWriteHTTPConnection):
+    """HTTP/1.1 over a runtime container's Unix socket (it has no network)."""
 
     def __init__(self, path: str, *, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -141,16 +151,6 @@ class UnixHTTPConnection(http.client.HTTPConnection):
             sock.close()
             raise
         self.sock = sock
-
-    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
-        if not isinstance(message_body, bytes) or encode_chunked:
-            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
-            return
-        buffer: list[bytes] = self._buffer  # type: ignore[attr-defined]
-        buffer.extend((b"", b""))
-        head = b"\r\n".join(buffer)
-        del buffer[:]
-        self.send(head + message_body)
 
 
 class _Connections:
@@ -225,24 +225,15 @@ def _last_lines(container: str, count: int = 15) -> str:
     return "\n".join(kept) if kept else "(the runtime wrote nothing)"
 
 
-def _serving_image() -> tuple[str, list[str], dict[Path, str]]:
-    """The image, command and read-only mounts of a rollout's container.
-
-    The base image with the runtime mounted in: the per-model serving image (base, the
-    model's packages and the runtime, by content-hash tag) replaces it once the images
-    module builds it (issue 10)."""
-    return settings.BASE_IMAGE, [f"{RUNTIME_MOUNT}/serve"], {Path(settings.RUNTIME_DIR): RUNTIME_MOUNT}
-
-
 def _start_container(
-    *, name: str, deployment: Deployment, directory: Path, start: int, options: Mapping[str, Any]
+    *, name: str, image: str, deployment: Deployment, directory: Path, start: int, options: Mapping[str, Any]
 ) -> None:
-    image, command, mounts = _serving_image()
     workers = int(options.get("workers", _DEFAULT_OPTIONS["workers"]))
     runtimes.start(
         name=name,
         image=image,
-        command=command,
+        # As SageMaker starts it: `docker run IMAGE serve`.
+        command=["serve"],
         endpoint=deployment.endpoint.name,
         deployment=deployment.pk,
         model_dir=directory / "model",
@@ -251,7 +242,6 @@ def _start_container(
         memory_mb=int(options.get("memory_mb", DEFAULT_MEMORY_MB)),
         # One core per R worker at most: a model cannot starve the machine's other endpoints.
         cpus=float(min(workers, os.cpu_count() or 1)),
-        read_only_mounts=mounts,
     )
 
 
@@ -318,13 +308,21 @@ class LocalTarget(Target):
 
     def _step_start_runtime(self, ctx: StepContext) -> StepOutcome:
         name = container_name(ctx.deployment)
-        current = runtimes.state(name)
+        # Only a container this step recorded counts: one of that name without a record is
+        # not this rollout's (another data directory's, say), and start() replaces it.
+        recorded = ExternalResource.objects.filter(target=self.name, kind="container", identifier=name).exists()
+        current = runtimes.state(name) if recorded else None
         if current is not None and current.running:
             return StepOutcome.skipped(f"The runtime already runs in container {name}.")
+        image = self._runtime_image(ctx)
+        if isinstance(image, StepOutcome):
+            return image
         directory = rollout_dir(ctx.deployment)
-        ctx.record_resource("container", name, {"directory": str(directory), "start": 0})
-        _start_container(name=name, deployment=ctx.deployment, directory=directory, start=0, options=ctx.options)
-        return StepOutcome.done(f"Started the R runtime in container {name}.")
+        ctx.record_resource("container", name, {"directory": str(directory), "start": 0, "image": image})
+        _start_container(
+            name=name, image=image, deployment=ctx.deployment, directory=directory, start=0, options=ctx.options
+        )
+        return StepOutcome.done(f"Started the R runtime in container {name} of {image}.")
 
     def _container(self, ctx: StepContext) -> ExternalResource:
         return ExternalResource.objects.get(target=self.name, kind="container", identifier=ctx.resource_id("container"))
@@ -536,7 +534,12 @@ class LocalTarget(Target):
         shutil.rmtree(socket_dir(directory, start - 1), ignore_errors=True)
         assert resource.deployment is not None  # a container is recorded by its rollout
         _start_container(
-            name=name, deployment=resource.deployment, directory=directory, start=start, options=endpoint.options
+            name=name,
+            image=details["image"],
+            deployment=resource.deployment,
+            directory=directory,
+            start=start,
+            options=endpoint.options,
         )
         details.update(start=start, socket=None, crashes=[*crashes, now], log_cursor=None)
         ExternalResource.objects.filter(pk=resource.pk).update(details=details)

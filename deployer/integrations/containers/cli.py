@@ -158,15 +158,12 @@ def confinement_arguments(
     ]
 
 
-def container_names(*, role: str, extra_label: str | None = None, status: str | None = None) -> list[str]:
-    """Names of this installation's containers in ``role`` (running or not, unless
-    ``status`` names one: running, exited, ...)."""
-    filters = [
-        "--filter",
-        f"label={LABEL_INSTALLATION}={settings.INSTALLATION_ID}",
-        "--filter",
-        f"label={LABEL_ROLE}={role}",
-    ]
+def container_names(*, role: str | None = None, extra_label: str | None = None, status: str | None = None) -> list[str]:
+    """Names of this installation's containers (in ``role`` if given; running or not,
+    unless ``status`` names one: running, exited, ...)."""
+    filters = ["--filter", f"label={LABEL_INSTALLATION}={settings.INSTALLATION_ID}"]
+    if role:
+        filters += ["--filter", f"label={LABEL_ROLE}={role}"]
     if extra_label:
         filters += ["--filter", f"label={extra_label}"]
     if status:
