@@ -1,4 +1,4 @@
-"""Model versions: upload (checked, hashed, stored), inspection in an R sandbox, deletion,
+"""Model versions: upload (checked, hashed, stored), inspection in a container, deletion,
 and materializing the runtime's model directory for targets."""
 
 from __future__ import annotations
@@ -246,8 +246,8 @@ def inspection_containers_remove_leftovers() -> None:
 
 
 def model_version_reinspect(*, model_version: ModelVersion) -> bool:
-    """Inspects a `ready` or `invalid` version again (after packages were installed on the
-    server, or the runtime changed). False when it is already being inspected."""
+    """Inspects a `ready` or `invalid` version again (after RDEPLOY_CRAN_REPO, the base
+    image or the runtime changed). False when it is already being inspected."""
     with transaction.atomic():
         changed = (
             ModelVersion.objects.filter(pk=model_version.pk)
@@ -498,12 +498,12 @@ def _packages_to_install(outcome: dict[str, Any]) -> list[str]:
     else:
         return []
     if not isinstance(names, list):
-        raise ValueError("the inspection reported its missing packages in an unexpected form: nothing was installed")
+        raise ValueError("the inspection reported its missing packages in an unexpected form: no image was built")
     for name in names:
         if not isinstance(name, str) or not _PACKAGE_NAME.match(name):
             raise ValueError(
                 f"the inspection reported {str(name)[:80]!r} as a package to install, which is not an R package "
-                "name: nothing was installed"
+                "name: no image was built"
             )
     unique = list(dict.fromkeys(names))
     if len(unique) > MAX_PACKAGES_TO_INSTALL:

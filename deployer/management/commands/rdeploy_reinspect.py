@@ -8,8 +8,8 @@ from deployer.services.model_versions import model_version_reinspect
 
 class Command(BaseCommand):
     help = (
-        "Inspect model versions again (by id, or every invalid one), e.g. after installing R packages "
-        "on the server or setting RDEPLOY_CRAN_REPO. A running worker picks them up."
+        "Inspect model versions again (by id, or every invalid one), e.g. after setting RDEPLOY_CRAN_REPO "
+        "or building a new base image. A running worker picks them up."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
