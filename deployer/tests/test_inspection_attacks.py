@@ -333,6 +333,29 @@ def test_a_model_that_never_finishes_times_out_and_leaves_no_container(
     assert no_inspection_container_is_left()
 
 
+# (i) Output without end, to both streams (gigabytes would fill the worker's memory or disk).
+FLOOD = """
+  line <- strrep("x", 1e6)
+  repeat {
+    cat(line, "\\n", sep = "", file = stdout())
+    cat(line, "\\n", sep = "", file = stderr())
+  }
+"""
+
+
+@pytest.mark.django_db
+def test_a_model_printing_without_end_is_stopped_at_the_output_cap(
+    owner: User, api_client_for: Any, trained_models: Path
+) -> None:
+    version = upload_and_inspect(api_client_for(owner), "flood", hostile_bundle(trained_models, FLOOD))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.inspection["code"] == "too_much_output"
+    assert version.status_reason == "the model printed more than 64 MiB while being inspected"
+    assert len(version.inspection["stderr_tail"]) <= 4000
+    assert no_inspection_container_is_left()
+
+
 def wait_until(condition: Any, *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
