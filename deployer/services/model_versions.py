@@ -475,12 +475,18 @@ def _checked_outcome(outcome: Any) -> dict[str, Any]:
         and all(isinstance(name, str) for name in outcome["class"])
         and isinstance(packages, dict)
         and isinstance(packages.get("required"), list)
-        and all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in packages["required"])
         and isinstance(prediction, dict)
         and isinstance(prediction.get("kind"), str)
-        and (outcome.get("schema") is None or isinstance(outcome["schema"], dict))
+        and all(isinstance(outcome.get(field), dict | None) for field in ("schema", "example"))
+        and isinstance(outcome.get("warnings", []), list)
     ):
         raise ValueError("an acceptance without a class, packages or prediction kind")
+    # Serving images are built with these names later: the rules the packages to add obey.
+    required = packages["required"]
+    if len(required) > MAX_PACKAGES_TO_INSTALL or not all(
+        isinstance(p, dict) and isinstance(p.get("name"), str) and _PACKAGE_NAME.match(p["name"]) for p in required
+    ):
+        raise ValueError(f"the required packages are not at most {MAX_PACKAGES_TO_INSTALL} R package names")
     return outcome
 
 

@@ -363,6 +363,14 @@ def test_without_a_repository_an_unknown_package_stays_invalid(owner: User, tmp_
     assert "RDEPLOY_CRAN_REPO" in version.status_reason
 
 
+def forged_verdict_bundle(tmp_path: Path, verdict: Any) -> bytes:
+    """A bundle whose predict.R prints ``verdict`` as inspect.R's result line and quits."""
+    printed = json.dumps(verdict)
+    predict_r = f"sink()\ncat({json.dumps(printed)}, '\\n', sep = '')\nquit(save = 'no', status = 0)\n"
+    model = r_object(tmp_path, "lm(mpg ~ wt, data = mtcars)")
+    return tar_gz({"model.rds": model, "predict.R": predict_r.encode()})
+
+
 @pytest.mark.parametrize(
     ("packages", "message"),
     [
@@ -377,16 +385,35 @@ def test_a_package_list_forged_by_the_models_code_builds_nothing(
 ) -> None:
     # The container's stdout is the model's to write: predict.R prints its own verdict.
     settings.CRAN_REPO = None
-    forged = json.dumps({"status": "invalid", "code": "missing_packages", "missing_packages": packages})
-    predict_r = f"sink()\ncat({json.dumps(forged)}, '\\n', sep = '')\nquit(save = 'no', status = 0)\n"
-    model = r_object(tmp_path, "lm(mpg ~ wt, data = mtcars)")
-    bundle = tar_gz({"model.rds": model, "predict.R": predict_r.encode()})
+    verdict = {"status": "invalid", "code": "missing_packages", "missing_packages": packages}
 
-    version = inspect(upload(owner, "forged", bundle))
+    version = inspect(upload(owner, "forged", forged_verdict_bundle(tmp_path, verdict)))
 
     assert version.status == ModelVersion.Status.INVALID
     assert message in version.status_reason
     assert version.inspection["image_packages"] == []
+
+
+ACCEPTED = {"status": "ok", "class": ["lm"], "packages": {"required": []}, "prediction": {"kind": "numeric"}}
+
+
+@pytest.mark.parametrize(
+    "verdict",
+    [
+        {"status": "ok"},
+        {**ACCEPTED, "example": "not a record"},
+        {**ACCEPTED, "packages": {"required": [{"name": "x'); system('id'); ('", "version": "1"}]}},
+        {**ACCEPTED, "packages": {"required": [{"name": f"pkg{i}", "version": "1"} for i in range(60)]}},
+        ["not", "a", "verdict"],
+    ],
+    ids=["bare-ok", "bad-example", "code-as-a-package", "too-many-packages", "a-list"],
+)
+def test_a_verdict_forged_in_the_wrong_shape_is_refused_not_stored(owner: User, tmp_path: Path, verdict: Any) -> None:
+    version = inspect(upload(owner, "forged", forged_verdict_bundle(tmp_path, verdict)))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.inspection["code"] == "bad_result"
+    assert version.status_reason.startswith("the inspection's result could not be read")
 
 
 def renv_lock(packages: dict[str, str]) -> bytes:
