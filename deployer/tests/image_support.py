@@ -123,3 +123,8 @@ def make_cran_repository(directory: Path, *, package: str, answer: int, install_
         ["Rscript", "-e", f"tools::write_PACKAGES('{contrib}', type = 'source')"], check=True, capture_output=True
     )
     return f"file://{directory / 'repo'}"
+
+
+def nothing_installs(package: str) -> bool:
+    """No process of a stopped build survives: none is still installing ``package``."""
+    return subprocess.run(["pgrep", "-f", package], check=False, capture_output=True).returncode == 1

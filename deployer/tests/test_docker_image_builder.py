@@ -33,7 +33,7 @@ from deployer.services.images import local_image, serving_image_ensure
 from deployer.services.pipeline import deployment_advance
 from deployer.targets import sagemaker as sagemaker_target
 from deployer.targets.sagemaker import docker_build_dir, image_build_context
-from deployer.tests.image_support import free_port, make_cran_repository
+from deployer.tests.image_support import free_port, make_cran_repository, nothing_installs
 from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, ready_model
 from testsupport.moto import MotoServer
 
@@ -264,11 +264,6 @@ def wait_until(predicate: Any, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def nothing_installs_the_package() -> bool:
-    """No process of a stopped build survives: none is still installing its package."""
-    return subprocess.run(["pgrep", "-f", "rdeployslow"], check=False, capture_output=True).returncode == 1
-
-
 @pytest.fixture
 def held_build(
     registry_as_ecr: Registry, owner: User, api_client_for: Any, settings: Any, tmp_path: Path
@@ -305,7 +300,7 @@ def test_a_build_step_rerun_after_a_crash_replaces_the_build_it_had_started(
     assert api_client_for(owner).delete("/api/v1/endpoints/iris-docker/").status_code == 202
     assert drive(latest("iris-docker")).status == Deployment.Status.SUCCEEDED
     assert processes.find(marker) == []
-    wait_until(nothing_installs_the_package, timeout=20)
+    wait_until(lambda: nothing_installs("rdeployslow"), timeout=20)
 
 
 def test_deleting_the_endpoint_stops_a_running_build_and_removes_its_files(
@@ -324,4 +319,4 @@ def test_deleting_the_endpoint_stops_a_running_build_and_removes_its_files(
     assert processes.find(marker) == []
     assert not docker_build_dir(deployment.resources["docker_build"]).exists()
     assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
-    wait_until(nothing_installs_the_package, timeout=20)
+    wait_until(lambda: nothing_installs("rdeployslow"), timeout=20)

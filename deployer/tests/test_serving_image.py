@@ -7,6 +7,7 @@ served by the image's R 4.5). Packages Debian lacks come from RDEPLOY_CRAN_REPO 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ from deployer.services import images as image_services
 from deployer.services.images import serving_image_ensure
 from deployer.services.model_versions import model_version_materialize
 from deployer.targets.sagemaker import model_data_tarball
-from deployer.tests.image_support import make_cran_repository, serve, serving_image, unpack_model_data
+from deployer.tests.image_support import (
+    make_cran_repository,
+    nothing_installs,
+    serve,
+    serving_image,
+    unpack_model_data,
+)
 from deployer.tests.intake_support import tar_gz
 from testsupport.factories import make_model_version
 
@@ -129,3 +136,16 @@ def test_a_package_neither_in_debian_nor_in_the_repository_fails_the_build_namin
         "not in Debian (as r-cran-*) nor in RDEPLOY_CRAN_REPO: rdeploynosuchpackage" in line
         for line in failed.value.lines
     ), failed.value.lines
+
+
+def test_a_build_that_takes_too_long_fails_and_leaves_nothing_running(settings: Any, tmp_path: Path) -> None:
+    settings.CRAN_REPO = make_cran_repository(tmp_path, package="rdeploysleepy", answer=1, install_seconds=600)
+
+    with pytest.raises(images.ImageBuildFailed, match="took longer than 20 s") as failed:
+        serving_image_ensure(packages=["rdeploysleepy"], timeout=20)
+
+    assert any("installing *source* package" in line for line in failed.value.lines), failed.value.lines
+    deadline = time.monotonic() + 20
+    while not nothing_installs("rdeploysleepy"):
+        assert time.monotonic() < deadline, "the build's R still runs"
+        time.sleep(0.1)

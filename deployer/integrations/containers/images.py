@@ -88,20 +88,23 @@ def _auth_env(directory: Path) -> dict[str, str]:
 
 def build(*, context: BuildContext, tags: list[str], timeout: float, platform: str | None = None) -> None:
     """Build ``context`` now, tagged ``tags``; ImageBuildFailed with its last lines if it
-    fails or takes longer than ``timeout`` seconds."""
-    with tempfile.TemporaryDirectory(prefix="rdeploy-context-") as scratch:
-        context.write_to(Path(scratch))
-        arguments = _build_arguments(
-            context_dir=Path(scratch), base_image=context.base_image, tags=tags, platform=platform
-        )
+    fails or takes longer than ``timeout`` seconds. A job waited for, so a build that
+    times out (or whose caller dies) is stopped as jobs are, leaving nothing running."""
+    with tempfile.TemporaryDirectory(prefix="rdeploy-build-") as scratch:
+        directory = Path(scratch)
         try:
-            result = cli.run(arguments, timeout=timeout)
-        except cli.EngineCommandFailed as error:
-            raise ImageBuildFailed(f"building {tags[0]}: {error}", []) from error
-    if result.returncode != 0:
-        lines = (result.stdout + result.stderr).decode("utf-8", "replace").splitlines()[-20:]
+            job = start_build(directory=directory, context=context, tags=tags, platform=platform)
+            deadline = time.monotonic() + timeout
+            while (state := job_state(job)).running and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            _stop(directory, grace=2)
+        lines = last_output(directory)
+    if state.running:
+        raise ImageBuildFailed(f"building {tags[0]} took longer than {timeout:.0f} s", lines)
+    if state.exit_code != 0:
         raise ImageBuildFailed(
-            f"building {tags[0]} failed ({settings.CONTAINER_CLI} build exited with status {result.returncode})", lines
+            f"building {tags[0]} failed ({settings.CONTAINER_CLI} build exited with status {state.exit_code})", lines
         )
 
 
