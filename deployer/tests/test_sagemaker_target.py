@@ -17,6 +17,8 @@ import io
 import json
 import tarfile
 import time
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +28,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 
 from deployer.build_context import PUBLIC_BASE_IMAGE, render_build_context
-from deployer.integrations.aws import ecr, s3, tagging
+from deployer.integrations.aws import codebuild, ecr, s3, tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
 from deployer.services.model_versions import model_version_directory_digest
@@ -638,3 +640,42 @@ def test_a_failed_update_keeps_the_image_and_model_data_the_live_version_uses(
     assert not s3.object_exists(failed_bucket, failed_key)
     assert {m["ModelName"] for m in aws_client("sagemaker").list_models()["Models"]} == {rollout_name(first)}
     assert cloud_orphans() == []
+
+
+def test_codebuild_builds_the_same_rendered_context_on_a_public_debian_base(
+    aws: MotoServer, owner: User, api_client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads: dict[str, bytes] = {}
+    starts: list[dict[str, Any]] = []
+    upload_file, start_build = s3.upload_file, codebuild.start_build
+
+    def recorded_upload(bucket: str, key: str, path: Path, **options: Any) -> None:
+        uploads[key] = path.read_bytes()
+        upload_file(bucket, key, path, **options)
+
+    def recorded_start(project: str, **options: Any) -> str:
+        starts.append(options)
+        return start_build(project, **options)
+
+    monkeypatch.setattr(s3, "upload_file", recorded_upload)
+    monkeypatch.setattr(codebuild, "start_build", recorded_start)
+    model = ready_model(owner)
+    api_client_for(owner).post(
+        "/api/v1/endpoints/", {"name": "iris-cb", "model": model.pk, "target": "sagemaker"}, format="json"
+    )
+
+    deployment = drive(latest("iris-cb"))
+
+    assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
+    context = render_build_context(packages=["randomForest"], base_image=PUBLIC_BASE_IMAGE)
+    (start,) = starts
+    assert start["base_image"] == PUBLIC_BASE_IMAGE
+    assert start["image_uri"].endswith(f"/rdeploy-runtime:{context.tag}")
+    with zipfile.ZipFile(io.BytesIO(uploads[f"rdeploy/build-context/{context.tag}.zip"])) as archive:
+        assert {name: archive.read(name) for name in archive.namelist()} == {
+            path: content for path, (content, _) in context.files.items()
+        }
+    buildspec = aws_client("codebuild").batch_get_projects(names=["rdeploy-image-builder"])["projects"][0]["source"][
+        "buildspec"
+    ]
+    assert 'docker build --pull --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$IMAGE_URI" .' in buildspec
