@@ -192,7 +192,10 @@ def repository_files(repository: Path, packages: Iterable[str]) -> dict[str, byt
     for name in sorted(wanted, key=str.lower):
         record = records[name]
         tarball = f"{name}_{record['Version']}.tar.gz"
-        files[f"{CONTEXT_REPOSITORY}/src/contrib/{tarball}"] = (contrib / tarball).read_bytes()
+        try:
+            files[f"{CONTEXT_REPOSITORY}/src/contrib/{tarball}"] = (contrib / tarball).read_bytes()
+        except OSError as error:
+            raise ValueError(f"{repository}'s index lists {tarball}, which cannot be read: {error}") from error
         stanzas.append("".join(f"{field}: {value}\n" for field, value in record.items()))
     files[f"{CONTEXT_REPOSITORY}/src/contrib/PACKAGES"] = "\n".join(stanzas).encode()
     return files

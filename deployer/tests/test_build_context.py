@@ -118,9 +118,18 @@ def test_a_file_repository_travels_in_the_context_with_just_the_packages_needed(
     assert rebuilt.tag != context.tag
 
 
-def test_a_file_repository_without_an_index_is_refused(tmp_path: Path) -> None:
+def test_a_file_repository_without_an_index_or_with_a_missing_tarball_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no src/contrib/PACKAGES"):
         render_build_context(packages=["ranger"], cran_repo=f"file://{tmp_path}")
+    (tmp_path / "src" / "contrib").mkdir(parents=True)
+    (tmp_path / "src" / "contrib" / "PACKAGES").write_text("Package: ranger\nVersion: 0.16.0\n")
+    with pytest.raises(ValueError, match=r"lists ranger_0\.16\.0\.tar\.gz, which cannot be read"):
+        render_build_context(packages=["ranger"], cran_repo=f"file://{tmp_path}")
+
+
+def test_a_repository_that_is_not_http_or_file_is_refused() -> None:
+    with pytest.raises(ValueError, match="http"):
+        render_build_context(packages=["ranger"], cran_repo="ftp://cran.example.org")
 
 
 def test_an_invalid_package_name_is_refused() -> None:

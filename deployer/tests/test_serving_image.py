@@ -149,3 +149,28 @@ def test_a_build_that_takes_too_long_fails_and_leaves_nothing_running(settings: 
     while not nothing_installs("rdeploysleepy"):
         assert time.monotonic() < deadline, "the build's R still runs"
         time.sleep(0.1)
+
+
+def test_the_build_log_names_the_packages_whose_version_differs_from_the_renv_lock(
+    tmp_path: Path, built_here: list[str]
+) -> None:
+    lock = {
+        "R": {"Version": "4.2.2"},
+        "Packages": {"randomForest": {"Package": "randomForest", "Version": "0.1-1", "Source": "Repository"}},
+    }
+    context = image_services.serving_image_context(packages=["randomForest"], renv_lock=json.dumps(lock).encode())
+    image = image_services.local_image(context)
+    built_here.append(image)
+
+    job = images.start_build(directory=tmp_path / "job", context=context, tags=[image])
+    deadline = time.monotonic() + 300
+    while images.job_state(job).running:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    assert images.job_state(job).exit_code == 0, images.last_output(tmp_path / "job")
+    installed = cli.check(
+        ["run", "--rm", image, "Rscript", "-e", "cat(packageDescription('randomForest', fields = 'Version'))"]
+    ).strip()
+    lines, _ = images.read_output(tmp_path / "job", 0)
+    assert f"renv.lock pins randomForest 0.1-1; the image has {installed}" in lines
