@@ -249,7 +249,9 @@ def _locked_socket(directory: Path) -> str | None:
     """The socket's path once locked and checked, or None while the runtime has not made
     it yet. A planted link or file fails the rollout (PermanentStepError)."""
     try:
-        return str(runtimes.lock_socket(directory))
+        # The data directory's group is the web processes' (compose runs them as another
+        # user than the worker): they may connect.
+        return str(runtimes.lock_socket(directory, group=Path(settings.DATA_DIR).stat().st_gid))
     except FileNotFoundError:
         return None
     except runtimes.UntrustedSocket as exc:

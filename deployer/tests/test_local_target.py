@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 
@@ -76,6 +77,13 @@ def test_the_runtime_is_a_locked_down_container_reached_only_through_its_checked
     assert socket_path.is_socket()
     # Taken back from the container before anyone connected: root's, not writable by it.
     assert (socket_path.parent.stat().st_uid, socket_path.parent.stat().st_mode & 0o777) == (0, 0o755)
+    # Connectable by the worker and the data directory's group (the web processes), no one else.
+    data_group = Path(settings.DATA_DIR).stat().st_gid
+    assert (socket_path.stat().st_uid, socket_path.stat().st_gid, socket_path.stat().st_mode & 0o777) == (
+        0,
+        data_group,
+        0o660,
+    )
     config = json.loads(cli.check(["inspect", "--type", "container", runtime["container"]]))[0]
     host = config["HostConfig"]
     assert host["NetworkMode"] == "none"

@@ -293,11 +293,11 @@ def test_a_socket_swapped_for_a_link_before_the_lock_is_refused(
     squatter_path, received = squatter
     lock_socket = runtimes.lock_socket
 
-    def lock_after_the_swap(socket_dir: Path) -> Path:
+    def lock_after_the_swap(socket_dir: Path, *, group: int) -> Path:
         # The model wins the race on purpose: the worker locks only once it has swapped.
         if (socket_dir / runtimes.SOCKET_NAME).exists() or (socket_dir / runtimes.SOCKET_NAME).is_symlink():
             wait_for(lambda: (socket_dir / "swapped").exists(), timeout=30, what="the model's swap")
-        return lock_socket(socket_dir)
+        return lock_socket(socket_dir, group=group)
 
     monkeypatch.setattr(runtimes, "lock_socket", lock_after_the_swap)
     model = hostile_model(owner, iris_models, SOCKET_SWAP_R, {"squatter": squatter_path, "swap": "early"})

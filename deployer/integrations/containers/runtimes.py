@@ -162,7 +162,7 @@ def names(*, endpoint: str | None = None) -> list[str]:
     return cli.container_names(role=ROLE, extra_label=f"{LABEL_ENDPOINT}={endpoint}" if endpoint else None)
 
 
-def lock_socket(socket_dir: Path) -> Path:
+def lock_socket(socket_dir: Path, *, group: int) -> Path:
     """Take ``socket_dir`` back from the container and return its socket's path, once
     connecting through that path can only reach the container's own listener.
 
@@ -179,8 +179,11 @@ def lock_socket(socket_dir: Path) -> Path:
         entry = os.stat(SOCKET_NAME, dir_fd=descriptor, follow_symlinks=False)
         if not stat.S_ISSOCK(entry.st_mode):
             raise UntrustedSocket(f"{socket_dir / SOCKET_NAME} is not a socket (mode {stat.filemode(entry.st_mode)})")
-        # The listener keeps working whoever owns the inode; connecting needs write access.
-        os.chown(SOCKET_NAME, os.getuid(), os.getgid(), dir_fd=descriptor, follow_symlinks=False)
+        # The listener keeps working whoever owns the inode; connecting needs write access,
+        # which the gateway (web processes of ``group``) gets. Checked and no longer the
+        # container's to replace, the entry can be followed now.
+        os.chown(SOCKET_NAME, os.getuid(), group, dir_fd=descriptor, follow_symlinks=False)
+        os.chmod(SOCKET_NAME, 0o660, dir_fd=descriptor)
     finally:
         os.close(descriptor)
     return socket_dir / SOCKET_NAME
