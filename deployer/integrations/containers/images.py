@@ -149,10 +149,11 @@ def _descendants(roots: list[int]) -> dict[int, int]:
 
 
 def _stop(directory: Path, *, grace: float) -> None:
-    """Stop a job and everything it started. Ctrl-C to the engine command first, on which
-    podman stops and removes the build's container when it can; then processes.stop, and
-    SIGKILL for the processes below the job (a killed podman leaves its RUN container
-    running; killing the container's first process ends its whole PID namespace)."""
+    """Stop a job and everything it started. Ctrl-C to the engine command first (podman
+    then exits, removing the build's container only sometimes); then processes.stop, and
+    SIGKILL for the processes below the job (podman 4.3 leaves a RUN step running after
+    SIGTERM, and often after Ctrl-C; killing its first process ends its PID namespace).
+    Buildah's working containers of the stopped build stay in storage (docs/sagemaker.md)."""
     marker = job_marker(directory)
     job = processes.find(marker)
     below = _descendants(job)
