@@ -250,8 +250,8 @@ def model_data_tarball(directory: Path, destination: Path) -> None:
 
 
 def image_build_context(model_version: ModelVersion) -> BuildContext:
-    """The serving image's build context for the model version (its R packages, pinned by
-    the bundle's renv.lock when it has one), on the base the configured builder has: this
+    """The serving image's build context for the model version (its R packages, and the
+    bundle's renv.lock when it has one), on the base the configured builder has: this
     machine's (settings.BASE_IMAGE) for RDEPLOY_IMAGE_BUILDER=docker, so the image pushed is
     the one local endpoints run; a public Debian image on CodeBuild."""
     base = settings.BASE_IMAGE if settings.RDEPLOY_IMAGE_BUILDER == "docker" else PUBLIC_BASE_IMAGE

@@ -1,5 +1,6 @@
-"""A bundle's renv.lock pins the SageMaker image: it goes into the build context, so the
-image tag (the context's hash) depends on it. Against moto (server mode)."""
+"""A bundle's renv.lock goes into the SageMaker image's build context (the build compares
+its versions with the installed ones), so the image tag (the context's hash) depends on it.
+Against moto (server mode)."""
 
 from __future__ import annotations
 
