@@ -297,3 +297,25 @@ def test_the_runner_option_is_refused_and_memory_is_a_whole_number_of_mib_within
     for wrong in (100, 2**21, "4096", 1.5, True):
         with pytest.raises(TargetOptionsError, match="memory_mb"):
             target.validate_options({"memory_mb": wrong})
+
+
+def test_runtime_output_reaches_the_endpoints_log_once_through_the_engine(owner: User, iris_models: Path) -> None:
+    from deployer.targets import get_target
+
+    issued = endpoint_create(owner=owner, name="chatty", model_version=ready_model(owner, iris_models, "v1"))
+    drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+    endpoint = Endpoint.objects.get(name="chatty")
+    target = get_target("local")
+    target.collect_logs(endpoint)
+    truth = expected(iris_models)
+    invoke(owner, "chatty", rows_csv(truth["rows"]), "text/csv")
+
+    wait_for(lambda: target.collect_logs(endpoint), what="the access line")
+    target.collect_logs(endpoint)
+
+    lines = list(
+        LogLine.objects.filter(endpoint=endpoint, source=LogLine.Source.RUNTIME).values_list("message", flat=True)
+    )
+    assert sum("model loaded" in line for line in lines) == 1
+    assert sum("POST /invocations 200" in line for line in lines) == 2  # the smoke test's and ours
+    assert len(lines) == len(set(lines))  # none stored twice (access lines carry their time)
