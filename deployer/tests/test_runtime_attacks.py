@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 
-from deployer.integrations.containers import runtimes
+from deployer.integrations.containers import cli, runtimes
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke
 from deployer.services.pipeline import pipeline_reconcile
@@ -75,6 +75,10 @@ load_fn <- function(model_dir) {
     metadata_service = connect("169.254.169.254", 80),
     outside = connect("1.1.1.1", 80),
     neighbour_socket = as.character(file.exists(t[["neighbour_socket"]])),
+    neighbour_process = attempt(readLines(file.path("/proc", t[["neighbour_pid"]], "cmdline"), warn = FALSE)),
+    kill_neighbour = as.character(tools::pskill(as.integer(t[["neighbour_pid"]]), tools::SIGKILL)),
+    worker_process = attempt(readLines(file.path("/proc", t[["worker_pid"]], "environ"), warn = FALSE)),
+    kill_worker = as.character(tools::pskill(as.integer(t[["worker_pid"]]), tools::SIGTERM)),
     socket_dir = paste(list.files("/run/rdeploy", all.files = TRUE, no.. = TRUE), collapse = ","),
     environ_names = paste(sort(unique(environ)), collapse = ","),
     processes = paste(sort(unique(commands)), collapse = ","),
@@ -257,6 +261,9 @@ def test_a_model_reaches_no_network_no_neighbour_no_secret_and_cannot_write_its_
         "host_ip": host_ip,
         "host_port": str(host_port),
         "neighbour_socket": neighbour["socket"],
+        # Host pids: the neighbour container's main process, and this process (the worker here).
+        "neighbour_pid": cli.check(["inspect", "--format", "{{.State.Pid}}", neighbour["container"]]).strip(),
+        "worker_pid": str(os.getpid()),
         "data_dir": str(settings.DATA_DIR),
         "database": str(settings.DATABASES["default"]["NAME"]),
     }
@@ -270,6 +277,11 @@ def test_a_model_reaches_no_network_no_neighbour_no_secret_and_cannot_write_its_
     for attempt in ("redis_loopback", "host_listener", "metadata_service", "outside"):
         assert report[attempt].startswith("denied"), (attempt, report[attempt])
     assert report["neighbour_socket"] == "FALSE"
+    # Other processes of this machine are not in its pid namespace: not there to read or kill.
+    assert report["neighbour_process"].startswith("denied")
+    assert report["worker_process"].startswith("denied")
+    assert (report["kill_neighbour"], report["kill_worker"]) == ("FALSE", "FALSE")
+    assert container_running(neighbour["container"])
     assert report["socket_dir"] == "runtime.sock"  # its own socket, nothing else
     # It sees its own processes and its own environment only: nothing of the worker's.
     assert set(report["processes"].split(",")) <= {"serve", "haproxy", "R", "Rscript", "sh", "bash", "id"}, report
