@@ -70,8 +70,7 @@ _DEFAULT_OPTIONS: dict[str, Any] = {"workers": 2, "startup_timeout": 60}
 # The container's memory limit (all its processes together), unless options.memory_mb
 # says otherwise (docs/pipeline.md, "The local runtime's isolation").
 DEFAULT_MEMORY_MB = 4096
-# Local name of runtime images built for the docker runner (tag: the build context's hash).
-LOCAL_IMAGE = "rdeploy-runtime"
+# Where a rollout builds its serving image when the engine lacks it (a detached job).
 IMAGE_BUILD_DIR = "image-build"
 IMAGE_BUILD_POLL_SECONDS = 2.0
 MAX_BUILD_LINES_PER_POLL = 2000
@@ -86,7 +85,7 @@ def rollout_dir(deployment: Deployment) -> Path:
 
 
 def image_build_dir(deployment: Deployment) -> Path:
-    """Where the docker runner builds the rollout's image (removed with the rollout's files)."""
+    """Where the rollout's serving image is built (removed with the rollout's files)."""
     return rollout_dir(deployment) / IMAGE_BUILD_DIR
 
 
@@ -408,7 +407,7 @@ class LocalTarget(Target):
             _collect_container_logs(ctx.endpoint, resource.pk)
             runtimes.stop(resource.identifier)
         elif resource.kind == "model_dir":
-            # The docker runner's image build, if one still runs for this rollout.
+            # The serving image's build, if one still runs for this rollout.
             images.remove_job(Path(resource.identifier) / IMAGE_BUILD_DIR)
             shutil.rmtree(resource.identifier, ignore_errors=True)
         ctx.mark_resource_deleted(resource.kind, resource.identifier)
