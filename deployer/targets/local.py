@@ -339,8 +339,9 @@ class LocalTarget(Target):
             return StepOutcome.done(f"The runtime answered /ping after {ctx.elapsed():.1f} s.")
         current = runtimes.state(name)
         if current is None or not current.running:
+            status = f" with status {current.exit_code}" if current is not None else ""
             raise PermanentStepError(
-                f"The R runtime exited before it became healthy{_oom_note(current)}. "
+                f"The R runtime exited{status} before it became healthy{_oom_note(current)}. "
                 f"Its last log lines:\n{_last_lines(name)}"
             )
         timeout = ctx.options.get("startup_timeout", _DEFAULT_OPTIONS["startup_timeout"])

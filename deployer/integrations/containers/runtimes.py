@@ -9,8 +9,8 @@ through a Unix socket in a per-start host directory mounted at /run/rdeploy.
 
 That directory is the container's to write until ``lock_socket`` takes it back (root's,
 0755) and checks that the socket is a socket; only then may anyone connect to it.
-Output is read through the engine (``podman logs``), never from a file the container
-can write.
+Output is read through the engine (its ``logs`` command), never from a file the
+container can write.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class UntrustedSocket(Exception):
 class ContainerState:
     running: bool
     exit_code: int
-    # How the engine ended it: "oomkilled" when the memory limit did.
+    # True when the memory limit ended it.
     oom_killed: bool
 
 
@@ -60,10 +60,6 @@ def runtime_uid(name: str) -> int:
     """The uid the container's processes run as (its own, so none shares one with another
     endpoint's processes, nor with a host account)."""
     return UID_BASE + zlib.crc32(name.encode()) % UID_SPAN
-
-
-def socket_path(socket_dir: Path) -> Path:
-    return socket_dir / SOCKET_NAME
 
 
 def start(
