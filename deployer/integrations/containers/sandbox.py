@@ -159,7 +159,8 @@ def _supervise(process: subprocess.Popen[bytes], name: str, files: Mapping[str, 
         process.wait()
     writer.join(timeout=5)
     seconds = time.monotonic() - started
-    state = _state(name)
+    # The CLI exits 0 only for a container that ran and exited 0: nothing to look up then.
+    state = {"ExitCode": 0} if process.returncode == 0 and finished else _state(name)
     if state is None or state.get("Status") == "created" or state.get("Error"):
         raise SandboxUnavailable(cli.engine_problem() or _engine_error(process.returncode, output.stderr_tail(), state))
     recorded = state.get("ExitCode")
