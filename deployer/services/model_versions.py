@@ -580,6 +580,67 @@ def _rdeploy_json(outcome: dict[str, Any], writer_r_version: str | None) -> dict
     return config
 
 
+@dataclass(frozen=True)
+class _Inspected:
+    outcome: dict[str, Any]
+    # The last image inspected in ("" when none could be had) and its packages.
+    image: str
+    image_packages: list[str]
+    runs: list[sandbox.Result]
+
+
+def _inspect_in_serving_images(
+    *,
+    model_version: ModelVersion,
+    files: dict[str, Path],
+    limits: sandbox.Limits,
+    renv_lock: bytes | None,
+    timings: dict[str, float],
+) -> _Inspected:
+    """Inspects in the serving image with the packages the uploader asked for, then, while
+    R reports packages that image lacks, in the image with those added: adding one can
+    reveal the next (the model loads further each round), so a few rounds, one image per
+    package set."""
+    requested = list(model_version.requested_packages)
+    wanted = list(requested)
+    image, image_packages = "", list(wanted)
+    runs: list[sandbox.Result] = []
+    outcome: dict[str, Any] = {}
+    for round_ in range(MAX_IMAGE_ROUNDS):
+        stage = timezone.now()
+        try:
+            image, image_packages = _serving_image(wanted, renv_lock), list(wanted)
+        except ImageUnavailable as exc:
+            outcome = {"status": "invalid", "code": exc.code, "reason": str(exc)}
+            break
+        finally:
+            timings["image"] = timings.get("image", 0.0) + (timezone.now() - stage).total_seconds()
+        outcome, result = _run_inspection(
+            model_version=model_version, image=image, files=files, limits=limits, requested=requested
+        )
+        if result is not None:
+            runs.append(result)
+        try:
+            new = [p for p in _packages_to_install(outcome) if p not in wanted]
+            if len(wanted) + len(new) > MAX_PACKAGES_TO_INSTALL:
+                raise ValueError(_too_many_packages(len(wanted) + len(new)))
+        except ValueError as exc:
+            outcome = {"status": "invalid", "code": "bad_package_list", "reason": str(exc)}
+            break
+        if not new:
+            break
+        if round_ == MAX_IMAGE_ROUNDS - 1:
+            outcome = {
+                "status": "invalid",
+                "code": "missing_packages",
+                "reason": f"the model still needs R packages after {MAX_IMAGE_ROUNDS} image builds: "
+                f"{', '.join(new)}: name every package it needs in `packages` and upload again",
+            }
+            break
+        wanted += new
+    return _Inspected(outcome, image, image_packages, runs)
+
+
 def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
     """Loads and test-predicts the model in a locked-down container of the serving image;
     the version becomes `ready` with its inspection record (and the image that serves it),
@@ -626,47 +687,12 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
         limits = _inspection_limits(files)
         timings["prepare"] = (timezone.now() - stage).total_seconds()
 
-        requested = list(model_version.requested_packages)
         renv_lock = lock.read_bytes() if lock.is_file() else None
-        # The packages the image adds to the runtime's: those asked for, then those the
-        # inspection finds missing. Adding one can reveal the next (the model loads further
-        # each round), so build and inspect again a few times, one image per package set.
-        wanted = list(requested)
-        image, image_packages = "", list(wanted)
-        runs: list[sandbox.Result] = []
-        for round_ in range(MAX_IMAGE_ROUNDS):
-            stage = timezone.now()
-            try:
-                image, image_packages = _serving_image(wanted, renv_lock), list(wanted)
-            except ImageUnavailable as exc:
-                outcome = {"status": "invalid", "code": exc.code, "reason": str(exc)}
-                break
-            finally:
-                timings["image"] = timings.get("image", 0.0) + (timezone.now() - stage).total_seconds()
-            outcome, result = _run_inspection(
-                model_version=model_version, image=image, files=files, limits=limits, requested=requested
-            )
-            if result is not None:
-                runs.append(result)
-            try:
-                new = [p for p in _packages_to_install(outcome) if p not in wanted]
-                if len(wanted) + len(new) > MAX_PACKAGES_TO_INSTALL:
-                    raise ValueError(_too_many_packages(len(wanted) + len(new)))
-            except ValueError as exc:
-                outcome = {"status": "invalid", "code": "bad_package_list", "reason": str(exc)}
-                break
-            if not new:
-                break
-            if round_ == MAX_IMAGE_ROUNDS - 1:
-                outcome = {
-                    "status": "invalid",
-                    "code": "missing_packages",
-                    "reason": f"the model still needs R packages after {MAX_IMAGE_ROUNDS} image builds: "
-                    f"{', '.join(new)}: name every package it needs in `packages` and upload again",
-                }
-                break
-            wanted += new
+        inspected = _inspect_in_serving_images(
+            model_version=model_version, files=files, limits=limits, renv_lock=renv_lock, timings=timings
+        )
 
+    outcome, image, runs = inspected.outcome, inspected.image, inspected.runs
     timings["container"] = sum(run.seconds for run in runs)
     timings["total"] = (timezone.now() - started).total_seconds()
     inspection: dict[str, Any] = {
@@ -679,7 +705,7 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
         "image": image,
         # What `image` was built with beyond the runtime (with the bundle's renv.lock): the
         # same list renders the same image for the local target and SageMaker.
-        "image_packages": image_packages,
+        "image_packages": inspected.image_packages,
         "sandbox": sandbox.isolation(image, limits) if runs else None,
         "timings": {"r_script": outcome.get("timings", {}), **timings},
     }
