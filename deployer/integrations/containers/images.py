@@ -68,8 +68,12 @@ class JobState:
     exit_code: int | None
 
 
-def _build_arguments(*, context_dir: Path, base_image: str, tags: list[str], platform: str | None) -> list[str]:
+def _build_arguments(
+    *, context_dir: Path, base_image: str, tags: list[str], platform: str | None, no_cache: bool = False
+) -> list[str]:
     arguments = ["build", "--build-arg", f"BASE_IMAGE={base_image}"]
+    if no_cache:
+        arguments.append("--no-cache")
     if settings.CONTAINER_CLI == "podman":
         # Docker's manifest and config format (podman's default is OCI): what the
         # docker engine builds too, so ECR and SageMaker get one kind of image either way.
@@ -86,14 +90,16 @@ def _auth_env(directory: Path) -> dict[str, str]:
     return {"DOCKER_CONFIG": str(auth), "REGISTRY_AUTH_FILE": str(auth / "config.json")}
 
 
-def build(*, context: BuildContext, tags: list[str], timeout: float, platform: str | None = None) -> None:
+def build(
+    *, context: BuildContext, tags: list[str], timeout: float, platform: str | None = None, no_cache: bool = False
+) -> None:
     """Build ``context`` now, tagged ``tags``; ImageBuildFailed with its last lines if it
     fails or takes longer than ``timeout`` seconds. A job waited for, so a build that
     times out (or whose caller dies) is stopped as jobs are, leaving nothing running."""
     with tempfile.TemporaryDirectory(prefix="rdeploy-build-") as scratch:
         directory = Path(scratch)
         try:
-            job = start_build(directory=directory, context=context, tags=tags, platform=platform)
+            job = start_build(directory=directory, context=context, tags=tags, platform=platform, no_cache=no_cache)
             deadline = time.monotonic() + timeout
             while (state := job_state(job)).running and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -187,14 +193,19 @@ def _start(directory: Path, phase: str, arguments: list[str], env: dict[str, str
     return Job(directory, phase, started.pid, started.start_ticks)
 
 
-def start_build(*, directory: Path, context: BuildContext, tags: list[str], platform: str | None = None) -> Job:
+def start_build(
+    *, directory: Path, context: BuildContext, tags: list[str], platform: str | None = None, no_cache: bool = False
+) -> Job:
     """Start building ``context`` (written to ``directory/context``) tagged ``tags``, for
-    ``platform`` (None: the engine's own, for images that run on this machine)."""
+    ``platform`` (None: the engine's own, for images that run on this machine); ``no_cache``
+    ignores the engine's layer cache (the benchmark's cold build)."""
     context_dir = directory / "context"
     shutil.rmtree(context_dir, ignore_errors=True)
     context_dir.mkdir(parents=True)
     context.write_to(context_dir)
-    arguments = _build_arguments(context_dir=context_dir, base_image=context.base_image, tags=tags, platform=platform)
+    arguments = _build_arguments(
+        context_dir=context_dir, base_image=context.base_image, tags=tags, platform=platform, no_cache=no_cache
+    )
     # Plain progress output from docker: one readable line per build step, not a terminal UI.
     return _start(directory, "build", arguments, {"BUILDKIT_PROGRESS": "plain"})
 
