@@ -70,6 +70,9 @@ def main() -> int:
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--wrk-seconds", type=int, default=4, help="length of each sustained (wrk) run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument(
+        "--deploy-only", action="store_true", help="measure upload-to-live only (benchmarks/containers_bench.py)"
+    )
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="rdeploy-pipeline-bench-"))
@@ -127,6 +130,10 @@ def main() -> int:
         subprocess.run(["Rscript", "--vanilla", str(ROOT / "examples/iris/train.R"), str(model_dir)], check=True)
         report: dict[str, Any] = {}
         name = deploy(http, base, auth, model_dir, report)
+        if args.deploy_only:
+            report.pop("api_key", None)
+            print(json.dumps(report, indent=2))
+            return 0
 
         def spawn_floor(runtime_socket: str) -> int:
             (data_dir / "bare_proxy.py").write_text(BARE_PROXY)
@@ -239,8 +246,15 @@ def app(environ, start_response):
     body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     if not hasattr(local, "conn"):
         local.conn = OneWrite("localhost")
-    local.conn.request("POST", "/invocations", body=body, headers={"Content-Type": environ.get("CONTENT_TYPE", "")})
-    response = local.conn.getresponse()
+    headers = {"Content-Type": environ.get("CONTENT_TYPE", "")}
+    try:
+        local.conn.request("POST", "/invocations", body=body, headers=headers)
+        response = local.conn.getresponse()
+    except (http.client.RemoteDisconnected, ConnectionError):
+        # HAProxy closed the idle connection (15 s): reconnect, as the gateway does.
+        local.conn.close()
+        local.conn.request("POST", "/invocations", body=body, headers=headers)
+        response = local.conn.getresponse()
     data = response.read()
     start_response(f"{response.status} OK", [("Content-Type", response.getheader("Content-Type", "")),
                                              ("Content-Length", str(len(data)))])
