@@ -284,7 +284,7 @@ def main() -> int:
             r_side = timings.get("r_script", {})
             print(
                 f"randomForest run {run + 1}: {body['status']} {total:.2f} s after upload "
-                f"(sandboxed R {timings.get('r', 0):.2f} s: load {r_side.get('load', 0):.2f} s, "
+                f"(container {timings.get('container', 0):.2f} s, R in it: load {r_side.get('load', 0):.2f} s, "
                 f"predict {r_side.get('predict', 0):.2f} s)"
             )
         print(
