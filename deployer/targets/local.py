@@ -35,6 +35,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployer.build_context import BuildContext
+from deployer.integrations import processes
 from deployer.integrations.containers import cli, images, runtimes
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
 from deployer.services.images import local_image, model_version_image_context
@@ -503,6 +504,14 @@ class LocalTarget(Target):
     def check(self, endpoint: Endpoint) -> None:
         """Restart a runtime whose container stopped (a crash, the engine restarted), with
         backoff; route traffic to the restarted one once its socket is locked and checked."""
+        if legacy := endpoint.runtime.get("process"):
+            # Started by an rdeploy that ran runtimes as host processes: stop it, never serve
+            # model code outside a container again.
+            processes.stop(str(legacy), pid=endpoint.runtime.get("pid"), grace=1)
+            raise PermanentStepError(
+                "This endpoint's runtime ran as a process on the server, which rdeploy no longer does; it was "
+                "stopped. Deploy the model again: it will run in a container."
+            )
         name = endpoint.runtime.get("container")
         if not name:
             return

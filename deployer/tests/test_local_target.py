@@ -319,3 +319,30 @@ def test_runtime_output_reaches_the_endpoints_log_once_through_the_engine(owner:
     assert sum("model loaded" in line for line in lines) == 1
     assert sum("POST /invocations 200" in line for line in lines) == 2  # the smoke test's and ours
     assert len(lines) == len(set(lines))  # none stored twice (access lines carry their time)
+
+
+def test_a_runtime_left_running_as_a_host_process_by_an_earlier_rdeploy_is_stopped_and_the_endpoint_fails(
+    owner: User, tmp_path: Path
+) -> None:
+    from deployer.integrations import processes
+    from deployer.models import ModelVersion
+    from testsupport.factories import make_endpoint, make_model_version
+
+    started = processes.start(
+        identifier="legacy-1", command=["sleep", "120"], env={}, cwd=tmp_path, log_path=tmp_path / "runtime.log"
+    )
+    model = make_model_version(owner, status=ModelVersion.Status.READY)
+    endpoint = make_endpoint(
+        owner,
+        name="legacy",
+        model_version=model,
+        status=Endpoint.Status.LIVE,
+        runtime={"port": 12345, "pid": started.pid, "start_ticks": started.start_ticks, "process": "legacy-1"},
+    )
+
+    pipeline_reconcile()
+
+    endpoint.refresh_from_db()
+    assert endpoint.status == Endpoint.Status.FAILED
+    assert "Deploy the model again" in endpoint.error
+    assert processes.find("legacy-1") == []
