@@ -99,6 +99,9 @@ def start(
             "--detach",
             "--name",
             name,
+            # The rollout built or found its image: nothing is fetched from a registry now.
+            "--pull",
+            "never",
             *cli.installation_labels(ROLE),
             "--label",
             f"{LABEL_ENDPOINT}={endpoint}",
