@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from django.conf import settings
-
 from deployer.integrations.containers import cli
 
 ROLE = "runtime"
@@ -89,8 +87,6 @@ def start(
         "HOME": SCRATCH,
         "TMPDIR": SCRATCH,
     }
-    # podman would add writable /tmp, /var/tmp and /run: the tmpfs stays the only one.
-    engine_specific = ["--read-only-tmpfs=false"] if settings.CONTAINER_CLI == "podman" else []
     mounts = {model_dir: f"{MODEL_MOUNT}:ro", socket_dir: SOCKET_MOUNT}
     mounts.update({path: f"{target}:ro" for path, target in (read_only_mounts or {}).items()})
     cli.check(
@@ -107,26 +103,14 @@ def start(
             f"{LABEL_ENDPOINT}={endpoint}",
             "--label",
             f"{LABEL_DEPLOYMENT}={deployment}",
-            "--network",
-            "none",
-            "--read-only",
-            *engine_specific,
-            "--tmpfs",
-            f"{SCRATCH}:rw,nosuid,nodev,size=256m",
-            "--user",
-            f"{uid}:{uid}",
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            "--pids-limit",
-            str(PIDS_LIMIT),
-            "--memory",
-            f"{memory_mb}m",
-            "--memory-swap",
-            f"{memory_mb}m",
-            "--cpus",
-            f"{cpus:g}",
+            *cli.confinement_arguments(
+                uid=uid,
+                scratch=SCRATCH,
+                scratch_options="rw,nosuid,nodev,size=256m",
+                memory_bytes=memory_mb * 1024**2,
+                cpus=cpus,
+                pids=PIDS_LIMIT,
+            ),
             "--log-opt",
             f"max-size={LOG_MAX_SIZE}",
             *(argument for path, target in mounts.items() for argument in ("--volume", f"{path}:{target}")),
