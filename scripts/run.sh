@@ -17,8 +17,9 @@ fi
 export DJANGO_HTTPS="${DJANGO_HTTPS:-0}"
 PORT="${PORT:-8000}"
 export RDEPLOY_PUBLIC_BASE_URL="${RDEPLOY_PUBLIC_BASE_URL:-http://127.0.0.1:$PORT}"
-# Our own Redis gets a password, generated once beside the data: endpoint runtimes run
-# user code on this machine and share its loopback (docs/pipeline.md, "Not isolated").
+# Our own Redis gets a password, generated once beside the data: model code runs in
+# containers without any network, and the password is defence in depth for anything else
+# on this machine's loopback.
 own_redis=0
 if [ -z "${REDIS_URL:-}" ]; then
   own_redis=1
@@ -40,7 +41,7 @@ trap stop_all INT TERM EXIT
 redis_port="${REDIS_URL##*:}"; redis_port="${redis_port%%/*}"
 if [ "$own_redis" = 1 ] && REDISCLI_AUTH='' redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG; then
   # A Redis without a password already runs there (not ours): use it as it is.
-  echo "rdeploy: using the Redis without a password on port $redis_port (endpoint runtimes can reach it)" >&2
+  echo "rdeploy: using the Redis without a password on port $redis_port (anything on this machine can reach it)" >&2
   unset REDISCLI_AUTH
   export REDIS_URL="redis://127.0.0.1:$redis_port/0"
 elif ! redis-cli --no-auth-warning -p "$redis_port" ping 2>/dev/null | grep -q PONG; then
