@@ -99,14 +99,22 @@ def _shown(value: object) -> str:
     return repr(value)[:80]
 
 
+# A lockfile of a thousand packages is about 500 KiB.
+MAX_RENV_LOCK_BYTES = 5 * 1024**2
+
+
 def check_renv_lock(renv_lock: bytes) -> None:
     """Refuses (ValueError, naming the package and its Source) an renv.lock with any package
     that does not come from a CRAN-like repository, or with names or versions that are not
     R's: the image build restores it with network access (review finding 6)."""
+    if len(renv_lock) > MAX_RENV_LOCK_BYTES:
+        raise ValueError(f"renv.lock is above {MAX_RENV_LOCK_BYTES // 1024**2} MiB: it cannot be a real lockfile")
     try:
         lock = json.loads(renv_lock)
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"renv.lock is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise ValueError("renv.lock is not valid JSON: it is nested too deeply") from error
     packages = lock.get("Packages", {}) if isinstance(lock, dict) else None
     if not isinstance(packages, dict):
         raise ValueError("renv.lock must be a JSON object whose Packages is an object of package records")

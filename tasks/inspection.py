@@ -1,5 +1,7 @@
 """Model inspection: the R work runs in a locked-down container (deployer/integrations/containers/sandbox.py)."""
 
+import logging
+
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -27,6 +29,16 @@ def model_version_inspect_task(model_version_id: int) -> None:
             reason="inspection, including building its image with R packages, took longer than the task time limit "
             "(RDEPLOY_TASK_SOFT_TIME_LIMIT)",
         )
+    except Exception:
+        # Anything unforeseen (an upload built to break the parsers, say) gets a verdict too:
+        # left `inspecting`, the version would be re-queued by the reaper for ever.
+        logging.getLogger(__name__).exception("inspecting model version %s failed", model_version_id)
+        model_version_inspection_abandon(
+            model_version=model_version,
+            reason="rdeploy could not finish inspecting this model (an internal error, logged for the "
+            "administrator); upload it again, or ask an administrator",
+        )
+        raise
 
 
 @shared_task(name="rdeploy.model_versions_requeue_stuck")

@@ -28,7 +28,7 @@ from django.utils.dateparse import parse_datetime
 
 from deployer import artifacts
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
-from deployer.build_context import check_renv_lock
+from deployer.build_context import MAX_RENV_LOCK_BYTES, check_renv_lock
 from deployer.integrations.containers import cli, images, sandbox
 from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, ModelVersion, name_validator
@@ -450,7 +450,8 @@ def _run_inspection(
     if result.exit_code == 0 and lines:
         try:
             return _checked_outcome(json.loads(lines[-1])), result
-        except (json.JSONDecodeError, ValueError) as exc:
+        # RecursionError: JSON nested deeper than Python's parser goes, printed by the model.
+        except (ValueError, RecursionError) as exc:
             reason = f"the inspection's result could not be read ({exc}): the model's code may have printed over it"
             return {"status": "invalid", "code": "bad_result", "reason": reason}, result
     stderr = result.stderr_tail.strip().splitlines()
@@ -668,10 +669,14 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
             reason = f"the model could not be unpacked on this server: {exc}"
             return _finish(model_version, status=ModelVersion.Status.INVALID, reason=reason, inspection={})
         lock = model_dir / RENV_LOCK
+        renv_lock = None
         if lock.is_file():
+            # One byte past the limit is enough for check_renv_lock to refuse it.
+            with lock.open("rb") as lock_file:
+                renv_lock = lock_file.read(MAX_RENV_LOCK_BYTES + 1)
             # Said here, at upload, rather than when an image build for SageMaker refuses it.
             try:
-                check_renv_lock(lock.read_bytes())
+                check_renv_lock(renv_lock)
             except ValueError as exc:
                 return _finish(model_version, status=ModelVersion.Status.INVALID, reason=str(exc), inspection={})
         files = {
@@ -687,7 +692,6 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
         limits = _inspection_limits(files)
         timings["prepare"] = (timezone.now() - stage).total_seconds()
 
-        renv_lock = lock.read_bytes() if lock.is_file() else None
         inspected = _inspect_in_serving_images(
             model_version=model_version, files=files, limits=limits, renv_lock=renv_lock, timings=timings
         )

@@ -647,3 +647,43 @@ def test_without_a_working_engine_the_model_is_invalid_with_the_reason_and_never
     assert version.status_reason.startswith("this server cannot run model code now: ")
     assert reason in version.status_reason
     assert "class" not in version.inspection
+
+
+@pytest.mark.parametrize(
+    ("lock", "reason"),
+    [
+        # json.loads raises RecursionError, not ValueError, on this: it used to escape the
+        # task and leave the version inspecting, re-queued every five minutes for ever.
+        (b"[" * 100_000, "renv.lock is not valid JSON: it is nested too deeply"),
+        (b" " * (6 * 1024**2) + b"{}", "renv.lock is above 5 MiB"),
+    ],
+    ids=["nested", "oversized"],
+)
+def test_a_hostile_renv_lock_makes_the_model_invalid_with_a_reason(
+    owner: User, trained_models: Path, lock: bytes, reason: str
+) -> None:
+    model = (trained_models / "randomforest" / "model.rds").read_bytes()
+
+    version = inspect(upload(owner, "forest", tar_gz({"model.rds": model, "renv.lock": lock})))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.status_reason.startswith(reason)
+
+
+def test_an_unforeseen_error_in_inspection_gives_a_verdict_instead_of_inspecting_for_ever(
+    owner: User, trained_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import inspection
+
+    version = upload(owner, "forest", (trained_models / "randomforest" / "model.rds").read_bytes())
+
+    def broken(**_: object) -> ModelVersion:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(inspection, "model_version_inspect", broken)
+    with pytest.raises(RecursionError):
+        inspection.model_version_inspect_task(version.pk)
+
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.INVALID
+    assert "could not finish inspecting this model" in version.status_reason

@@ -285,6 +285,28 @@ def test_a_fork_bomb_stops_at_the_process_limit_and_dies_with_its_container(
     assert no_inspection_container_is_left()
 
 
+# A verdict nested deeper than Python's JSON parser goes, written past R's sink to the
+# container's real stdout: it used to raise RecursionError in the worker and leave the
+# version inspecting for ever.
+DEEP_VERDICT = """
+  cat(strrep("[", 100000), "\n", file = "/dev/stdout")
+  quit(status = 0)
+"""
+
+
+@pytest.mark.django_db
+def test_a_verdict_nested_too_deeply_is_refused_as_unreadable(
+    owner: User, api_client_for: Any, trained_models: Path
+) -> None:
+    version = upload_and_inspect(api_client_for(owner), "deep", hostile_bundle(trained_models, DEEP_VERDICT))
+
+    assert version.status == ModelVersion.Status.INVALID
+    assert version.inspection["code"] == "bad_result"
+    # The parser did meet the nesting (the fault happened), and the verdict says so.
+    assert "could not be read (maximum recursion depth exceeded" in version.status_reason
+    assert no_inspection_container_is_left()
+
+
 # (f) Memory until the kernel says no.
 MEMORY_HOG = """
   message("HOGGING")
