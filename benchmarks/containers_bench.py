@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 # Its containers are labelled apart from any installation's on this machine.
-os.environ.setdefault("RDEPLOY_INSTALLATION_ID", "containers-bench")
+os.environ.setdefault("RDEPLOY_INSTALLATION_ID", "containersbench")
 os.environ.setdefault("RDEPLOY_DATA_DIR", tempfile.mkdtemp(prefix="rdeploy-containers-bench-data-"))
 
 TRAIN_R = """

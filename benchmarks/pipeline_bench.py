@@ -81,7 +81,7 @@ def main() -> int:
     os.environ.update(
         RDEPLOY_DATA_DIR=str(data_dir),
         # Its own containers' names and labels: none shared with another installation here.
-        RDEPLOY_INSTALLATION_ID=f"bench-{secrets.token_hex(4)}",
+        RDEPLOY_INSTALLATION_ID=f"bench{secrets.token_hex(4)}",
         DJANGO_SETTINGS_MODULE="config.settings",
         DJANGO_DEBUG="0",
         DJANGO_HTTPS="0",

@@ -8,6 +8,7 @@ Secrets may also come from a file named by `<NAME>_FILE` (Docker/Kubernetes secr
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -78,6 +79,13 @@ class Env:
             raise ImproperlyConfiguredEnv(
                 f"{name}={value!r} must be a URL starting with one of: {', '.join(s + '://' for s in schemes)}"
             )
+        return value
+
+    def matching(self, name: str, default: str, *, pattern: str, meaning: str) -> str:
+        """Text that matches ``pattern`` entirely; ``meaning`` says what that is, for the error."""
+        value = self.text(name, default)
+        if not re.fullmatch(pattern, value):
+            raise ImproperlyConfiguredEnv(f"{name}={value!r} must be {meaning}")
         return value
 
     def choice(self, name: str, default: str, *, choices: tuple[str, ...]) -> str:

@@ -153,7 +153,11 @@ WHITENOISE_USE_FINDERS = True
 
 # --- rdeploy ---------------------------------------------------------------------------
 # Tags every cloud resource so teardown and `rdeploy_gc` find what this installation owns.
-INSTALLATION_ID = env.text("RDEPLOY_INSTALLATION_ID", "default")
+# Without hyphens, so names like rdeploy-<installation>-<endpoint>-<id> (containers) cannot
+# be read two ways by two installations sharing a container engine or an AWS account.
+INSTALLATION_ID = env.matching(
+    "RDEPLOY_INSTALLATION_ID", "default", pattern=r"[a-z0-9]{1,32}", meaning="1-32 lowercase letters and digits"
+)
 MAX_UPLOAD_BYTES = env.integer("RDEPLOY_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 # Uploads stream to disk above 2.5 MB (Django's default) so a 1 GiB model costs no memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440

@@ -22,7 +22,7 @@ def free_port() -> int:
 _data_dir = tempfile.mkdtemp(prefix="rdeploy-test-")
 os.environ["RDEPLOY_DATA_DIR"] = _data_dir
 # Labels every container and image a session starts, so the session removes exactly its own.
-os.environ["RDEPLOY_INSTALLATION_ID"] = f"test-{secrets.token_hex(4)}"
+os.environ["RDEPLOY_INSTALLATION_ID"] = f"test{secrets.token_hex(4)}"
 os.environ.setdefault("RDEPLOY_TEST_REDIS_PORT", str(free_port()))
 os.environ["REDIS_URL"] = f"redis://127.0.0.1:{os.environ['RDEPLOY_TEST_REDIS_PORT']}/0"
 os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"

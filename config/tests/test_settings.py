@@ -75,6 +75,13 @@ def test_a_bad_value_stops_start_up(tmp_path: Path) -> None:
     assert "DJANGO_DEBUG='maybe' is not a boolean" in result.stderr
 
 
+@pytest.mark.parametrize("installation", ["prod-eu", "Prod", "", "x" * 33])
+def test_an_installation_id_that_names_could_read_two_ways_stops_start_up(tmp_path: Path, installation: str) -> None:
+    result = _load_settings(DJANGO_DEBUG="1", RDEPLOY_DATA_DIR=str(tmp_path), RDEPLOY_INSTALLATION_ID=installation)
+    assert result.returncode != 0
+    assert "must be 1-32 lowercase letters and digits" in result.stderr
+
+
 def test_deploy_checks_are_clean_with_production_values(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "RDEPLOY_", "DATABASE_URL"))}
     env.update(
