@@ -301,6 +301,9 @@ PIPELINE_FAULT_PAUSE_SECONDS = env.integer("RDEPLOY_PIPELINE_FAULT_PAUSE_MS", 0,
 # options give none (API Gateway usage-plan semantics: steady rate per second and burst).
 GATEWAY_DEFAULT_RATE = env.integer("RDEPLOY_GATEWAY_RATE", 100, minimum=1)
 GATEWAY_DEFAULT_BURST = env.integer("RDEPLOY_GATEWAY_BURST", 200, minimum=1)
+# Requests one endpoint may have in progress in a web process at once; more get 503 at
+# once. Below the process's threads (compose: 8), so one slow model never holds them all.
+GATEWAY_MAX_INFLIGHT = env.integer("RDEPLOY_GATEWAY_MAX_INFLIGHT", 4, minimum=1)
 
 # --- Security (clean `manage.py check --deploy` with production values) ------------------
 # HTTPS is the production default. The local quick start serves plain HTTP on loopback

@@ -9,6 +9,10 @@
   Gateway's usage-plan semantics (``rate`` tokens per second refill a bucket of ``burst``)
   answers 429 when empty (busy processes lease a few tokens at a time, see
   ``LEASE_SECONDS``); bodies above SageMaker's 6 MiB get 413.
+- Every route: at most ``GATEWAY_MAX_INFLIGHT`` requests per endpoint in progress in a
+  web process, more get 503 with Retry-After at once, so one tenant's slow model cannot
+  hold every thread; the target bounds each request's time and answer (local: 504 after
+  65 s in all, 502 for an answer above SageMaker's 6 MiB).
 - REST tokens on the invocations route are checked through the same kind of cache, so
   a revoked token stops working within ``ROUTE_CACHE_SECONDS`` everywhere.
 - A request that finds no runtime (it was replaced moments ago) re-reads the route from
@@ -137,10 +141,37 @@ def _error(status: int, message: str, **headers: str) -> InvocationResult:
     return InvocationResult(status=status, body=json.dumps({"message": message}).encode(), headers={**JSON, **headers})
 
 
+# Requests in progress per endpoint in this process (GATEWAY_MAX_INFLIGHT at most each):
+# a slow model holds at most that many of the process's threads, never all of them.
+_inflight: dict[int, int] = {}
+_inflight_lock = threading.Lock()
+
+
 def gateway_forward(*, route: Route, body: bytes, headers: Mapping[str, str]) -> InvocationResult:
     """Send one request to what serves the endpoint, adding the round-trip time header."""
     if not route.serving:
         return _error(503, f"Endpoint {route.name} is not serving (status {route.status}).")
+    limit = settings.GATEWAY_MAX_INFLIGHT
+    with _inflight_lock:
+        busy = _inflight.get(route.endpoint_id, 0)
+        if busy >= limit:
+            return _error(
+                503,
+                f"Endpoint {route.name} already has {limit} requests in progress here; try again shortly.",
+                **{"Retry-After": "1"},
+            )
+        _inflight[route.endpoint_id] = busy + 1
+    try:
+        return _forward(route=route, body=body, headers=headers)
+    finally:
+        with _inflight_lock:
+            if (left := _inflight[route.endpoint_id] - 1) > 0:
+                _inflight[route.endpoint_id] = left
+            else:
+                del _inflight[route.endpoint_id]
+
+
+def _forward(*, route: Route, body: bytes, headers: Mapping[str, str]) -> InvocationResult:
     forwarded = {name: value for name in FORWARDED_HEADERS if (value := headers.get(name))}
     started = time.perf_counter()
     try:

@@ -64,8 +64,15 @@ CRASH_WINDOW = 600
 RESTART_SOCKET_WAIT = 5.0
 # The runtime's own log lines, copied into LogLine at most this many per collection.
 MAX_LOG_LINES_PER_COLLECT = 2000
-# Above SageMaker's 60 s for an invocation: the runtime's own limits answer first.
-READ_TIMEOUT = 65.0
+# A prediction's answer, whole, within this many seconds: above SageMaker's 60 s, so the
+# runtime's own limit answers first (its HAProxy's `timeout server`); this one ends what a
+# socket timeout would not, an answer trickling in a byte at a time.
+INVOCATION_SECONDS = 65.0
+# SageMaker's limit on a real-time endpoint's response; the gateway reads no more.
+MAX_RESPONSE_BYTES = 6 * 1024 * 1024
+# A health check's answer: a runtime busy longer counts as not healthy yet.
+PING_SECONDS = 5.0
+PING_MAX_BYTES = 64 * 1024
 
 _DEFAULT_OPTIONS: dict[str, Any] = {"workers": 2, "startup_timeout": 60}
 # The container's memory limit (all its processes together), unless options.memory_mb
@@ -119,6 +126,36 @@ class _Response:
     headers: Mapping[str, str]
 
 
+class DeadlineExceeded(RuntimeUnavailable):
+    """The runtime had not answered, in full, by the request's deadline."""
+
+
+class ResponseTooLarge(RuntimeUnavailable):
+    """The runtime's answer is larger than the gateway reads."""
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every wait ends at one deadline: a runtime answering a byte at a time
+    cannot hold a gateway thread longer than the request may take (a socket timeout alone
+    restarts with every byte)."""
+
+    deadline = float("inf")
+
+    def remaining(self) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request's deadline passed")
+        return remaining
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self.settimeout(self.remaining())
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self.settimeout(self.remaining())
+        super().sendall(data, flags)
+
+
 class OneWriteHTTPConnection(http.client.HTTPConnection):
     """http.client writes a request's headers and its body in two sends, so the runtime's
     HAProxy wakes up twice per prediction; one write of both saves a measurable share of
@@ -138,19 +175,48 @@ class OneWriteHTTPConnection(http.client.HTTPConnection):
 class UnixHTTPConnection(OneWriteHTTPConnection):
     """HTTP/1.1 over a runtime container's Unix socket (it has no network)."""
 
-    def __init__(self, path: str, *, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
+    sock: _DeadlineSocket | None
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost")
         self.path = path
+        # When the current request must be over (time.monotonic()).
+        self.deadline = float("inf")
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.deadline = self.deadline
         try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
+            while True:
+                sock.settimeout(sock.remaining())
+                try:
+                    sock.connect(self.path)
+                    break
+                except BlockingIOError:
+                    # The runtime's accept queue is full: a Unix socket with a timeout
+                    # refuses at once instead of waiting, so wait here, within the deadline.
+                    time.sleep(0.002)
         except OSError:
             sock.close()
             raise
         self.sock = sock
+
+
+def _read_body(response: http.client.HTTPResponse, limit: int) -> bytes:
+    """The whole body, or ResponseTooLarge as soon as it is known to be above ``limit``
+    (from Content-Length, before a byte of it is read; else after ``limit`` + 1 bytes)."""
+    if response.length is not None:
+        if response.length > limit:
+            raise ResponseTooLarge(f"the runtime's answer is larger than {limit} bytes")
+        return response.read()
+    chunks = []
+    size = 0
+    while chunk := response.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(f"the runtime's answer is larger than {limit} bytes")
+    return b"".join(chunks)
 
 
 class _Connections:
@@ -160,20 +226,41 @@ class _Connections:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.idle: list[UnixHTTPConnection] = []
+        # (connection, when it was last used), the most recently used last.
+        self.idle: list[tuple[UnixHTTPConnection, float]] = []
         self.lock = threading.Lock()
+        self.closed = False
+        self.used = time.monotonic()
 
-    def request(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> _Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        *,
+        deadline: float,
+        max_bytes: int,
+    ) -> _Response:
         for attempt in range(2):
             with self.lock:
-                conn = self.idle.pop() if self.idle else None
+                conn = self.idle.pop()[0] if self.idle else None
             reused = conn is not None
             if conn is None:
-                conn = UnixHTTPConnection(self.path, timeout=READ_TIMEOUT)
+                conn = UnixHTTPConnection(self.path)
+            conn.deadline = deadline
+            if conn.sock is not None:
+                conn.sock.deadline = deadline
             try:
                 conn.request(method, path, body=body, headers=dict(headers))
                 response = conn.getresponse()
-                data = response.read()
+                data = _read_body(response, max_bytes)
+            except ResponseTooLarge:
+                conn.close()  # the rest of the answer is never read
+                raise
+            except TimeoutError as exc:
+                conn.close()
+                raise DeadlineExceeded("the runtime did not answer in time") from exc
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
                 if reused and attempt == 0:
@@ -186,8 +273,8 @@ class _Connections:
                 conn.close()
             else:
                 with self.lock:
-                    if len(self.idle) < self.MAX_IDLE:
-                        self.idle.append(conn)
+                    if not self.closed and len(self.idle) < self.MAX_IDLE:
+                        self.idle.append((conn, time.monotonic()))
                         conn = None
                 if conn is not None:
                     conn.close()
@@ -195,26 +282,115 @@ class _Connections:
             return _Response(status=response.status, data=data, headers=headers)
         raise AssertionError("unreachable")
 
+    def close_idle(self, *, older_than: float | None = None) -> None:
+        """Close the idle connections last used before ``older_than`` (all without it)."""
+        with self.lock:
+            if older_than is None:
+                closing, self.idle = self.idle, []
+            else:
+                closing = [entry for entry in self.idle if entry[1] < older_than]
+                self.idle = [entry for entry in self.idle if entry[1] >= older_than]
+        for conn, _ in closing:
+            conn.close()
 
+    def close(self) -> None:
+        """Close every idle connection; those in use close when their request ends."""
+        with self.lock:
+            self.closed = True
+        self.close_idle()
+
+
+# A web process keeps a pool per socket path. Each rollout and each restart of a runtime
+# has a new path, so pools are dropped: that of an endpoint's previous path once a request
+# goes to its new one; idle connections unused for IDLE_SECONDS and pools unused as long
+# (the runtime's HAProxy closes an idle connection at 75 s anyway); the least recently
+# used pools beyond MAX_POOLS.
 _connections: dict[str, _Connections] = {}
+# The socket path each endpoint's requests went to last (keyed by _endpoint_key).
+_current_paths: dict[str, str] = {}
 _connections_lock = threading.Lock()
+MAX_POOLS = 256
+IDLE_SECONDS = 30.0
+_next_sweep = 0.0
+
+
+def _endpoint_key(socket_path: str) -> str:
+    """The endpoint a runtime socket belongs to (DATA_DIR/endpoints/<name>/<deployment>/
+    socket-<start>/runtime.sock); a socket elsewhere is its own."""
+    path = Path(socket_path)
+    if len(path.parents) > 3 and path.parents[3] == Path(settings.DATA_DIR) / "endpoints":
+        return str(path.parents[2])
+    return socket_path
+
+
+def _pool(socket_path: str) -> _Connections:
+    """The socket's pool; every IDLE_SECONDS / 2 also closes what has been idle too long."""
+    global _next_sweep
+    now = time.monotonic()
+    connections = _connections.get(socket_path)
+    if connections is not None and now < _next_sweep:
+        connections.used = now
+        return connections
+    retired: list[_Connections] = []
+    sweep: list[_Connections] = []
+    with _connections_lock:
+        connections = _connections.get(socket_path)
+        if connections is None:
+            connections = _connections[socket_path] = _Connections(socket_path)
+            key = _endpoint_key(socket_path)
+            previous = _current_paths.get(key)
+            _current_paths[key] = socket_path
+            if previous is not None and previous != socket_path and previous in _connections:
+                retired.append(_connections.pop(previous))
+            if len(_connections) > MAX_POOLS:
+                oldest = min(_connections.values(), key=lambda pool: pool.used)
+                retired.append(_connections.pop(oldest.path))
+        connections.used = now
+        if now >= _next_sweep:
+            _next_sweep = now + IDLE_SECONDS / 2
+            for pool in list(_connections.values()):
+                if pool.used < now - IDLE_SECONDS:
+                    retired.append(_connections.pop(pool.path))
+                else:
+                    sweep.append(pool)
+            for key, path in list(_current_paths.items()):
+                if path not in _connections:
+                    del _current_paths[key]
+    for pool in retired:
+        pool.close()
+    for pool in sweep:
+        pool.close_idle(older_than=now - IDLE_SECONDS)
+    return connections
 
 
 def _request(
-    socket_path: str, method: str, path: str, *, body: bytes | None = None, headers: Mapping[str, str] | None = None
+    socket_path: str,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    max_bytes: int | None = None,
 ) -> _Response:
-    connections = _connections.get(socket_path)
-    if connections is None:
-        with _connections_lock:
-            connections = _connections.setdefault(socket_path, _Connections(socket_path))
-    return connections.request(method, path, body, headers or {})
+    """One request to a runtime: its answer within ``timeout`` seconds in all (else
+    DeadlineExceeded) and at most ``max_bytes`` long (else ResponseTooLarge); a
+    prediction's limits unless told."""
+    deadline = time.monotonic() + (INVOCATION_SECONDS if timeout is None else timeout)
+    limit = MAX_RESPONSE_BYTES if max_bytes is None else max_bytes
+    return _pool(socket_path).request(method, path, body, headers or {}, deadline=deadline, max_bytes=limit)
 
 
 def _ping(socket_path: str) -> bool:
     try:
-        return _request(socket_path, "GET", "/ping").status == 200
+        return _request(socket_path, "GET", "/ping", timeout=PING_SECONDS, max_bytes=PING_MAX_BYTES).status == 200
     except RuntimeUnavailable:
         return False
+
+
+def _gateway_error(status: int, message: str) -> InvocationResult:
+    """An answer of the gateway's own, shaped as its other errors (deployer/services/gateway.py)."""
+    return InvocationResult(status, json.dumps({"message": message}).encode(), {"Content-Type": "application/json"})
 
 
 def _last_lines(container: str, count: int = 15) -> str:
@@ -490,7 +666,12 @@ class LocalTarget(Target):
         socket_path = runtime.get("socket")
         if not socket_path:
             raise RuntimeUnavailable("the endpoint has no running runtime")
-        response = _request(str(socket_path), "POST", "/invocations", body=body, headers=headers)
+        try:
+            response = _request(str(socket_path), "POST", "/invocations", body=body, headers=headers)
+        except DeadlineExceeded:
+            return _gateway_error(504, f"The model did not answer within {INVOCATION_SECONDS:.0f} seconds.")
+        except ResponseTooLarge:
+            return _gateway_error(502, f"The model's answer is larger than {MAX_RESPONSE_BYTES} bytes.")
         return InvocationResult(
             status=response.status,
             body=response.data,

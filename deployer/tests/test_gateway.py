@@ -5,7 +5,10 @@ here; the end-to-end tests put the real R runtime behind the same route."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +19,23 @@ from django.test import Client
 from deployer.models import Endpoint, ModelVersion
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_rotate_key
-from deployer.tests.gateway_support import echo_socket, live_public
+from deployer.targets import local
+from deployer.tests.gateway_support import Echo, UnixHTTPServer, echo_socket, live_public
 from testsupport.factories import make_model_version
 
 __all__ = ["echo_socket"]  # a fixture: pytest finds it in this module's namespace
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_gateway_routes")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_gateway_routes", "fresh_pools")]
+
+
+@pytest.fixture
+def fresh_pools() -> None:
+    """This process keeps no connection to a runtime yet."""
+    for pool in local._connections.values():
+        pool.close()
+    local._connections.clear()
+    local._current_paths.clear()
+    local._next_sweep = 0.0
 
 
 def call(name: str, key: str | None, body: bytes = b"a,b\n1,2\n", **headers: str) -> tuple[int, dict[str, object]]:
@@ -137,3 +151,208 @@ def test_requests_for_made_up_names_do_not_grow_the_route_cache_without_bound(
         assert len(gateway._routes) <= 50
 
     assert call("known", key)[0] == 200
+
+
+# --- what a runtime may cost the gateway ---------------------------------------------------
+class Drip(Echo):
+    """A runtime answering a byte at a time: every read returns something, so no socket
+    timeout ever fires."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "40")
+        self.end_headers()
+        for _ in range(40):
+            self.wfile.write(b" ")
+            self.wfile.flush()
+            time.sleep(0.25)
+
+
+class Flood(Echo):
+    """A runtime answering 7 MiB, with a Content-Length or chunked (?chunked)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        chunk = b"A" * 1024**2
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        chunked = self.headers.get("X-Amzn-SageMaker-Custom-Attributes") == "chunked"
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(7 * len(chunk)))
+        self.end_headers()
+        try:
+            for _ in range(7):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the gateway stopped reading
+
+
+class Held(Echo):
+    """A runtime whose answers wait until the test lets them go."""
+
+    release = threading.Event()
+    arrived = threading.Semaphore(0)
+
+    def do_POST(self) -> None:
+        self.arrived.release()
+        self.release.wait(30)
+        super().do_POST()
+
+
+def stand_in(path: Path, handler: type[Echo]) -> Iterator[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    server = UnixHTTPServer(str(path), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield str(path)
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def drip_socket(tmp_path: Path) -> Iterator[str]:
+    yield from stand_in(tmp_path / "drip.sock", Drip)
+
+
+@pytest.fixture
+def flood_socket(tmp_path: Path) -> Iterator[str]:
+    yield from stand_in(tmp_path / "flood.sock", Flood)
+
+
+@pytest.fixture
+def held_socket(tmp_path: Path) -> Iterator[str]:
+    Held.release.clear()
+    yield from stand_in(tmp_path / "held.sock", Held)
+    Held.release.set()
+
+
+def test_an_answer_trickling_in_byte_by_byte_ends_at_the_deadline_with_504(
+    owner: User, drip_socket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "INVOCATION_SECONDS", 1.0)
+    key = live_public(owner, "drip", drip_socket)
+
+    started = time.monotonic()
+    status, body = call("drip", key)
+
+    assert time.monotonic() - started < 3  # the runtime would take 10 s, each byte in time
+    assert status == 504
+    assert "did not answer within" in str(body["message"])
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_answer_above_sagemakers_6_mib_is_a_502_and_is_not_read_whole(
+    owner: User, flood_socket: str, framing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = live_public(owner, "flood", flood_socket)
+    read: list[int] = []
+    read_body = local._read_body
+
+    def counting(response: Any, limit: int) -> bytes:
+        try:
+            return read_body(response, limit)
+        finally:
+            read.append(response.length)
+
+    monkeypatch.setattr(local, "_read_body", counting)
+    attributes = "chunked" if framing == "chunked" else "plain"
+    status, body = call("flood", key, HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES=attributes)
+
+    assert status == 502
+    assert str(local.MAX_RESPONSE_BYTES) in str(body["message"])
+    assert body["_headers"]["Content-Type"] == "application/json"  # type: ignore[index]
+    assert read == [7 * 1024**2 if framing == "content-length" else None]
+    assert call("flood", key, body=b"again")[0] == 502  # a new connection, not the unread rest
+
+
+def test_an_endpoint_gets_at_most_its_share_of_a_web_process_and_the_rest_get_503_at_once(
+    owner: User, held_socket: str, echo_socket: str, settings: Any
+) -> None:
+    settings.GATEWAY_MAX_INFLIGHT = 2
+    live_public(owner, "slow", held_socket)
+    live_public(owner, "other", echo_socket)
+    slow, other = gateway.route_for("slow"), gateway.route_for("other")
+    assert slow is not None
+    assert other is not None
+    answers: list[int] = []
+
+    def forward() -> None:
+        answers.append(gateway.gateway_forward(route=slow, body=b"x", headers={}).status)
+
+    held = [threading.Thread(target=forward) for _ in range(2)]
+    for thread in held:
+        thread.start()
+    for _ in held:
+        assert Held.arrived.acquire(timeout=10)
+
+    started = time.monotonic()
+    refused = gateway.gateway_forward(route=slow, body=b"x", headers={})
+    assert time.monotonic() - started < 0.5  # refused at once, not queued
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert "2 requests in progress" in json.loads(refused.body)["message"]
+    # Another endpoint is not affected.
+    assert gateway.gateway_forward(route=other, body=b"x", headers={}).status == 200
+
+    Held.release.set()
+    for thread in held:
+        thread.join(10)
+    assert answers == [200, 200]
+    assert gateway.gateway_forward(route=slow, body=b"x", headers={}).status == 200
+    assert gateway._inflight == {}
+
+
+def rollout_socket(endpoint: str, deployment: int, start: int = 0) -> Path:
+    return local.socket_dir(local.endpoint_dir(endpoint) / str(deployment), start) / "runtime.sock"
+
+
+def idle_connections() -> int:
+    return sum(len(pool.idle) for pool in local._connections.values())
+
+
+def test_the_pool_of_an_endpoints_previous_runtime_is_closed_once_requests_go_to_the_new_one() -> None:
+    target = local.LocalTarget()
+    for deployment in range(1, 11):  # ten rollouts (or restarts), each its own socket
+        socket_path = rollout_socket("churn", deployment)
+        servers = stand_in(socket_path, Echo)
+        next(servers)
+        threads = [
+            threading.Thread(target=target.invoke, args=({"socket": str(socket_path)}, b"{}", {})) for _ in range(16)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        next(servers, None)  # the old runtime is removed
+
+    churn = [path for path in local._connections if "/churn/" in path]
+    assert churn == [str(rollout_socket("churn", 10))]
+    assert idle_connections() <= local._Connections.MAX_IDLE
+
+
+def test_idle_connections_and_pools_are_closed_after_a_while_and_pools_are_bounded(
+    tmp_path: Path, echo_socket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "MAX_POOLS", 3)
+    monkeypatch.setattr(local, "IDLE_SECONDS", 0.2)
+    sockets = [str(tmp_path / f"{i}.sock") for i in range(5)]
+    servers = [stand_in(Path(path), Echo) for path in sockets]
+    for server in servers:
+        next(server)
+    for path in sockets:
+        local._request(path, "POST", "/invocations", body=b"{}")
+        assert len(local._connections) <= 3
+    assert list(local._connections) == sockets[-3:]  # the least recently used went first
+
+    time.sleep(0.3)
+    local._request(echo_socket, "POST", "/invocations", body=b"{}")
+
+    assert list(local._connections) == [echo_socket]
+    assert idle_connections() == 1
+    for server in servers:
+        next(server, None)
