@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import shutil
 import socket
@@ -52,6 +53,8 @@ from deployer.targets.base import (
     TransientStepError,
 )
 
+logger = logging.getLogger(__name__)
+
 # The previous runtime stops this long after the switch: every web process has seen the
 # new route by then, and requests already sent to the old runtime have had time to finish.
 DRAIN_SECONDS = ROUTE_CACHE_SECONDS + 1.5
@@ -62,8 +65,12 @@ CRASH_WINDOW = 600
 # After a restart the reconciler waits this long for the new container's socket, so the
 # endpoint serves again within one reconciler run; a slower one is locked by the next run.
 RESTART_SOCKET_WAIT = 5.0
-# The runtime's own log lines, copied into LogLine at most this many per collection.
+# The runtime's own log lines, copied into LogLine at most this many and this many bytes
+# per collection (the latest kept), each line cut at MAX_LOG_LINE_BYTES: the engine joins
+# what a model prints without a newline into one line of any length.
 MAX_LOG_LINES_PER_COLLECT = 2000
+MAX_LOG_BYTES_PER_COLLECT = 1024**2
+MAX_LOG_LINE_BYTES = 8 * 1024
 # A prediction's answer, whole, within this many seconds: above SageMaker's 60 s, so the
 # runtime's own limit answers first (its HAProxy's `timeout server`); this one ends what a
 # socket timeout would not, an answer trickling in a byte at a time.
@@ -396,7 +403,11 @@ def _gateway_error(status: int, message: str) -> InvocationResult:
 def _last_lines(container: str, count: int = 15) -> str:
     """The runtime's last lines for an error message, without the access lines of our own
     health checks, which would push out what R said."""
-    lines, _ = runtimes.read_logs(container, None)
+    try:
+        lines, _ = runtimes.read_logs(container, None)
+    except Exception as exc:  # an error message is being written: it must not fail too
+        logger.exception("reading the log of %s failed", container)
+        return f"(its log could not be read: {exc})"
     kept = [line for line in lines if "/ping " not in line and line.strip()][-count:]
     return "\n".join(kept) if kept else "(the runtime wrote nothing)"
 
@@ -582,7 +593,7 @@ class LocalTarget(Target):
     def _remove(self, ctx: StepContext, resource: ExternalResource) -> None:
         if resource.kind == "container":
             # Its last lines go with the container: keep them first.
-            _collect_container_logs(ctx.endpoint, resource.pk)
+            _keep_last_logs(ctx.endpoint, resource.pk)
             runtimes.stop(resource.identifier)
         elif resource.kind == "model_dir":
             # The serving image's build, if one still runs for this rollout.
@@ -716,7 +727,7 @@ class LocalTarget(Target):
             )
         if crashes and now - crashes[-1] < min(2 ** len(crashes), 60):
             return  # backing off; the next reconciler run restarts it
-        _collect_container_logs(endpoint, resource.pk)
+        _keep_last_logs(endpoint, resource.pk)
         start = int(details.get("start", 0)) + 1
         # No route while the new container's socket is unchecked.
         Endpoint.objects.filter(pk=endpoint.pk).update(
@@ -777,12 +788,24 @@ class LocalTarget(Target):
         return stopped
 
     def collect_logs(self, endpoint: Endpoint) -> int:
+        # The reconciler supervises the endpoint (check) after this: a log that cannot be
+        # read must not stop that.
         return sum(
-            _collect_container_logs(endpoint, resource_id)
+            _keep_last_logs(endpoint, resource_id)
             for resource_id in ExternalResource.objects.filter(
                 endpoint=endpoint, kind="container", target=self.name, deleted_at__isnull=True
             ).values_list("pk", flat=True)
         )
+
+
+def _keep_last_logs(endpoint: Endpoint, resource_id: int) -> int:
+    """_collect_container_logs, for callers whose real work (stopping, restarting,
+    supervising the container) comes after it and must happen whatever the log holds."""
+    try:
+        return _collect_container_logs(endpoint, resource_id)
+    except Exception:
+        logger.exception("collecting the log of container resource %s failed", resource_id)
+        return 0
 
 
 def _collect_container_logs(endpoint: Endpoint, resource_id: int) -> int:
@@ -795,8 +818,7 @@ def _collect_container_logs(endpoint: Endpoint, resource_id: int) -> int:
         lines, new_cursor = runtimes.read_logs(resource.identifier, cursor)
         if not lines:
             return 0
-        skipped = max(0, len(lines) - MAX_LOG_LINES_PER_COLLECT)
-        messages = ([f"… {skipped} runtime log lines skipped"] if skipped else []) + lines[skipped:]
+        messages = _within_budget(lines)
         LogLine.objects.bulk_create(
             LogLine(
                 endpoint=endpoint,
@@ -809,6 +831,29 @@ def _collect_container_logs(endpoint: Endpoint, resource_id: int) -> int:
         resource.details = {**resource.details, "log_cursor": new_cursor}
         resource.save(update_fields=["details"])
         return len(messages)
+
+
+def _within_budget(lines: list[str]) -> list[str]:
+    """The latest ``lines`` that fit MAX_LOG_LINES_PER_COLLECT and MAX_LOG_BYTES_PER_COLLECT,
+    each cut at MAX_LOG_LINE_BYTES, after a line saying how many were skipped."""
+    kept: list[str] = []
+    budget = MAX_LOG_BYTES_PER_COLLECT
+    for line in reversed(lines):
+        message = _cut(line)
+        budget -= len(message.encode())
+        if budget < 0 or len(kept) == MAX_LOG_LINES_PER_COLLECT:
+            break
+        kept.append(message)
+    skipped = len(lines) - len(kept)
+    return ([f"… {skipped} runtime log lines skipped"] if skipped else []) + kept[::-1]
+
+
+def _cut(line: str) -> str:
+    encoded = line.encode()
+    if len(encoded) <= MAX_LOG_LINE_BYTES:
+        return line
+    kept = encoded[:MAX_LOG_LINE_BYTES].decode("utf-8", "ignore")
+    return f"{kept} … (cut: {len(encoded) - MAX_LOG_LINE_BYTES} more bytes)"
 
 
 def _oom_note(state: runtimes.ContainerState | None) -> str:

@@ -346,3 +346,22 @@ def test_a_runtime_left_running_as_a_host_process_by_an_earlier_rdeploy_is_stopp
     assert endpoint.status == Endpoint.Status.FAILED
     assert "Deploy the model again" in endpoint.error
     assert processes.find("legacy-1") == []
+
+
+def test_a_log_that_cannot_be_read_does_not_keep_the_runtime_from_being_deleted(
+    owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = endpoint_create(owner=owner, name="unreadable", model_version=ready_model(owner, iris_models, "v1"))
+    drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+    container = live_runtime(issued.endpoint)["container"]
+
+    def unreadable(name: str, cursor: str | None, **_: object) -> tuple[list[str], str | None]:
+        raise ValueError("a log line nobody can parse")
+
+    monkeypatch.setattr(runtimes, "read_logs", unreadable)
+    pipeline_reconcile()  # collecting fails, supervising goes on
+    deployment = endpoint_delete(endpoint=issued.endpoint)
+    assert deployment is not None
+
+    assert drive(deployment).status == Deployment.Status.SUCCEEDED
+    assert runtimes.state(container) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -385,3 +386,90 @@ def test_a_memory_hog_is_stopped_at_the_containers_limit(owner: User, iris_model
     container = Endpoint.objects.get(name="hog").runtime["container"]
     wait_for(lambda: container_running(container), timeout=30, what="the runtime")
     assert Endpoint.objects.get(name="hog").status == Endpoint.Status.LIVE
+
+
+# Output meant to fool the log reader: a carriage return before text that looks like the
+# engine's timestamp (a bad one, and one from the year 2999), and floods of long lines.
+LOG_FORGER_R = (
+    PRELUDE
+    + rb"""
+load_fn <- function(model_dir) list()
+predict_fn <- function(model, data) {
+  action <- as.character(data$action[1])
+  if (action == "forge") {
+    message("harmless\r1 not-a-timestamp")
+    message("x\r2999-01-01T00:00:00.000000000Z forged: nothing to see")
+  } else if (action == "flood") {
+    message(strrep("B", 3 * 1024^2))
+    for (i in 1:300) message(strrep("C", 10000))
+  } else {
+    message("after the forgery: ", action)
+  }
+  "logged"
+}
+"""
+)
+
+
+def test_a_model_cannot_break_log_collection_or_its_deletion_with_forged_timestamps(
+    owner: User, iris_models: Path
+) -> None:
+    from deployer.targets.local import LocalTarget
+
+    assert (
+        deploy(owner, "forger", hostile_model(owner, iris_models, LOG_FORGER_R, {})).status
+        == Deployment.Status.SUCCEEDED
+    )
+    endpoint = Endpoint.objects.get(name="forger")
+    container = endpoint.runtime["container"]
+    assert predict(owner, "forger", b"action\nforge\n")[0] == 200
+    wait_for(lambda: LocalTarget().collect_logs(endpoint), what="the forged lines")
+
+    assert predict(owner, "forger", b"action\nlater\n")[0] == 200
+    wait_for(lambda: LocalTarget().collect_logs(endpoint), what="the line after the forgery")
+
+    messages = list(LogLine.objects.filter(endpoint=endpoint, source="runtime").values_list("message", flat=True))
+    # Each forged line is stored whole, as one line: the text after \r is the model's.
+    assert "harmless\r1 not-a-timestamp" in messages
+    assert any(message.startswith("x\r2999-01-01T00:00:00.000000000Z forged") for message in messages)
+    assert "after the forgery: later" in messages
+    delete("forger")
+    assert runtimes.state(container) is None
+
+
+def test_a_flood_of_long_log_lines_is_stored_cut_and_within_a_budget(owner: User, iris_models: Path) -> None:
+    from deployer.targets.local import (
+        MAX_LOG_BYTES_PER_COLLECT,
+        MAX_LOG_LINE_BYTES,
+        LocalTarget,
+    )
+
+    assert (
+        deploy(owner, "flood", hostile_model(owner, iris_models, LOG_FORGER_R, {})).status
+        == Deployment.Status.SUCCEEDED
+    )
+    endpoint = Endpoint.objects.get(name="flood")
+    LocalTarget().collect_logs(endpoint)
+    LogLine.objects.filter(endpoint=endpoint).delete()
+    assert predict(owner, "flood", b"action\nflood\n")[0] == 200
+    # The access line follows the model's lines: once it is there, they all are.
+    wait_for(
+        lambda: b"POST /invocations" in cli.run(["logs", "--tail", "1", endpoint.runtime["container"]]).stdout,
+        what="the flood to be in the container's log",
+    )
+
+    LocalTarget().collect_logs(endpoint)
+
+    messages = list(
+        LogLine.objects.filter(endpoint=endpoint, source="runtime").order_by("pk").values_list("message", flat=True)
+    )
+    assert max(len(message.encode()) for message in messages) < MAX_LOG_LINE_BYTES + 100
+    assert sum(len(message.encode()) for message in messages) <= MAX_LOG_BYTES_PER_COLLECT
+    skipped_line = re.fullmatch(r"… (\d+) runtime log lines skipped", messages[0])
+    assert skipped_line is not None
+    skipped = int(skipped_line[1])
+    # The 3 MB line went first; of the 300 lines of 10 kB those that fit are kept, the latest.
+    assert skipped + len(messages) - 1 >= 301
+    cut = [message for message in messages if message.startswith("C" * 1000)]
+    assert len(cut) > 100
+    assert all(re.search(r" … \(cut: \d+ more bytes\)$", message) for message in cut)

@@ -16,8 +16,10 @@ container can write.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +42,11 @@ SCRATCH = "/tmp"  # noqa: S108 (inside the container, private to it)
 # Unprivileged uids for runtimes, one per container name, far above any host account.
 UID_BASE = 610_000
 UID_SPAN = 80_000
+
+
+# The engine's timestamp at the start of each line of ``logs --timestamps`` (podman
+# prints 9 decimals, Docker drops trailing zeros), and the space after it.
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z) ")
 
 
 class UntrustedSocket(Exception):
@@ -176,7 +183,11 @@ def read_logs(name: str, cursor: str | None, *, timeout: float = 30) -> tuple[li
     """Output lines (stdout and stderr, in time order) after ``cursor``, and the cursor to
     pass next time (``cursor`` itself when nothing is new). The cursor is the engine's
     timestamp of the last line read and how many lines carry it: lines stamped at that
-    instant are asked for again and those already read skipped, so none is lost."""
+    instant are asked for again and those already read skipped, so none is lost.
+
+    The text after each timestamp is the model's: only "\\n" ends a line (the engine's own
+    separator), and a line without the engine's timestamp continues the one before it, so
+    nothing the model prints can pose as a timestamp or move the cursor."""
     since, already_read = _parse_cursor(cursor)
     arguments = ["logs", "--timestamps"]
     if since is not None:
@@ -184,39 +195,61 @@ def read_logs(name: str, cursor: str | None, *, timeout: float = 30) -> tuple[li
     result = cli.run([*arguments, name], timeout=timeout)
     if result.returncode != 0:
         return [], cursor
-    stamped = sorted(
-        (_parse_timestamp(stamp), index, line)
-        for index, (stamp, _, line) in enumerate(
-            raw.partition(" ")
-            for raw in (result.stdout + result.stderr).decode("utf-8", "replace").splitlines()
-            if raw[:1].isdigit()
-        )
-        if since is None or _parse_timestamp(stamp) >= since
-    )
-    if not stamped:
+    entries = [
+        (at, (stream, index), line)
+        for stream, output in enumerate((result.stdout, result.stderr))
+        for index, (at, line) in enumerate(_stamped_lines(output.decode("utf-8", "replace")))
+        if since is None or at >= since
+    ]
+    if not entries:
         return [], cursor
+    entries.sort()
     lines = []
-    for at, _, line in stamped:
+    for at, _, line in entries:
         if at == since and already_read > 0:
             already_read -= 1
             continue
         lines.append(line)
-    last = stamped[-1][0]
-    return lines, f"{last}:{sum(1 for at, _, _ in stamped if at == last)}"
+    # A stamp from the future (a clock set back) would hide every line until then.
+    last = min(entries[-1][0], time.time_ns())
+    return lines, f"{last}:{sum(1 for at, _, _ in entries if at == last)}"
+
+
+def _stamped_lines(output: str) -> list[tuple[int, str]]:
+    """(nanoseconds, text) of each line of ``logs --timestamps`` output."""
+    stamped: list[tuple[int, str]] = []
+    for raw in output.split("\n"):
+        match = _STAMP.match(raw)
+        at = _parse_timestamp(match.group(1)) if match else None
+        if match and at is not None:
+            stamped.append((at, raw[match.end() :]))
+        elif stamped and raw:
+            # Not the engine's line start: the previous line's text goes on (the engine's
+            # own warnings on stderr, before any line, are not the container's output).
+            previous_at, previous = stamped[-1]
+            stamped[-1] = (previous_at, f"{previous}\n{raw}")
+    return stamped
 
 
 def _parse_cursor(cursor: str | None) -> tuple[int | None, int]:
     if not cursor:
         return None, 0
     at, count = cursor.split(":")
+    # Cursors stored before lines were parsed strictly may lie in the future.
+    if int(at) > time.time_ns():
+        return time.time_ns(), 0
     return int(at), int(count)
 
 
-def _parse_timestamp(stamp: str) -> int:
-    """Nanoseconds since the epoch of an RFC 3339 timestamp with up to 9 decimals."""
+def _parse_timestamp(stamp: str) -> int | None:
+    """Nanoseconds since the epoch of an RFC 3339 UTC timestamp with up to 9 decimals (as
+    _STAMP matched it), or None if it names no real instant (month 13)."""
     seconds, _, fraction = stamp.rstrip("Z").partition(".")
-    whole = datetime.strptime(seconds, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    return int(whole.timestamp()) * 10**9 + int((fraction or "0").ljust(9, "0")[:9])
+    try:
+        whole = datetime.strptime(seconds, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(whole.timestamp()) * 10**9 + int((fraction or "0").ljust(9, "0"))
 
 
 def _format_nanoseconds(nanoseconds: int) -> str:
