@@ -304,6 +304,10 @@ GATEWAY_DEFAULT_BURST = env.integer("RDEPLOY_GATEWAY_BURST", 200, minimum=1)
 # Requests one endpoint may have in progress in a web process at once; more get 503 at
 # once. Below the process's threads (compose: 8), so one slow model never holds them all.
 GATEWAY_MAX_INFLIGHT = env.integer("RDEPLOY_GATEWAY_MAX_INFLIGHT", 4, minimum=1)
+# What an owner may give one local endpoint: its container's memory and CPU cores (one
+# per R worker); options above are refused.
+LOCAL_MAX_MEMORY_MB = env.integer("RDEPLOY_LOCAL_MAX_MEMORY_MB", 4096, minimum=256)
+LOCAL_MAX_CPUS = env.integer("RDEPLOY_LOCAL_MAX_CPUS", max(1, (os.cpu_count() or 1) // 2), minimum=1)
 
 # --- Security (clean `manage.py check --deploy` with production values) ------------------
 # HTTPS is the production default. The local quick start serves plain HTTP on loopback

@@ -459,14 +459,29 @@ class LocalTarget(Target):
         unknown = sorted(set(options) - {*_DEFAULT_OPTIONS, "memory_mb"})
         if unknown:
             raise TargetOptionsError(f"Unknown option(s) for the local target: {', '.join(unknown)}.")
-        merged = {**_DEFAULT_OPTIONS, **options}
-        for key, low, high in (("workers", 1, 64), ("startup_timeout", 5, 3600)):
+        # The operator's caps per endpoint: one core per R worker, and the container's memory.
+        max_cpus, max_memory = settings.LOCAL_MAX_CPUS, settings.LOCAL_MAX_MEMORY_MB
+        merged = {
+            **_DEFAULT_OPTIONS,
+            "workers": min(int(_DEFAULT_OPTIONS["workers"]), max_cpus),
+            "memory_mb": min(DEFAULT_MEMORY_MB, max_memory),
+            **options,
+        }
+        for key, low, high in (("workers", 1, 64), ("startup_timeout", 5, 3600), ("memory_mb", 256, 1024**2)):
             value = merged[key]
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise TargetOptionsError(f"Option {key!r} must be a whole number from {low} to {high}.")
-        memory = merged.get("memory_mb", DEFAULT_MEMORY_MB)
-        if not isinstance(memory, int) or isinstance(memory, bool) or not 256 <= memory <= 1024**2:
-            raise TargetOptionsError("Option 'memory_mb' must be a whole number of MiB from 256 to 1048576.")
+                unit = " of MiB" if key == "memory_mb" else ""
+                raise TargetOptionsError(f"Option {key!r} must be a whole number{unit} from {low} to {high}.")
+        if merged["workers"] > max_cpus:
+            raise TargetOptionsError(
+                f"Option 'workers' is at most {max_cpus} on this server: each R worker gets a CPU core, and "
+                f"an endpoint may use at most {max_cpus} (RDEPLOY_LOCAL_MAX_CPUS)."
+            )
+        if merged["memory_mb"] > max_memory:
+            raise TargetOptionsError(
+                f"Option 'memory_mb' is at most {max_memory} MiB on this server "
+                f"(RDEPLOY_LOCAL_MAX_MEMORY_MB, the most memory an endpoint may use)."
+            )
         return merged
 
     def steps(self, kind: str, *, public: bool) -> list[str]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.test import Client
+from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion
@@ -88,6 +88,40 @@ def test_invalid_requests_are_400_naming_the_field(
     assert response.status_code == 400
     assert field in response.json()
     assert not Endpoint.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"memory_mb": 1024**2}, "'memory_mb' is at most 2048 MiB on this server (RDEPLOY_LOCAL_MAX_MEMORY_MB"),
+        ({"memory_mb": 2049}, "'memory_mb' is at most 2048 MiB"),
+        ({"workers": 64}, "'workers' is at most 3 on this server"),
+        ({"workers": 4}, "(RDEPLOY_LOCAL_MAX_CPUS)"),
+    ],
+)
+@override_settings(LOCAL_MAX_MEMORY_MB=2048, LOCAL_MAX_CPUS=3)
+def test_local_resources_above_the_operators_caps_are_400_naming_the_cap(
+    owner: User, api_client_for: ClientFor, options: dict[str, int], message: str
+) -> None:
+    client = api_client_for(owner)
+    greedy = {"name": "greedy", "model": ready(owner).pk, "options": options}
+
+    refused = client.post("/api/v1/endpoints/", greedy, format="json")
+
+    assert refused.status_code == 400
+    assert message in refused.json()["options"][0]
+    assert not Endpoint.objects.exists()
+    at_the_caps = {"name": "fair", "model": ready(owner).pk, "options": {"memory_mb": 2048, "workers": 3}}
+    assert client.post("/api/v1/endpoints/", at_the_caps, format="json").status_code == 202
+
+
+@override_settings(LOCAL_MAX_MEMORY_MB=1024, LOCAL_MAX_CPUS=1)
+def test_the_default_resources_shrink_to_caps_below_them(owner: User, api_client_for: ClientFor) -> None:
+    response = api_client_for(owner).post("/api/v1/endpoints/", {"name": "small", "model": ready(owner).pk})
+
+    assert response.status_code == 202, response.json()
+    options = Endpoint.objects.get(name="small").options
+    assert (options["memory_mb"], options["workers"]) == (1024, 1)
 
 
 def test_a_model_that_is_not_ready_cannot_be_deployed(owner: User, api_client_for: ClientFor) -> None:
