@@ -165,6 +165,31 @@ def test_token_route_answers_like_django_for_owner_stranger_and_bad_tokens(
     assert json.loads(content)["body"] == "a,b\n1,2\n"
 
 
+def test_an_endpoint_at_its_in_flight_limit_gets_the_same_503_on_both_routes_and_paths(
+    owner: User,
+    echo_socket: str,
+    apps: tuple[WSGIApp, InvocationFastPath, CountingApp],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    django_app, fast_app, behind = apps
+    key = live_public(owner, "busy", echo_socket)
+    token = api_token_create(user=owner, name="ci").secret
+    # As if GATEWAY_MAX_INFLIGHT requests to it were in progress in this process.
+    monkeypatch.setitem(gateway._inflight, Endpoint.objects.get(name="busy").pk, 4)
+    with override_settings(GATEWAY_MAX_INFLIGHT=4):
+        cases: list[tuple[str, dict[str, Any]]] = [
+            ("/e/busy/invocations", {"HTTP_X_API_KEY": key}),
+            ("/api/v1/endpoints/busy/invocations", {"HTTP_AUTHORIZATION": f"Token {token}"}),
+        ]
+        for path, headers in cases:
+            answer = call(fast_app, path, **headers)
+            assert answer[0] == "503 Service Unavailable"
+            assert answer[1]["Retry-After"] == "1"
+            assert "4 requests in progress" in json.loads(answer[2])["message"]
+            same_answer(call(django_app, path, **headers), answer)
+    assert behind.calls == 0
+
+
 def test_requests_the_fast_path_does_not_own_are_left_to_django(
     owner: User, echo_socket: str, apps: tuple[WSGIApp, InvocationFastPath, CountingApp]
 ) -> None:
