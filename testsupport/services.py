@@ -137,9 +137,18 @@ class WebServer:
     workers), on the test database, so requests go through the same WSGI entry point as
     in production (including the prediction fast path)."""
 
-    def __init__(self, database_name: str, logfile: Path) -> None:
+    def __init__(
+        self,
+        database_name: str,
+        logfile: Path,
+        *,
+        workers: int = 2,
+        threads: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.database_name = database_name
         self.logfile = logfile
+        self.workers, self.threads, self.env = workers, threads, env or {}
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -151,9 +160,10 @@ class WebServer:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
-        env = dict(os.environ, DATABASE_URL=f"sqlite:///{self.database_name}", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, DATABASE_URL=f"sqlite:///{self.database_name}", PYTHONUNBUFFERED="1", **self.env)
         gunicorn = Path(sys.executable).parent / "gunicorn"
-        command = [str(gunicorn), "config.wsgi", "-b", f"127.0.0.1:{self.port}", "-w", "2", "-k", "gthread"]
+        command = [str(gunicorn), "config.wsgi", "-b", f"127.0.0.1:{self.port}", "-k", "gthread"]
+        command += ["-w", str(self.workers), "--threads", str(self.threads)]
         log = self.logfile.open("ab")
         self.process = subprocess.Popen(
             command, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -1,0 +1,132 @@
+"""Hostile models deployed through the pipeline against the gateway in front of local
+endpoints: a model answering slowly, never, or too much holds no more of a web process than
+its share, and other endpoints keep answering (deployer/services/gateway.py,
+deployer/targets/local.py)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+
+from deployer.models import Deployment
+from deployer.services.tokens import api_token_create
+from deployer.targets import local
+from deployer.tests.pipeline_support import expected, ready_model, rows_csv
+from deployer.tests.test_runtime_attacks import PRELUDE, deploy, healthy_neighbour, hostile_model, predict
+from testsupport.services import WebServer
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("no_runtime_outlives_the_test"),
+]
+
+GREEDY_R = (
+    PRELUDE
+    + rb"""
+load_fn <- function(model_dir) list()
+predict_fn <- function(model, data) {
+  action <- as.character(data$action[1])
+  if (action == "sleep") { Sys.sleep(as.numeric(data$seconds[1])); return("slept") }
+  if (action == "big") return(strrep("A", 50 * 1024^2))
+  "small"
+}
+"""
+)
+
+
+@pytest.fixture
+def narrow_web_server(django_db_blocker: object) -> Iterator[WebServer]:
+    """The real web app in one process of 3 threads, letting one endpoint have 2 of them."""
+    server = WebServer(
+        settings.DATABASES["default"]["NAME"],
+        Path(settings.DATA_DIR) / "narrow-web.log",
+        workers=1,
+        threads=3,
+        env={"RDEPLOY_GATEWAY_MAX_INFLIGHT": "2"},
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def post(server: WebServer, name: str, token: str, body: bytes) -> tuple[int, float, dict[str, str]]:
+    """Status, seconds taken and headers of a token-authenticated prediction over HTTP."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    headers = {"Authorization": f"Token {token}", "Content-Type": "text/csv"}
+    started = time.monotonic()
+    try:
+        connection.request("POST", f"/api/v1/endpoints/{name}/invocations", body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status, time.monotonic() - started, dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def test_a_slow_model_called_from_every_thread_leaves_a_thread_for_other_endpoints(
+    owner: User, colleague: User, iris_models: Path, narrow_web_server: WebServer
+) -> None:
+    truth = expected(iris_models)
+    assert deploy(colleague, "victim", ready_model(colleague, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
+    assert deploy(owner, "slowpoke", hostile_model(owner, iris_models, GREEDY_R, {})).status == (
+        Deployment.Status.SUCCEEDED
+    )
+    server = narrow_web_server
+    victim_token, attacker_token = api_token_create(user=colleague).secret, api_token_create(user=owner).secret
+    assert post(server, "victim", victim_token, rows_csv(truth["rows"]))[0] == 200
+    attacks: list[tuple[int, float, dict[str, str]]] = []
+
+    def attack() -> None:
+        attacks.append(post(server, "slowpoke", attacker_token, b"action,seconds\nsleep,6\n"))
+
+    attackers = [threading.Thread(target=attack) for _ in range(4)]
+    for thread in attackers:
+        thread.start()
+    time.sleep(1.5)
+
+    status, seconds, _ = post(server, "victim", victim_token, rows_csv(truth["rows"]))
+
+    for thread in attackers:
+        thread.join(60)
+    assert status == 200
+    assert seconds < 3  # not queued behind the slow model's 6 s
+    refused = [headers for status, _, headers in attacks if status == 503]
+    assert len(refused) == 2  # the endpoint's share is 2 of the 3 threads
+    assert all(headers["Retry-After"] == "1" for headers in refused)
+    assert sorted(status for status, _, _ in attacks) == [200, 200, 503, 503]
+
+
+def test_an_answer_too_large_or_too_slow_is_cut_off_and_the_endpoint_serves_on(
+    owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert deploy(owner, "neighbour", ready_model(owner, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
+    assert deploy(owner, "greedy", hostile_model(owner, iris_models, GREEDY_R, {})).status == (
+        Deployment.Status.SUCCEEDED
+    )
+
+    status, body = predict(owner, "greedy", b"action\nbig\n")  # 50 MiB
+
+    assert status == 502
+    assert json.loads(body) == {"message": f"The model's answer is larger than {local.MAX_RESPONSE_BYTES} bytes."}
+
+    monkeypatch.setattr(local, "INVOCATION_SECONDS", 2.0)
+    started = time.monotonic()
+    status, body = predict(owner, "greedy", b"action,seconds\nsleep,5\n")
+
+    assert time.monotonic() - started < 4
+    assert status == 504
+    assert json.loads(body) == {"message": "The model did not answer within 2 seconds."}
+    monkeypatch.undo()
+    healthy_neighbour(owner, iris_models)
+    # Its connections were dropped, not reused with the rest of an answer in them.
+    status, body = predict(owner, "greedy", b"action\nsmall\n")
+    assert (status, json.loads(body)) == (200, {"predictions": ["small"]})
