@@ -65,6 +65,11 @@ CRASH_WINDOW = 600
 # After a restart the reconciler waits this long for the new container's socket, so the
 # endpoint serves again within one reconciler run; a slower one is locked by the next run.
 RESTART_SOCKET_WAIT = 5.0
+# Right after starting a container the step itself waits this long for the socket (HAProxy
+# makes it within a few hundred ms, while R is still starting) and locks it at once: the
+# directory is the container's to write only until then.
+START_SOCKET_WAIT = 3.0
+SOCKET_POLL_SECONDS = 0.01
 # The runtime's own log lines, copied into LogLine at most this many and this many bytes
 # per collection (the latest kept), each line cut at MAX_LOG_LINE_BYTES: the engine joins
 # what a model prints without a newline into one line of any length.
@@ -432,9 +437,10 @@ def _start_container(
     )
 
 
-def _locked_socket(directory: Path) -> str | None:
+def _locked_socket(directory: Path, container: ExternalResource) -> str | None:
     """The socket's path once locked and checked, or None while the runtime has not made
-    it yet. A planted link or file fails the rollout (PermanentStepError)."""
+    it yet. A planted link or file stops the container (its last lines kept) and fails
+    the rollout (PermanentStepError)."""
     try:
         # The data directory's group is the web processes' (compose runs them as another
         # user than the worker): they may connect.
@@ -442,10 +448,23 @@ def _locked_socket(directory: Path) -> str | None:
     except FileNotFoundError:
         return None
     except runtimes.UntrustedSocket as exc:
+        if container.endpoint is not None:
+            _keep_last_logs(container.endpoint, container.pk)
+        runtimes.stop(container.identifier, grace=0)
         raise PermanentStepError(
-            f"The runtime's socket was replaced by something else ({exc}); the model's code did that, "
-            "and rdeploy does not connect to it."
+            f"The runtime's socket was replaced or joined by something else ({exc}); the model's code did that, "
+            "so rdeploy stopped it and does not connect to it."
         ) from exc
+
+
+def _lock_when_made(directory: Path, container: ExternalResource, *, wait: float) -> str | None:
+    """_locked_socket, polled for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while (socket_path := _locked_socket(directory, container)) is None:
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(SOCKET_POLL_SECONDS)
+    return socket_path
 
 
 class LocalTarget(Target):
@@ -522,10 +541,13 @@ class LocalTarget(Target):
         if isinstance(image, StepOutcome):
             return image
         directory = rollout_dir(ctx.deployment)
-        ctx.record_resource("container", name, {"directory": str(directory), "start": 0, "image": image})
+        resource = ctx.record_resource("container", name, {"directory": str(directory), "start": 0, "image": image})
         _start_container(
             name=name, image=image, deployment=ctx.deployment, directory=directory, start=0, options=ctx.options
         )
+        # Taken back before the model's code, loading beside HAProxy, has long to write
+        # there; wait_healthy locks it if the runtime is slower than this.
+        _lock_when_made(socket_dir(directory, 0), resource, wait=START_SOCKET_WAIT)
         return StepOutcome.done(f"Started the R runtime in container {name} of {image}.")
 
     def _container(self, ctx: StepContext) -> ExternalResource:
@@ -535,7 +557,7 @@ class LocalTarget(Target):
         resource = self._container(ctx)
         name = resource.identifier
         details = resource.details
-        socket_path = _locked_socket(socket_dir(Path(details["directory"]), details["start"]))
+        socket_path = _locked_socket(socket_dir(Path(details["directory"]), details["start"]), resource)
         if socket_path is not None and _ping(socket_path):
             if details.get("socket") != socket_path:
                 ExternalResource.objects.filter(pk=resource.pk).update(details={**details, "socket": socket_path})
@@ -772,11 +794,9 @@ class LocalTarget(Target):
 
     def _route_to_restarted(self, endpoint: Endpoint, resource: ExternalResource, *, wait: float) -> None:
         directory = socket_dir(Path(resource.details["directory"]), int(resource.details["start"]))
-        deadline = time.monotonic() + wait
-        while (socket_path := _locked_socket(directory)) is None:
-            if time.monotonic() >= deadline:
-                return  # still starting: the next reconciler run looks again
-            time.sleep(0.05)
+        socket_path = _lock_when_made(directory, resource, wait=wait)
+        if socket_path is None:
+            return  # still starting: the next reconciler run looks again
         ExternalResource.objects.filter(pk=resource.pk).update(details={**resource.details, "socket": socket_path})
         runtime = {**endpoint.runtime, "container": resource.identifier, "socket": socket_path}
         Endpoint.objects.filter(pk=endpoint.pk).update(runtime=runtime, updated_at=timezone.now())

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -318,7 +319,7 @@ def test_a_socket_swapped_for_a_link_before_the_lock_is_refused(
     deployment = deploy(owner, "swapper", model)
 
     assert deployment.status == Deployment.Status.FAILED
-    assert "replaced by something else" in deployment.error
+    assert "replaced or joined by something else" in deployment.error
     assert "is not a socket" in deployment.error
     assert received == []  # the gateway never connected through the link
     assert Endpoint.objects.get(name="swapper").runtime == {}
@@ -473,3 +474,58 @@ def test_a_flood_of_long_log_lines_is_stored_cut_and_within_a_budget(owner: User
     cut = [message for message in messages if message.startswith("C" * 1000)]
     assert len(cut) > 100
     assert all(re.search(r" … \(cut: \d+ more bytes\)$", message) for message in cut)
+
+
+# Writes into its socket directory the moment it loads, while the directory may still be
+# the container's: a file there would stay its to grow on the host's disk.
+SOCKET_DIR_FILL_R = (
+    PRELUDE
+    + rb"""
+load_fn <- function(model_dir) list(planted = attempt(writeLines("seed", "/run/rdeploy/fill")))
+predict_fn <- function(model, data) rep(model$planted, nrow(data))
+"""
+)
+
+
+def test_the_socket_directory_is_locked_before_the_model_loads_even_when_the_worker_polls_late(
+    owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployer.targets.local import LocalTarget
+
+    wait_healthy = LocalTarget._step_wait_healthy
+
+    def busy_worker(self: LocalTarget, ctx: object) -> object:
+        time.sleep(3)  # the queued poll runs late: the model has long loaded by then
+        return wait_healthy(self, ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalTarget, "_step_wait_healthy", busy_worker)
+    model = hostile_model(owner, iris_models, SOCKET_DIR_FILL_R, {})
+
+    assert deploy(owner, "early", model).status == Deployment.Status.SUCCEEDED
+
+    status, body = predict(owner, "early", b'{"x": [1]}', "application/json")
+    assert status == 200
+    assert json.loads(body)["predictions"][0].startswith("denied")
+    assert os.listdir(Path(Endpoint.objects.get(name="early").runtime["socket"]).parent) == ["runtime.sock"]
+
+
+def test_a_file_left_in_the_socket_directory_before_the_lock_fails_the_rollout(
+    owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock_socket = runtimes.lock_socket
+
+    def lock_after_the_write(socket_dir: Path, *, group: int) -> Path:
+        # The model wins the race on purpose: the worker locks only once it has written.
+        if (socket_dir / runtimes.SOCKET_NAME).exists():
+            wait_for(lambda: (socket_dir / "fill").exists(), timeout=30, what="the model's file")
+        return lock_socket(socket_dir, group=group)
+
+    monkeypatch.setattr(runtimes, "lock_socket", lock_after_the_write)
+    model = hostile_model(owner, iris_models, SOCKET_DIR_FILL_R, {})
+
+    deployment = deploy(owner, "filler", model)
+
+    assert deployment.status == Deployment.Status.FAILED
+    assert "holds more than the socket: fill" in deployment.error
+    assert Endpoint.objects.get(name="filler").runtime == {}
+    assert runtimes.names(endpoint="filler") == []

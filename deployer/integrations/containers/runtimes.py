@@ -8,7 +8,8 @@ host loopback services, no other endpoint, no metadata service. The gateway reac
 through a Unix socket in a per-start host directory mounted at /run/rdeploy.
 
 That directory is the container's to write until ``lock_socket`` takes it back (root's,
-0755) and checks that the socket is a socket; only then may anyone connect to it.
+0755) and checks that the socket is a socket and the only entry; only then may anyone
+connect to it.
 Output is read through the engine (its ``logs`` command), never from a file the
 container can write.
 """
@@ -159,7 +160,8 @@ def lock_socket(socket_dir: Path, *, group: int) -> Path:
     The directory becomes root's (0755), so the container's uid can no longer add,
     rename or remove entries in it; then the entry is checked through the held
     descriptor, without following links: a symlink the model planted (to the engine's
-    socket, say) is refused. FileNotFoundError: no socket yet."""
+    socket, say) is refused, and so is any other entry (a file there would stay the
+    container's to grow on the host's disk). FileNotFoundError: no socket yet."""
     descriptor = os.open(socket_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         # Not before the runtime made its socket: it could not make it afterwards.
@@ -169,6 +171,8 @@ def lock_socket(socket_dir: Path, *, group: int) -> Path:
         entry = os.stat(SOCKET_NAME, dir_fd=descriptor, follow_symlinks=False)
         if not stat.S_ISSOCK(entry.st_mode):
             raise UntrustedSocket(f"{socket_dir / SOCKET_NAME} is not a socket (mode {stat.filemode(entry.st_mode)})")
+        if others := sorted(set(os.listdir(descriptor)) - {SOCKET_NAME}):
+            raise UntrustedSocket(f"{socket_dir} holds more than the socket: {', '.join(others)[:200]}")
         # The listener keeps working whoever owns the inode; connecting needs write access,
         # which the gateway (web processes of ``group``) gets. Checked and no longer the
         # container's to replace, the entry can be followed now.
