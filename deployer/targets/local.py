@@ -467,6 +467,13 @@ def _lock_when_made(directory: Path, container: ExternalResource, *, wait: float
     return socket_path
 
 
+def _foreign(exc: runtimes.ForeignContainer) -> PermanentStepError:
+    return PermanentStepError(
+        f"The runtime cannot start: {exc}. Another rdeploy installation on this container engine uses that "
+        "name, and rdeploy leaves its containers alone: give each installation its own RDEPLOY_INSTALLATION_ID."
+    )
+
+
 class LocalTarget(Target):
     name = "local"
 
@@ -542,9 +549,12 @@ class LocalTarget(Target):
             return image
         directory = rollout_dir(ctx.deployment)
         resource = ctx.record_resource("container", name, {"directory": str(directory), "start": 0, "image": image})
-        _start_container(
-            name=name, image=image, deployment=ctx.deployment, directory=directory, start=0, options=ctx.options
-        )
+        try:
+            _start_container(
+                name=name, image=image, deployment=ctx.deployment, directory=directory, start=0, options=ctx.options
+            )
+        except runtimes.ForeignContainer as exc:
+            raise _foreign(exc) from exc
         # Taken back before the model's code, loading beside HAProxy, has long to write
         # there; wait_healthy locks it if the runtime is slower than this.
         _lock_when_made(socket_dir(directory, 0), resource, wait=START_SOCKET_WAIT)
@@ -773,14 +783,17 @@ class LocalTarget(Target):
         directory = Path(details["directory"])
         shutil.rmtree(socket_dir(directory, start - 1), ignore_errors=True)
         assert resource.deployment is not None  # a container is recorded by its rollout
-        _start_container(
-            name=name,
-            image=details["image"],
-            deployment=resource.deployment,
-            directory=directory,
-            start=start,
-            options=endpoint.options,
-        )
+        try:
+            _start_container(
+                name=name,
+                image=details["image"],
+                deployment=resource.deployment,
+                directory=directory,
+                start=start,
+                options=endpoint.options,
+            )
+        except runtimes.ForeignContainer as exc:
+            raise _foreign(exc) from exc
         details.update(start=start, socket=None, crashes=[*crashes, now], log_cursor=None)
         ExternalResource.objects.filter(pk=resource.pk).update(details=details)
         LogLine.objects.create(

@@ -91,10 +91,8 @@ def test_the_runtime_is_a_locked_down_container_reached_only_through_its_checked
     assert host["Memory"] == 1024 * 1024**2
     assert host["PidsLimit"] == runtimes.PIDS_LIMIT
     assert "no-new-privileges" in " ".join(host["SecurityOpt"])
-    assert (
-        config["Config"]["User"]
-        == f"{runtimes.runtime_uid(runtime['container'])}:{runtimes.runtime_uid(runtime['container'])}"
-    )
+    uid = runtimes.runtime_uid(deployment.pk)
+    assert config["Config"]["User"] == f"{uid}:{uid}"
     assert config["Config"]["Labels"][runtimes.LABEL_ENDPOINT] == "boxed"
     assert "DJANGO_SECRET_KEY" not in " ".join(config["Config"]["Env"])
 
@@ -365,3 +363,23 @@ def test_a_log_that_cannot_be_read_does_not_keep_the_runtime_from_being_deleted(
 
     assert drive(deployment).status == Deployment.Status.SUCCEEDED
     assert runtimes.state(container) is None
+
+
+def test_a_container_of_another_installation_with_the_rollouts_name_is_left_alone(
+    owner: User, iris_models: Path
+) -> None:
+    issued = endpoint_create(owner=owner, name="squatted", model_version=ready_model(owner, iris_models, "v1"))
+    deployment = issued.endpoint.current_deployment
+    assert deployment is not None
+    name = container_name(deployment)
+    labels = ["--label", f"{cli.LABEL_INSTALLATION}=elsewhere", "--label", f"{cli.LABEL_ROLE}={runtimes.ROLE}"]
+    cli.check(["run", "--detach", "--name", name, *labels, "--network", "none", settings.BASE_IMAGE, "sleep", "120"])
+    try:
+        deployment = drive(deployment)
+
+        assert deployment.status == Deployment.Status.FAILED
+        assert "not this rdeploy installation's" in deployment.error
+        assert container_running(name)
+        assert cli.check(["inspect", "--format", "{{.Config.Labels}}", name]).count("elsewhere") == 1
+    finally:
+        cli.remove(name)

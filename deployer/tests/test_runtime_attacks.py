@@ -11,6 +11,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,7 +295,7 @@ def test_a_model_reaches_no_network_no_neighbour_no_secret_and_cannot_write_its_
     for attempt in ("write_usr", "write_etc", "write_runtime", "write_model"):
         assert report[attempt].startswith("denied"), (attempt, report[attempt])
     assert report["write_tmp"] == "ok"
-    assert report["uid"] == str(runtimes.runtime_uid(Endpoint.objects.get(name="probe").runtime["container"]))
+    assert report["uid"] == str(runtimes.runtime_uid(Endpoint.objects.get(name="probe").runtime["deployment"]))
     healthy_neighbour(owner, iris_models)
     # What it tried is in its endpoint's log, read through the engine.
     pipeline_reconcile()
@@ -354,7 +355,7 @@ def test_processes_a_model_forks_stay_within_its_limit_and_none_survives_removal
     model = hostile_model(owner, iris_models, RAMPAGE_R, {})
     assert deploy(owner, "rampage", model).status == Deployment.Status.SUCCEEDED
     container = Endpoint.objects.get(name="rampage").runtime["container"]
-    uid = runtimes.runtime_uid(container)
+    uid = runtimes.runtime_uid(Endpoint.objects.get(name="rampage").runtime["deployment"])
     before = len(processes_of(uid))
 
     status, body = predict(owner, "rampage", f"action\n{action}\n".encode())
@@ -529,3 +530,30 @@ def test_a_file_left_in_the_socket_directory_before_the_lock_fails_the_rollout(
     assert "holds more than the socket: fill" in deployment.error
     assert Endpoint.objects.get(name="filler").runtime == {}
     assert runtimes.names(endpoint="filler") == []
+
+
+def test_an_endpoint_name_chosen_to_share_a_victims_uid_gets_a_uid_of_its_own(owner: User, iris_models: Path) -> None:
+    victim = deploy(owner, "victim", ready_model(owner, iris_models, "v1"))
+    victim_container = Endpoint.objects.get(name="victim").runtime["container"]
+
+    # Uids were once a hash of the container name, which the endpoint's name sets: the
+    # attacker tries names until one hashes like the victim's (its deployment is the next).
+    def name_hash(name: str) -> int:
+        return zlib.crc32(name.encode()) % 80_000
+
+    attacker = next(
+        f"a{attempt}"
+        for attempt in range(10**6)
+        if name_hash(f"rdeploy-{settings.INSTALLATION_ID}-a{attempt}-{victim.pk + 1}") == name_hash(victim_container)
+    )
+    deployment = deploy(owner, attacker, ready_model(owner, iris_models, "v1"))
+    assert deployment.pk == victim.pk + 1
+
+    users = {
+        cli.check(["inspect", "--format", "{{.Config.User}}", Endpoint.objects.get(name=name).runtime["container"]])
+        for name in ("victim", attacker)
+    }
+    assert len(users) == 2
+    for user in users:
+        # Not a host account's, nor one inspection gives its containers (1 000 000 and up).
+        assert not 0 < int(user.split(":")[0]) < 2_000_000

@@ -16,15 +16,17 @@ container can write.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import stat
 import time
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from django.conf import settings
 
 from deployer.integrations.containers import cli
 
@@ -40,9 +42,11 @@ PIDS_LIMIT = 512
 LOG_MAX_SIZE = "16m"
 # The container's only writable place besides its socket: a tmpfs of its own.
 SCRATCH = "/tmp"  # noqa: S108 (inside the container, private to it)
-# Unprivileged uids for runtimes, one per container name, far above any host account.
-UID_BASE = 610_000
-UID_SPAN = 80_000
+# Unprivileged uids for runtimes, one per rollout (deployment), far above any host account
+# and above inspection's (sandbox.UID_BASE, 1 000 000 to 1 999 999); the last stays below
+# 2**31, where some tools take a uid for a negative number.
+UID_BASE = 2_000_000
+UID_SPAN = 2_000_000_000
 
 
 # The engine's timestamp at the start of each line of ``logs --timestamps`` (podman
@@ -54,6 +58,10 @@ class UntrustedSocket(Exception):
     """The socket directory holds something other than the runtime's own socket."""
 
 
+class ForeignContainer(Exception):
+    """A container of the name exists and is not this installation's: rdeploy leaves it be."""
+
+
 @dataclass(frozen=True)
 class ContainerState:
     running: bool
@@ -62,10 +70,13 @@ class ContainerState:
     oom_killed: bool
 
 
-def runtime_uid(name: str) -> int:
-    """The uid the container's processes run as (its own, so none shares one with another
-    endpoint's processes, nor with a host account)."""
-    return UID_BASE + zlib.crc32(name.encode()) % UID_SPAN
+def runtime_uid(deployment: int) -> int:
+    """The uid the processes of ``deployment``'s container run as: its own, so none shares
+    one (nor RLIMIT_NPROC, counted per uid) with another rollout's processes or a host
+    account. Deployment ids are unique in an installation; installations sharing an engine
+    start at offsets drawn from their ids, far apart unless unlucky (docs/containers.md)."""
+    offset = int.from_bytes(hashlib.sha256(settings.INSTALLATION_ID.encode()).digest()[:8], "big")
+    return UID_BASE + (offset + deployment) % UID_SPAN
 
 
 def start(
@@ -82,10 +93,11 @@ def start(
     cpus: float,
     read_only_mounts: dict[Path, str] | None = None,
 ) -> None:
-    """Start container ``name`` (replacing a leftover of that name) running ``command``;
-    ``socket_dir`` is created afresh for it, writable by its uid until ``lock_socket``."""
-    cli.remove(name)
-    uid = runtime_uid(name)
+    """Start container ``name`` (replacing a leftover of this installation's of that name)
+    running ``command``; ``socket_dir`` is created afresh for it, writable by its uid until
+    ``lock_socket``. ForeignContainer if another installation's container has the name."""
+    _remove_ours(name)
+    uid = runtime_uid(deployment)
     shutil.rmtree(socket_dir, ignore_errors=True)
     socket_dir.mkdir(mode=0o700, parents=True)
     os.chown(socket_dir, uid, uid)
@@ -143,8 +155,35 @@ def state(name: str) -> ContainerState | None:
 
 def stop(name: str, *, grace: int = 5) -> None:
     """SIGTERM (``serve`` drains), SIGKILL after ``grace`` seconds, then remove the
-    container: with it go every process it ran. Idempotent."""
+    container: with it go every process it ran. Idempotent; another installation's
+    container of that name is left alone."""
+    if _installation_of(name) != settings.INSTALLATION_ID:
+        return
     cli.run(["stop", "--time", str(grace), name], timeout=grace + 30)
+    cli.remove(name)
+
+
+def _installation_of(name: str) -> str | None:
+    """The installation label of container ``name`` ("" if none), None if there is no such
+    container."""
+    label_format = f'{{{{index .Config.Labels "{cli.LABEL_INSTALLATION}"}}}}'
+    result = cli.run(["inspect", "--type", "container", "--format", label_format, name])
+    if result.returncode != 0:
+        if "no such" in cli.output_of(result).lower():
+            return None
+        raise cli.EngineCommandFailed(f"inspecting container {name} failed: {cli.output_of(result)}")
+    return result.stdout.decode().strip()
+
+
+def _remove_ours(name: str) -> None:
+    """Remove container ``name`` if there is one and it is this installation's;
+    ForeignContainer if it is not. (Another installation could take the name between the
+    check and the removal: names carry the installation id, so only a misconfigured one.)"""
+    installation = _installation_of(name)
+    if installation is None:
+        return
+    if installation != settings.INSTALLATION_ID:
+        raise ForeignContainer(f"container {name} exists and is not this rdeploy installation's")
     cli.remove(name)
 
 
