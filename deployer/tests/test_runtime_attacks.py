@@ -92,6 +92,12 @@ load_fn <- function(model_dir) {
     write_runtime = attempt(writeLines("x", "/opt/rdeploy/runtime/planted")),
     write_model = attempt(writeLines("x", file.path(model_dir, "planted"))),
     write_tmp = attempt(writeLines("x", "/tmp/planted")),
+    exec_tmp = attempt({
+      stopifnot(file.copy("/bin/true", "/tmp/true", overwrite = TRUE), Sys.chmod("/tmp/true", "755"))
+      status <- system2("/tmp/true", stdout = FALSE, stderr = FALSE)
+      if (status != 0) stop("exit status ", status)
+    }),
+    model_mount = grep(" /opt/ml/model ", readLines("/proc/self/mounts"), value = TRUE, fixed = TRUE)[1],
     uid = system("id -u", intern = TRUE)
   )
   encoded <- as.character(jsonlite::toJSON(report, auto_unbox = TRUE))
@@ -295,6 +301,9 @@ def test_a_model_reaches_no_network_no_neighbour_no_secret_and_cannot_write_its_
     for attempt in ("write_usr", "write_etc", "write_runtime", "write_model"):
         assert report[attempt].startswith("denied"), (attempt, report[attempt])
     assert report["write_tmp"] == "ok"
+    # What it writes, or brings in its bundle, does not run as a program.
+    assert report["exec_tmp"].startswith("denied"), report["exec_tmp"]
+    assert "noexec" in report["model_mount"].split()[3].split(","), report["model_mount"]
     assert report["uid"] == str(runtimes.runtime_uid(Endpoint.objects.get(name="probe").runtime["deployment"]))
     healthy_neighbour(owner, iris_models)
     # What it tried is in its endpoint's log, read through the engine.

@@ -107,8 +107,11 @@ def start(
         "HOME": SCRATCH,
         "TMPDIR": SCRATCH,
     }
-    mounts = {model_dir: f"{MODEL_MOUNT}:ro", socket_dir: SOCKET_MOUNT}
-    mounts.update({path: f"{target}:ro" for path, target in (read_only_mounts or {}).items()})
+    # Nothing the model brings or writes runs as a program (podman: Docker's --volume has
+    # no such options), so native code comes only from the image.
+    confined = ",noexec,nosuid,nodev" if settings.CONTAINER_CLI == "podman" else ""
+    mounts = {model_dir: f"{MODEL_MOUNT}:ro{confined}", socket_dir: f"{SOCKET_MOUNT}:rw{confined}"}
+    mounts.update({path: f"{target}:ro{confined}" for path, target in (read_only_mounts or {}).items()})
     cli.check(
         [
             "run",
@@ -126,7 +129,7 @@ def start(
             *cli.confinement_arguments(
                 uid=uid,
                 scratch=SCRATCH,
-                scratch_options="rw,nosuid,nodev,size=256m",
+                scratch_options="rw,noexec,nosuid,nodev,size=256m",
                 memory_bytes=memory_mb * 1024**2,
                 cpus=cpus,
                 pids=PIDS_LIMIT,
