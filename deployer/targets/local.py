@@ -149,11 +149,14 @@ class ResponseTooLarge(RuntimeUnavailable):
 class _DeadlineSocket(socket.socket):
     """A socket whose every wait ends at one deadline: a runtime answering a byte at a time
     cannot hold a gateway thread longer than the request may take (a socket timeout alone
-    restarts with every byte)."""
+    restarts with every byte). Without a deadline, each wait gets ``wait`` seconds."""
 
-    deadline = float("inf")
+    deadline: float | None = None
+    wait = INVOCATION_SECONDS
 
     def remaining(self) -> float:
+        if self.deadline is None:
+            return self.wait
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("the request's deadline passed")
@@ -189,15 +192,16 @@ class UnixHTTPConnection(OneWriteHTTPConnection):
 
     sock: _DeadlineSocket | None
 
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost")
+    def __init__(self, path: str, *, timeout: float = INVOCATION_SECONDS) -> None:
+        super().__init__("localhost", timeout=timeout)
         self.path = path
-        # When the current request must be over (time.monotonic()).
-        self.deadline = float("inf")
+        self.wait = timeout
+        # When the current request must be over (time.monotonic()); None: ``timeout`` per wait.
+        self.deadline: float | None = None
 
     def connect(self) -> None:
         sock = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.deadline = self.deadline
+        sock.deadline, sock.wait = self.deadline, self.wait
         try:
             while True:
                 sock.settimeout(sock.remaining())
