@@ -331,10 +331,15 @@ _next_sweep = 0.0
 
 
 def _endpoint_key(socket_path: str) -> str:
-    """The endpoint a runtime socket belongs to (DATA_DIR/endpoints/<name>/<deployment>/
-    socket-<start>/runtime.sock); a socket elsewhere is its own."""
+    """The endpoint a runtime socket belongs to (endpoints/<name>/<deployment>/
+    socket-<start>/runtime.sock, whatever form DATA_DIR has); a socket elsewhere is its own."""
     path = Path(socket_path)
-    if len(path.parents) > 3 and path.parents[3] == Path(settings.DATA_DIR) / "endpoints":
+    if (
+        path.name == runtimes.SOCKET_NAME
+        and path.parent.name.startswith("socket-")
+        and len(path.parents) > 3
+        and path.parents[3].name == "endpoints"
+    ):
         return str(path.parents[2])
     return socket_path
 
