@@ -481,7 +481,9 @@ def test_a_flood_of_long_log_lines_is_stored_cut_and_within_a_budget(owner: User
     skipped = int(skipped_line[1])
     # The 3 MB line went first; of the 300 lines of 10 kB those that fit are kept, the latest.
     assert skipped + len(messages) - 1 >= 301
-    cut = [message for message in messages if message.startswith("C" * 1000)]
+    # (The engine stamps each chunk it read of a long line, and joins them: where the first
+    # chunk ends varies.)
+    cut = [message for message in messages if message.startswith("C")]
     assert len(cut) > 100
     assert all(re.search(r" … \(cut: \d+ more bytes\)$", message) for message in cut)
 
