@@ -62,11 +62,12 @@ def engine(*arguments: str, check: bool = True, timeout: float = 1800) -> str:
 
 
 def serving_image() -> tuple[str, dict[str, float]]:
-    """Builds the example model's serving image with the real recipe (deployer/services/images.py):
+    """Builds the example model's serving image with the real recipe (deployer/serving_images.py):
     cold (no layer cache, on the cached base image), again with the engine's layer cache, and
     reused by its content-hash tag (no build). Returns (image, seconds of each)."""
     from deployer.integrations.containers import images
-    from deployer.services.images import local_image, serving_image_context, serving_image_ensure
+    from deployer.services.images import serving_image_ensure
+    from deployer.serving_images import local_image, serving_image_context
 
     context = serving_image_context(packages=["randomForest"])
     image = local_image(context)

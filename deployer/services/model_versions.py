@@ -1,14 +1,12 @@
-"""Model versions: upload (checked, hashed, stored), inspection in a container, deletion,
-and materializing the runtime's model directory for targets."""
+"""Model versions: upload (checked, hashed, stored), inspection in a container, deletion.
+The runtime's model directory is written by deployer/model_files.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,11 +29,14 @@ from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
 from deployer.build_context import MAX_RENV_LOCK_BYTES, check_renv_lock
 from deployer.integrations.containers import cli, images, sandbox
 from deployer.jobs import enqueue
+from deployer.model_files import artifact_unpack
+from deployer.model_files import model_version_directory_digest as model_version_directory_digest
+from deployer.model_files import model_version_materialize as model_version_materialize
 from deployer.models import Deployment, Endpoint, ModelVersion, name_validator
+from deployer.services.images import serving_image_ensure
 
 logger = logging.getLogger(__name__)
 
-RDEPLOY_JSON = "rdeploy.json"
 RENV_LOCK = "renv.lock"
 INSPECT_SCRIPT = Path(__file__).resolve().parent.parent / "r" / "inspect.R"
 # The sample's name in the inspection container's scratch (inspect.R sniffs CSV or JSON).
@@ -336,50 +337,6 @@ def model_version_delete(*, model_version: ModelVersion) -> None:
         raise ModelVersionInUse(f"{model_version} is still referenced by: {holders}") from exc
 
 
-# ---- Materializing the model directory ---------------------------------------------------
-
-
-def _write_model_dir(model_version: ModelVersion, destination: Path) -> None:
-    if destination.exists():
-        shutil.rmtree(destination)
-    destination.mkdir(parents=True)
-    with model_version.artifact.open("rb") as source:
-        if model_version.artifact_kind == ModelVersion.ArtifactKind.RDS:
-            artifacts.copy_stream(source, destination / artifacts.MODEL_FILE)
-        else:
-            # Zip needs random access: bring a remote (S3) artifact to local disk first.
-            with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=".bundle-") as local:
-                shutil.copyfileobj(source, local, artifacts.CHUNK_SIZE)
-                local.flush()
-                artifacts.extract_bundle(Path(local.name), model_version.artifact_kind, destination)
-
-
-def model_version_materialize(*, model_version: ModelVersion, destination: Path) -> Path:
-    """Writes the runtime's model directory for `model_version` into `destination`:
-    model.rds (copied, or the bundle unpacked) plus rdeploy.json from the inspection.
-    Safe to call again on the same destination: it is rebuilt from scratch."""
-    _write_model_dir(model_version, destination)
-    config = model_version.inspection.get("rdeploy_json")
-    if config:
-        (destination / RDEPLOY_JSON).write_text(_rdeploy_json_text(config))
-    return destination
-
-
-def model_version_directory_digest(model_version: ModelVersion) -> str:
-    """A SHA-256 naming what `model_version_materialize` writes: the artifact's bytes and the
-    inspection's rdeploy.json. Two versions with the same bytes but another schema or package
-    list (another owner, a re-inspection) must not share model data."""
-    digest = hashlib.sha256(model_version.sha256.encode())
-    config = model_version.inspection.get("rdeploy_json")
-    if config:
-        digest.update(b"\0" + _rdeploy_json_text(config).encode())
-    return digest.hexdigest()
-
-
-def _rdeploy_json_text(config: dict[str, Any]) -> str:
-    return json.dumps(config, indent=2) + "\n"
-
-
 # ---- Inspection ----------------------------------------------------------------------------
 
 
@@ -530,9 +487,6 @@ class ImageUnavailable(Exception):
 def _serving_image(packages: list[str], renv_lock: bytes | None) -> str:
     """The serving image with ``packages`` (built now when the engine lacks it): inspection
     runs in the image the model will be served in, locally and on SageMaker."""
-    # Imported here: the images service materializes model versions with this module.
-    from deployer.services.images import serving_image_ensure
-
     try:
         return serving_image_ensure(packages=packages, renv_lock=renv_lock)
     except (cli.EngineUnavailable, cli.EngineCommandFailed) as exc:
@@ -656,7 +610,7 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
         stage = timezone.now()
         model_dir = staging / "model"
         try:
-            _write_model_dir(model_version, model_dir)
+            artifact_unpack(model_version, model_dir)
         except ArtifactRejected as exc:
             return _finish(model_version, status=ModelVersion.Status.INVALID, reason=str(exc), inspection={})
         except FileNotFoundError as exc:

@@ -2,7 +2,7 @@
 
 Each rollout gets its own directory, DATA_DIR/endpoints/<name>/<deployment id>/ (the
 model directory in ``model/``, the runtime's socket in ``socket-<start>/``), and its own
-container of the model's serving image (``deployer.services.images``, built if the
+container of the model's serving image (``deployer.serving_images``, built if the
 engine lacks it; ``deployer.integrations.containers.runtimes`` runs it), started as
 SageMaker starts it (``serve``, the model read-only at /opt/ml/model) with no network, so
 the model's code reaches nothing on this machine or beyond. The gateway reaches the
@@ -38,9 +38,9 @@ from django.utils import timezone
 from deployer.build_context import BuildContext
 from deployer.integrations import processes
 from deployer.integrations.containers import cli, images, runtimes
+from deployer.model_files import model_version_materialize
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
-from deployer.services.images import local_image, model_version_image_context
-from deployer.services.model_versions import model_version_materialize
+from deployer.serving_images import local_image, model_version_image_context
 from deployer.targets.base import (
     ROUTE_CACHE_SECONDS,
     InvocationResult,
@@ -677,7 +677,7 @@ class LocalTarget(Target):
         return StepOutcome.done("Removed the endpoint's files.")
 
     def _runtime_image(self, ctx: StepContext) -> str | StepOutcome:
-        """The rollout's serving image (deployer/services/images.py: the model's packages on
+        """The rollout's serving image (deployer/serving_images.py: the model's packages on
         the base, the image SageMaker would run), or a wait while the local engine builds it
         (a detached job, polled; its lines stream into the deployment's log). Inspection has
         usually built it already."""

@@ -11,8 +11,9 @@ from django.contrib.auth.models import User
 
 from deployer import artifacts
 from deployer.artifacts import ArtifactRejected, BundleLimits
+from deployer.model_files import model_version_materialize
 from deployer.models import ModelVersion
-from deployer.services.model_versions import model_version_inspect, model_version_materialize
+from deployer.services.model_versions import model_version_inspect
 from deployer.tests.intake_support import tar_gz, zip_bytes
 from testsupport.factories import make_model_version
 

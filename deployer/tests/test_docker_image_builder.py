@@ -29,8 +29,9 @@ from deployer.integrations.aws import ecr
 from deployer.integrations.aws.client import aws_client
 from deployer.integrations.containers import cli, images
 from deployer.models import Deployment, DeploymentStep, ExternalResource, LogLine, ModelVersion
-from deployer.services.images import local_image, serving_image_ensure
+from deployer.services.images import serving_image_ensure
 from deployer.services.pipeline import deployment_advance
+from deployer.serving_images import local_image
 from deployer.targets import sagemaker as sagemaker_target
 from deployer.targets.sagemaker import docker_build_dir, image_build_context
 from deployer.tests.image_support import free_port, make_cran_repository, nothing_installs

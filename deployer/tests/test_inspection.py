@@ -10,8 +10,9 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from deployer.model_files import model_version_materialize
 from deployer.models import ModelVersion
-from deployer.services.model_versions import model_version_inspect, model_version_materialize, model_version_upload
+from deployer.services.model_versions import model_version_inspect, model_version_upload
 from deployer.tests.intake_support import expected, rows_as_csv, tar_gz
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]

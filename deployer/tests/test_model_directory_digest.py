@@ -1,6 +1,6 @@
 from django.contrib.auth.models import User
 
-from deployer.services.model_versions import model_version_directory_digest
+from deployer.model_files import model_version_directory_digest
 from testsupport.factories import make_model_version
 
 SCHEMA_A = {"format_version": 1, "schema": {"columns": [{"name": "x", "type": "numeric"}]}}

@@ -30,8 +30,8 @@ from django.core.management import call_command
 from deployer.build_context import PUBLIC_BASE_IMAGE, render_build_context
 from deployer.integrations.aws import codebuild, ecr, s3, tagging
 from deployer.integrations.aws.client import aws_client
+from deployer.model_files import model_version_directory_digest
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
-from deployer.services.model_versions import model_version_directory_digest
 from deployer.services.pipeline import deployment_advance
 from deployer.targets import get_target
 from deployer.targets.base import PermanentStepError, TransientStepError

@@ -17,11 +17,11 @@ from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 
 from container_templates.tests.test_runtime_server import assert_same_predictions, csv_body
+from deployer import serving_images
 from deployer.integrations.containers import cli, images
+from deployer.model_files import model_version_materialize
 from deployer.models import ModelVersion
-from deployer.services import images as image_services
 from deployer.services.images import serving_image_ensure
-from deployer.services.model_versions import model_version_materialize
 from deployer.targets.sagemaker import model_data_tarball
 from deployer.tests.image_support import (
     make_cran_repository,
@@ -118,7 +118,7 @@ def test_a_package_debian_lacks_comes_from_the_cran_repository_at_build_time_int
     # Installed in the image: a container without any network loads it.
     loaded = cli.check(["run", "--rm", "--network", "none", image, "Rscript", "-e", "cat(rdeployanswer::answer())"])
     assert loaded.strip() == "42"
-    assert image != image_services.local_image(image_services.serving_image_context(packages=["randomForest"]))
+    assert image != serving_images.local_image(serving_images.serving_image_context(packages=["randomForest"]))
     # apt's lists and caches did not stay in the image.
     leftovers = cli.check(["run", "--rm", image, "sh", "-c", "ls /var/lib/apt/lists /var/cache/apt"]).split()
     assert leftovers == ["/var/cache/apt:", "archives", "/var/lib/apt/lists:"]
@@ -158,8 +158,8 @@ def test_the_build_log_names_the_packages_whose_version_differs_from_the_renv_lo
         "R": {"Version": "4.2.2"},
         "Packages": {"randomForest": {"Package": "randomForest", "Version": "0.1-1", "Source": "Repository"}},
     }
-    context = image_services.serving_image_context(packages=["randomForest"], renv_lock=json.dumps(lock).encode())
-    image = image_services.local_image(context)
+    context = serving_images.serving_image_context(packages=["randomForest"], renv_lock=json.dumps(lock).encode())
+    image = serving_images.local_image(context)
     built_here.append(image)
 
     job = images.start_build(directory=tmp_path / "job", context=context, tags=[image])
