@@ -193,3 +193,61 @@ def stop_process_group(process: subprocess.Popen[bytes] | None, grace: float = 2
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+class PodmanDockerApi:
+    """podman's Docker-compatible API (Docker API 1.41) on a Unix socket of its own, so the
+    `docker` CLI can drive the same storage and images as the tests' podman: `docker` with
+    ``DOCKER_HOST=self.docker_host`` runs real containers without a Docker Engine."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.socket = workdir / "podman.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 30) -> None:
+        binary = shutil.which("podman")
+        if binary is None:
+            raise RuntimeError("podman is not installed: run `make test`, which installs it")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        # The configuration every podman of rdeploy's uses (runc, cgroupfs, ulimits).
+        env = dict(os.environ, CONTAINERS_CONF=str(BASE_DIR / "config" / "containers.conf"))
+        log = (self.workdir / "service.log").open("ab")
+        self.process = subprocess.Popen(
+            [binary, "system", "service", "--time=0", self.docker_host],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"podman system service exited; see {self.workdir / 'service.log'}")
+            if self.answers():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"podman system service did not answer within {timeout} s; see {self.workdir}")
+
+    def answers(self) -> bool:
+        """True when the API answers GET /_ping with OK."""
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(2)
+            try:
+                client.connect(str(self.socket))
+                client.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+                reply = client.recv(4096)
+            except OSError:
+                return False
+        return reply.startswith(b"HTTP/1.") and reply.rstrip().endswith(b"OK")
+
+    def stop(self) -> None:
+        stop_process_group(self.process)
+        self.process = None
+        self.socket.unlink(missing_ok=True)

@@ -32,6 +32,10 @@ ENGINE_VARIABLES = (
 )
 
 
+# Where podman (and its Docker API) mounts writable tmpfs in a --read-only container.
+READ_ONLY_MASKS = ("/tmp", "/var/tmp", "/run")  # noqa: S108 (paths inside the container)
+
+
 class EngineUnavailable(Exception):
     """No engine CLI on PATH, or the engine does not answer; the message says which."""
 
@@ -132,8 +136,20 @@ def confinement_arguments(
     """``run`` flags for a container that runs model code: no network, a read-only root
     whose only writable place is the ``scratch`` tmpfs, an unprivileged ``uid`` without
     capabilities or a way to gain any, and memory (no swap), CPU and process limits."""
-    # podman would add writable /tmp, /var/tmp and /run: the tmpfs stays the only one.
-    engine_specific = ["--read-only-tmpfs=false"] if settings.CONTAINER_CLI == "podman" else []
+    if settings.CONTAINER_CLI == "podman":
+        # podman would add writable /tmp, /var/tmp and /run: the tmpfs stays the only one.
+        engine_specific = ["--read-only-tmpfs=false"]
+    else:
+        # docker has no such flag, and podman's Docker API (Docker API 1.41, e.g. behind
+        # DOCKER_HOST) adds those writable, exec-allowing tmpfs whatever the client: empty
+        # read-only ones in their place keep them read-only there and on a Docker Engine
+        # (where they were read-only parts of the root already).
+        engine_specific = [
+            argument
+            for path in READ_ONLY_MASKS
+            if path != scratch
+            for argument in ("--tmpfs", f"{path}:ro,noexec,nosuid,nodev,size=4k")
+        ]
     return [
         "--network",
         "none",
