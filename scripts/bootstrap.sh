@@ -25,6 +25,36 @@ if ((${#missing[@]})); then
 fi
 # Debian starts redis-server as a service on install; rdeploy starts its own where it needs one.
 
+# A Docker CLI for the tests of RDEPLOY_CONTAINER_CLI=docker (they drive podman's Docker API
+# with it). Debian ships it only in docker.io, with dockerd and containerd: no daemon may start,
+# so services are refused while it installs (policy-rc.d exit 101), whatever init there is.
+if ! command -v docker >/dev/null; then
+  echo "bootstrap: installing a Docker CLI (docker.io, no daemon started)"
+  docker_daemons() { pgrep -x dockerd || true; pgrep -x containerd || true; }
+  daemons=$(docker_daemons)
+  policy=/usr/sbin/policy-rc.d
+  saved=""
+  if [ -e "$policy" ]; then
+    saved=$(mktemp)
+    cp -p "$policy" "$saved"
+  fi
+  restore_policy() {
+    if [ -n "$saved" ]; then mv -f "$saved" "$policy"; else rm -f "$policy"; fi
+  }
+  trap restore_policy EXIT
+  printf '#!/bin/sh\nexit 101\n' > "$policy"
+  chmod 755 "$policy"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends docker.io
+  restore_policy
+  trap - EXIT
+  if [ "$(docker_daemons)" != "$daemons" ]; then
+    echo "bootstrap: installing docker.io started a daemon (dockerd or containerd); stop it" >&2
+    exit 1
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
