@@ -6,12 +6,12 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from deployer.models import ModelVersion
-from deployer.services.model_versions import (
+from deployer.services.model_inspection import (
     inspection_containers_remove_leftovers,
     model_version_inspect,
     model_version_inspection_abandon,
-    model_versions_requeue_stuck,
 )
+from deployer.services.model_intake import model_versions_requeue_stuck
 
 
 @shared_task(name="rdeploy.model_version_inspect")

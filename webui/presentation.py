@@ -72,7 +72,7 @@ def _package_names(packages: Any) -> list[str]:
 
 def inspection_summary(model_version: ModelVersion) -> InspectionSummary:
     """Reads the record model inspection writes (deployer/r/inspect.R via
-    deployer/services/model_versions.py)."""
+    deployer/services/model_inspection.py)."""
     data: dict[str, Any] = model_version.inspection or {}
     schema = data.get("schema") or {}
     raw_columns = schema.get("columns", []) if isinstance(schema, dict) else schema

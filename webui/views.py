@@ -41,7 +41,7 @@ from deployer.services.endpoints import (
     endpoint_rotate_key,
     endpoint_update,
 )
-from deployer.services.model_versions import model_version_upload
+from deployer.services.model_intake import model_version_upload
 from deployer.services.tokens import api_token_create, api_token_revoke
 from webui.forms import DeployForm, InvokeForm, UploadForm
 from webui.presentation import (

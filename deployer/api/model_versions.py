@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge, HashingUploadHandler
 from deployer.models import ModelVersion
-from deployer.services.model_versions import (
+from deployer.services.model_intake import (
     SAMPLE_MAX_BYTES,
     ModelVersionInUse,
     model_version_delete,

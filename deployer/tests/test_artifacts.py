@@ -13,7 +13,7 @@ from deployer import artifacts
 from deployer.artifacts import ArtifactRejected, BundleLimits
 from deployer.model_files import model_version_materialize
 from deployer.models import ModelVersion
-from deployer.services.model_versions import model_version_inspect
+from deployer.services.model_inspection import model_version_inspect
 from deployer.tests.intake_support import tar_gz, zip_bytes
 from testsupport.factories import make_model_version
 

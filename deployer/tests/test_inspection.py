@@ -12,7 +12,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from deployer.model_files import model_version_materialize
 from deployer.models import ModelVersion
-from deployer.services.model_versions import model_version_inspect, model_version_upload
+from deployer.services.model_inspection import model_version_inspect
+from deployer.services.model_intake import model_version_upload
 from deployer.tests.intake_support import expected, rows_as_csv, tar_gz
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
@@ -567,7 +568,7 @@ def test_inspections_queued_longer_ago_than_a_task_may_run_are_queued_again(
 
     from django.utils import timezone
 
-    from deployer.services.model_versions import model_versions_requeue_stuck
+    from deployer.services.model_intake import model_versions_requeue_stuck
 
     model = (trained_models / "lm" / "model.rds").read_bytes()
     stuck = upload(owner, "stuck", model)

@@ -24,7 +24,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from deployer.integrations.containers import cli, sandbox
 from deployer.models import ModelVersion
-from deployer.services.model_versions import model_version_inspect
+from deployer.services.model_inspection import model_version_inspect
 from deployer.tests.intake_support import MODELS_URL, tar_gz, wait_for_verdict
 
 pytestmark = pytest.mark.slow

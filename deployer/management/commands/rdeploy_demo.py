@@ -22,7 +22,7 @@ from django.urls import reverse
 
 from deployer.models import Endpoint, ModelVersion
 from deployer.services.endpoints import endpoint_create, endpoint_rotate_key
-from deployer.services.model_versions import model_version_upload
+from deployer.services.model_intake import model_version_upload
 from deployer.services.tokens import hash_secret
 from deployer.services.users import demo_user_ensure
 

@@ -3,7 +3,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from deployer.models import ModelVersion
-from deployer.services.model_versions import model_version_reinspect
+from deployer.services.model_intake import model_version_reinspect
 
 
 class Command(BaseCommand):
