@@ -12,4 +12,4 @@ bench:
 	for script in benchmarks/*_bench.py; do .venv/bin/python "$$script" || exit 1; done
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && DJANGO_DEBUG=1 .venv/bin/mypy .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && DJANGO_DEBUG=1 .venv/bin/mypy . && .venv/bin/lint-imports --no-cache --no-logo
