@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -9,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import redis
@@ -200,9 +203,10 @@ class PodmanDockerApi:
     `docker` CLI can drive the same storage and images as the tests' podman: `docker` with
     ``DOCKER_HOST=self.docker_host`` runs real containers without a Docker Engine."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.socket = workdir / "podman.sock"
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -216,7 +220,7 @@ class PodmanDockerApi:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
         # The configuration every podman of rdeploy's uses (runc, cgroupfs, ulimits).
-        env = dict(os.environ, CONTAINERS_CONF=str(BASE_DIR / "config" / "containers.conf"))
+        env = dict(os.environ, CONTAINERS_CONF=str(BASE_DIR / "config" / "containers.conf"), **self.env)
         log = (self.workdir / "service.log").open("ab")
         self.process = subprocess.Popen(
             [binary, "system", "service", "--time=0", self.docker_host],
@@ -251,3 +255,57 @@ class PodmanDockerApi:
         stop_process_group(self.process)
         self.process = None
         self.socket.unlink(missing_ok=True)
+
+
+class OciRegistry:
+    """A throwaway OCI registry (Debian's docker-registry), plain HTTP on a free port, its
+    storage under ``workdir``. Named ``localhost:<port>``: podman's Docker API checks TLS on
+    every login but one to localhost; ``registries_conf`` marks it insecure for pushes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+    @property
+    def registries_conf(self) -> Path:
+        return self.workdir / "registries.conf"
+
+    def start(self, timeout: float = 20) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        config = self.workdir / "config.yml"
+        config.write_text(
+            f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {self.workdir / 'storage'}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        )
+        self.registries_conf.write_text(f'[[registry]]\nlocation = "{self.address}"\ninsecure = true\n')
+        log = (self.workdir / "registry.log").open("ab")
+        self.process = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while self.tags("v2-probe") is None:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"docker-registry did not answer; see {self.workdir / 'registry.log'}")
+            time.sleep(0.1)
+
+    def tags(self, repository: str) -> list[str] | None:
+        """The repository's tags ([] for an unknown one), None when the registry does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/{repository}/tags/list", timeout=5) as got:
+                return list(json.load(got).get("tags") or [])
+        except urllib.error.HTTPError as error:
+            return [] if error.code == 404 else None
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        stop_process_group(self.process)
+        self.process = None

@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,15 +27,27 @@ from deployer.services.images import serving_image_context, serving_image_ensure
 from deployer.tests.intake_support import expected, rows_as_csv
 from deployer.tests.test_inspection import inspect, upload
 from deployer.tests.test_inspection_attacks import CONNECT, Listener, external_address, hostile_bundle
-from testsupport.services import PodmanDockerApi
+from testsupport.services import OciRegistry, PodmanDockerApi
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def podman_docker_api() -> Iterator[PodmanDockerApi]:
-    """podman's Docker API on a socket under the session's data directory."""
-    service = PodmanDockerApi(Path(settings.DATA_DIR) / "podman-docker-api")
+def oci_registry() -> Iterator[OciRegistry]:
+    registry = OciRegistry(Path(settings.DATA_DIR) / "docker-cli-registry")
+    registry.start()
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
+def podman_docker_api(oci_registry: OciRegistry) -> Iterator[PodmanDockerApi]:
+    """podman's Docker API on a socket under the session's data directory (pushing to the
+    plain-HTTP test registry: production registries are HTTPS)."""
+    service = PodmanDockerApi(
+        Path(settings.DATA_DIR) / "podman-docker-api",
+        env={"CONTAINERS_REGISTRIES_CONF": str(oci_registry.registries_conf)},
+    )
     service.start()
     yield service
     service.stop()
@@ -149,6 +162,38 @@ def test_a_hostile_model_finds_no_writable_root_exec_or_privilege_under_the_dock
     assert cli.container_names(role="inspection") == []
 
 
+def test_log_lines_sharing_a_whole_second_stamp_are_each_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """podman's Docker API stamps `logs --timestamps` lines in whole seconds (podman's own CLI
+    and Docker's in nanoseconds): stdout and stderr lines of one second, read in two polls."""
+    second = "2025-01-02T03:04:05Z"
+    outputs = iter(
+        [
+            ([f"{second} out 1"], [f"{second} err 1", f"{second} err 2"]),
+            ([f"{second} out 1", f"{second} out 2"], [f"{second} err 1", f"{second} err 2"]),
+            (
+                [f"{second} out 1", f"{second} out 2", "2025-01-02T03:04:06Z out 3"],
+                [f"{second} err 1", f"{second} err 2"],
+            ),
+        ]
+    )
+
+    def logs(arguments: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        stdout, stderr = next(outputs)
+        return subprocess.CompletedProcess(
+            arguments, 0, "\n".join([*stdout, ""]).encode(), "\n".join([*stderr, ""]).encode()
+        )
+
+    monkeypatch.setattr(cli, "run", logs)
+
+    first, cursor = runtimes.read_logs("runtime", None)
+    second_poll, cursor = runtimes.read_logs("runtime", cursor)
+    third_poll, _ = runtimes.read_logs("runtime", cursor)
+
+    assert sorted(first) == ["err 1", "err 2", "out 1"]
+    assert second_poll == ["out 2"]
+    assert third_poll == ["out 3"]
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: Path) -> None:
         super().__init__("localhost", timeout=10)
@@ -228,8 +273,14 @@ def test_a_local_endpoint_runtime_answers_through_its_locked_socket_and_stop_rem
         assert cursor is not None
         assert any("/ping" in line for line in lines), lines
         assert get(socket_path, "/ping")[0] == 200
-        later, _ = runtimes.read_logs(name, cursor)
-        assert any("/ping" in line for line in later), later
+        # HAProxy logs the request once it is done: the line may come a moment later.
+        later: list[str] = []
+        deadline = time.monotonic() + 10
+        while not any("/ping" in line for line in later) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            more, cursor = runtimes.read_logs(name, cursor)
+            later += more
+        assert [line for line in later if "/ping" in line] == [later[-1]], later
     finally:
         runtimes.stop(name, grace=1)
 
@@ -268,3 +319,26 @@ def test_an_image_builds_with_the_docker_cli() -> None:
     finally:
         cli.run(["image", "rm", tag])
     assert not images.image_present(tag)
+
+
+def test_an_image_is_pushed_with_the_docker_cli_and_its_login_stays_in_the_job(oci_registry: OciRegistry) -> None:
+    repository = "rdeploy-docker-cli"
+    tag = secrets.token_hex(4)
+    image = f"{oci_registry.address}/{repository}:{tag}"
+    directory = Path(settings.DATA_DIR) / f"docker-push-{tag}"
+    directory.mkdir()
+    images.tag(settings.BASE_IMAGE, image)
+    try:
+        images.login(directory=directory, registry=f"https://{oci_registry.address}", username="AWS", password="pw")
+        # Docker's config, private to the job: the login went nowhere else.
+        assert oci_registry.address in json.loads((directory / "registry-auth" / "config.json").read_text())["auths"]
+        job = images.start_push(directory=directory, image=image)
+        deadline = time.monotonic() + 300
+        while (state := images.job_state(job)).running and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert state.exit_code == 0, images.last_output(directory)
+        assert tag in (oci_registry.tags(repository) or [])
+    finally:
+        images.remove_job(directory)
+        cli.run(["image", "rm", image])
+    assert not directory.exists()

@@ -228,8 +228,10 @@ def lock_socket(socket_dir: Path, *, group: int) -> Path:
 def read_logs(name: str, cursor: str | None, *, timeout: float = 30) -> tuple[list[str], str | None]:
     """Output lines (stdout and stderr, in time order) after ``cursor``, and the cursor to
     pass next time (``cursor`` itself when nothing is new). The cursor is the engine's
-    timestamp of the last line read and how many lines carry it: lines stamped at that
-    instant are asked for again and those already read skipped, so none is lost.
+    timestamp of the last line read and how many lines of each stream carry it: lines
+    stamped at that instant are asked for again and those already read skipped, so none is
+    lost. Counted per stream, since a stream's lines keep their order but the two streams'
+    lines of one instant do not (podman's Docker API stamps whole seconds: many lines share one).
 
     The text after each timestamp is the model's: only "\\n" ends a line (the engine's own
     separator), and a line without the engine's timestamp continues the one before it, so
@@ -251,14 +253,18 @@ def read_logs(name: str, cursor: str | None, *, timeout: float = 30) -> tuple[li
         return [], cursor
     entries.sort()
     lines = []
-    for at, _, line in entries:
-        if at == since and already_read > 0:
-            already_read -= 1
-            continue
+    for at, (stream, _), line in entries:
+        if at == since:
+            # A cursor of one count (stored before counts were per stream) skips in time order.
+            skipped = stream if len(already_read) == 2 else 0
+            if already_read[skipped] > 0:
+                already_read[skipped] -= 1
+                continue
         lines.append(line)
     # A stamp from the future (a clock set back) would hide every line until then.
     last = min(entries[-1][0], time.time_ns())
-    return lines, f"{last}:{sum(1 for at, _, _ in entries if at == last)}"
+    counts = [sum(1 for at, (of, _), _ in entries if at == last and of == stream) for stream in (0, 1)]
+    return lines, f"{last}:{counts[0]}:{counts[1]}"
 
 
 def _stamped_lines(output: str) -> list[tuple[int, str]]:
@@ -277,14 +283,16 @@ def _stamped_lines(output: str) -> list[tuple[int, str]]:
     return stamped
 
 
-def _parse_cursor(cursor: str | None) -> tuple[int | None, int]:
+def _parse_cursor(cursor: str | None) -> tuple[int | None, list[int]]:
+    """The cursor's instant and the lines read at it: per stream (stdout, stderr), or one
+    count in time order for a cursor of the older form ``<at>:<count>``."""
     if not cursor:
-        return None, 0
-    at, count = cursor.split(":")
+        return None, [0, 0]
+    at, *counts = cursor.split(":")
     # Cursors stored before lines were parsed strictly may lie in the future.
     if int(at) > time.time_ns():
-        return time.time_ns(), 0
-    return int(at), int(count)
+        return time.time_ns(), [0, 0]
+    return int(at), [int(count) for count in counts]
 
 
 def _parse_timestamp(stamp: str) -> int | None:
