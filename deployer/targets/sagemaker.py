@@ -25,7 +25,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
@@ -45,7 +44,7 @@ from deployer.integrations.aws import (
     sagemaker,
     tagging,
 )
-from deployer.integrations.aws.client import AwsConfigurationError, error_code, error_message, is_transient
+from deployer.integrations.aws.client import AwsConfigurationError, AwsError, AwsUnreachable
 from deployer.integrations.aws.tagging import CloudResource, resource_tags
 from deployer.integrations.containers import cli, images
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine, ModelVersion
@@ -391,14 +390,12 @@ class SageMakerTarget(Target):
             outcome: StepOutcome = step(ctx)
         except AwsConfigurationError as error:
             raise PermanentStepError(str(error)) from error
-        except (ClientError, BotoCoreError) as error:
-            if is_transient(error):
+        except AwsError as error:
+            if error.transient:
                 raise TransientStepError(
-                    f"AWS is throttling or unavailable ({error_code(error) or error}); retrying."
+                    f"AWS is throttling or unavailable ({error.code or error.message}); retrying."
                 ) from error
-            raise PermanentStepError(
-                f"AWS refused {name.replace('_', ' ')}: {error_code(error)}: {error_message(error)}"
-            ) from error
+            raise PermanentStepError(f"AWS refused {name.replace('_', ' ')}: {error.code}: {error.message}") from error
         return outcome
 
     # --- rollout steps ----------------------------------------------------------------
@@ -771,9 +768,9 @@ class SageMakerTarget(Target):
                 tags=_tags(ctx),
                 timeout=LAMBDA_TIMEOUT,
             )
-        except ClientError as error:
+        except AwsError as error:
             # A role created seconds ago is not yet assumable everywhere (IAM is eventually consistent).
-            if error_code(error) == "InvalidParameterValueException" and "assume" in error_message(error):
+            if error.code == "InvalidParameterValueException" and "assume" in error.message:
                 raise TransientStepError("Waiting for the new IAM role to propagate.", retry_after=10) from error
             raise
         ctx.record_resource("lambda_function", function, {"arn": arn})
@@ -964,12 +961,12 @@ class SageMakerTarget(Target):
                 accept=lowered.get("accept") or "application/json",
                 custom_attributes=lowered.get("x-amzn-sagemaker-custom-attributes", ""),
             )
-        except ClientError as error:
-            if is_transient(error):
+        except AwsUnreachable as error:
+            raise RuntimeUnavailable(f"SageMaker did not answer: {error.message}") from error
+        except AwsError as error:
+            if error.transient:
                 return InvocationResult(429, b'{"error": "SageMaker is throttling; retry with backoff"}', {})
-            raise RuntimeUnavailable(f"SageMaker: {error_code(error)}: {error_message(error)}") from error
-        except BotoCoreError as error:
-            raise RuntimeUnavailable(f"SageMaker did not answer: {error}") from error
+            raise RuntimeUnavailable(f"SageMaker: {error.code}: {error.message}") from error
         response_headers = {"Content-Type": result.content_type}
         if result.custom_attributes:
             response_headers["X-Amzn-SageMaker-Custom-Attributes"] = result.custom_attributes
@@ -985,10 +982,10 @@ class SageMakerTarget(Target):
                 raise self._failure(name, f"SageMaker endpoint {name} failed", state.failure_reason)
             if endpoint.public:
                 self._sync_public_key(endpoint)
-        except (ClientError, BotoCoreError) as error:
-            if is_transient(error):
+        except AwsError as error:
+            if error.transient:
                 return
-            raise PermanentStepError(f"AWS: {error_code(error)}: {error_message(error)}") from error
+            raise PermanentStepError(f"AWS: {error.code}: {error.message}") from error
 
     def _sync_public_key(self, endpoint: Endpoint) -> bool:
         """Give the authorizer the endpoint's key hash, then flush API Gateway's cache of
@@ -1037,7 +1034,7 @@ class SageMakerTarget(Target):
             groups[function_log_group(endpoint)] = LogLine.Source.GATEWAY
         try:
             return self._copy_log_lines(endpoint, groups, drain=False)
-        except (ClientError, BotoCoreError):
+        except AwsError:
             # Logs are best effort: the next collection continues from the saved cursor.
             return 0
 

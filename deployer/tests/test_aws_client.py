@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
-from botocore.exceptions import ClientError
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from deployer.integrations.aws import sagemaker
-from deployer.integrations.aws.client import aws_client, is_not_found, is_transient
+from deployer.integrations.aws.client import AwsError, AwsUnreachable, aws_client
 from testsupport.moto import MotoServer, ThrottlingProxy
 
 
@@ -40,11 +40,11 @@ def test_throttling_that_outlasts_the_retries_is_reported_as_transient(
     settings.AWS_MAX_ATTEMPTS = 2
     with ThrottlingProxy(aws.url, target="SageMaker.ListModels", failures=10) as proxy:
         settings.AWS_ENDPOINT_URL = proxy.url
-        with pytest.raises(ClientError) as raised:
+        with pytest.raises(AwsError) as raised:
             list(sagemaker.models("rdeploy-"))
     assert proxy.throttled == 2
-    assert is_transient(raised.value)
-    assert not is_not_found(raised.value)
+    assert raised.value.transient
+    assert raised.value.code == "ThrottlingException"
 
 
 def test_missing_things_read_as_absent_and_deleting_them_again_is_a_no_op(aws: MotoServer) -> None:
@@ -53,3 +53,17 @@ def test_missing_things_read_as_absent_and_deleting_them_again_is_a_no_op(aws: M
     sagemaker.delete_endpoint("rdeploy-nothing")
     sagemaker.delete_endpoint_config("rdeploy-nothing")
     sagemaker.delete_model("rdeploy-nothing")
+
+
+def test_an_aws_that_does_not_answer_is_reported_as_unreachable_and_transient(
+    aws: MotoServer, settings: SettingsWrapper
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings.AWS_ENDPOINT_URL = f"http://127.0.0.1:{port}"
+    settings.AWS_MAX_ATTEMPTS = 1
+    with pytest.raises(AwsUnreachable) as raised:
+        sagemaker.describe_endpoint("rdeploy-nothing")
+    assert raised.value.transient
+    assert raised.value.code == ""

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, raises_aws_error
 
 ROUTE = "invocations"
 
@@ -26,6 +26,7 @@ def _paged(operation: str, **arguments: Any) -> list[dict[str, Any]]:
     return items
 
 
+@raises_aws_error
 def find_rest_api(name: str) -> str | None:
     return next((str(api["id"]) for api in _paged("get_rest_apis") if api["name"] == name), None)
 
@@ -34,11 +35,13 @@ def _named(items: list[dict[str, Any]], prefix: str) -> list[tuple[str, str, dic
     return [(item["name"], item["id"], item.get("tags") or {}) for item in items if item["name"].startswith(prefix)]
 
 
+@raises_aws_error
 def rest_apis(prefix: str) -> list[tuple[str, str, dict[str, str]]]:
     """(name, id, tags) of every REST API whose name starts with ``prefix``."""
     return _named(_paged("get_rest_apis"), prefix)
 
 
+@raises_aws_error
 def ensure_rest_api(name: str, *, tags: dict[str, str]) -> str:
     existing = find_rest_api(name)
     if existing:
@@ -57,6 +60,7 @@ def _lambda_uri(lambda_arn: str, region: str) -> str:
     return f"arn:aws:apigateway:{region}:lambda:path/2015-03-31/functions/{lambda_arn}/invocations"
 
 
+@raises_aws_error
 def ensure_authorizer(api_id: str, *, name: str, lambda_arn: str, region: str) -> str:
     """A REQUEST authorizer reading the ``x-api-key`` header; results cached 60 s (a key
     rotation flushes the cache: ``flush_authorizer_cache``)."""
@@ -75,6 +79,7 @@ def ensure_authorizer(api_id: str, *, name: str, lambda_arn: str, region: str) -
     return str(created["id"])
 
 
+@raises_aws_error
 def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str, authorizer_id: str) -> None:
     """``POST /invocations`` (authorizer + usage-plan key) with a Lambda proxy integration."""
     client = aws_client("apigateway")
@@ -109,6 +114,7 @@ def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str, autho
     )
 
 
+@raises_aws_error
 def ensure_stage(api_id: str, stage: str) -> None:
     client = aws_client("apigateway")
     try:
@@ -120,6 +126,7 @@ def ensure_stage(api_id: str, stage: str) -> None:
     client.create_deployment(restApiId=api_id, stageName=stage, description="rdeploy")
 
 
+@raises_aws_error
 def flush_authorizer_cache(api_id: str, stage: str) -> None:
     """Forget every cached authorizer answer of ``stage``, so the next request with any key
     asks the authorizer again. A missing API or stage has nothing cached."""
@@ -130,14 +137,17 @@ def flush_authorizer_cache(api_id: str, stage: str) -> None:
             raise
 
 
+@raises_aws_error
 def find_api_key(name: str) -> str | None:
     return next((str(key["id"]) for key in _paged("get_api_keys", nameQuery=name) if key["name"] == name), None)
 
 
+@raises_aws_error
 def api_keys(prefix: str) -> list[tuple[str, str, dict[str, str]]]:
     return _named(_paged("get_api_keys"), prefix)
 
 
+@raises_aws_error
 def ensure_api_key(name: str, *, value: str, tags: dict[str, str]) -> tuple[str, str]:
     """(id, value) of the usage-plan key, creating it with ``value`` when missing."""
     client = aws_client("apigateway")
@@ -148,14 +158,17 @@ def ensure_api_key(name: str, *, value: str, tags: dict[str, str]) -> tuple[str,
     return str(key["id"]), value
 
 
+@raises_aws_error
 def find_usage_plan(name: str) -> str | None:
     return next((str(plan["id"]) for plan in _paged("get_usage_plans") if plan["name"] == name), None)
 
 
+@raises_aws_error
 def usage_plans(prefix: str) -> list[tuple[str, str, dict[str, str]]]:
     return _named(_paged("get_usage_plans"), prefix)
 
 
+@raises_aws_error
 def ensure_usage_plan(
     name: str,
     *,
@@ -187,6 +200,7 @@ def ensure_usage_plan(
     return plan_id
 
 
+@raises_aws_error
 def delete_usage_plan(name: str) -> None:
     """Detach its keys and stages first (AWS refuses otherwise); missing counts as deleted."""
     client = aws_client("apigateway")
@@ -209,6 +223,7 @@ def delete_usage_plan(name: str) -> None:
             raise
 
 
+@raises_aws_error
 def delete_api_key(name: str) -> None:
     key_id = find_api_key(name)
     if key_id is None:
@@ -220,6 +235,7 @@ def delete_api_key(name: str) -> None:
             raise
 
 
+@raises_aws_error
 def delete_rest_api(name: str) -> None:
     api_id = find_rest_api(name)
     if api_id is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_not_found
+from deployer.integrations.aws.client import aws_client, is_not_found, raises_aws_error
 
 NAMESPACE = "sagemaker"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -14,6 +14,7 @@ def resource_id(endpoint: str, variant: str) -> str:
     return f"endpoint/{endpoint}/variant/{variant}"
 
 
+@raises_aws_error
 def enable(
     endpoint: str, variant: str, *, min_capacity: int, max_capacity: int, target: float, tags: dict[str, str]
 ) -> None:
@@ -43,6 +44,7 @@ def enable(
     )
 
 
+@raises_aws_error
 def disable(endpoint: str, variant: str) -> None:
     """Deregister (also deletes its policies); already deregistered counts as done."""
     try:
@@ -55,6 +57,7 @@ def disable(endpoint: str, variant: str) -> None:
             raise
 
 
+@raises_aws_error
 def scaled_endpoints(prefix: str) -> list[tuple[str, str]]:
     """(endpoint, variant) of every registered SageMaker variant whose endpoint starts with ``prefix``."""
     found: list[tuple[str, str]] = []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import boto3
 from botocore.config import Config
@@ -34,6 +36,60 @@ THROTTLING_CODES = frozenset(
 
 class AwsConfigurationError(Exception):
     """A setting the SageMaker target needs is missing or wrong; the message names it."""
+
+
+class AwsError(Exception):
+    """An AWS call failed. The integration modules raise this (never botocore's
+    exceptions), so callers decide on retrying without knowing botocore.
+
+    ``code`` is AWS's error code ("" when AWS never answered), ``transient`` whether a
+    later retry may succeed (throttling, 5xx, connection trouble), ``message`` what AWS said.
+    """
+
+    def __init__(self, code: str, message: str, *, transient: bool) -> None:
+        super().__init__(f"{code}: {message}" if code else message)
+        self.code = code
+        self.message = message
+        self.transient = transient
+
+
+class AwsUnreachable(AwsError):
+    """AWS did not answer at all (connection refused or lost, read timeout)."""
+
+
+def aws_error(error: ClientError | BotoCoreError) -> AwsError:
+    """rdeploy's error for one of botocore's."""
+    if isinstance(error, BotoCoreError):
+        return AwsUnreachable("", str(error), transient=True)
+    return AwsError(error_code(error), error_message(error), transient=is_transient(error))
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def raises_aws_error(function: Callable[P, R]) -> Callable[P, R]:
+    """For an integration function: botocore's exceptions leave it as ``AwsError``
+    (a generator's too, raised while it is iterated)."""
+    if inspect.isgeneratorfunction(function):
+
+        @functools.wraps(function)
+        def generator(*args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
+            try:
+                yield from cast(Iterator[Any], function(*args, **kwargs))
+            except (ClientError, BotoCoreError) as error:
+                raise aws_error(error) from error
+
+        return cast(Callable[P, R], generator)
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except (ClientError, BotoCoreError) as error:
+            raise aws_error(error) from error
+
+    return wrapper
 
 
 def aws_client(service: str) -> Any:
@@ -127,6 +183,7 @@ def tag_list(tags: dict[str, str], *, key: str = "Key", value: str = "Value") ->
     return [{key: k, value: v} for k, v in sorted(tags.items())]
 
 
+@raises_aws_error
 def account_and_partition() -> tuple[str, str]:
     identity = aws_client("sts").get_caller_identity()
     arn = str(identity["Arn"])

@@ -8,7 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_not_found, tag_list, unless_missing
+from deployer.integrations.aws.client import aws_client, is_not_found, raises_aws_error, tag_list, unless_missing
 
 NAMESPACE = "AWS/SageMaker"
 
@@ -27,6 +27,7 @@ class VariantAlarm:
     description: str
 
 
+@raises_aws_error
 def ensure_variant_alarm(alarm: VariantAlarm, *, endpoint: str, variant: str, tags: dict[str, str]) -> None:
     """PutMetricAlarm is an upsert: a rerun (or changed thresholds) overwrites the alarm.
     (AWS applies ``tags`` only when it creates the alarm.)"""
@@ -46,6 +47,7 @@ def ensure_variant_alarm(alarm: VariantAlarm, *, endpoint: str, variant: str, ta
     )
 
 
+@raises_aws_error
 def delete_alarm(name: str) -> None:
     """Missing counts as deleted."""
     try:
@@ -55,6 +57,7 @@ def delete_alarm(name: str) -> None:
             raise
 
 
+@raises_aws_error
 def alarms(prefix: str) -> list[tuple[str, str]]:
     """(name, ARN) of every metric alarm whose name starts with ``prefix``."""
     found: list[tuple[str, str]] = []
@@ -64,6 +67,7 @@ def alarms(prefix: str) -> list[tuple[str, str]]:
     return found
 
 
+@raises_aws_error
 def tags_of(arn: str) -> dict[str, str]:
     client = aws_client("cloudwatch")
     tags: list[Any] = unless_missing(lambda: client.list_tags_for_resource(ResourceARN=arn)["Tags"], [])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, raises_aws_error
 
 # Builds the image from the context zip (Dockerfile at its root) on BASE_IMAGE (the recipe's
 # build argument, part of the context's tag) and pushes it to ECR.
@@ -36,6 +36,7 @@ class BuildState:
     failure: str
 
 
+@raises_aws_error
 def ensure_project(name: str, *, role_arn: str, source_location: str, tags: dict[str, str]) -> None:
     """Create the installation's project once; later builds override only the source."""
     try:
@@ -61,6 +62,7 @@ def ensure_project(name: str, *, role_arn: str, source_location: str, tags: dict
             raise
 
 
+@raises_aws_error
 def start_build(project: str, *, source_location: str, image_uri: str, base_image: str, idempotency_token: str) -> str:
     """Start a build; the token makes a retried call within 5 minutes return the same build."""
     build = aws_client("codebuild").start_build(
@@ -76,6 +78,7 @@ def start_build(project: str, *, source_location: str, image_uri: str, base_imag
     return str(build["id"])
 
 
+@raises_aws_error
 def build_state(build_id: str) -> BuildState:
     builds = aws_client("codebuild").batch_get_builds(ids=[build_id])["builds"]
     if not builds:
@@ -100,6 +103,7 @@ def build_state(build_id: str) -> BuildState:
     )
 
 
+@raises_aws_error
 def stop_build(build_id: str) -> None:
     try:
         aws_client("codebuild").stop_build(id=build_id)
@@ -108,11 +112,13 @@ def stop_build(build_id: str) -> None:
             raise
 
 
+@raises_aws_error
 def delete_project(name: str) -> None:
     """Idempotent (CodeBuild answers success for a missing project)."""
     aws_client("codebuild").delete_project(name=name)
 
 
+@raises_aws_error
 def project_names(prefix: str) -> list[str]:
     names: list[str] = []
     for page in aws_client("codebuild").get_paginator("list_projects").paginate():

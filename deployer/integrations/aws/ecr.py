@@ -7,9 +7,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, tag_list
+from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, raises_aws_error, tag_list
 
 
+@raises_aws_error
 def ensure_repository(name: str, *, tags: dict[str, str]) -> str:
     """The repository's URI, creating it (immutable tags, scan on push) when missing."""
     ecr = aws_client("ecr")
@@ -27,6 +28,7 @@ def ensure_repository(name: str, *, tags: dict[str, str]) -> str:
     return str(repository["repositoryUri"])
 
 
+@raises_aws_error
 def repository_tags(name: str) -> dict[str, str]:
     """The repository's tags (empty when it does not exist)."""
     client = aws_client("ecr")
@@ -40,6 +42,7 @@ def repository_tags(name: str) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in tags}
 
 
+@raises_aws_error
 def image_exists(repository: str, tag: str) -> bool:
     try:
         details = aws_client("ecr").describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
@@ -50,6 +53,7 @@ def image_exists(repository: str, tag: str) -> bool:
     return bool(details["imageDetails"])
 
 
+@raises_aws_error
 def image_tags(repository: str) -> list[str]:
     """Every tag in the repository (empty when the repository does not exist)."""
     paginator = aws_client("ecr").get_paginator("list_images")
@@ -64,6 +68,7 @@ def image_tags(repository: str) -> list[str]:
     return tags
 
 
+@raises_aws_error
 def delete_image(repository: str, tag: str) -> None:
     """Idempotent: a missing image or repository counts as deleted."""
     try:
@@ -73,6 +78,7 @@ def delete_image(repository: str, tag: str) -> None:
             raise
 
 
+@raises_aws_error
 def docker_login() -> tuple[str, str, str]:
     """(user, password, registry URL) for ``docker login`` when the worker builds locally."""
     data: dict[str, Any] = aws_client("ecr").get_authorization_token()["authorizationData"][0]

@@ -7,7 +7,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, tag_list, unless_missing
+from deployer.integrations.aws.client import (
+    aws_client,
+    is_already_exists,
+    is_not_found,
+    raises_aws_error,
+    tag_list,
+    unless_missing,
+)
 
 LAMBDA_TRUST = {
     "Version": "2012-10-17",
@@ -16,6 +23,7 @@ LAMBDA_TRUST = {
 INLINE_POLICY_NAME = "invoke-one-endpoint"
 
 
+@raises_aws_error
 def ensure_role(
     name: str,
     *,
@@ -48,6 +56,7 @@ def ensure_role(
     return str(arn)
 
 
+@raises_aws_error
 def delete_role(name: str) -> None:
     """Delete the role and its inline policies; a missing role counts as deleted."""
     client = aws_client("iam")
@@ -60,6 +69,7 @@ def delete_role(name: str) -> None:
             raise
 
 
+@raises_aws_error
 def roles(path: str) -> list[tuple[str, str]]:
     """(name, ARN) of every role under ``path``."""
     found: list[tuple[str, str]] = []
@@ -68,6 +78,7 @@ def roles(path: str) -> list[tuple[str, str]]:
     return found
 
 
+@raises_aws_error
 def tags_of(name: str) -> dict[str, str]:
     tags: list[Any] = unless_missing(lambda: aws_client("iam").list_role_tags(RoleName=name)["Tags"], [])
     return {tag["Key"]: tag["Value"] for tag in tags}

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, unless_missing
+from deployer.integrations.aws.client import (
+    aws_client,
+    is_already_exists,
+    is_not_found,
+    raises_aws_error,
+    unless_missing,
+)
 
 
 def package(handler_file: Path) -> bytes:
@@ -21,6 +27,7 @@ def package(handler_file: Path) -> bytes:
     return buffer.getvalue()
 
 
+@raises_aws_error
 def create_function(
     name: str, *, role_arn: str, code: bytes, environment: dict[str, str], tags: dict[str, str], timeout: int
 ) -> str:
@@ -47,6 +54,7 @@ def create_function(
     return str(client.get_function(FunctionName=name)["Configuration"]["FunctionArn"])
 
 
+@raises_aws_error
 def allow_api_gateway(name: str, *, statement_id: str, source_arn: str) -> None:
     """Let exactly one API (``source_arn``) invoke the function."""
     try:
@@ -62,6 +70,7 @@ def allow_api_gateway(name: str, *, statement_id: str, source_arn: str) -> None:
             raise
 
 
+@raises_aws_error
 def delete_function(name: str) -> None:
     """Also removes its resource policy (the API Gateway permission)."""
     try:
@@ -71,6 +80,7 @@ def delete_function(name: str) -> None:
             raise
 
 
+@raises_aws_error
 def functions(prefix: str) -> list[tuple[str, str]]:
     """(name, ARN) of every function whose name starts with ``prefix``."""
     found: list[tuple[str, str]] = []
@@ -81,10 +91,12 @@ def functions(prefix: str) -> list[tuple[str, str]]:
     return found
 
 
+@raises_aws_error
 def tags_of(arn: str) -> dict[str, str]:
     return dict(unless_missing(lambda: aws_client("lambda").list_tags(Resource=arn)["Tags"], {}))
 
 
+@raises_aws_error
 def environment_of(name: str) -> dict[str, str] | None:
     """The function's environment variables, or None when the function does not exist."""
     try:
@@ -96,11 +108,13 @@ def environment_of(name: str) -> dict[str, str] | None:
     return dict((configuration.get("Environment") or {}).get("Variables") or {})
 
 
+@raises_aws_error
 def set_environment(name: str, environment: dict[str, str]) -> None:
     """Lambda applies it asynchronously: see ``update_finished``."""
     aws_client("lambda").update_function_configuration(FunctionName=name, Environment={"Variables": environment})
 
 
+@raises_aws_error
 def update_finished(name: str) -> bool:
     """Whether new invocations run with the function's latest configuration (its last
     update is no longer InProgress); a missing function has nothing pending."""

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, unless_missing
+from deployer.integrations.aws.client import (
+    aws_client,
+    is_already_exists,
+    is_not_found,
+    raises_aws_error,
+    unless_missing,
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +25,7 @@ class LogEvent:
     message: str
 
 
+@raises_aws_error
 def events_since(group: str, *, start_ms: int = 0, limit: int = 500, stream: str | None = None) -> list[LogEvent]:
     """Events of ``group`` (optionally one stream) at or after ``start_ms``, oldest first.
 
@@ -54,6 +61,7 @@ def last_lines(group: str, *, count: int = 20, window_ms: int = 3_600_000) -> li
     return [event.message.rstrip() for event in events_since(group, start_ms=start, limit=10_000)[-count:]]
 
 
+@raises_aws_error
 def ensure_log_group(group: str, *, tags: dict[str, str], retention_days: int) -> None:
     """Create the group with ``tags`` (tag it when it already exists, e.g. made by the
     service that writes into it) and (re)put its retention policy; every call an upsert."""
@@ -68,6 +76,7 @@ def ensure_log_group(group: str, *, tags: dict[str, str], retention_days: int) -
     client.put_retention_policy(logGroupName=group, retentionInDays=retention_days)
 
 
+@raises_aws_error
 def log_groups(prefix: str) -> list[tuple[str, str]]:
     """(name, ARN without the trailing ``:*``) of every group whose name starts with ``prefix``."""
     found: list[tuple[str, str]] = []
@@ -78,10 +87,12 @@ def log_groups(prefix: str) -> list[tuple[str, str]]:
     return found
 
 
+@raises_aws_error
 def tags_of(arn: str) -> dict[str, str]:
     return dict(unless_missing(lambda: aws_client("logs").list_tags_for_resource(resourceArn=arn)["tags"], {}))
 
 
+@raises_aws_error
 def delete_log_group(group: str) -> None:
     """Missing counts as deleted."""
     try:

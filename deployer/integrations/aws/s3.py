@@ -7,9 +7,10 @@ from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_not_found
+from deployer.integrations.aws.client import aws_client, is_not_found, raises_aws_error
 
 
+@raises_aws_error
 def object_exists(bucket: str, key: str) -> bool:
     try:
         aws_client("s3").head_object(Bucket=bucket, Key=key)
@@ -20,16 +21,19 @@ def object_exists(bucket: str, key: str) -> bool:
     return True
 
 
+@raises_aws_error
 def upload_file(bucket: str, key: str, path: Path, *, tags: dict[str, str]) -> None:
     """Upload a local file (multipart above 8 MB, handled by boto3) with object tags."""
     aws_client("s3").upload_file(str(path), bucket, key, ExtraArgs={"Tagging": urlencode(tags)})
 
 
+@raises_aws_error
 def delete_object(bucket: str, key: str) -> None:
     """Idempotent: S3 answers 204 for a key that is already gone."""
     aws_client("s3").delete_object(Bucket=bucket, Key=key)
 
 
+@raises_aws_error
 def object_tags(bucket: str, key: str) -> dict[str, str]:
     try:
         tag_set = aws_client("s3").get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
@@ -40,6 +44,7 @@ def object_tags(bucket: str, key: str) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in tag_set}
 
 
+@raises_aws_error
 def list_keys(bucket: str, prefix: str) -> list[str]:
     paginator = aws_client("s3").get_paginator("list_objects_v2")
     keys: list[str] = []
@@ -48,6 +53,7 @@ def list_keys(bucket: str, prefix: str) -> list[str]:
     return keys
 
 
+@raises_aws_error
 def bucket_exists(bucket: str) -> bool:
     try:
         aws_client("s3").head_bucket(Bucket=bucket)

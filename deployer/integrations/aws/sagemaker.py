@@ -8,13 +8,21 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, tag_list, unless_missing
+from deployer.integrations.aws.client import (
+    aws_client,
+    is_already_exists,
+    is_not_found,
+    raises_aws_error,
+    tag_list,
+    unless_missing,
+)
 
 # Statuses after which polling stops.
 ENDPOINT_READY = "InService"
 ENDPOINT_FAILED = frozenset({"Failed", "UpdateRollbackFailed", "OutOfService"})
 
 
+@raises_aws_error
 def create_model(
     name: str,
     *,
@@ -41,6 +49,7 @@ def create_model(
             raise
 
 
+@raises_aws_error
 def model_exists(name: str) -> bool:
     try:
         aws_client("sagemaker").describe_model(ModelName=name)
@@ -51,6 +60,7 @@ def model_exists(name: str) -> bool:
     return True
 
 
+@raises_aws_error
 def delete_model(name: str) -> None:
     try:
         aws_client("sagemaker").delete_model(ModelName=name)
@@ -59,6 +69,7 @@ def delete_model(name: str) -> None:
             raise
 
 
+@raises_aws_error
 def create_endpoint_config(name: str, *, variant: dict[str, Any], tags: dict[str, str]) -> None:
     if endpoint_config_exists(name):
         return
@@ -71,6 +82,7 @@ def create_endpoint_config(name: str, *, variant: dict[str, Any], tags: dict[str
             raise
 
 
+@raises_aws_error
 def endpoint_config_exists(name: str) -> bool:
     try:
         aws_client("sagemaker").describe_endpoint_config(EndpointConfigName=name)
@@ -81,6 +93,7 @@ def endpoint_config_exists(name: str) -> bool:
     return True
 
 
+@raises_aws_error
 def delete_endpoint_config(name: str) -> None:
     try:
         aws_client("sagemaker").delete_endpoint_config(EndpointConfigName=name)
@@ -98,6 +111,7 @@ class EndpointState:
     arn: str
 
 
+@raises_aws_error
 def describe_endpoint(name: str) -> EndpointState | None:
     try:
         data = aws_client("sagemaker").describe_endpoint(EndpointName=name)
@@ -114,6 +128,7 @@ def describe_endpoint(name: str) -> EndpointState | None:
     )
 
 
+@raises_aws_error
 def create_endpoint(name: str, *, config_name: str, tags: dict[str, str]) -> None:
     """Create the endpoint unless it exists (a create retried after a crash must not fail)."""
     if describe_endpoint(name) is not None:
@@ -125,6 +140,7 @@ def create_endpoint(name: str, *, config_name: str, tags: dict[str, str]) -> Non
             raise
 
 
+@raises_aws_error
 def update_endpoint(name: str, *, config_name: str, deployment_config: dict[str, Any] | None = None) -> None:
     """Switch the endpoint to a new config: SageMaker brings the new fleet up, then moves traffic."""
     arguments: dict[str, Any] = {"EndpointName": name, "EndpointConfigName": config_name}
@@ -133,6 +149,7 @@ def update_endpoint(name: str, *, config_name: str, deployment_config: dict[str,
     aws_client("sagemaker").update_endpoint(**arguments)
 
 
+@raises_aws_error
 def delete_endpoint(name: str) -> None:
     try:
         aws_client("sagemaker").delete_endpoint(EndpointName=name)
@@ -141,11 +158,13 @@ def delete_endpoint(name: str) -> None:
             raise
 
 
+@raises_aws_error
 def tags_of(arn: str) -> dict[str, str]:
     tags: list[Any] = unless_missing(lambda: aws_client("sagemaker").list_tags(ResourceArn=arn)["Tags"], [])
     return {tag["Key"]: tag["Value"] for tag in tags}
 
 
+@raises_aws_error
 def _names(operation: str, key: str, name_key: str, arn_key: str, prefix: str) -> Iterator[tuple[str, str]]:
     paginator = aws_client("sagemaker").get_paginator(operation)
     for page in paginator.paginate(NameContains=prefix):
@@ -175,6 +194,7 @@ class Invocation:
     custom_attributes: str
 
 
+@raises_aws_error
 def invoke_endpoint(
     name: str, *, body: bytes, content_type: str, accept: str, custom_attributes: str = ""
 ) -> Invocation:
