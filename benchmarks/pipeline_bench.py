@@ -233,7 +233,7 @@ import http.client, os, socket, threading
 local = threading.local()
 class OneWrite(http.client.HTTPConnection):
     # HTTP/1.1 on the runtime's Unix socket, headers and body in one send, as rdeploy's
-    # gateway does (deployer/targets/local.py).
+    # gateway does (deployer/integrations/containers/runtime_http.py).
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(os.environ["RUNTIME_SOCKET"])
@@ -273,8 +273,8 @@ def measure(
     django_only_port: int,
     wrk_seconds: int,
 ) -> None:
+    from deployer.integrations.containers.runtime_http import OneWriteHTTPConnection, UnixHTTPConnection
     from deployer.models import Endpoint
-    from deployer.targets.local import OneWriteHTTPConnection, UnixHTTPConnection
 
     runtime_socket = str(Endpoint.objects.get(name=name).runtime["socket"])
     web_port = int(base.rsplit(":", 1)[1])

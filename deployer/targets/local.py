@@ -13,23 +13,20 @@ Blue/green: the new container starts beside the old one, must answer ``/ping`` a
 test invocation of the inspection's example payload, then ``switch_traffic`` points
 ``Endpoint.runtime`` at its socket and ``stop_previous`` removes the old container once
 every web process has seen the switch (the gateway caches routes for
-``ROUTE_CACHE_SECONDS``). Requests travel over keep-alive connections pooled per socket.
+``ROUTE_CACHE_SECONDS``). Requests travel over keep-alive connections pooled per socket
+(``deployer.integrations.containers.runtime_http``).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
 import shutil
-import socket
-import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import transaction
@@ -37,7 +34,7 @@ from django.utils import timezone
 
 from deployer.build_context import BuildContext
 from deployer.integrations import processes
-from deployer.integrations.containers import cli, images, runtimes
+from deployer.integrations.containers import cli, images, runtime_http, runtimes
 from deployer.model_files import model_version_materialize
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
 from deployer.serving_images import local_image, model_version_image_context
@@ -76,12 +73,6 @@ SOCKET_POLL_SECONDS = 0.01
 MAX_LOG_LINES_PER_COLLECT = 2000
 MAX_LOG_BYTES_PER_COLLECT = 1024**2
 MAX_LOG_LINE_BYTES = 8 * 1024
-# A prediction's answer, whole, within this many seconds: above SageMaker's 60 s, so the
-# runtime's own limit answers first (its HAProxy's `timeout server`); this one ends what a
-# socket timeout would not, an answer trickling in a byte at a time.
-INVOCATION_SECONDS = 65.0
-# SageMaker's limit on a real-time endpoint's response; the gateway reads no more.
-MAX_RESPONSE_BYTES = 6 * 1024 * 1024
 # A health check's answer: a runtime busy longer counts as not healthy yet.
 PING_SECONDS = 5.0
 PING_MAX_BYTES = 64 * 1024
@@ -129,284 +120,12 @@ def example_request(inspection: Mapping[str, Any]) -> tuple[bytes, str] | None:
     return body.encode(), str(example.get("content_type") or "application/json")
 
 
-# --- HTTP to the runtime -----------------------------------------------------------------
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    data: bytes
-    # Lower-case names.
-    headers: Mapping[str, str]
-
-
-class DeadlineExceeded(RuntimeUnavailable):
-    """The runtime had not answered, in full, by the request's deadline."""
-
-
-class ResponseTooLarge(RuntimeUnavailable):
-    """The runtime's answer is larger than the gateway reads."""
-
-
-class _DeadlineSocket(socket.socket):
-    """A socket whose every wait ends at one deadline: a runtime answering a byte at a time
-    cannot hold a gateway thread longer than the request may take (a socket timeout alone
-    restarts with every byte). Without a deadline, each wait gets ``wait`` seconds."""
-
-    deadline: float | None = None
-    wait = INVOCATION_SECONDS
-
-    def remaining(self) -> float:
-        if self.deadline is None:
-            return self.wait
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the request's deadline passed")
-        return remaining
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        self.settimeout(self.remaining())
-        return super().recv_into(buffer, nbytes, flags)
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        self.settimeout(self.remaining())
-        super().sendall(data, flags)
-
-
-class OneWriteHTTPConnection(http.client.HTTPConnection):
-    """http.client writes a request's headers and its body in two sends, so the runtime's
-    HAProxy wakes up twice per prediction; one write of both saves a measurable share of
-    the 1 ms the gateway may add (docs/pipeline.md)."""
-
-    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
-        if not isinstance(message_body, bytes) or encode_chunked:
-            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
-            return
-        buffer: list[bytes] = self._buffer  # type: ignore[attr-defined]
-        buffer.extend((b"", b""))
-        head = b"\r\n".join(buffer)
-        del buffer[:]
-        self.send(head + message_body)
-
-
-class UnixHTTPConnection(OneWriteHTTPConnection):
-    """HTTP/1.1 over a runtime container's Unix socket (it has no network)."""
-
-    sock: _DeadlineSocket | None
-
-    def __init__(self, path: str, *, timeout: float = INVOCATION_SECONDS) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-        self.wait = timeout
-        # When the current request must be over (time.monotonic()); None: ``timeout`` per wait.
-        self.deadline: float | None = None
-
-    def connect(self) -> None:
-        sock = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.deadline, sock.wait = self.deadline, self.wait
-        try:
-            while True:
-                sock.settimeout(sock.remaining())
-                try:
-                    sock.connect(self.path)
-                    break
-                except BlockingIOError:
-                    # The runtime's accept queue is full: a Unix socket with a timeout
-                    # refuses at once instead of waiting, so wait here, within the deadline.
-                    time.sleep(0.002)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def _read_body(response: http.client.HTTPResponse, limit: int) -> bytes:
-    """The whole body, or ResponseTooLarge as soon as it is known to be above ``limit``
-    (from Content-Length, before a byte of it is read; else after ``limit`` + 1 bytes)."""
-    if response.length is not None:
-        if response.length > limit:
-            raise ResponseTooLarge(f"the runtime's answer is larger than {limit} bytes")
-        return response.read()
-    chunks = []
-    size = 0
-    while chunk := response.read(limit + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise ResponseTooLarge(f"the runtime's answer is larger than {limit} bytes")
-    return b"".join(chunks)
-
-
-class _Connections:
-    """Keep-alive HTTP/1.1 connections to one runtime socket, shared by a process's threads."""
-
-    MAX_IDLE = 16
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        # (connection, when it was last used), the most recently used last.
-        self.idle: list[tuple[UnixHTTPConnection, float]] = []
-        self.lock = threading.Lock()
-        self.closed = False
-        self.used = time.monotonic()
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        headers: Mapping[str, str],
-        *,
-        deadline: float,
-        max_bytes: int,
-    ) -> _Response:
-        for attempt in range(2):
-            with self.lock:
-                conn = self.idle.pop()[0] if self.idle else None
-            reused = conn is not None
-            if conn is None:
-                conn = UnixHTTPConnection(self.path)
-            conn.deadline = deadline
-            if conn.sock is not None:
-                conn.sock.deadline = deadline
-            try:
-                conn.request(method, path, body=body, headers=dict(headers))
-                response = conn.getresponse()
-                data = _read_body(response, max_bytes)
-            except ResponseTooLarge:
-                conn.close()  # the rest of the answer is never read
-                raise
-            except TimeoutError as exc:
-                conn.close()
-                raise DeadlineExceeded("the runtime did not answer in time") from exc
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                if reused and attempt == 0:
-                    continue  # the runtime closed an idle keep-alive connection: use a new one
-                raise RuntimeUnavailable(f"the runtime did not answer: {exc}") from exc
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise RuntimeUnavailable(f"the runtime did not answer: {exc}") from exc
-            if response.will_close:
-                conn.close()
-            else:
-                with self.lock:
-                    if not self.closed and len(self.idle) < self.MAX_IDLE:
-                        self.idle.append((conn, time.monotonic()))
-                        conn = None
-                if conn is not None:
-                    conn.close()
-            headers = {name.lower(): value for name, value in response.getheaders()}
-            return _Response(status=response.status, data=data, headers=headers)
-        raise AssertionError("unreachable")
-
-    def close_idle(self, *, older_than: float | None = None) -> None:
-        """Close the idle connections last used before ``older_than`` (all without it)."""
-        with self.lock:
-            if older_than is None:
-                closing, self.idle = self.idle, []
-            else:
-                closing = [entry for entry in self.idle if entry[1] < older_than]
-                self.idle = [entry for entry in self.idle if entry[1] >= older_than]
-        for conn, _ in closing:
-            conn.close()
-
-    def close(self) -> None:
-        """Close every idle connection; those in use close when their request ends."""
-        with self.lock:
-            self.closed = True
-        self.close_idle()
-
-
-# A web process keeps a pool per socket path. Each rollout and each restart of a runtime
-# has a new path, so pools are dropped: that of an endpoint's previous path once a request
-# goes to its new one; idle connections unused for IDLE_SECONDS and pools unused as long
-# (the runtime's HAProxy closes an idle connection at 75 s anyway); the least recently
-# used pools beyond MAX_POOLS.
-_connections: dict[str, _Connections] = {}
-# The socket path each endpoint's requests went to last (keyed by _endpoint_key).
-_current_paths: dict[str, str] = {}
-_connections_lock = threading.Lock()
-MAX_POOLS = 256
-IDLE_SECONDS = 30.0
-_next_sweep = 0.0
-
-
-def _endpoint_key(socket_path: str) -> str:
-    """The endpoint a runtime socket belongs to (endpoints/<name>/<deployment>/
-    socket-<start>/runtime.sock, whatever form DATA_DIR has); a socket elsewhere is its own."""
-    path = Path(socket_path)
-    if (
-        path.name == runtimes.SOCKET_NAME
-        and path.parent.name.startswith("socket-")
-        and len(path.parents) > 3
-        and path.parents[3].name == "endpoints"
-    ):
-        return str(path.parents[2])
-    return socket_path
-
-
-def _pool(socket_path: str) -> _Connections:
-    """The socket's pool; every IDLE_SECONDS / 2 also closes what has been idle too long."""
-    global _next_sweep
-    now = time.monotonic()
-    connections = _connections.get(socket_path)
-    if connections is not None and now < _next_sweep:
-        connections.used = now
-        return connections
-    retired: list[_Connections] = []
-    sweep: list[_Connections] = []
-    with _connections_lock:
-        connections = _connections.get(socket_path)
-        if connections is None:
-            connections = _connections[socket_path] = _Connections(socket_path)
-            key = _endpoint_key(socket_path)
-            previous = _current_paths.get(key)
-            _current_paths[key] = socket_path
-            if previous is not None and previous != socket_path and previous in _connections:
-                retired.append(_connections.pop(previous))
-            if len(_connections) > MAX_POOLS:
-                oldest = min(_connections.values(), key=lambda pool: pool.used)
-                retired.append(_connections.pop(oldest.path))
-        connections.used = now
-        if now >= _next_sweep:
-            _next_sweep = now + IDLE_SECONDS / 2
-            for pool in list(_connections.values()):
-                if pool.used < now - IDLE_SECONDS:
-                    retired.append(_connections.pop(pool.path))
-                else:
-                    sweep.append(pool)
-            for key, path in list(_current_paths.items()):
-                if path not in _connections:
-                    del _current_paths[key]
-    for pool in retired:
-        pool.close()
-    for pool in sweep:
-        pool.close_idle(older_than=now - IDLE_SECONDS)
-    return connections
-
-
-def _request(
-    socket_path: str,
-    method: str,
-    path: str,
-    *,
-    body: bytes | None = None,
-    headers: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-    max_bytes: int | None = None,
-) -> _Response:
-    """One request to a runtime: its answer within ``timeout`` seconds in all (else
-    DeadlineExceeded) and at most ``max_bytes`` long (else ResponseTooLarge); a
-    prediction's limits unless told."""
-    deadline = time.monotonic() + (INVOCATION_SECONDS if timeout is None else timeout)
-    limit = MAX_RESPONSE_BYTES if max_bytes is None else max_bytes
-    return _pool(socket_path).request(method, path, body, headers or {}, deadline=deadline, max_bytes=limit)
-
-
 def _ping(socket_path: str) -> bool:
     try:
-        return _request(socket_path, "GET", "/ping", timeout=PING_SECONDS, max_bytes=PING_MAX_BYTES).status == 200
-    except RuntimeUnavailable:
+        response = runtime_http.request(socket_path, "GET", "/ping", timeout=PING_SECONDS, max_bytes=PING_MAX_BYTES)
+    except runtime_http.RuntimeHTTPError:
         return False
+    return response.status == 200
 
 
 def _gateway_error(status: int, message: str) -> InvocationResult:
@@ -525,14 +244,13 @@ class LocalTarget(Target):
         return ["prepare_model_dir", "start_runtime", "wait_healthy", "smoke_test", "switch_traffic", "stop_previous"]
 
     def run_step(self, name: str, ctx: StepContext) -> StepOutcome:
-        step = getattr(self, f"_step_{name}", None)
+        step = self.STEPS.get(name)
         if step is None:
             raise PermanentStepError(f"The local target has no step {name!r}.")
-        outcome: StepOutcome = step(ctx)
-        return outcome
+        return step(self, ctx)
 
     # --- rollout steps ----------------------------------------------------------------
-    def _step_prepare_model_dir(self, ctx: StepContext) -> StepOutcome:
+    def _prepare_model_dir(self, ctx: StepContext) -> StepOutcome:
         # Model code runs only in containers: without an engine nothing is prepared.
         if problem := cli.engine_problem():
             raise PermanentStepError(f"Local endpoints run in containers, and {problem}.")
@@ -545,7 +263,7 @@ class LocalTarget(Target):
         complete.touch()
         return StepOutcome.done(f"Prepared {ctx.model_version} for the runtime.")
 
-    def _step_start_runtime(self, ctx: StepContext) -> StepOutcome:
+    def _start_runtime(self, ctx: StepContext) -> StepOutcome:
         name = container_name(ctx.deployment)
         # Only a container this step recorded counts: one of that name without a record is
         # not this rollout's (another data directory's, say), and start() replaces it.
@@ -572,7 +290,7 @@ class LocalTarget(Target):
     def _container(self, ctx: StepContext) -> ExternalResource:
         return ExternalResource.objects.get(target=self.name, kind="container", identifier=ctx.resource_id("container"))
 
-    def _step_wait_healthy(self, ctx: StepContext) -> StepOutcome:
+    def _wait_healthy(self, ctx: StepContext) -> StepOutcome:
         resource = self._container(ctx)
         name = resource.identifier
         details = resource.details
@@ -595,21 +313,21 @@ class LocalTarget(Target):
             )
         return StepOutcome.wait(0.2, "Waiting for the runtime to load the model.")
 
-    def _step_smoke_test(self, ctx: StepContext) -> StepOutcome:
+    def _smoke_test(self, ctx: StepContext) -> StepOutcome:
         example = example_request(ctx.model_version.inspection)
         if example is None:
             return StepOutcome.skipped("The model has no example payload to try.")
         body, content_type = example
         resource = self._container(ctx)
         try:
-            response = _request(
+            response = runtime_http.request(
                 resource.details["socket"],
                 "POST",
                 "/invocations",
                 body=body,
                 headers={"Content-Type": content_type, "Accept": "application/json"},
             )
-        except RuntimeUnavailable as exc:
+        except runtime_http.RuntimeHTTPError as exc:
             raise TransientStepError(str(exc)) from exc
         if response.status != 200:
             raise PermanentStepError(
@@ -619,7 +337,7 @@ class LocalTarget(Target):
             )
         return StepOutcome.done(f"Test prediction: {response.data.decode('utf-8', 'replace')[:200]}")
 
-    def _step_switch_traffic(self, ctx: StepContext) -> StepOutcome:
+    def _switch_traffic(self, ctx: StepContext) -> StepOutcome:
         resource = self._container(ctx)
         if ctx.endpoint.runtime.get("container") != resource.identifier:
             ctx.set_runtime(
@@ -630,7 +348,7 @@ class LocalTarget(Target):
             ctx.save_intent()
         return StepOutcome.done(f"Traffic goes to {ctx.model_version} in container {resource.identifier}.")
 
-    def _step_stop_previous(self, ctx: StepContext) -> StepOutcome:
+    def _stop_previous(self, ctx: StepContext) -> StepOutcome:
         previous = [
             resource
             for resource in ctx.live_resources()
@@ -664,13 +382,13 @@ class LocalTarget(Target):
                 self._remove(ctx, resource)
 
     # --- teardown ---------------------------------------------------------------------
-    def _step_stop_runtime(self, ctx: StepContext) -> StepOutcome:
+    def _stop_runtime(self, ctx: StepContext) -> StepOutcome:
         ctx.set_runtime()
         for resource in ctx.live_resources().filter(kind="container"):
             self._remove(ctx, resource)
         return StepOutcome.done("Stopped the runtime.")
 
-    def _step_remove_files(self, ctx: StepContext) -> StepOutcome:
+    def _remove_files(self, ctx: StepContext) -> StepOutcome:
         for resource in ctx.live_resources().filter(kind="model_dir"):
             self._remove(ctx, resource)
         shutil.rmtree(endpoint_dir(ctx.endpoint.name), ignore_errors=True)
@@ -728,17 +446,32 @@ class LocalTarget(Target):
         except ValueError as error:
             raise PermanentStepError(f"No image can be built for this model: {error}.") from error
 
+    # Every step of every kind, by the name the pipeline persists.
+    STEPS: ClassVar[dict[str, Callable[[LocalTarget, StepContext], StepOutcome]]] = {
+        "prepare_model_dir": _prepare_model_dir,
+        "start_runtime": _start_runtime,
+        "wait_healthy": _wait_healthy,
+        "smoke_test": _smoke_test,
+        "switch_traffic": _switch_traffic,
+        "stop_previous": _stop_previous,
+        "stop_runtime": _stop_runtime,
+        "remove_files": _remove_files,
+    }
+
     # --- serving ----------------------------------------------------------------------
     def invoke(self, runtime: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> InvocationResult:
         socket_path = runtime.get("socket")
         if not socket_path:
             raise RuntimeUnavailable("the endpoint has no running runtime")
         try:
-            response = _request(str(socket_path), "POST", "/invocations", body=body, headers=headers)
-        except DeadlineExceeded:
-            return _gateway_error(504, f"The model did not answer within {INVOCATION_SECONDS:.0f} seconds.")
-        except ResponseTooLarge:
-            return _gateway_error(502, f"The model's answer is larger than {MAX_RESPONSE_BYTES} bytes.")
+            response = runtime_http.request(str(socket_path), "POST", "/invocations", body=body, headers=headers)
+        except runtime_http.DeadlineExceeded:
+            seconds = runtime_http.INVOCATION_SECONDS
+            return _gateway_error(504, f"The model did not answer within {seconds:.0f} seconds.")
+        except runtime_http.ResponseTooLarge:
+            return _gateway_error(502, f"The model's answer is larger than {runtime_http.MAX_RESPONSE_BYTES} bytes.")
+        except runtime_http.RuntimeHTTPError as exc:
+            raise RuntimeUnavailable(str(exc)) from exc
         return InvocationResult(
             status=response.status,
             body=response.data,

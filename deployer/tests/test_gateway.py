@@ -16,6 +16,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from deployer.integrations.containers import runtime_http
 from deployer.models import Endpoint, ModelVersion
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_rotate_key
@@ -31,11 +32,11 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_gateway_rout
 @pytest.fixture
 def fresh_pools() -> None:
     """This process keeps no connection to a runtime yet."""
-    for pool in local._connections.values():
+    for pool in runtime_http._connections.values():
         pool.close()
-    local._connections.clear()
-    local._current_paths.clear()
-    local._next_sweep = 0.0
+    runtime_http._connections.clear()
+    runtime_http._current_paths.clear()
+    runtime_http._next_sweep = 0.0
 
 
 def call(name: str, key: str | None, body: bytes = b"a,b\n1,2\n", **headers: str) -> tuple[int, dict[str, object]]:
@@ -234,7 +235,7 @@ def held_socket(tmp_path: Path) -> Iterator[str]:
 def test_an_answer_trickling_in_byte_by_byte_ends_at_the_deadline_with_504(
     owner: User, drip_socket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local, "INVOCATION_SECONDS", 1.0)
+    monkeypatch.setattr(runtime_http, "INVOCATION_SECONDS", 1.0)
     key = live_public(owner, "drip", drip_socket)
 
     started = time.monotonic()
@@ -251,7 +252,7 @@ def test_an_answer_above_sagemakers_6_mib_is_a_502_and_is_not_read_whole(
 ) -> None:
     key = live_public(owner, "flood", flood_socket)
     read: list[int] = []
-    read_body = local._read_body
+    read_body = runtime_http._read_body
 
     def counting(response: Any, limit: int) -> bytes:
         try:
@@ -259,12 +260,12 @@ def test_an_answer_above_sagemakers_6_mib_is_a_502_and_is_not_read_whole(
         finally:
             read.append(response.length)
 
-    monkeypatch.setattr(local, "_read_body", counting)
+    monkeypatch.setattr(runtime_http, "_read_body", counting)
     attributes = "chunked" if framing == "chunked" else "plain"
     status, body = call("flood", key, HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES=attributes)
 
     assert status == 502
-    assert str(local.MAX_RESPONSE_BYTES) in str(body["message"])
+    assert str(runtime_http.MAX_RESPONSE_BYTES) in str(body["message"])
     assert body["_headers"]["Content-Type"] == "application/json"  # type: ignore[index]
     assert read == [7 * 1024**2 if framing == "content-length" else None]
     assert call("flood", key, body=b"again")[0] == 502  # a new connection, not the unread rest
@@ -312,7 +313,7 @@ def rollout_socket(endpoint: str, deployment: int, start: int = 0) -> Path:
 
 
 def idle_connections() -> int:
-    return sum(len(pool.idle) for pool in local._connections.values())
+    return sum(len(pool.idle) for pool in runtime_http._connections.values())
 
 
 def test_the_pool_of_an_endpoints_previous_runtime_is_closed_once_requests_go_to_the_new_one() -> None:
@@ -330,29 +331,29 @@ def test_the_pool_of_an_endpoints_previous_runtime_is_closed_once_requests_go_to
             thread.join()
         next(servers, None)  # the old runtime is removed
 
-    churn = [path for path in local._connections if "/churn/" in path]
+    churn = [path for path in runtime_http._connections if "/churn/" in path]
     assert churn == [str(rollout_socket("churn", 10))]
-    assert idle_connections() <= local._Connections.MAX_IDLE
+    assert idle_connections() <= runtime_http._Connections.MAX_IDLE
 
 
 def test_idle_connections_and_pools_are_closed_after_a_while_and_pools_are_bounded(
     tmp_path: Path, echo_socket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local, "MAX_POOLS", 3)
-    monkeypatch.setattr(local, "IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(runtime_http, "MAX_POOLS", 3)
+    monkeypatch.setattr(runtime_http, "IDLE_SECONDS", 0.2)
     sockets = [str(tmp_path / f"{i}.sock") for i in range(5)]
     servers = [stand_in(Path(path), Echo) for path in sockets]
     for server in servers:
         next(server)
     for path in sockets:
-        local._request(path, "POST", "/invocations", body=b"{}")
-        assert len(local._connections) <= 3
-    assert list(local._connections) == sockets[-3:]  # the least recently used went first
+        runtime_http.request(path, "POST", "/invocations", body=b"{}")
+        assert len(runtime_http._connections) <= 3
+    assert list(runtime_http._connections) == sockets[-3:]  # the least recently used went first
 
     time.sleep(0.3)
-    local._request(echo_socket, "POST", "/invocations", body=b"{}")
+    runtime_http.request(echo_socket, "POST", "/invocations", body=b"{}")
 
-    assert list(local._connections) == [echo_socket]
+    assert list(runtime_http._connections) == [echo_socket]
     assert idle_connections() == 1
     for server in servers:
         next(server, None)

@@ -1,7 +1,7 @@
 """Hostile models deployed through the pipeline against the gateway in front of local
 endpoints: a model answering slowly, never, or too much holds no more of a web process than
 its share, and other endpoints keep answering (deployer/services/gateway.py,
-deployer/targets/local.py)."""
+deployer/targets/local.py, deployer/integrations/containers/runtime_http.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 
+from deployer.integrations.containers import runtime_http
 from deployer.models import Deployment
 from deployer.services.tokens import api_token_create
-from deployer.targets import local
 from deployer.tests.pipeline_support import expected, ready_model, rows_csv
 from deployer.tests.test_runtime_attacks import PRELUDE, deploy, healthy_neighbour, hostile_model, predict
 from testsupport.services import WebServer
@@ -116,9 +116,10 @@ def test_an_answer_too_large_or_too_slow_is_cut_off_and_the_endpoint_serves_on(
     status, body = predict(owner, "greedy", b"action\nbig\n")  # 50 MiB
 
     assert status == 502
-    assert json.loads(body) == {"message": f"The model's answer is larger than {local.MAX_RESPONSE_BYTES} bytes."}
+    limit = runtime_http.MAX_RESPONSE_BYTES
+    assert json.loads(body) == {"message": f"The model's answer is larger than {limit} bytes."}
 
-    monkeypatch.setattr(local, "INVOCATION_SECONDS", 2.0)
+    monkeypatch.setattr(runtime_http, "INVOCATION_SECONDS", 2.0)
     started = time.monotonic()
     status, body = predict(owner, "greedy", b"action,seconds\nsleep,5\n")
 

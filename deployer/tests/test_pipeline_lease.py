@@ -39,7 +39,7 @@ def test_a_step_running_three_times_longer_than_the_lease_runs_once_and_is_not_c
     # This test is the only worker: no task is sent to a Celery worker that may be running.
     monkeypatch.setattr(pipeline, "enqueue", lambda *args, **kwargs: None)
     monkeypatch.setattr(LocalTarget, "steps", lambda self, kind, *, public: ["slow"])
-    monkeypatch.setattr(LocalTarget, "_step_slow", slow_step, raising=False)
+    monkeypatch.setitem(LocalTarget.STEPS, "slow", slow_step)
     issued = endpoint_create(
         owner=owner, name="slow", model_version=make_model_version(owner, status=ModelVersion.Status.READY)
     )

@@ -47,7 +47,7 @@ def test_an_update_failing_after_the_traffic_switch_keeps_the_new_version_live_a
     def stop_previous_fails(self: LocalTarget, ctx: StepContext) -> StepOutcome:
         raise PermanentStepError("The previous runtime would not stop.")
 
-    monkeypatch.setattr(LocalTarget, "_step_stop_previous", stop_previous_fails)
+    monkeypatch.setitem(LocalTarget.STEPS, "stop_previous", stop_previous_fails)
     update = drive(endpoint_update(endpoint=issued.endpoint, model_version=v2))
 
     endpoint = Endpoint.objects.get(name="forward")
@@ -91,7 +91,7 @@ def test_a_failure_before_the_switch_still_discards_the_rollout_and_the_old_vers
     def smoke_test_fails(self: LocalTarget, ctx: StepContext) -> StepOutcome:
         raise PermanentStepError("The test prediction was wrong.")
 
-    monkeypatch.setattr(LocalTarget, "_step_smoke_test", smoke_test_fails)
+    monkeypatch.setitem(LocalTarget.STEPS, "smoke_test", smoke_test_fails)
     update = drive(endpoint_update(endpoint=issued.endpoint, model_version=v2))
 
     assert update.status == Deployment.Status.FAILED

@@ -504,13 +504,13 @@ def test_the_socket_directory_is_locked_before_the_model_loads_even_when_the_wor
 ) -> None:
     from deployer.targets.local import LocalTarget
 
-    wait_healthy = LocalTarget._step_wait_healthy
+    wait_healthy = LocalTarget.STEPS["wait_healthy"]
 
     def busy_worker(self: LocalTarget, ctx: object) -> object:
         time.sleep(3)  # the queued poll runs late: the model has long loaded by then
         return wait_healthy(self, ctx)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(LocalTarget, "_step_wait_healthy", busy_worker)
+    monkeypatch.setitem(LocalTarget.STEPS, "wait_healthy", busy_worker)
     model = hostile_model(owner, iris_models, SOCKET_DIR_FILL_R, {})
 
     assert deploy(owner, "early", model).status == Deployment.Status.SUCCEEDED
