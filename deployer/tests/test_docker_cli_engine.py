@@ -61,6 +61,8 @@ def docker_cli(podman_docker_api: PodmanDockerApi, settings: Any, monkeypatch: p
     settings.CONTAINER_CLI = "docker"
     monkeypatch.setenv("DOCKER_HOST", podman_docker_api.docker_host)
     monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    # podman's API has no BuildKit: the classic builder, even where buildx is installed.
+    monkeypatch.setenv("DOCKER_BUILDKIT", "0")
     return podman_docker_api
 
 

@@ -25,6 +25,8 @@ ENGINE_VARIABLES = (
     "DOCKER_TLS_VERIFY",
     "DOCKER_CERT_PATH",
     "DOCKER_API_VERSION",
+    # docker's builder: BuildKit (buildx) or the classic one (0), the only one podman's API serves.
+    "DOCKER_BUILDKIT",
     "CONTAINER_HOST",
     "XDG_RUNTIME_DIR",
     # podman's registries (e.g. a plain-http test registry marked insecure: images.py).
