@@ -1,7 +1,7 @@
 """The `docker` engine CLI (RDEPLOY_CONTAINER_CLI=docker) for real: the Docker CLI talking to
 podman's Docker-compatible API (Docker API 1.41) on a socket of this session's, driving
-inspection, a hostile model, a local endpoint's runtime and an image build through rdeploy's
-own code, as a worker with a Docker Engine's socket (docker-compose.yml) drives them."""
+inspection, hostile models, a local endpoint's runtime, an image build and a push through
+rdeploy's own code, as a worker with a Docker Engine's socket (docker-compose.yml) drives them."""
 
 from __future__ import annotations
 
