@@ -114,7 +114,7 @@ def cold_start_as_local_endpoint(image: str, model_dir: Path, work: Path) -> flo
     runtimes.py: no network, read-only, own uid, limits) to the first /ping 200 through its
     locked Unix socket, as the gateway reaches it."""
     from deployer.integrations.containers import runtimes
-    from deployer.targets.local import _ping
+    from deployer.targets.local.runtime import ping
 
     name = f"{NAME_PREFIX}-local-{os.getpid()}"
     socket_dir = work / "socket"
@@ -139,7 +139,7 @@ def cold_start_as_local_endpoint(image: str, model_dir: Path, work: Path) -> flo
             except FileNotFoundError:
                 time.sleep(0.02)
                 continue
-            if _ping(str(socket_path)):
+            if ping(str(socket_path)):
                 return time.perf_counter() - started
             time.sleep(0.02)
         raise SystemExit("the local endpoint's container did not answer /ping within 60 s")

@@ -20,7 +20,8 @@ from deployer.integrations.containers import runtime_http
 from deployer.models import Endpoint, ModelVersion
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_rotate_key
-from deployer.targets import local
+from deployer.targets.local import LocalTarget
+from deployer.targets.local.paths import endpoint_dir, socket_dir
 from deployer.tests.gateway_support import Echo, UnixHTTPServer, echo_socket, live_public
 from testsupport.factories import make_model_version
 
@@ -309,7 +310,7 @@ def test_an_endpoint_gets_at_most_its_share_of_a_web_process_and_the_rest_get_50
 
 
 def rollout_socket(endpoint: str, deployment: int, start: int = 0) -> Path:
-    return local.socket_dir(local.endpoint_dir(endpoint) / str(deployment), start) / "runtime.sock"
+    return socket_dir(endpoint_dir(endpoint) / str(deployment), start) / "runtime.sock"
 
 
 def idle_connections() -> int:
@@ -317,7 +318,7 @@ def idle_connections() -> int:
 
 
 def test_the_pool_of_an_endpoints_previous_runtime_is_closed_once_requests_go_to_the_new_one() -> None:
-    target = local.LocalTarget()
+    target = LocalTarget()
     for deployment in range(1, 11):  # ten rollouts (or restarts), each its own socket
         socket_path = rollout_socket("churn", deployment)
         servers = stand_in(socket_path, Echo)

@@ -1,7 +1,7 @@
 """Hostile models deployed through the pipeline against the gateway in front of local
 endpoints: a model answering slowly, never, or too much holds no more of a web process than
 its share, and other endpoints keep answering (deployer/services/gateway.py,
-deployer/targets/local.py, deployer/integrations/containers/runtime_http.py)."""
+deployer/targets/local/, deployer/integrations/containers/runtime_http.py)."""
 
 from __future__ import annotations
 

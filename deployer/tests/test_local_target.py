@@ -17,7 +17,8 @@ from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResour
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
 from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets.base import TargetOptionsError
-from deployer.targets.local import LocalTarget, container_name, endpoint_dir
+from deployer.targets.local import LocalTarget
+from deployer.targets.local.paths import container_name, endpoint_dir
 from deployer.tests.pipeline_support import (
     broken_model,
     container_running,

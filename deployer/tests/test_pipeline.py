@@ -22,7 +22,7 @@ from deployer.integrations.containers import runtimes
 from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway
 from deployer.services.tokens import api_token_create
-from deployer.targets.local import endpoint_dir
+from deployer.targets.local.paths import endpoint_dir
 from deployer.tests.pipeline_support import (
     expected,
     ready_model,

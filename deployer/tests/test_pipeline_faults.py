@@ -16,7 +16,7 @@ from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
 from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets import get_target
-from deployer.targets.local import endpoint_dir
+from deployer.targets.local.paths import endpoint_dir
 from deployer.tests.pipeline_support import (
     FaultyWorker,
     expected,

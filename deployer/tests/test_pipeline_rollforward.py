@@ -15,7 +15,8 @@ from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome
-from deployer.targets.local import LocalTarget, rollout_dir
+from deployer.targets.local import LocalTarget
+from deployer.targets.local.paths import rollout_dir
 from deployer.tests.pipeline_support import container_running, drive, expected, ready_model, rows_csv, stop_everything
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

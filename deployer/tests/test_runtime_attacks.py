@@ -449,11 +449,8 @@ def test_a_model_cannot_break_log_collection_or_its_deletion_with_forged_timesta
 
 
 def test_a_flood_of_long_log_lines_is_stored_cut_and_within_a_budget(owner: User, iris_models: Path) -> None:
-    from deployer.targets.local import (
-        MAX_LOG_BYTES_PER_COLLECT,
-        MAX_LOG_LINE_BYTES,
-        LocalTarget,
-    )
+    from deployer.targets.local import LocalTarget
+    from deployer.targets.local.logs import MAX_LOG_BYTES_PER_COLLECT, MAX_LOG_LINE_BYTES
 
     assert (
         deploy(owner, "flood", hostile_model(owner, iris_models, LOG_FORGER_R, {})).status

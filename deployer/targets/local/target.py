@@ -1,0 +1,397 @@
+"""The ``local`` target's operations: options, the rollout and teardown steps (``STEPS``),
+invocation through the runtime's socket, supervision (restarts with backoff), reaping and
+log collection. See the package's docstring for the design."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.utils import timezone
+
+from deployer.integrations import processes
+from deployer.integrations.containers import cli, images, runtime_http, runtimes
+from deployer.model_files import model_version_materialize
+from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
+from deployer.targets.base import (
+    ROUTE_CACHE_SECONDS,
+    InvocationResult,
+    PermanentStepError,
+    RuntimeUnavailable,
+    StepContext,
+    StepOutcome,
+    Target,
+    TargetOptionsError,
+    TransientStepError,
+)
+from deployer.targets.local.image import runtime_image
+from deployer.targets.local.logs import keep_last_logs, last_lines
+from deployer.targets.local.paths import IMAGE_BUILD_DIR, container_name, endpoint_dir, rollout_dir, socket_dir
+from deployer.targets.local.runtime import (
+    DEFAULT_MEMORY_MB,
+    DEFAULT_OPTIONS,
+    RESTART_SOCKET_WAIT,
+    START_SOCKET_WAIT,
+    example_request,
+    foreign_container,
+    lock_when_made,
+    locked_socket,
+    oom_note,
+    ping,
+    start_container,
+)
+
+logger = logging.getLogger(__name__)
+
+# The previous runtime stops this long after the switch: every web process has seen the
+# new route by then, and requests already sent to the old runtime have had time to finish.
+DRAIN_SECONDS = ROUTE_CACHE_SECONDS + 1.5
+# Crash supervision: restart with exponential backoff; fail after this many crashes
+# within CRASH_WINDOW seconds.
+MAX_CRASHES = 5
+CRASH_WINDOW = 600
+
+
+def _gateway_error(status: int, message: str) -> InvocationResult:
+    """An answer of the gateway's own, shaped as its other errors (deployer/services/gateway.py)."""
+    return InvocationResult(status, json.dumps({"message": message}).encode(), {"Content-Type": "application/json"})
+
+
+class LocalTarget(Target):
+    name = "local"
+
+    def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        if "runner" in options:
+            raise TargetOptionsError(
+                "Option 'runner' is gone: every local endpoint now runs in a container of its serving image."
+            )
+        unknown = sorted(set(options) - {*DEFAULT_OPTIONS, "memory_mb"})
+        if unknown:
+            raise TargetOptionsError(f"Unknown option(s) for the local target: {', '.join(unknown)}.")
+        # The operator's caps per endpoint: one core per R worker, and the container's memory.
+        max_cpus, max_memory = settings.LOCAL_MAX_CPUS, settings.LOCAL_MAX_MEMORY_MB
+        merged = {
+            **DEFAULT_OPTIONS,
+            "workers": min(int(DEFAULT_OPTIONS["workers"]), max_cpus),
+            "memory_mb": min(DEFAULT_MEMORY_MB, max_memory),
+            **options,
+        }
+        for key, low, high in (("workers", 1, 64), ("startup_timeout", 5, 3600), ("memory_mb", 256, 1024**2)):
+            value = merged[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                unit = " of MiB" if key == "memory_mb" else ""
+                raise TargetOptionsError(f"Option {key!r} must be a whole number{unit} from {low} to {high}.")
+        if merged["workers"] > max_cpus:
+            raise TargetOptionsError(
+                f"Option 'workers' is at most {max_cpus} on this server: each R worker gets a CPU core, and "
+                f"an endpoint may use at most {max_cpus} (RDEPLOY_LOCAL_MAX_CPUS)."
+            )
+        if merged["memory_mb"] > max_memory:
+            raise TargetOptionsError(
+                f"Option 'memory_mb' is at most {max_memory} MiB on this server "
+                f"(RDEPLOY_LOCAL_MAX_MEMORY_MB, the most memory an endpoint may use)."
+            )
+        return merged
+
+    def steps(self, kind: str, *, public: bool) -> list[str]:
+        if kind == Deployment.Kind.DELETE:
+            return ["stop_runtime", "remove_files"]
+        return ["prepare_model_dir", "start_runtime", "wait_healthy", "smoke_test", "switch_traffic", "stop_previous"]
+
+    def run_step(self, name: str, ctx: StepContext) -> StepOutcome:
+        step = self.STEPS.get(name)
+        if step is None:
+            raise PermanentStepError(f"The local target has no step {name!r}.")
+        return step(self, ctx)
+
+    # --- rollout steps ----------------------------------------------------------------
+    def _prepare_model_dir(self, ctx: StepContext) -> StepOutcome:
+        # Model code runs only in containers: without an engine nothing is prepared.
+        if problem := cli.engine_problem():
+            raise PermanentStepError(f"Local endpoints run in containers, and {problem}.")
+        model_dir = rollout_dir(ctx.deployment) / "model"
+        complete = model_dir.parent / ".model-complete"
+        ctx.record_resource("model_dir", str(model_dir.parent))
+        if complete.exists():
+            return StepOutcome.skipped("The model directory is already prepared.")
+        model_version_materialize(model_version=ctx.model_version, destination=model_dir)
+        complete.touch()
+        return StepOutcome.done(f"Prepared {ctx.model_version} for the runtime.")
+
+    def _start_runtime(self, ctx: StepContext) -> StepOutcome:
+        name = container_name(ctx.deployment)
+        # Only a container this step recorded counts: one of that name without a record is
+        # not this rollout's (another data directory's, say), and start() replaces it.
+        recorded = ExternalResource.objects.filter(target=self.name, kind="container", identifier=name).exists()
+        current = runtimes.state(name) if recorded else None
+        if current is not None and current.running:
+            return StepOutcome.skipped(f"The runtime already runs in container {name}.")
+        image = runtime_image(ctx)
+        if isinstance(image, StepOutcome):
+            return image
+        directory = rollout_dir(ctx.deployment)
+        resource = ctx.record_resource("container", name, {"directory": str(directory), "start": 0, "image": image})
+        try:
+            start_container(
+                name=name, image=image, deployment=ctx.deployment, directory=directory, start=0, options=ctx.options
+            )
+        except runtimes.ForeignContainer as exc:
+            raise foreign_container(exc) from exc
+        # Taken back before the model's code, loading beside HAProxy, has long to write
+        # there; wait_healthy locks it if the runtime is slower than this.
+        lock_when_made(socket_dir(directory, 0), resource, wait=START_SOCKET_WAIT)
+        return StepOutcome.done(f"Started the R runtime in container {name} of {image}.")
+
+    def _container(self, ctx: StepContext) -> ExternalResource:
+        return ExternalResource.objects.get(target=self.name, kind="container", identifier=ctx.resource_id("container"))
+
+    def _wait_healthy(self, ctx: StepContext) -> StepOutcome:
+        resource = self._container(ctx)
+        name = resource.identifier
+        details = resource.details
+        socket_path = locked_socket(socket_dir(Path(details["directory"]), details["start"]), resource)
+        if socket_path is not None and ping(socket_path):
+            if details.get("socket") != socket_path:
+                ExternalResource.objects.filter(pk=resource.pk).update(details={**details, "socket": socket_path})
+            return StepOutcome.done(f"The runtime answered /ping after {ctx.elapsed():.1f} s.")
+        current = runtimes.state(name)
+        if current is None or not current.running:
+            status = f" with status {current.exit_code}" if current is not None else ""
+            raise PermanentStepError(
+                f"The R runtime exited{status} before it became healthy{oom_note(current)}. "
+                f"Its last log lines:\n{last_lines(name)}"
+            )
+        timeout = ctx.options.get("startup_timeout", DEFAULT_OPTIONS["startup_timeout"])
+        if ctx.elapsed() > timeout:
+            raise PermanentStepError(
+                f"The R runtime did not answer /ping within {timeout} s. Its last log lines:\n{last_lines(name)}"
+            )
+        return StepOutcome.wait(0.2, "Waiting for the runtime to load the model.")
+
+    def _smoke_test(self, ctx: StepContext) -> StepOutcome:
+        example = example_request(ctx.model_version.inspection)
+        if example is None:
+            return StepOutcome.skipped("The model has no example payload to try.")
+        body, content_type = example
+        resource = self._container(ctx)
+        try:
+            response = runtime_http.request(
+                resource.details["socket"],
+                "POST",
+                "/invocations",
+                body=body,
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+            )
+        except runtime_http.RuntimeHTTPError as exc:
+            raise TransientStepError(str(exc)) from exc
+        if response.status != 200:
+            raise PermanentStepError(
+                f"The test prediction with the model's example payload failed with HTTP {response.status}: "
+                f"{response.data.decode('utf-8', 'replace')[:500]}\n"
+                f"The runtime's last log lines:\n{last_lines(resource.identifier)}"
+            )
+        return StepOutcome.done(f"Test prediction: {response.data.decode('utf-8', 'replace')[:200]}")
+
+    def _switch_traffic(self, ctx: StepContext) -> StepOutcome:
+        resource = self._container(ctx)
+        if ctx.endpoint.runtime.get("container") != resource.identifier:
+            ctx.set_runtime(
+                container=resource.identifier, socket=resource.details["socket"], deployment=ctx.deployment.pk
+            )
+        if "switched_at" not in ctx.intent:
+            ctx.intent["switched_at"] = time.time()
+            ctx.save_intent()
+        return StepOutcome.done(f"Traffic goes to {ctx.model_version} in container {resource.identifier}.")
+
+    def _stop_previous(self, ctx: StepContext) -> StepOutcome:
+        previous = [
+            resource
+            for resource in ctx.live_resources()
+            if resource.deployment_id != ctx.deployment.pk and resource.kind in ("container", "model_dir")
+        ]
+        if not previous:
+            return StepOutcome.skipped("No previous runtime to stop.")
+        switched_at = ctx.deployment.steps.get(name="switch_traffic").intent.get("switched_at", 0)
+        remaining = switched_at + DRAIN_SECONDS - time.time()
+        if remaining > 0:
+            return StepOutcome.wait(remaining, "Letting requests to the previous runtime finish.")
+        for resource in previous:
+            self._remove(ctx, resource)
+        return StepOutcome.done("Stopped the previous runtime.")
+
+    def _remove(self, ctx: StepContext, resource: ExternalResource) -> None:
+        if resource.kind == "container":
+            # Its last lines go with the container: keep them first.
+            keep_last_logs(ctx.endpoint, resource.pk)
+            runtimes.stop(resource.identifier)
+        elif resource.kind == "model_dir":
+            # The serving image's build, if one still runs for this rollout.
+            images.remove_job(Path(resource.identifier) / IMAGE_BUILD_DIR)
+            shutil.rmtree(resource.identifier, ignore_errors=True)
+        ctx.mark_resource_deleted(resource.kind, resource.identifier)
+
+    def discard(self, ctx: StepContext) -> None:
+        serving = ctx.endpoint.runtime.get("container")
+        for resource in reversed(list(ctx.deployment_resources())):
+            if resource.identifier != serving:
+                self._remove(ctx, resource)
+
+    # --- teardown ---------------------------------------------------------------------
+    def _stop_runtime(self, ctx: StepContext) -> StepOutcome:
+        ctx.set_runtime()
+        for resource in ctx.live_resources().filter(kind="container"):
+            self._remove(ctx, resource)
+        return StepOutcome.done("Stopped the runtime.")
+
+    def _remove_files(self, ctx: StepContext) -> StepOutcome:
+        for resource in ctx.live_resources().filter(kind="model_dir"):
+            self._remove(ctx, resource)
+        shutil.rmtree(endpoint_dir(ctx.endpoint.name), ignore_errors=True)
+        return StepOutcome.done("Removed the endpoint's files.")
+
+    # Every step of every kind, by the name the pipeline persists.
+    STEPS: ClassVar[dict[str, Callable[[LocalTarget, StepContext], StepOutcome]]] = {
+        "prepare_model_dir": _prepare_model_dir,
+        "start_runtime": _start_runtime,
+        "wait_healthy": _wait_healthy,
+        "smoke_test": _smoke_test,
+        "switch_traffic": _switch_traffic,
+        "stop_previous": _stop_previous,
+        "stop_runtime": _stop_runtime,
+        "remove_files": _remove_files,
+    }
+
+    # --- serving ----------------------------------------------------------------------
+    def invoke(self, runtime: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> InvocationResult:
+        socket_path = runtime.get("socket")
+        if not socket_path:
+            raise RuntimeUnavailable("the endpoint has no running runtime")
+        try:
+            response = runtime_http.request(str(socket_path), "POST", "/invocations", body=body, headers=headers)
+        except runtime_http.DeadlineExceeded:
+            seconds = runtime_http.INVOCATION_SECONDS
+            return _gateway_error(504, f"The model did not answer within {seconds:.0f} seconds.")
+        except runtime_http.ResponseTooLarge:
+            return _gateway_error(502, f"The model's answer is larger than {runtime_http.MAX_RESPONSE_BYTES} bytes.")
+        except runtime_http.RuntimeHTTPError as exc:
+            raise RuntimeUnavailable(str(exc)) from exc
+        return InvocationResult(
+            status=response.status,
+            body=response.data,
+            headers={
+                name: value
+                for name in ("Content-Type", "X-Amzn-SageMaker-Custom-Attributes")
+                if (value := response.headers.get(name.lower())) is not None
+            },
+        )
+
+    def check(self, endpoint: Endpoint) -> None:
+        """Restart a runtime whose container stopped (a crash, the engine restarted), with
+        backoff; route traffic to the restarted one once its socket is locked and checked."""
+        if legacy := endpoint.runtime.get("process"):
+            # Started by an rdeploy that ran runtimes as host processes: stop it, never serve
+            # model code outside a container again.
+            processes.stop(str(legacy), pid=endpoint.runtime.get("pid"), grace=1)
+            raise PermanentStepError(
+                "This endpoint's runtime ran as a process on the server, which rdeploy no longer does; it was "
+                "stopped. Deploy the model again: it will run in a container."
+            )
+        name = endpoint.runtime.get("container")
+        if not name:
+            return
+        resource = ExternalResource.objects.filter(
+            target=self.name, kind="container", identifier=name, deleted_at__isnull=True
+        ).first()
+        if resource is None:
+            return
+        details = dict(resource.details)
+        current = runtimes.state(name)
+        if current is not None and current.running:
+            if not endpoint.runtime.get("socket"):
+                self._route_to_restarted(endpoint, resource, wait=0)
+            return
+        now = time.time()
+        crashes = [t for t in details.get("crashes", []) if now - t < CRASH_WINDOW]
+        if len(crashes) >= MAX_CRASHES:
+            raise PermanentStepError(
+                f"The R runtime crashed {len(crashes)} times in {CRASH_WINDOW // 60} minutes and was not restarted "
+                f"again{oom_note(current)}. Its last log lines:\n{last_lines(name)}"
+            )
+        if crashes and now - crashes[-1] < min(2 ** len(crashes), 60):
+            return  # backing off; the next reconciler run restarts it
+        keep_last_logs(endpoint, resource.pk)
+        start = int(details.get("start", 0)) + 1
+        # No route while the new container's socket is unchecked.
+        Endpoint.objects.filter(pk=endpoint.pk).update(
+            runtime={**endpoint.runtime, "socket": None}, updated_at=timezone.now()
+        )
+        directory = Path(details["directory"])
+        shutil.rmtree(socket_dir(directory, start - 1), ignore_errors=True)
+        assert resource.deployment is not None  # a container is recorded by its rollout
+        try:
+            start_container(
+                name=name,
+                image=details["image"],
+                deployment=resource.deployment,
+                directory=directory,
+                start=start,
+                options=endpoint.options,
+            )
+        except runtimes.ForeignContainer as exc:
+            raise foreign_container(exc) from exc
+        details.update(start=start, socket=None, crashes=[*crashes, now], log_cursor=None)
+        ExternalResource.objects.filter(pk=resource.pk).update(details=details)
+        LogLine.objects.create(
+            endpoint=endpoint,
+            source=LogLine.Source.ENDPOINT,
+            level=LogLine.Level.WARNING,
+            message=f"The R runtime had stopped{oom_note(current)}; restarted it (restart {len(crashes) + 1}).",
+        )
+        resource.details = details
+        self._route_to_restarted(endpoint, resource, wait=RESTART_SOCKET_WAIT)
+
+    def _route_to_restarted(self, endpoint: Endpoint, resource: ExternalResource, *, wait: float) -> None:
+        directory = socket_dir(Path(resource.details["directory"]), int(resource.details["start"]))
+        socket_path = lock_when_made(directory, resource, wait=wait)
+        if socket_path is None:
+            return  # still starting: the next reconciler run looks again
+        ExternalResource.objects.filter(pk=resource.pk).update(details={**resource.details, "socket": socket_path})
+        runtime = {**endpoint.runtime, "container": resource.identifier, "socket": socket_path}
+        Endpoint.objects.filter(pk=endpoint.pk).update(runtime=runtime, updated_at=timezone.now())
+
+    def reap(self) -> int:
+        """Remove runtime containers whose resource was removed but which still exist: one
+        a step started after its rollout was discarded or cancelled, or one a stop did not
+        end. (A container is recorded before it starts, so none runs unrecorded.)"""
+        existing = runtimes.names()
+        removed = ExternalResource.objects.filter(
+            target=self.name, kind="container", identifier__in=existing, deleted_at__isnull=False
+        ).select_related("endpoint")
+        stopped = 0
+        for resource in removed:
+            runtimes.stop(resource.identifier, grace=1)
+            stopped += 1
+            if resource.endpoint is not None:
+                LogLine.objects.create(
+                    endpoint=resource.endpoint,
+                    source=LogLine.Source.ENDPOINT,
+                    level=LogLine.Level.WARNING,
+                    message=f"Removed runtime {resource.identifier}: it ran though it had been removed.",
+                )
+        return stopped
+
+    def collect_logs(self, endpoint: Endpoint) -> int:
+        # The reconciler supervises the endpoint (check) after this: a log that cannot be
+        # read must not stop that.
+        return sum(
+            keep_last_logs(endpoint, resource_id)
+            for resource_id in ExternalResource.objects.filter(
+                endpoint=endpoint, kind="container", target=self.name, deleted_at__isnull=True
+            ).values_list("pk", flat=True)
+        )
