@@ -183,7 +183,7 @@ INSPECT_TIMEOUT_SECONDS = env.integer("RDEPLOY_INSPECT_TIMEOUT", 120, minimum=5)
 INSPECT_MEMORY_BYTES = env.integer("RDEPLOY_INSPECT_MEMORY_BYTES", 4 * 1024**3, minimum=256 * 1024**2)
 
 # --- AWS: the SageMaker target (docs/sagemaker.md) ----------------------------------------
-# Read lazily by deployer/targets/sagemaker.py: an installation using only the local target
+# Read lazily by deployer/targets/sagemaker/: an installation using only the local target
 # needs none of these, and a missing one fails the first SageMaker step naming it.
 # Credentials come from boto3's own chain (environment, profile, instance role).
 AWS_REGION = env.optional_text("AWS_REGION") or env.optional_text("AWS_DEFAULT_REGION")

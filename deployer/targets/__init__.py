@@ -10,7 +10,7 @@ from deployer.targets.base import Target
 
 _TARGETS = {
     "local": "deployer.targets.local.LocalTarget",
-    "sagemaker": "deployer.targets.sagemaker.SageMakerTarget",
+    "sagemaker": "deployer.targets.sagemaker.target.SageMakerTarget",
 }
 
 

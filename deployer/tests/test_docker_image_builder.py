@@ -32,8 +32,8 @@ from deployer.models import Deployment, DeploymentStep, ExternalResource, LogLin
 from deployer.services.images import serving_image_ensure
 from deployer.services.pipeline import deployment_advance
 from deployer.serving_images import local_image
-from deployer.targets import sagemaker as sagemaker_target
-from deployer.targets.sagemaker import docker_build_dir, image_build_context
+from deployer.targets.sagemaker import image as sagemaker_image
+from deployer.targets.sagemaker.image import docker_build_dir, image_build_context
 from deployer.tests.image_support import free_port, make_cran_repository, nothing_installs
 from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, ready_model
 from testsupport.moto import MotoServer
@@ -97,7 +97,7 @@ def registry_as_ecr(aws: MotoServer, registry: Registry, monkeypatch: pytest.Mon
         return username, password, f"https://{registry.address}"
 
     # Real builds and pushes take seconds: poll them often (the pipeline waits inline).
-    monkeypatch.setattr(sagemaker_target, "DOCKER_POLL_SECONDS", 0.2)
+    monkeypatch.setattr(sagemaker_image, "DOCKER_POLL_SECONDS", 0.2)
     monkeypatch.setattr(ecr, "ensure_repository", repository_in_registry)
     monkeypatch.setattr(ecr, "docker_login", login_to_registry)
     monkeypatch.setattr(

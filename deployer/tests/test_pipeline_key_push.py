@@ -16,7 +16,8 @@ from deployer.models import Endpoint, ModelVersion
 from deployer.services import endpoints
 from deployer.services.endpoints import endpoint_rotate_key
 from deployer.services.tokens import hash_secret
-from deployer.targets.sagemaker import HANDLER_FILE, function_name
+from deployer.targets.sagemaker.names import function_name
+from deployer.targets.sagemaker.public_api import HANDLER_FILE
 from tasks import app
 from tasks import pipeline as pipeline_tasks
 from testsupport.factories import make_endpoint, make_model_version

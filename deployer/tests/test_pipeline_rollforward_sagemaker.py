@@ -13,7 +13,8 @@ from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, Endpoint
 from deployer.services.endpoints import endpoint_create, endpoint_update
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome
-from deployer.targets.sagemaker import SageMakerTarget, endpoint_name, rollout_name
+from deployer.targets.sagemaker.names import endpoint_name, rollout_name
+from deployer.targets.sagemaker.target import STEPS
 from deployer.tests.sagemaker_support import drive, push_image, ready_model
 from testsupport.moto import MotoServer, SingleCallStubber
 
@@ -39,10 +40,10 @@ def test_a_sagemaker_update_failing_after_the_endpoint_is_in_service_keeps_what_
         drive(update, until_step="deploy_endpoint")
     aws_client("sagemaker").create_endpoint(EndpointName=name, EndpointConfigName=rollout_name(update))
 
-    def retire_previous_fails(self: SageMakerTarget, ctx: StepContext) -> StepOutcome:
+    def retire_previous_fails(ctx: StepContext) -> StepOutcome:
         raise PermanentStepError("Deleting the previous model was refused.")
 
-    monkeypatch.setattr(SageMakerTarget, "_step_retire_previous", retire_previous_fails)
+    monkeypatch.setitem(STEPS, "retire_previous", retire_previous_fails)
     update = drive(update)
 
     endpoint = Endpoint.objects.get(name="iris-fwd")

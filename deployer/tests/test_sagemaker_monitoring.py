@@ -20,8 +20,8 @@ from django.core.management import call_command
 from deployer.integrations.aws import ecr, tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
+from deployer.services.cloud_gc import cloud_orphans
 from deployer.targets import get_target
-from deployer.targets.sagemaker import cloud_orphans
 from deployer.tests.sagemaker_support import create_public, drive, latest, push_image, ready_model, tagged
 from testsupport.moto import EndpointUpdates, MotoServer
 

@@ -15,7 +15,7 @@ from django.core.files.base import ContentFile
 
 from deployer.build_context import PUBLIC_BASE_IMAGE, render_build_context
 from deployer.models import Deployment, ModelVersion
-from deployer.targets.sagemaker import image_build_context
+from deployer.targets.sagemaker.image import image_build_context
 from deployer.tests.sagemaker_support import drive, latest, ready_model
 from testsupport.moto import MotoServer
 

@@ -32,16 +32,12 @@ from deployer.integrations.aws import codebuild, ecr, s3, tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.model_files import model_version_directory_digest
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
+from deployer.services.cloud_gc import cloud_orphans, cloud_orphans_delete
 from deployer.services.pipeline import deployment_advance
 from deployer.targets import get_target
 from deployer.targets.base import PermanentStepError, TransientStepError
-from deployer.targets.sagemaker import (
-    cloud_orphans,
-    cloud_orphans_delete,
-    endpoint_name,
-    image_build_context,
-    rollout_name,
-)
+from deployer.targets.sagemaker.image import image_build_context
+from deployer.targets.sagemaker.names import endpoint_name, rollout_name
 from deployer.tests.sagemaker_support import builds_started, create_public, drive, latest, push_image, ready_model
 from testsupport.moto import MotoServer, SingleCallStubber
 

@@ -22,7 +22,7 @@ from deployer.integrations.containers import cli, images
 from deployer.model_files import model_version_materialize
 from deployer.models import ModelVersion
 from deployer.services.images import serving_image_ensure
-from deployer.targets.sagemaker import model_data_tarball
+from deployer.targets.sagemaker.model_data import model_data_tarball
 from deployer.tests.image_support import (
     make_cran_repository,
     nothing_installs,

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from deployer.targets.sagemaker import cloud_orphans, cloud_orphans_delete
+from deployer.services.cloud_gc import cloud_orphans, cloud_orphans_delete
 
 
 class Command(BaseCommand):

@@ -1,0 +1,79 @@
+"""Garbage collection of the SageMaker target's cloud resources (``manage.py rdeploy_gc``):
+what carries this installation's tags but no live database row owns (leaks from crashes or
+manual edits), untagged log groups under rdeploy's names no live endpoint writes to, and
+images no endpoint has used for longer than a grace period (docs/sagemaker.md, "Garbage
+collection")."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from deployer.integrations.aws import tagging
+from deployer.integrations.aws.tagging import CloudResource
+from deployer.models import Endpoint, ExternalResource
+from deployer.targets.sagemaker.names import prefix
+from deployer.targets.sagemaker.teardown import delete_cloud_resource
+
+# Images no endpoint uses any more are removed by `rdeploy_gc --delete` after this long:
+# redeploying a recently deleted model should not rebuild.
+IMAGE_GRACE_SECONDS = 7 * 24 * 3600
+
+
+def cloud_orphans(*, image_grace_seconds: float = IMAGE_GRACE_SECONDS) -> list[CloudResource]:
+    """Cloud resources carrying this installation's tags that no live database row owns,
+    and images no endpoint has used for longer than the grace period."""
+    cutoff = timezone.now() - timedelta(seconds=image_grace_seconds)
+    owned: set[tuple[str, str]] = set()
+    rows = ExternalResource.objects.filter(target=Endpoint.Target.SAGEMAKER, deleted_at__isnull=True)
+    for row in rows.select_related("endpoint"):
+        if row.endpoint is not None and row.endpoint.status != Endpoint.Status.DELETED:
+            owned.add((row.kind, row.identifier))
+            # The groups its endpoint or function logs to, recorded or not (an endpoint
+            # deployed before rdeploy made them has them from SageMaker and Lambda).
+            if row.kind == "sagemaker_endpoint":
+                owned.add(("log_group", f"/aws/sagemaker/Endpoints/{row.identifier}"))
+            elif row.kind == "lambda_function":
+                owned.add(("log_group", f"/aws/lambda/{row.identifier}"))
+        elif row.kind == "ecr_image":
+            since = row.details.get("unused_since")
+            if not since or datetime.fromisoformat(since) > cutoff:
+                owned.add((row.kind, row.identifier))
+    inventory = tagging.inventory(
+        installation=settings.INSTALLATION_ID,
+        prefix=prefix(),
+        bucket=settings.RDEPLOY_S3_BUCKET,
+        repository=str(settings.RDEPLOY_ECR_REPOSITORY),
+    )
+    return [resource for resource in inventory if (resource.kind, resource.identifier) not in owned]
+
+
+def cloud_orphans_delete(orphans: list[CloudResource]) -> None:
+    """Delete ``orphans`` (endpoints first, so their configs and models can go) and mark
+    any database record of them deleted."""
+    order = [
+        "apigateway_usage_plan",
+        "apigateway_api_key",
+        "apigateway_rest_api",
+        "lambda_function",
+        "iam_role",
+        "autoscaling_target",
+        "sagemaker_endpoint",
+        "sagemaker_endpoint_config",
+        "sagemaker_model",
+        "cloudwatch_alarm",
+        "log_group",
+        "build_context",
+        "model_data",
+        "ecr_image",
+    ]
+    for resource in sorted(orphans, key=lambda r: order.index(r.kind) if r.kind in order else len(order)):
+        delete_cloud_resource(resource.kind, resource.identifier)
+        ExternalResource.objects.filter(
+            target=Endpoint.Target.SAGEMAKER,
+            kind=resource.kind,
+            identifier=resource.identifier,
+            deleted_at__isnull=True,
+        ).update(deleted_at=timezone.now())

@@ -1,0 +1,81 @@
+"""The endpoint's CloudWatch log groups: rdeploy makes them (tagged, with a retention)
+before SageMaker or Lambda write there, and copies their new lines into the endpoint's log
+(docs/sagemaker.md, "Logs")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from django.core.cache import cache
+from django.db import transaction
+
+from deployer.integrations.aws import logs
+from deployer.integrations.aws.client import AwsError
+from deployer.models import Endpoint, ExternalResource, LogLine
+from deployer.targets.base import StepContext
+from deployer.targets.sagemaker.names import endpoint_log_group, endpoint_name, function_log_group, step_tags
+
+LOG_LINES_IN_FAILURE = 20
+MAX_LOG_LINES_PER_COLLECT = 1000
+LOG_COLLECT_INTERVAL = 10
+# rdeploy creates the log groups SageMaker, Lambda and CodeBuild write to, so they carry
+# its tags and do not keep lines forever; the endpoint's lines are copied into its log.
+LOG_RETENTION_DAYS = 30
+
+
+def ensure_log_group(ctx: StepContext, group: str) -> None:
+    ctx.record_resource("log_group", group)
+    logs.ensure_log_group(group, tags=step_tags(ctx), retention_days=LOG_RETENTION_DAYS)
+
+
+def collect_logs(endpoint: Endpoint) -> int:
+    # Called by the reconciler and by every log request of the dashboard: CloudWatch's
+    # FilterLogEvents allows only a few calls per second per account, so at most one
+    # collection per endpoint every LOG_COLLECT_INTERVAL seconds, across processes.
+    key = f"rdeploy:sagemaker-logs:{endpoint.pk}:{endpoint.created_at.timestamp()}"
+    if not cache.add(key, 1, LOG_COLLECT_INTERVAL):
+        return 0
+    groups = {endpoint_log_group(endpoint): LogLine.Source.ENDPOINT}
+    if endpoint.public:
+        groups[function_log_group(endpoint)] = LogLine.Source.GATEWAY
+    try:
+        return copy_log_lines(endpoint, groups, drain=False)
+    except AwsError:
+        # Logs are best effort: the next collection continues from the saved cursor.
+        return 0
+
+
+def copy_log_lines(endpoint: Endpoint, groups: Mapping[str, str], *, drain: bool) -> int:
+    """New lines of ``groups`` ({group: LogLine source}) into the endpoint's log: one
+    batch per group, or (``drain``) every line there is. Each batch is stored together
+    with its group's cursor (kept on the SageMaker endpoint's record, the row locked
+    meanwhile), so a rerun or a concurrent collection never copies a line twice."""
+    stored = 0
+    for group, source in groups.items():
+        while True:
+            with transaction.atomic():
+                resource = (
+                    ExternalResource.objects.select_for_update()
+                    .filter(target=Endpoint.Target.SAGEMAKER, kind="sagemaker_endpoint")
+                    .filter(identifier=endpoint_name(endpoint))
+                    .first()
+                )
+                if resource is None:
+                    return stored
+                cursors: dict[str, int] = dict(resource.details.get("log_cursors", {}))
+                events = logs.events_since(group, start_ms=cursors.get(group, 0), limit=MAX_LOG_LINES_PER_COLLECT)
+                if events:
+                    LogLine.objects.bulk_create(
+                        LogLine(endpoint=endpoint, source=source, message=event.message.rstrip()) for event in events
+                    )
+                    cursors[group] = events[-1].timestamp + 1
+                    resource.details = {**resource.details, "log_cursors": cursors}
+                    resource.save(update_fields=["details"])
+                    stored += len(events)
+            if not drain or len(events) < MAX_LOG_LINES_PER_COLLECT:
+                break
+    return stored
+
+
+def log_source(group: str) -> str:
+    return LogLine.Source.GATEWAY if group.startswith("/aws/lambda/") else LogLine.Source.ENDPOINT

@@ -1,0 +1,120 @@
+"""Names, tags and settings of the SageMaker target's resources.
+
+Names derive from the installation prefix, the endpoint name and the deployment id, so a
+step rerun after a crash finds what it created. Per rollout: a SageMaker model and an
+endpoint config (``<prefix>-<endpoint>-d<deployment>``). Per endpoint, reused by every
+rollout: the SageMaker endpoint and the public API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.conf import settings
+
+from deployer.integrations.aws.tagging import resource_tags
+from deployer.models import Deployment, Endpoint, ExternalResource
+from deployer.targets.base import PermanentStepError, StepContext
+
+VARIANT = "main"
+STAGE = "v1"
+
+# Resources that belong to the endpoint (reused across rollouts) rather than to one rollout.
+PER_ENDPOINT_KINDS = frozenset(
+    {
+        "sagemaker_endpoint",
+        "autoscaling_target",
+        "iam_role",
+        "lambda_function",
+        "apigateway_api_key",
+        "apigateway_rest_api",
+        "apigateway_usage_plan",
+        "cloudwatch_alarm",
+        "log_group",
+    }
+)
+SHARED_KINDS = frozenset({"model_data", "ecr_image"})
+
+
+def join_name(*parts: str, limit: int = 63) -> str:
+    """Join ``parts`` with hyphens; too long names keep a hash of the full name."""
+    name = "-".join(parts)
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def prefix() -> str:
+    return str(settings.RDEPLOY_RESOURCE_PREFIX)
+
+
+def endpoint_name(endpoint: Endpoint) -> str:
+    return join_name(prefix(), endpoint.name)
+
+
+def rollout_name(deployment: Deployment) -> str:
+    """The SageMaker model and endpoint config of one rollout."""
+    return join_name(prefix(), deployment.endpoint.name, f"d{deployment.pk}")
+
+
+def api_name(endpoint: Endpoint) -> str:
+    """The public API's REST API, usage plan and usage-plan key."""
+    return join_name(prefix(), endpoint.name)
+
+
+def function_name(endpoint: Endpoint) -> str:
+    return join_name(prefix(), endpoint.name, limit=64)
+
+
+def role_name(endpoint: Endpoint) -> str:
+    return join_name(prefix(), endpoint.name, "invoke", limit=64)
+
+
+def endpoint_log_group(endpoint: Endpoint) -> str:
+    """Where SageMaker writes the endpoint's container output."""
+    return f"/aws/sagemaker/Endpoints/{endpoint_name(endpoint)}"
+
+
+def function_log_group(endpoint: Endpoint) -> str:
+    """Where Lambda writes the public API function's output."""
+    return f"/aws/lambda/{function_name(endpoint)}"
+
+
+def build_log_group() -> str:
+    """The installation's CodeBuild project's group (one stream per build)."""
+    return f"/aws/codebuild/{join_name(prefix(), 'image-builder')}"
+
+
+def required_setting(setting: str) -> str:
+    value = getattr(settings, setting, None)
+    if not value:
+        raise PermanentStepError(
+            f"The SageMaker target needs the {setting} setting, which is not set. "
+            "Ask the administrator to configure it (see docs/sagemaker.md)."
+        )
+    return str(value)
+
+
+def aws_region() -> str:
+    if not settings.AWS_REGION:
+        raise PermanentStepError("The SageMaker target needs AWS_DEFAULT_REGION (or AWS_REGION), which is not set.")
+    return str(settings.AWS_REGION)
+
+
+def step_tags(ctx: StepContext) -> dict[str, str]:
+    return resource_tags(settings.INSTALLATION_ID, endpoint=ctx.endpoint.name, deployment=ctx.deployment.pk)
+
+
+def recorded_details(ctx: StepContext, kind: str) -> dict[str, Any]:
+    """The details recorded with this deployment's resource of ``kind``."""
+    resource = ExternalResource.objects.get(
+        target=Endpoint.Target.SAGEMAKER, kind=kind, identifier=ctx.resource_id(kind)
+    )
+    return dict(resource.details)
+
+
+def s3_location(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key

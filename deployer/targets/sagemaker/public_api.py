@@ -1,0 +1,168 @@
+"""Steps ``public_function`` and ``public_api`` (public endpoints only): a Lambda function
+in front of the SageMaker endpoint behind an API Gateway REST API whose authorizer checks
+the endpoint's rdeploy API key; and handing that API a rotated key."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from deployer.integrations.aws import apigateway, iam, lambda_
+from deployer.integrations.aws.client import AwsError
+from deployer.models import Endpoint, ExternalResource
+from deployer.targets.base import StepContext, StepOutcome, TransientStepError
+from deployer.targets.sagemaker.cloud_logs import ensure_log_group
+from deployer.targets.sagemaker.names import (
+    STAGE,
+    api_name,
+    aws_region,
+    endpoint_name,
+    function_log_group,
+    function_name,
+    prefix,
+    recorded_details,
+    role_name,
+    step_tags,
+)
+from deployer.targets.sagemaker.options import DEFAULTS
+
+HANDLER_FILE = Path(settings.BASE_DIR) / "container_templates" / "lambda" / "handler.py"
+# API Gateway gives a REST integration at most 29 s; the function gets the same.
+LAMBDA_TIMEOUT = 29
+
+
+def public_function(ctx: StepContext) -> StepOutcome:
+    region = aws_region()
+    endpoint = ctx.endpoint
+    name = endpoint_name(endpoint)
+    role_arn = settings.RDEPLOY_LAMBDA_ROLE_ARN
+    if not role_arn:
+        role = role_name(endpoint)
+        ctx.record_resource("iam_role", role)
+        role_arn = iam.ensure_role(
+            role,
+            path=f"/{prefix()}/",
+            trust=iam.LAMBDA_TRUST,
+            policy=_function_policy(name, function_log_group(endpoint), region),
+            tags=step_tags(ctx),
+            boundary=settings.RDEPLOY_LAMBDA_PERMISSIONS_BOUNDARY,
+        )
+    key_name = api_name(endpoint)
+    ctx.record_resource("apigateway_api_key", key_name)
+    _key_id, usage_key = apigateway.ensure_api_key(key_name, value=secrets.token_urlsafe(30), tags=step_tags(ctx))
+    function = function_name(endpoint)
+    ensure_log_group(ctx, function_log_group(endpoint))
+    ctx.record_resource("lambda_function", function)
+    environment = {
+        "SAGEMAKER_ENDPOINT_NAME": name,
+        "RDEPLOY_API_KEY_SHA256": endpoint.api_key_hash,
+        "RDEPLOY_USAGE_KEY": usage_key,
+    }
+    try:
+        arn = lambda_.create_function(
+            function,
+            role_arn=str(role_arn),
+            code=lambda_.package(HANDLER_FILE),
+            environment=environment,
+            tags=step_tags(ctx),
+            timeout=LAMBDA_TIMEOUT,
+        )
+    except AwsError as error:
+        # A role created seconds ago is not yet assumable everywhere (IAM is eventually consistent).
+        if error.code == "InvalidParameterValueException" and "assume" in error.message:
+            raise TransientStepError("Waiting for the new IAM role to propagate.", retry_after=10) from error
+        raise
+    ctx.record_resource("lambda_function", function, {"arn": arn})
+    return StepOutcome.done(f"Lambda function {function} forwards to {name}.")
+
+
+def _function_policy(endpoint: str, log_group: str, region: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "sagemaker:InvokeEndpoint",
+                "Resource": f"arn:aws:sagemaker:{region}:*:endpoint/{endpoint}",
+            },
+            {
+                # The group exists (rdeploy made it): no CreateLogGroup, so a line after
+                # teardown cannot recreate it.
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"arn:aws:logs:{region}:*:log-group:{log_group}:*",
+            },
+        ],
+    }
+
+
+def public_api(ctx: StepContext) -> StepOutcome:
+    region = aws_region()
+    endpoint = ctx.endpoint
+    name = api_name(endpoint)
+    function = function_name(endpoint)
+    function_arn = recorded_details(ctx, "lambda_function")["arn"]
+    account = function_arn.split(":")[4]
+    ctx.record_resource("apigateway_rest_api", name)
+    api_id = apigateway.ensure_rest_api(name, tags=step_tags(ctx))
+    authorizer_id = apigateway.ensure_authorizer(api_id, name="api-key", lambda_arn=function_arn, region=region)
+    apigateway.ensure_invocations_route(api_id, lambda_arn=function_arn, region=region, authorizer_id=authorizer_id)
+    source = f"arn:aws:execute-api:{region}:{account}:{api_id}"
+    lambda_.allow_api_gateway(function, statement_id=f"invoke-{api_id}", source_arn=f"{source}/*/POST/invocations")
+    lambda_.allow_api_gateway(
+        function, statement_id=f"authorize-{api_id}", source_arn=f"{source}/authorizers/{authorizer_id}"
+    )
+    apigateway.ensure_stage(api_id, STAGE)
+    throttle = ctx.options.get("throttle") or {"rate": 10, "burst": 20}
+    key_id = apigateway.find_api_key(ctx.resource_id("apigateway_api_key"))
+    if key_id is None:
+        raise TransientStepError("The usage-plan key is not visible yet.", retry_after=5)
+    ctx.record_resource("apigateway_usage_plan", name)
+    apigateway.ensure_usage_plan(
+        name,
+        api_id=api_id,
+        stage=STAGE,
+        key_id=key_id,
+        rate_limit=float(throttle["rate"]),
+        burst_limit=int(throttle["burst"]),
+        quota_per_day=int(ctx.options.get("quota_per_day", DEFAULTS["quota_per_day"])),
+        tags=step_tags(ctx),
+    )
+    url = apigateway.invoke_url(api_id, region=region, stage=STAGE)
+    ctx.record_resource("apigateway_rest_api", name, {"id": api_id, "url": url})
+    ctx.set_public_url(url)
+    return StepOutcome.done(f"Public API at {url} (send the endpoint's API key as x-api-key).")
+
+
+def sync_public_key(endpoint: Endpoint) -> bool:
+    """Give the authorizer the endpoint's key hash, then flush API Gateway's cache of
+    its answers, so a rotated key stops working at once (not after the 60 s TTL).
+
+    The flush waits until Lambda serves the new environment (an update takes a few
+    seconds); a flush before that could cache the old key's "Allow" again. Done once
+    per key: the hash it was done for is kept on the API's record. Returns whether the
+    key is in force.
+    """
+    function = function_name(endpoint)
+    key_hash = endpoint.api_key_hash
+    environment = lambda_.environment_of(function)
+    if environment is None:
+        return True
+    if environment.get("RDEPLOY_API_KEY_SHA256") != key_hash:
+        lambda_.set_environment(function, {**environment, "RDEPLOY_API_KEY_SHA256": key_hash})
+    api = ExternalResource.objects.filter(
+        target=Endpoint.Target.SAGEMAKER,
+        kind="apigateway_rest_api",
+        identifier=api_name(endpoint),
+        deleted_at__isnull=True,
+    ).first()
+    if api is None or not api.details.get("id") or api.details.get("authorizer_flushed_for") == key_hash:
+        return True
+    if not lambda_.update_finished(function):
+        return False
+    apigateway.flush_authorizer_cache(str(api.details["id"]), STAGE)
+    ExternalResource.objects.filter(pk=api.pk).update(details={**api.details, "authorizer_flushed_for": key_hash})
+    return True

@@ -1,0 +1,142 @@
+"""``SageMakerTarget``: the steps of each deployment kind and the table naming the function
+that runs each step, plus the hooks outside deployments (invoke, check, key push, logs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from deployer.integrations.aws import sagemaker
+from deployer.integrations.aws.client import AwsConfigurationError, AwsError, AwsUnreachable
+from deployer.models import Deployment, Endpoint
+from deployer.targets.base import (
+    InvocationResult,
+    PermanentStepError,
+    RuntimeUnavailable,
+    StepContext,
+    StepOutcome,
+    Target,
+    TransientStepError,
+)
+from deployer.targets.sagemaker import cloud_logs, image, model_data, public_api, teardown
+from deployer.targets.sagemaker import endpoint as endpoint_steps
+from deployer.targets.sagemaker import options as endpoint_options
+from deployer.targets.sagemaker.names import endpoint_name
+
+# Every step by name: searching for a step's name finds the function that runs it.
+STEPS: dict[str, Callable[[StepContext], StepOutcome]] = {
+    "upload_model_data": model_data.upload_model_data,
+    "build_image": image.build_image,
+    "create_model": endpoint_steps.create_model,
+    "deploy_endpoint": endpoint_steps.deploy_endpoint,
+    "wait_in_service": endpoint_steps.wait_in_service,
+    "autoscaling": endpoint_steps.configure_autoscaling,
+    "public_function": public_api.public_function,
+    "public_api": public_api.public_api,
+    "switch_traffic": endpoint_steps.switch_traffic,
+    "retire_previous": teardown.retire_previous,
+    "remove_public_api": teardown.remove_public_api,
+    "remove_autoscaling": teardown.remove_autoscaling,
+    "remove_endpoint": teardown.remove_endpoint,
+    "remove_models": teardown.remove_models,
+    "remove_monitoring": teardown.remove_monitoring,
+    "release_artifacts": teardown.release_artifacts,
+}
+
+
+class SageMakerTarget(Target):
+    name = "sagemaker"
+    build_steps = frozenset({"upload_model_data", "build_image"})
+    # An update changes the endpoint in place: InService on the new config, it serves.
+    switches_traffic_at = {"create": "switch_traffic", "update": "wait_in_service", "rollback": "wait_in_service"}
+
+    def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        return endpoint_options.validate_options(options)
+
+    def steps(self, kind: str, *, public: bool) -> list[str]:
+        if kind == Deployment.Kind.DELETE:
+            return [
+                "remove_public_api",
+                "remove_autoscaling",
+                "remove_endpoint",
+                "remove_models",
+                "remove_monitoring",
+                "release_artifacts",
+            ]
+        public_steps = ["public_function", "public_api"] if public else []
+        return [
+            "upload_model_data",
+            "build_image",
+            "create_model",
+            "deploy_endpoint",
+            "wait_in_service",
+            "autoscaling",
+            *public_steps,
+            "switch_traffic",
+            "retire_previous",
+        ]
+
+    def run_step(self, name: str, ctx: StepContext) -> StepOutcome:
+        step = STEPS.get(name)
+        if step is None:
+            raise PermanentStepError(f"Unknown SageMaker step {name!r}.")
+        try:
+            return step(ctx)
+        except AwsConfigurationError as error:
+            raise PermanentStepError(str(error)) from error
+        except AwsError as error:
+            if error.transient:
+                raise TransientStepError(
+                    f"AWS is throttling or unavailable ({error.code or error.message}); retrying."
+                ) from error
+            raise PermanentStepError(f"AWS refused {name.replace('_', ' ')}: {error.code}: {error.message}") from error
+
+    def discard(self, ctx: StepContext) -> None:
+        teardown.discard(ctx)
+
+    def invoke(self, runtime: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> InvocationResult:
+        name = runtime.get("endpoint_name")
+        if not name:
+            raise RuntimeUnavailable("The endpoint has no SageMaker endpoint yet.")
+        lowered = {key.lower(): value for key, value in headers.items()}
+        try:
+            result = sagemaker.invoke_endpoint(
+                str(name),
+                body=body,
+                content_type=lowered.get("content-type") or "application/json",
+                accept=lowered.get("accept") or "application/json",
+                custom_attributes=lowered.get("x-amzn-sagemaker-custom-attributes", ""),
+            )
+        except AwsUnreachable as error:
+            raise RuntimeUnavailable(f"SageMaker did not answer: {error.message}") from error
+        except AwsError as error:
+            if error.transient:
+                return InvocationResult(429, b'{"error": "SageMaker is throttling; retry with backoff"}', {})
+            raise RuntimeUnavailable(f"SageMaker: {error.code}: {error.message}") from error
+        response_headers = {"Content-Type": result.content_type}
+        if result.custom_attributes:
+            response_headers["X-Amzn-SageMaker-Custom-Attributes"] = result.custom_attributes
+        return InvocationResult(result.status, result.body, response_headers)
+
+    def check(self, endpoint: Endpoint) -> None:
+        name = str(endpoint.runtime.get("endpoint_name") or endpoint_name(endpoint))
+        try:
+            state = sagemaker.describe_endpoint(name)
+            if state is None:
+                raise PermanentStepError(f"SageMaker endpoint {name} no longer exists.")
+            if state.status in sagemaker.ENDPOINT_FAILED:
+                raise endpoint_steps.endpoint_failure(name, f"SageMaker endpoint {name} failed", state.failure_reason)
+            if endpoint.public:
+                public_api.sync_public_key(endpoint)
+        except AwsError as error:
+            if error.transient:
+                return
+            raise PermanentStepError(f"AWS: {error.code}: {error.message}") from error
+
+    def push_api_key(self, endpoint: Endpoint) -> None:
+        if not public_api.sync_public_key(endpoint):
+            # The push task retries with backoff; the reconciler's check would finish it too.
+            raise TransientStepError("The authorizer's new key is not active yet; flushing its cache later.")
+
+    def collect_logs(self, endpoint: Endpoint) -> int:
+        return cloud_logs.collect_logs(endpoint)
