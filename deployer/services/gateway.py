@@ -37,7 +37,7 @@ from deployer.services.tokens import api_token_authenticate, hash_secret
 from deployer.targets import get_target
 from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult, RuntimeUnavailable
 
-# SageMaker real-time endpoints accept at most 6 MiB (botocore's BodyBlob limit).
+# SageMaker real-time endpoints accept at most 6 MiB (InvokeEndpoint's Body limit).
 MAX_BODY_BYTES = 6 * 1024 * 1024
 SERVING = frozenset({Endpoint.Status.LIVE, Endpoint.Status.UPDATING})
 FORWARDED_HEADERS = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
