@@ -1,9 +1,10 @@
 """Serving images built by the local container engine, named by their build context's
 content hash (deployer/serving_images.py), so the same inputs never build twice.
 
-Inspection runs model code in ``serving_image_ensure(packages=..., renv_lock=...)``, local
-endpoints run in the image of ``model_version_image_context``, and with
-RDEPLOY_IMAGE_BUILDER=docker the SageMaker target pushes that same local image to ECR.
+Inspection runs model code in ``serving_image_ensure(packages=..., renv_lock=...)``; local
+endpoints run in the image of ``serving_images.model_version_image_context`` (the local
+target builds it when missing), and with RDEPLOY_IMAGE_BUILDER=docker the SageMaker target
+pushes that same local image to ECR.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from deployer.integrations.containers import images
-from deployer.serving_images import local_image as local_image
-from deployer.serving_images import model_version_image_context as model_version_image_context
-from deployer.serving_images import serving_image_context
+from deployer.serving_images import local_image, serving_image_context
 
 # A cold build of packages Debian has takes well under a minute; compiling from
 # RDEPLOY_CRAN_REPO can take several.

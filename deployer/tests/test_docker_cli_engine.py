@@ -23,7 +23,8 @@ from django.contrib.auth.models import User
 
 from deployer.integrations.containers import cli, images, runtimes
 from deployer.models import ModelVersion
-from deployer.services.images import serving_image_context, serving_image_ensure
+from deployer.services.images import serving_image_ensure
+from deployer.serving_images import serving_image_context
 from deployer.tests.intake_support import expected, rows_as_csv
 from deployer.tests.test_inspection import inspect, upload
 from deployer.tests.test_inspection_attacks import CONNECT, Listener, external_address, hostile_bundle
