@@ -31,11 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime_bench import ROW_CSV, free_port, load_average, median_run, stop, wait_for
+from runtime_bench import ROW_CSV, load_average, median_run, stop, wait_for
 from wrk import post_script, run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from testsupport.ports import free_port  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 # Its containers are labelled apart from any installation's on this machine.

@@ -15,7 +15,6 @@ import argparse
 import os
 import secrets
 import shutil
-import socket
 import sqlite3
 import statistics
 import sys
@@ -49,9 +48,9 @@ def main() -> int:
     os.environ.pop("DATABASE_URL", None)
     sys.path.insert(0, str(ROOT))
     # Log polls throttle runtime-log collection through the cache: a real Redis, as in production.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        redis_port = int(sock.getsockname()[1])
+    from testsupport.ports import free_port
+
+    redis_port = free_port()
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     from testsupport.services import RedisServer  # reads settings: after the environment is set
 

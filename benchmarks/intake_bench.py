@@ -34,15 +34,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
+from testsupport.ports import free_port  # noqa: E402
+
 PYTHON = sys.executable
 BOUNDARY = "rdeploy-bench-boundary"
 GOAL_SECONDS = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 30) -> None:

@@ -19,15 +19,19 @@ import argparse
 import http.client
 import os
 import signal
-import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from wrk import post_script, run_wrk
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
+from testsupport.ports import free_port  # noqa: E402
 
 SERVE = Path(__file__).resolve().parent.parent / "container_templates" / "runtime" / "serve"
 ROW_CSV = "Sepal.Length,Sepal.Width,Petal.Length,Petal.Width\n5.1,3.5,1.4,0.2\n"
@@ -66,12 +70,6 @@ pr() |>
   pr_get("/ping", function() "") |>
   pr_run(host = "127.0.0.1", port = {port}, quiet = TRUE)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_status(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 120) -> int:

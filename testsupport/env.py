@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import tempfile
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from testsupport.ports import free_port
 
 _data_dir = tempfile.mkdtemp(prefix="rdeploy-test-")
 os.environ["RDEPLOY_DATA_DIR"] = _data_dir

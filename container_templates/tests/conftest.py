@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from testsupport.ports import free_port
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 SERVE = RUNTIME_DIR / "serve"
@@ -66,12 +67,6 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until_ready(server: Server, timeout: float = 60) -> None:

@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,19 +22,14 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from testsupport.moto import MotoServer
+from testsupport.ports import free_port
 
 HANDLER = Path(__file__).resolve().parent.parent / "lambda" / "handler.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
-    server = MotoServer(port=_free_port())
+    server = MotoServer(port=free_port())
     server.start()
     yield server
     server.stop()

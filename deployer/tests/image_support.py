@@ -5,7 +5,6 @@ from it as SageMaker starts them (`run IMAGE serve`, the model at /opt/ml/model,
 from __future__ import annotations
 
 import http.client
-import socket
 import subprocess
 import tarfile
 import time
@@ -20,6 +19,7 @@ import pytest
 from container_templates.tests.conftest import Response
 from deployer.integrations.containers import cli
 from deployer.services.images import serving_image_ensure
+from testsupport.ports import free_port
 
 # The packages of every model in testsupport/train_models.R (lm and glm need none).
 TEST_MODEL_PACKAGES = ["randomForest", "ranger", "rpart", "e1071"]
@@ -50,12 +50,6 @@ def serving_image() -> str:
     """The serving image for every test model, built once per session (reused when its
     tag exists, as every caller of serving_image_ensure does)."""
     return serving_image_ensure(packages=TEST_MODEL_PACKAGES)
-
-
-def free_port() -> int:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        return int(listener.getsockname()[1])
 
 
 def unpack_model_data(tarball: Path, destination: Path) -> Path:

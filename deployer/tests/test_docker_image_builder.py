@@ -34,9 +34,10 @@ from deployer.services.pipeline import deployment_advance
 from deployer.serving_images import local_image
 from deployer.targets.sagemaker import image as sagemaker_image
 from deployer.targets.sagemaker.image import docker_build_dir, image_build_context
-from deployer.tests.image_support import free_port, make_cran_repository, nothing_installs
+from deployer.tests.image_support import make_cran_repository, nothing_installs
 from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, ready_model
 from testsupport.moto import MotoServer
+from testsupport.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
