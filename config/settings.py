@@ -223,6 +223,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Domain errors (deployer/errors.py) become 400/404/409/413 here, and nowhere else.
+    "EXCEPTION_HANDLER": "deployer.api.errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "rdeploy API",

@@ -29,19 +29,26 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 
+from deployer.errors import DomainError
+
 CHUNK_SIZE = 1024 * 1024
 MODEL_FILE = "model.rds"
 
 
-class ArtifactRejected(ValueError):
-    """An upload rdeploy refuses; the message says what is wrong (HTTP 400)."""
+class ArtifactRejected(DomainError, ValueError):
+    """An upload rdeploy refuses; the message says what is wrong (HTTP 400), ``field`` which
+    input it is about (None: the file itself)."""
 
 
 class ArtifactTooLarge(ArtifactRejected):
     """An upload above RDEPLOY_MAX_UPLOAD_BYTES (HTTP 413)."""
 
+    kind = "too_large"
+
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the file is larger than the upload limit of {limit} bytes (RDEPLOY_MAX_UPLOAD_BYTES)")
+        super().__init__(
+            f"the file is larger than the upload limit of {limit} bytes (RDEPLOY_MAX_UPLOAD_BYTES)", field="file"
+        )
         self.limit = limit
 
 

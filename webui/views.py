@@ -104,10 +104,6 @@ def model_list(request: DashboardRequest) -> HttpResponse:
     return render(request, "webui/model_list.html", context)
 
 
-# Which field a refusal from model_version_upload is about, from its message.
-_UPLOAD_ERROR_FIELDS = (("invalid name", "name"), ("package", "packages"), ("sample", "sample"))
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 @csrf_exempt  # only so the handler below is set before CSRF reads the body; checked next
@@ -119,7 +115,7 @@ def model_upload(request: DashboardRequest) -> HttpResponse:
     try:
         return _model_upload(request)
     except ArtifactTooLarge as exc:
-        form = UploadForm.refused("file", f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
+        form = UploadForm.refused(exc.field or "file", f"{exc.message[:1].upper()}{exc.message[1:]}.")
         template = "webui/model_upload.html#upload-fields" if request.htmx else "webui/model_upload.html"
         return render(request, template, {"form": form}, status=200 if request.htmx else 413)
 
@@ -137,9 +133,8 @@ def _model_upload(request: DashboardRequest) -> HttpResponse:
                 packages=form.cleaned_data["packages"],
             )
         except ArtifactRejected as exc:
-            message = str(exc)
-            field = next((field for marker, field in _UPLOAD_ERROR_FIELDS if marker in message.lower()), "file")
-            form.add_error(field, message[:1].upper() + message[1:] + ".")
+            # The refusal names its field (None: the file itself); its text is only shown.
+            form.add_error(exc.field or "file", exc.message[:1].upper() + exc.message[1:] + ".")
         else:
             if not outcome.created:
                 messages.info(request, f"These bytes were already uploaded as {outcome.model_version}.")

@@ -8,34 +8,18 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import exceptions, mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from deployer.artifacts import ArtifactRejected, ArtifactTooLarge, HashingUploadHandler
+from deployer.artifacts import ArtifactTooLarge, HashingUploadHandler
 from deployer.models import ModelVersion
 from deployer.services.model_intake import (
     SAMPLE_MAX_BYTES,
-    ModelVersionInUse,
     model_version_delete,
     model_version_upload,
 )
-
-
-class PayloadTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_code = "too_large"
-
-
-class Rejected(exceptions.APIException):
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "rejected"
-
-
-class Conflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
 
 
 class ModelVersionSerializer(serializers.ModelSerializer[ModelVersion]):
@@ -102,15 +86,6 @@ class ModelVersionViewSet(
             if length > settings.MAX_UPLOAD_BYTES + SAMPLE_MAX_BYTES + 1024 * 1024:
                 raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
         super().initial(request, *args, **kwargs)
-
-    def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, ArtifactTooLarge):
-            exc = PayloadTooLarge(str(exc))
-        elif isinstance(exc, ArtifactRejected):
-            exc = Rejected(str(exc))
-        elif isinstance(exc, ModelVersionInUse):
-            exc = Conflict(str(exc))
-        return super().handle_exception(exc)
 
     @extend_schema(
         parameters=[OpenApiParameter("name", str, description="Only versions of this model name.")],

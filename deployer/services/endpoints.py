@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from deployer.errors import DomainError
 from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, name_validator
 from deployer.services import gateway
@@ -34,12 +35,10 @@ LOG_PAGE = 500
 PUSH_API_KEY_TASK = "rdeploy.endpoint_push_api_key"
 
 
-class EndpointConflict(Exception):
+class EndpointConflict(DomainError):
     """The endpoint is not in a state that allows this (a rollout is running, nothing to roll back to)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    kind = "conflict"
 
 
 @dataclass(frozen=True)

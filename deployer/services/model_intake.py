@@ -23,6 +23,7 @@ from django.utils.dateparse import parse_datetime
 from deployer import artifacts
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
 from deployer.build_context import PACKAGE_NAME
+from deployer.errors import DomainError
 from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, ModelVersion, name_validator
 
@@ -32,8 +33,10 @@ SAMPLE_MAX_BYTES = 5 * 1024 * 1024
 _EXTENSIONS = {"rds": "rds", "tar.gz": "tar.gz", "zip": "zip"}
 
 
-class ModelVersionInUse(Exception):
+class ModelVersionInUse(DomainError):
     """The version serves (or served) an endpoint; the message names it (HTTP 409)."""
+
+    kind = "conflict"
 
 
 @dataclass(frozen=True)
@@ -52,24 +55,28 @@ def _parse_packages(packages: str | Iterable[str]) -> list[str]:
     names = list(dict.fromkeys(item.strip() for item in items if item.strip()))
     for package in names:
         if not PACKAGE_NAME.match(package):
-            raise ArtifactRejected(f"'{package}' is not a valid R package name")
+            raise ArtifactRejected(f"'{package}' is not a valid R package name", field="packages")
     return names
 
 
 def _check_sample(sample: UploadedFile) -> str:
     """The sample's extension (csv or json) after light checks; R parses it for real."""
     if sample.size is not None and sample.size > SAMPLE_MAX_BYTES:
-        raise ArtifactRejected(f"the sample is larger than {SAMPLE_MAX_BYTES} bytes: a few rows are enough")
+        raise ArtifactRejected(
+            f"the sample is larger than {SAMPLE_MAX_BYTES} bytes: a few rows are enough", field="sample"
+        )
     sample.seek(0)
     head = sample.read(4096)
     sample.seek(0)
     if not head.strip():
-        raise ArtifactRejected("the sample is empty")
+        raise ArtifactRejected("the sample is empty", field="sample")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # not just a character cut in half at the 4 KiB boundary
-            raise ArtifactRejected("the sample must be UTF-8 text: CSV with a header row, or JSON records") from exc
+            raise ArtifactRejected(
+                "the sample must be UTF-8 text: CSV with a header row, or JSON records", field="sample"
+            ) from exc
         text = head[: exc.start].decode("utf-8")
     return "json" if text.lstrip()[:1] in ("[", "{") else "csv"
 
@@ -90,7 +97,7 @@ def model_version_upload(
     try:
         name_validator(name)
     except ValidationError as exc:
-        raise ArtifactRejected(f"invalid name '{name}': {' '.join(exc.messages)}") from exc
+        raise ArtifactRejected(f"invalid name '{name}': {' '.join(exc.messages)}", field="name") from exc
     requested = _parse_packages(packages)
     if file.size is not None and file.size > settings.MAX_UPLOAD_BYTES:
         raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
