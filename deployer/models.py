@@ -101,6 +101,11 @@ class Endpoint(models.Model):
         LOCAL = "local"
         SAGEMAKER = "sagemaker", "SageMaker"
 
+    # States in which something is happening that a page should follow.
+    BUSY = frozenset({Status.PENDING, Status.BUILDING, Status.DEPLOYING, Status.UPDATING, Status.DELETING})
+    # States in which the gateway forwards traffic.
+    SERVING = frozenset({Status.LIVE, Status.UPDATING})
+
     name = models.CharField(max_length=63, unique=True, validators=[name_validator])
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="endpoints")
     target = models.CharField(max_length=16, choices=Target.choices, default=Target.LOCAL)
@@ -155,6 +160,10 @@ class Deployment(models.Model):
         FAILED = "failed"
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED)
+    # Not finished: at most one of these per endpoint runs at a time.
+    ACTIVE = (Status.PENDING, Status.RUNNING)
+    # Kinds that put a model version into service (delete is the other one).
+    ROLLOUT_KINDS = (Kind.CREATE, Kind.UPDATE, Kind.ROLLBACK)
 
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deployments")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")

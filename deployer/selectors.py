@@ -12,17 +12,6 @@ from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, Model
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
 
-# Endpoint states in which something is happening that a page should follow.
-ENDPOINT_BUSY_STATUSES = frozenset(
-    {
-        Endpoint.Status.PENDING,
-        Endpoint.Status.BUILDING,
-        Endpoint.Status.DEPLOYING,
-        Endpoint.Status.UPDATING,
-        Endpoint.Status.DELETING,
-    }
-)
-
 
 def endpoint_list(*, user: User | AnonymousUser) -> QuerySet[Endpoint]:
     """Endpoints the user may see, most recently changed first, with what a list row shows."""
@@ -52,7 +41,7 @@ def endpoint_list(*, user: User | AnonymousUser) -> QuerySet[Endpoint]:
 def endpoint_is_busy(endpoint: Endpoint) -> bool:
     """Something is happening: a transitional status, or a rollout not picked up yet (an
     update leaves a live endpoint live until its first step runs)."""
-    if endpoint.status in ENDPOINT_BUSY_STATUSES:
+    if endpoint.status in Endpoint.BUSY:
         return True
     deployment = endpoint.current_deployment
     return deployment is not None and deployment.status in (Deployment.Status.PENDING, Deployment.Status.RUNNING)

@@ -20,7 +20,7 @@ from deployer.errors import DomainError
 from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, name_validator
 from deployer.services import gateway
-from deployer.services.pipeline import ACTIVE, deployment_start
+from deployer.services.pipeline import deployment_start
 from deployer.services.tokens import hash_secret
 from deployer.targets import get_target
 from deployer.targets.base import InvocationResult, TargetOptionsError
@@ -134,7 +134,7 @@ def _locked(endpoint: Endpoint) -> Endpoint:
     locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     if locked.status in (Endpoint.Status.DELETING, Endpoint.Status.DELETED):
         raise EndpointConflict(f"Endpoint {locked.name} is {locked.status}.")
-    if Deployment.objects.filter(endpoint=locked, status__in=ACTIVE).exists():
+    if Deployment.objects.filter(endpoint=locked, status__in=Deployment.ACTIVE).exists():
         raise EndpointConflict(f"Endpoint {locked.name} has a deployment in progress; wait for it to finish.")
     return locked
 

@@ -39,7 +39,6 @@ from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult, Runtime
 
 # SageMaker real-time endpoints accept at most 6 MiB (InvokeEndpoint's Body limit).
 MAX_BODY_BYTES = 6 * 1024 * 1024
-SERVING = frozenset({Endpoint.Status.LIVE, Endpoint.Status.UPDATING})
 FORWARDED_HEADERS = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
 JSON = {"Content-Type": "application/json"}
 
@@ -59,7 +58,7 @@ class Route:
 
     @property
     def serving(self) -> bool:
-        return self.status in SERVING and bool(self.runtime)
+        return self.status in Endpoint.SERVING and bool(self.runtime)
 
 
 _routes: dict[str, tuple[float, Route | None]] = {}

@@ -52,8 +52,6 @@ from deployer.targets.base import (
 logger = logging.getLogger(__name__)
 
 ADVANCE_TASK = "rdeploy.deployment_advance"
-ROLLOUT_KINDS = (Deployment.Kind.CREATE, Deployment.Kind.UPDATE, Deployment.Kind.ROLLBACK)
-ACTIVE = (Deployment.Status.PENDING, Deployment.Status.RUNNING)
 FINISHED_STEP = (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED)
 # Short waits are slept off inside the task instead of a round trip through the broker.
 INLINE_WAIT_SECONDS = 1.0
@@ -88,7 +86,9 @@ def deployment_start(*, endpoint: Endpoint, model_version: ModelVersion, kind: s
 def serving_deployment(endpoint: Endpoint) -> Deployment | None:
     """The rollout whose version serves traffic now: the last one that succeeded."""
     return (
-        Deployment.objects.filter(endpoint=endpoint, kind__in=ROLLOUT_KINDS, status=Deployment.Status.SUCCEEDED)
+        Deployment.objects.filter(
+            endpoint=endpoint, kind__in=Deployment.ROLLOUT_KINDS, status=Deployment.Status.SUCCEEDED
+        )
         .order_by("-finished_at", "-id")
         .first()
     )
@@ -162,7 +162,7 @@ def _claim(deployment_id: int) -> _Run | None:
     now = timezone.now()
     lease = now + timedelta(seconds=lease_seconds())
     claimed = (
-        Deployment.objects.filter(pk=deployment_id, status__in=ACTIVE)
+        Deployment.objects.filter(pk=deployment_id, status__in=Deployment.ACTIVE)
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
         .update(
             status=Deployment.Status.RUNNING,
@@ -378,7 +378,7 @@ def _fail(run: _Run, deployment: Deployment, step: DeploymentStep, message: str)
         target.collect_logs(endpoint)
     except Exception:
         logger.exception("deployment %s: collecting logs failed", deployment.pk)
-    if deployment.kind in ROLLOUT_KINDS and deployment.traffic_switched_at is not None:
+    if deployment.kind in Deployment.ROLLOUT_KINDS and deployment.traffic_switched_at is not None:
         _roll_forward(run, deployment, step, message)
         return
     if deployment.kind != Deployment.Kind.DELETE:
@@ -411,7 +411,9 @@ def _fail(run: _Run, deployment: Deployment, step: DeploymentStep, message: str)
 def _cancel_rollouts(deployment: Deployment) -> bool:
     """Before a teardown: fail the endpoint's unfinished rollouts; False while one is running."""
     now = timezone.now()
-    others = Deployment.objects.filter(endpoint=deployment.endpoint, status__in=ACTIVE).exclude(pk=deployment.pk)
+    others = Deployment.objects.filter(endpoint=deployment.endpoint, status__in=Deployment.ACTIVE).exclude(
+        pk=deployment.pk
+    )
     others.filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now)).update(
         status=Deployment.Status.FAILED, error="Cancelled: the endpoint is being deleted.", finished_at=now
     )
@@ -437,7 +439,9 @@ def pipeline_reconcile() -> dict[str, int]:
     what runs for resources already removed."""
     now = timezone.now()
     resumed = 0
-    stale = Deployment.objects.filter(status__in=ACTIVE).filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+    stale = Deployment.objects.filter(status__in=Deployment.ACTIVE).filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    )
     for deployment in stale:
         step = deployment.steps.exclude(status__in=FINISHED_STEP).order_by("position").first()
         if step is not None and step.next_check_at is not None and step.next_check_at > now - OVERDUE:
