@@ -8,14 +8,28 @@ still run with `pytest -p no:django container_templates`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train_models.R"
+
+
+def expected(case_dir: Path) -> dict[str, Any]:
+    """A case's expected.json: its input rows and R's own predictions for them."""
+    return dict(json.loads((case_dir / "expected.json").read_text()))
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> bytes:
+    """Rows of expected.json as the CSV a client would send, columns in the rows' order."""
+    header = list(rows[0])
+    lines = [",".join(header)] + [",".join(str(row[name]) for name in header) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def train_models(tmp_path_factory: pytest.TempPathFactory) -> Path:

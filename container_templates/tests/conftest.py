@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from testsupport.ports import free_port
+from testsupport.r_models import expected as expected_of
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 SERVE = RUNTIME_DIR / "serve"
@@ -148,7 +149,7 @@ def expected(models: Path) -> Callable[[str], dict[str, Any]]:
     """expected(case) -> {"rows": [...], "predictions": [...], "probabilities"?: [...]} from R itself."""
 
     def load(case: str) -> dict[str, Any]:
-        return json.loads((models / case / "expected.json").read_text())
+        return expected_of(models / case)
 
     return load
 

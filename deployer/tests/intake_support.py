@@ -4,26 +4,14 @@ time (the `trained_models` fixture) and hand-built archives, good and hostile.""
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import time
 import zipfile
-from pathlib import Path
 from typing import Any
 
 from rest_framework.test import APIClient
 
 MODELS_URL = "/api/v1/models/"
-
-
-def expected(case_dir: Path) -> dict[str, Any]:
-    return dict(json.loads((case_dir / "expected.json").read_text()))
-
-
-def rows_as_csv(rows: list[dict[str, Any]]) -> bytes:
-    header = list(rows[0])
-    lines = [",".join(header)] + [",".join(str(row[name]) for name in header) for row in rows]
-    return ("\n".join(lines) + "\n").encode()
 
 
 def tar_gz(members: dict[str, bytes], *, extra: list[tarfile.TarInfo] | None = None) -> bytes:

@@ -18,25 +18,14 @@ from django.contrib.auth.models import User
 from deployer.models import Deployment, Endpoint, ModelVersion
 from deployer.services.pipeline import deployment_advance, pipeline_reconcile
 from testsupport.factories import make_model_version
-from testsupport.r_models import train_models
+from testsupport.r_models import expected, train_models
 from testsupport.services import CeleryWorker
-
-COLUMNS = ["Sepal.Length", "Sepal.Width", "Petal.Length", "Petal.Width"]
 
 
 def train_iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What the `iris_models` fixture gives, for modules outside deployer/tests (the
     session's one training run: testsupport/r_models.py)."""
     return train_models(tmp_path_factory) / "iris_versions"
-
-
-def expected(models: Path) -> dict[str, Any]:
-    return dict(json.loads((models / "expected.json").read_text()))
-
-
-def rows_csv(rows: list[dict[str, Any]]) -> bytes:
-    lines = [",".join(COLUMNS)] + [",".join(str(row[column]) for column in COLUMNS) for row in rows]
-    return ("\n".join(lines) + "\n").encode()
 
 
 def ready_model(owner: User, models: Path, version: str, **inspection: Any) -> ModelVersion:

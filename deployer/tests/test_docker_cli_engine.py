@@ -25,9 +25,9 @@ from deployer.integrations.containers import cli, images, runtimes
 from deployer.models import ModelVersion
 from deployer.services.images import serving_image_ensure
 from deployer.serving_images import serving_image_context
-from deployer.tests.intake_support import expected, rows_as_csv
 from deployer.tests.test_inspection import inspect, upload
 from deployer.tests.test_inspection_attacks import CONNECT, Listener, external_address, hostile_bundle
+from testsupport.r_models import expected, rows_csv
 from testsupport.services import OciRegistry, PodmanDockerApi
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_a_real_model_is_inspected_ready_under_the_docker_cli(owner: User, train
     case = trained_models / "lm"
     wanted = expected(case)
 
-    version = inspect(upload(owner, "lm-docker", (case / "model.rds").read_bytes(), sample=rows_as_csv(wanted["rows"])))
+    version = inspect(upload(owner, "lm-docker", (case / "model.rds").read_bytes(), sample=rows_csv(wanted["rows"])))
 
     assert version.status == ModelVersion.Status.READY, version.status_reason
     assert "lm" in version.inspection["class"]

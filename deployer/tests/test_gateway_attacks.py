@@ -19,8 +19,9 @@ from django.contrib.auth.models import User
 from deployer.integrations.containers import runtime_http
 from deployer.models import Deployment
 from deployer.services.tokens import api_token_create
-from deployer.tests.pipeline_support import expected, ready_model, rows_csv
+from deployer.tests.pipeline_support import ready_model
 from deployer.tests.test_runtime_attacks import PRELUDE, deploy, healthy_neighbour, hostile_model, predict
+from testsupport.r_models import expected, rows_csv
 from testsupport.services import WebServer
 
 pytestmark = [

@@ -14,7 +14,8 @@ from deployer.model_files import model_version_materialize
 from deployer.models import ModelVersion
 from deployer.services.model_inspection import model_version_inspect
 from deployer.services.model_intake import model_version_upload
-from deployer.tests.intake_support import expected, rows_as_csv, tar_gz
+from deployer.tests.intake_support import tar_gz
+from testsupport.r_models import expected, rows_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
@@ -92,7 +93,7 @@ def test_inspection_with_a_sample_predicts_what_r_predicts_for_its_rows(
     wanted = expected(case_dir)
 
     version = inspect(
-        upload(owner, case.replace("_", "-"), (case_dir / "model.rds").read_bytes(), sample=rows_as_csv(wanted["rows"]))
+        upload(owner, case.replace("_", "-"), (case_dir / "model.rds").read_bytes(), sample=rows_csv(wanted["rows"]))
     )
 
     assert version.status == ModelVersion.Status.READY, version.status_reason
@@ -148,7 +149,7 @@ def test_a_bundle_with_predict_r_takes_its_schema_from_the_sample(owner: User, t
         {"model.rds": (case_dir / "model.rds").read_bytes(), "predict.R": (case_dir / "predict.R").read_bytes()}
     )
 
-    version = inspect(upload(owner, "dose", bundle, sample=rows_as_csv(wanted["rows"])))
+    version = inspect(upload(owner, "dose", bundle, sample=rows_csv(wanted["rows"])))
 
     assert version.status == ModelVersion.Status.READY, version.status_reason
     assert version.inspection["hooks"] == ["predict_fn"]
@@ -503,7 +504,7 @@ def test_the_runtime_answers_the_example_request_from_the_materialized_directory
     content = (case_dir / "model.rds").read_bytes()
     if (case_dir / "predict.R").exists():
         content = tar_gz({"model.rds": content, "predict.R": (case_dir / "predict.R").read_bytes()})
-    version = inspect(upload(owner, "served", content, sample=rows_as_csv(expected(case_dir)["rows"])))
+    version = inspect(upload(owner, "served", content, sample=rows_csv(expected(case_dir)["rows"])))
     directory = model_version_materialize(model_version=version, destination=tmp_path / "model")
     script = """
     args <- commandArgs(trailingOnly = TRUE)

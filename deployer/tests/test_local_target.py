@@ -19,16 +19,8 @@ from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets.base import TargetOptionsError
 from deployer.targets.local import LocalTarget
 from deployer.targets.local.paths import container_name, endpoint_dir
-from deployer.tests.pipeline_support import (
-    broken_model,
-    container_running,
-    drive,
-    expected,
-    kill_runtime,
-    ready_model,
-    rows_csv,
-    wait_for,
-)
+from deployer.tests.pipeline_support import broken_model, container_running, drive, kill_runtime, ready_model, wait_for
+from testsupport.r_models import expected, rows_csv
 
 pytestmark = [
     pytest.mark.slow,

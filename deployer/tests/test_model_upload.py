@@ -16,8 +16,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from deployer.models import Endpoint, ModelVersion
-from deployer.tests.intake_support import MODELS_URL, expected, rows_as_csv, tar_gz, wait_for_verdict, zip_bytes
+from deployer.tests.intake_support import MODELS_URL, tar_gz, wait_for_verdict, zip_bytes
 from testsupport.factories import make_endpoint
+from testsupport.r_models import expected, rows_csv
 
 URL = MODELS_URL
 
@@ -294,7 +295,7 @@ def test_an_uploaded_random_forest_is_inspected_by_the_worker_and_becomes_ready(
         client,
         "iris-forest",
         (case_dir / "model.rds").read_bytes(),
-        sample=SimpleUploadedFile("rows.csv", rows_as_csv(wanted["rows"])),
+        sample=SimpleUploadedFile("rows.csv", rows_csv(wanted["rows"])),
     )
     body = wait_for_verdict(client, created.json()["id"], timeout=60)
     elapsed = time.monotonic() - started

@@ -23,13 +23,8 @@ from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway
 from deployer.services.tokens import api_token_create
 from deployer.targets.local.paths import endpoint_dir
-from deployer.tests.pipeline_support import (
-    expected,
-    ready_model,
-    rows_csv,
-    running_containers,
-    wait_for,
-)
+from deployer.tests.pipeline_support import ready_model, running_containers, wait_for
+from testsupport.r_models import expected, rows_csv
 from testsupport.services import WebServer
 
 pytestmark = [

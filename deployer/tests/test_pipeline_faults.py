@@ -19,14 +19,13 @@ from deployer.targets import get_target
 from deployer.targets.local.paths import endpoint_dir
 from deployer.tests.pipeline_support import (
     FaultyWorker,
-    expected,
     finish,
     kill_runtime,
     ready_model,
-    rows_csv,
     running_containers,
     wait_for,
 )
+from testsupport.r_models import expected, rows_csv
 
 pytestmark = [
     pytest.mark.slow,

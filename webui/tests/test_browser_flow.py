@@ -15,7 +15,8 @@ from playwright.sync_api import Browser, Page, expect
 from pytest_django.live_server_helper import LiveServer
 
 from deployer.models import Endpoint, LogLine, ModelVersion
-from deployer.tests.pipeline_support import expected, rows_csv, stop_everything, train_iris_models
+from deployer.tests.pipeline_support import stop_everything, train_iris_models
+from testsupport.r_models import expected, rows_csv
 from testsupport.services import CeleryWorker
 from webui.tests.browser import DESKTOP, PHONE, check_page, go_to, log_in
 
