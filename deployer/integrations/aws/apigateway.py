@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, raises_aws_error
+from deployer.integrations.aws.client import (
+    aws_client,
+    ok_if_exists,
+    ok_if_missing,
+    raises_aws_error,
+)
 
 ROUTE = "invocations"
 
@@ -90,7 +93,7 @@ def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str, autho
         route = client.create_resource(restApiId=api_id, parentId=root, pathPart=ROUTE)
     resource_id = route["id"]
     if "POST" not in (route.get("resourceMethods") or {}):
-        try:
+        with ok_if_exists():
             client.put_method(
                 restApiId=api_id,
                 resourceId=resource_id,
@@ -99,9 +102,6 @@ def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str, autho
                 authorizerId=authorizer_id,
                 apiKeyRequired=True,
             )
-        except ClientError as error:
-            if not is_already_exists(error):
-                raise
     client.put_integration(
         restApiId=api_id,
         resourceId=resource_id,
@@ -117,12 +117,9 @@ def ensure_invocations_route(api_id: str, *, lambda_arn: str, region: str, autho
 @raises_aws_error
 def ensure_stage(api_id: str, stage: str) -> None:
     client = aws_client("apigateway")
-    try:
+    with ok_if_missing():
         client.get_stage(restApiId=api_id, stageName=stage)
         return
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
     client.create_deployment(restApiId=api_id, stageName=stage, description="rdeploy")
 
 
@@ -130,11 +127,8 @@ def ensure_stage(api_id: str, stage: str) -> None:
 def flush_authorizer_cache(api_id: str, stage: str) -> None:
     """Forget every cached authorizer answer of ``stage``, so the next request with any key
     asks the authorizer again. A missing API or stage has nothing cached."""
-    try:
+    with ok_if_missing():
         aws_client("apigateway").flush_stage_authorizers_cache(restApiId=api_id, stageName=stage)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @raises_aws_error
@@ -192,11 +186,8 @@ def ensure_usage_plan(
                 tags=tags,
             )["id"]
         )
-    try:
+    with ok_if_exists():
         client.create_usage_plan_key(usagePlanId=plan_id, keyId=key_id, keyType="API_KEY")
-    except ClientError as error:
-        if not is_already_exists(error):
-            raise
     return plan_id
 
 
@@ -207,7 +198,7 @@ def delete_usage_plan(name: str) -> None:
     plan_id = find_usage_plan(name)
     if plan_id is None:
         return
-    try:
+    with ok_if_missing():
         for key in _paged("get_usage_plan_keys", usagePlanId=plan_id):
             client.delete_usage_plan_key(usagePlanId=plan_id, keyId=key["id"])
         plan = client.get_usage_plan(usagePlanId=plan_id)
@@ -218,9 +209,6 @@ def delete_usage_plan(name: str) -> None:
         if operations:
             client.update_usage_plan(usagePlanId=plan_id, patchOperations=operations)
         client.delete_usage_plan(usagePlanId=plan_id)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @raises_aws_error
@@ -228,11 +216,8 @@ def delete_api_key(name: str) -> None:
     key_id = find_api_key(name)
     if key_id is None:
         return
-    try:
+    with ok_if_missing():
         aws_client("apigateway").delete_api_key(apiKey=key_id)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @raises_aws_error
@@ -240,11 +225,8 @@ def delete_rest_api(name: str) -> None:
     api_id = find_rest_api(name)
     if api_id is None:
         return
-    try:
+    with ok_if_missing():
         aws_client("apigateway").delete_rest_api(restApiId=api_id)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 def invoke_url(api_id: str, *, region: str, stage: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -164,6 +165,26 @@ def unless_missing(fetch: Callable[[], T], default: T) -> T:
         if is_not_found(error):
             return default
         raise
+
+
+@contextmanager
+def ok_if_missing() -> Iterator[None]:
+    """The block's resource may already be gone (deleted, never made): that counts as done."""
+    try:
+        yield
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+
+
+@contextmanager
+def ok_if_exists() -> Iterator[None]:
+    """The block's resource may already exist (a retried step made it): that counts as done."""
+    try:
+        yield
+    except ClientError as error:
+        if not is_already_exists(error):
+            raise
 
 
 def is_already_exists(error: BaseException) -> bool:

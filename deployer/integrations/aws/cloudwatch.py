@@ -6,9 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from deployer.integrations.aws.client import aws_client, is_not_found, raises_aws_error, tag_list, unless_missing
+from deployer.integrations.aws.client import (
+    aws_client,
+    ok_if_missing,
+    raises_aws_error,
+    tag_list,
+    unless_missing,
+)
 
 NAMESPACE = "AWS/SageMaker"
 
@@ -50,11 +54,8 @@ def ensure_variant_alarm(alarm: VariantAlarm, *, endpoint: str, variant: str, ta
 @raises_aws_error
 def delete_alarm(name: str) -> None:
     """Missing counts as deleted."""
-    try:
+    with ok_if_missing():
         aws_client("cloudwatch").delete_alarms(AlarmNames=[name])
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @raises_aws_error

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, raises_aws_error
+from deployer.integrations.aws.client import aws_client, is_not_found, ok_if_exists, raises_aws_error
 
 # Builds the image from the context zip (Dockerfile at its root) on BASE_IMAGE (the recipe's
 # build argument, part of the context's tag) and pushes it to ECR.
@@ -39,7 +39,7 @@ class BuildState:
 @raises_aws_error
 def ensure_project(name: str, *, role_arn: str, source_location: str, tags: dict[str, str]) -> None:
     """Create the installation's project once; later builds override only the source."""
-    try:
+    with ok_if_exists():
         aws_client("codebuild").create_project(
             name=name,
             description="rdeploy: builds R runtime images for SageMaker",
@@ -57,9 +57,6 @@ def ensure_project(name: str, *, role_arn: str, source_location: str, tags: dict
             logsConfig={"cloudWatchLogs": {"status": "ENABLED", "groupName": f"/aws/codebuild/{name}"}},
             tags=[{"key": key, "value": value} for key, value in sorted(tags.items())],
         )
-    except ClientError as error:
-        if not is_already_exists(error):
-            raise
 
 
 @raises_aws_error

@@ -7,7 +7,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_already_exists, is_not_found, raises_aws_error, tag_list
+from deployer.integrations.aws.client import (
+    aws_client,
+    is_already_exists,
+    is_not_found,
+    ok_if_missing,
+    raises_aws_error,
+    tag_list,
+)
 
 
 @raises_aws_error
@@ -71,11 +78,8 @@ def image_tags(repository: str) -> list[str]:
 @raises_aws_error
 def delete_image(repository: str, tag: str) -> None:
     """Idempotent: a missing image or repository counts as deleted."""
-    try:
+    with ok_if_missing():
         aws_client("ecr").batch_delete_image(repositoryName=repository, imageIds=[{"imageTag": tag}])
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @raises_aws_error

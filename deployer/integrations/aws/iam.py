@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 from deployer.integrations.aws.client import (
     aws_client,
     is_already_exists,
-    is_not_found,
+    ok_if_missing,
     raises_aws_error,
     tag_list,
     unless_missing,
@@ -60,13 +60,10 @@ def ensure_role(
 def delete_role(name: str) -> None:
     """Delete the role and its inline policies; a missing role counts as deleted."""
     client = aws_client("iam")
-    try:
+    with ok_if_missing():
         for policy_name in client.list_role_policies(RoleName=name)["PolicyNames"]:
             client.delete_role_policy(RoleName=name, PolicyName=policy_name)
         client.delete_role(RoleName=name)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @raises_aws_error

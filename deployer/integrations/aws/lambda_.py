@@ -10,8 +10,9 @@ from botocore.exceptions import ClientError
 
 from deployer.integrations.aws.client import (
     aws_client,
-    is_already_exists,
     is_not_found,
+    ok_if_exists,
+    ok_if_missing,
     raises_aws_error,
     unless_missing,
 )
@@ -33,7 +34,7 @@ def create_function(
 ) -> str:
     """Create the function (kept if it exists); returns its ARN."""
     client = aws_client("lambda")
-    try:
+    with ok_if_exists():
         return str(
             client.create_function(
                 FunctionName=name,
@@ -48,16 +49,13 @@ def create_function(
                 Publish=False,
             )["FunctionArn"]
         )
-    except ClientError as error:
-        if not is_already_exists(error):
-            raise
     return str(client.get_function(FunctionName=name)["Configuration"]["FunctionArn"])
 
 
 @raises_aws_error
 def allow_api_gateway(name: str, *, statement_id: str, source_arn: str) -> None:
     """Let exactly one API (``source_arn``) invoke the function."""
-    try:
+    with ok_if_exists():
         aws_client("lambda").add_permission(
             FunctionName=name,
             StatementId=statement_id,
@@ -65,19 +63,13 @@ def allow_api_gateway(name: str, *, statement_id: str, source_arn: str) -> None:
             Principal="apigateway.amazonaws.com",
             SourceArn=source_arn,
         )
-    except ClientError as error:
-        if not is_already_exists(error):
-            raise
 
 
 @raises_aws_error
 def delete_function(name: str) -> None:
     """Also removes its resource policy (the API Gateway permission)."""
-    try:
+    with ok_if_missing():
         aws_client("lambda").delete_function(FunctionName=name)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @raises_aws_error

@@ -13,6 +13,7 @@ from deployer.integrations.aws.client import (
     aws_client,
     is_already_exists,
     is_not_found,
+    ok_if_missing,
     raises_aws_error,
     unless_missing,
 )
@@ -95,8 +96,5 @@ def tags_of(arn: str) -> dict[str, str]:
 @raises_aws_error
 def delete_log_group(group: str) -> None:
     """Missing counts as deleted."""
-    try:
+    with ok_if_missing():
         aws_client("logs").delete_log_group(logGroupName=group)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise

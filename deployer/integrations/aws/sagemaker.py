@@ -10,8 +10,9 @@ from botocore.exceptions import ClientError
 
 from deployer.integrations.aws.client import (
     aws_client,
-    is_already_exists,
     is_not_found,
+    ok_if_exists,
+    ok_if_missing,
     raises_aws_error,
     tag_list,
     unless_missing,
@@ -33,7 +34,7 @@ def create_model(
     tags: dict[str, str],
 ) -> None:
     """Create the model; one that already exists under this (deterministic) name is kept."""
-    try:
+    with ok_if_exists():
         aws_client("sagemaker").create_model(
             ModelName=name,
             PrimaryContainer={"Image": image, "ModelDataUrl": model_data_url, "Environment": environment},
@@ -44,9 +45,6 @@ def create_model(
             EnableNetworkIsolation=True,
             Tags=tag_list(tags),
         )
-    except ClientError as error:
-        if not is_already_exists(error):
-            raise
 
 
 @raises_aws_error
@@ -62,24 +60,18 @@ def model_exists(name: str) -> bool:
 
 @raises_aws_error
 def delete_model(name: str) -> None:
-    try:
+    with ok_if_missing():
         aws_client("sagemaker").delete_model(ModelName=name)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @raises_aws_error
 def create_endpoint_config(name: str, *, variant: dict[str, Any], tags: dict[str, str]) -> None:
     if endpoint_config_exists(name):
         return
-    try:
+    with ok_if_exists():
         aws_client("sagemaker").create_endpoint_config(
             EndpointConfigName=name, ProductionVariants=[variant], Tags=tag_list(tags)
         )
-    except ClientError as error:
-        if not is_already_exists(error):
-            raise
 
 
 @raises_aws_error
@@ -95,11 +87,8 @@ def endpoint_config_exists(name: str) -> bool:
 
 @raises_aws_error
 def delete_endpoint_config(name: str) -> None:
-    try:
+    with ok_if_missing():
         aws_client("sagemaker").delete_endpoint_config(EndpointConfigName=name)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @dataclass(frozen=True)
@@ -133,11 +122,8 @@ def create_endpoint(name: str, *, config_name: str, tags: dict[str, str]) -> Non
     """Create the endpoint unless it exists (a create retried after a crash must not fail)."""
     if describe_endpoint(name) is not None:
         return
-    try:
+    with ok_if_exists():
         aws_client("sagemaker").create_endpoint(EndpointName=name, EndpointConfigName=config_name, Tags=tag_list(tags))
-    except ClientError as error:
-        if not is_already_exists(error):
-            raise
 
 
 @raises_aws_error
@@ -151,11 +137,8 @@ def update_endpoint(name: str, *, config_name: str, deployment_config: dict[str,
 
 @raises_aws_error
 def delete_endpoint(name: str) -> None:
-    try:
+    with ok_if_missing():
         aws_client("sagemaker").delete_endpoint(EndpointName=name)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
 
 
 @raises_aws_error
