@@ -10,7 +10,6 @@ from botocore.exceptions import ClientError
 from deployer.integrations.aws.client import (
     aws_client,
     is_already_exists,
-    is_not_found,
     ok_if_missing,
     raises_aws_error,
     tag_list,
@@ -39,25 +38,19 @@ def ensure_repository(name: str, *, tags: dict[str, str]) -> str:
 def repository_tags(name: str) -> dict[str, str]:
     """The repository's tags (empty when it does not exist)."""
     client = aws_client("ecr")
-    try:
+    with ok_if_missing():
         repository = client.describe_repositories(repositoryNames=[name])["repositories"][0]
         tags = client.list_tags_for_resource(resourceArn=repository["repositoryArn"])["tags"]
-    except ClientError as error:
-        if is_not_found(error):
-            return {}
-        raise
-    return {tag["Key"]: tag["Value"] for tag in tags}
+        return {tag["Key"]: tag["Value"] for tag in tags}
+    return {}
 
 
 @raises_aws_error
 def image_exists(repository: str, tag: str) -> bool:
-    try:
+    with ok_if_missing():
         details = aws_client("ecr").describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
-    except ClientError as error:
-        if is_not_found(error):
-            return False
-        raise
-    return bool(details["imageDetails"])
+        return bool(details["imageDetails"])
+    return False
 
 
 @raises_aws_error
@@ -65,14 +58,11 @@ def image_tags(repository: str) -> list[str]:
     """Every tag in the repository (empty when the repository does not exist)."""
     paginator = aws_client("ecr").get_paginator("list_images")
     tags: list[str] = []
-    try:
+    with ok_if_missing():
         for page in paginator.paginate(repositoryName=repository, filter={"tagStatus": "TAGGED"}):
             tags.extend(image["imageTag"] for image in page["imageIds"] if "imageTag" in image)
-    except ClientError as error:
-        if is_not_found(error):
-            return []
-        raise
-    return tags
+        return tags
+    return []
 
 
 @raises_aws_error

@@ -6,11 +6,8 @@ import io
 import zipfile
 from pathlib import Path
 
-from botocore.exceptions import ClientError
-
 from deployer.integrations.aws.client import (
     aws_client,
-    is_not_found,
     ok_if_exists,
     ok_if_missing,
     raises_aws_error,
@@ -91,13 +88,10 @@ def tags_of(arn: str) -> dict[str, str]:
 @raises_aws_error
 def environment_of(name: str) -> dict[str, str] | None:
     """The function's environment variables, or None when the function does not exist."""
-    try:
+    with ok_if_missing():
         configuration = aws_client("lambda").get_function_configuration(FunctionName=name)
-    except ClientError as error:
-        if is_not_found(error):
-            return None
-        raise
-    return dict((configuration.get("Environment") or {}).get("Variables") or {})
+        return dict((configuration.get("Environment") or {}).get("Variables") or {})
+    return None
 
 
 @raises_aws_error
@@ -110,10 +104,7 @@ def set_environment(name: str, environment: dict[str, str]) -> None:
 def update_finished(name: str) -> bool:
     """Whether new invocations run with the function's latest configuration (its last
     update is no longer InProgress); a missing function has nothing pending."""
-    try:
+    with ok_if_missing():
         configuration = aws_client("lambda").get_function_configuration(FunctionName=name)
-    except ClientError as error:
-        if is_not_found(error):
-            return True
-        raise
-    return configuration.get("LastUpdateStatus") != "InProgress"
+        return configuration.get("LastUpdateStatus") != "InProgress"
+    return True

@@ -12,7 +12,6 @@ from botocore.exceptions import ClientError
 from deployer.integrations.aws.client import (
     aws_client,
     is_already_exists,
-    is_not_found,
     ok_if_missing,
     raises_aws_error,
     unless_missing,
@@ -37,7 +36,7 @@ def events_since(group: str, *, start_ms: int = 0, limit: int = 500, stream: str
         arguments["logStreamNames"] = [stream]
     events: list[LogEvent] = []
     client = aws_client("logs")
-    try:
+    with ok_if_missing():
         while True:
             page = client.filter_log_events(**arguments)
             events.extend(
@@ -48,12 +47,9 @@ def events_since(group: str, *, start_ms: int = 0, limit: int = 500, stream: str
             if not token or len(events) >= limit:
                 break
             arguments["nextToken"] = token
-    except ClientError as error:
-        if is_not_found(error):
-            return []
-        raise
-    events.sort(key=lambda event: event.timestamp)
-    return events[:limit]
+        events.sort(key=lambda event: event.timestamp)
+        return events[:limit]
+    return []
 
 
 def last_lines(group: str, *, count: int = 20, window_ms: int = 3_600_000) -> list[str]:

@@ -7,18 +7,15 @@ from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
 
-from deployer.integrations.aws.client import aws_client, is_not_found, raises_aws_error
+from deployer.integrations.aws.client import aws_client, is_not_found, ok_if_missing, raises_aws_error
 
 
 @raises_aws_error
 def object_exists(bucket: str, key: str) -> bool:
-    try:
+    with ok_if_missing():
         aws_client("s3").head_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if is_not_found(error):
-            return False
-        raise
-    return True
+        return True
+    return False
 
 
 @raises_aws_error
@@ -35,13 +32,10 @@ def delete_object(bucket: str, key: str) -> None:
 
 @raises_aws_error
 def object_tags(bucket: str, key: str) -> dict[str, str]:
-    try:
+    with ok_if_missing():
         tag_set = aws_client("s3").get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
-    except ClientError as error:
-        if is_not_found(error):
-            return {}
-        raise
-    return {tag["Key"]: tag["Value"] for tag in tag_set}
+        return {tag["Key"]: tag["Value"] for tag in tag_set}
+    return {}
 
 
 @raises_aws_error

@@ -10,7 +10,6 @@ from botocore.exceptions import ClientError
 
 from deployer.integrations.aws.client import (
     aws_client,
-    is_not_found,
     ok_if_exists,
     ok_if_missing,
     raises_aws_error,
@@ -49,13 +48,10 @@ def create_model(
 
 @raises_aws_error
 def model_exists(name: str) -> bool:
-    try:
+    with ok_if_missing():
         aws_client("sagemaker").describe_model(ModelName=name)
-    except ClientError as error:
-        if is_not_found(error):
-            return False
-        raise
-    return True
+        return True
+    return False
 
 
 @raises_aws_error
@@ -76,13 +72,10 @@ def create_endpoint_config(name: str, *, variant: dict[str, Any], tags: dict[str
 
 @raises_aws_error
 def endpoint_config_exists(name: str) -> bool:
-    try:
+    with ok_if_missing():
         aws_client("sagemaker").describe_endpoint_config(EndpointConfigName=name)
-    except ClientError as error:
-        if is_not_found(error):
-            return False
-        raise
-    return True
+        return True
+    return False
 
 
 @raises_aws_error
@@ -102,19 +95,16 @@ class EndpointState:
 
 @raises_aws_error
 def describe_endpoint(name: str) -> EndpointState | None:
-    try:
+    with ok_if_missing():
         data = aws_client("sagemaker").describe_endpoint(EndpointName=name)
-    except ClientError as error:
-        if is_not_found(error):
-            return None
-        raise
-    return EndpointState(
-        name=name,
-        status=str(data["EndpointStatus"]),
-        config_name=str(data.get("EndpointConfigName", "")),
-        failure_reason=str(data.get("FailureReason", "")),
-        arn=str(data.get("EndpointArn", "")),
-    )
+        return EndpointState(
+            name=name,
+            status=str(data["EndpointStatus"]),
+            config_name=str(data.get("EndpointConfigName", "")),
+            failure_reason=str(data.get("FailureReason", "")),
+            arn=str(data.get("EndpointArn", "")),
+        )
+    return None
 
 
 @raises_aws_error
