@@ -245,6 +245,20 @@ def test_upload_refusal_over_htmx_returns_only_the_fields_with_the_message(clien
     assert 'id="name-error"' in html
 
 
+def test_upload_refusal_is_shown_on_the_field_the_service_names(client: Client, owner: User) -> None:
+    # The field comes from the refusal (exc.field), not from its words: this one is about
+    # the packages although the file is called sample.rds.
+    junk = SimpleUploadedFile("sample.rds", b"not a model" * 10)
+    response = logged_in(client, owner).post(
+        "/models/upload/", {"name": "iris", "file": junk, "packages": "ok, not a name!"}, headers=HTMX
+    )
+    html = response.content.decode()
+    assert 'id="packages-error"' in html
+    assert "is not a valid R package name" in html
+    assert 'id="file-error"' not in html
+    assert 'id="sample-error"' not in html
+
+
 def test_sagemaker_endpoints_get_a_boto3_snippet_with_their_sagemaker_name(client: Client, owner: User) -> None:
     live_endpoint(
         owner,
