@@ -16,7 +16,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from deployer.models import Deployment, Endpoint, ModelVersion
-from deployer.services.pipeline import deployment_advance, pipeline_reconcile
+from deployer.services.pipeline import pipeline_reconcile
 from testsupport.factories import make_model_version
 from testsupport.r_models import expected, train_models
 from testsupport.services import CeleryWorker
@@ -58,19 +58,6 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 60, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(interval)
-
-
-def drive(deployment: Deployment, *, timeout: float = 60) -> Deployment:
-    """Run the pipeline in this process (no worker) until the deployment is terminal."""
-    deadline = time.monotonic() + timeout
-    while True:
-        deployment_advance(deployment_id=deployment.pk)
-        deployment.refresh_from_db()
-        if deployment.is_terminal:
-            return deployment
-        if time.monotonic() > deadline:
-            raise AssertionError(f"deployment {deployment.pk} still {deployment.status} after {timeout} s")
-        time.sleep(0.05)
 
 
 def endpoint_status(name: str) -> str:

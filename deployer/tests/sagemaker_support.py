@@ -5,7 +5,7 @@ create, and what is left in the (moto) cloud."""
 from __future__ import annotations
 
 import json
-import time
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -13,8 +13,8 @@ from django.contrib.auth.models import User
 
 from deployer.integrations.aws import tagging
 from deployer.integrations.aws.client import aws_client
-from deployer.models import Deployment, DeploymentStep, ModelVersion
-from deployer.services.pipeline import deployment_advance
+from deployer.models import Deployment, ModelVersion
+from testsupport import pipeline
 from testsupport.factories import make_model_version
 
 INSPECTION = {
@@ -34,20 +34,8 @@ def ready_model(owner: User, content: bytes = b"model-1", **inspection: Any) -> 
     )
 
 
-def drive(deployment: Deployment, *, until_step: str | None = None, rounds: int = 200) -> Deployment:
-    """Advance in this process, answering every poll at once, until terminal (or until
-    ``until_step`` has succeeded)."""
-    for _ in range(rounds):
-        DeploymentStep.objects.filter(deployment=deployment).update(next_check_at=None)
-        Deployment.objects.filter(pk=deployment.pk).update(lease_until=None)
-        deployment_advance(deployment_id=deployment.pk)
-        deployment.refresh_from_db()
-        if deployment.is_terminal:
-            return deployment
-        if until_step and deployment.steps.get(name=until_step).status == DeploymentStep.Status.SUCCEEDED:
-            return deployment
-        time.sleep(0.01)
-    raise AssertionError(f"deployment {deployment.pk} still {deployment.status}: {list(deployment.steps.values())}")
+# moto answers every poll at once.
+drive = partial(pipeline.drive, answer_polls=True)
 
 
 def latest(name: str) -> Deployment:

@@ -17,7 +17,8 @@ from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoi
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome
 from deployer.targets.local import LocalTarget
 from deployer.targets.local.paths import rollout_dir
-from deployer.tests.pipeline_support import container_running, drive, ready_model, stop_everything
+from deployer.tests.pipeline_support import container_running, ready_model, stop_everything
+from testsupport.pipeline import drive
 from testsupport.r_models import expected, rows_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
