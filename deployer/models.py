@@ -256,21 +256,59 @@ class LogLine(models.Model):
         return f"[{self.source}] {self.message[:80]}"
 
 
+class ExternalResourceQuerySet(models.QuerySet["ExternalResource"]):
+    def live(self) -> ExternalResourceQuerySet:
+        """Not yet removed."""
+        return self.filter(deleted_at__isnull=True)
+
+    def removed(self) -> ExternalResourceQuerySet:
+        return self.filter(deleted_at__isnull=False)
+
+    def named(self, target: str, kind: str, identifier: str) -> ExternalResourceQuerySet:
+        """The row for one resource (at most one: target, kind and identifier are unique)."""
+        return self.filter(target=target, kind=kind, identifier=identifier)
+
+
 class ExternalResource(models.Model):
-    """Anything created outside the database (a process, an S3 object, a SageMaker model).
+    """Anything created outside the database (a container, an S3 object, a SageMaker model).
 
     Recorded as intent before creation and marked deleted after removal; teardown walks
     these rows in reverse, and `rdeploy_gc` compares them with what the cloud reports.
     """
 
+    class Kind(models.TextChoices):
+        # local
+        MODEL_DIR = "model_dir"
+        CONTAINER = "container"
+        # Local runtimes before they ran in containers; kept so old rows still read.
+        PROCESS = "process"
+        # SageMaker
+        MODEL_DATA = "model_data"
+        BUILD_CONTEXT = "build_context"
+        DOCKER_BUILD = "docker_build"
+        ECR_IMAGE = "ecr_image"
+        SAGEMAKER_MODEL = "sagemaker_model"
+        SAGEMAKER_ENDPOINT_CONFIG = "sagemaker_endpoint_config"
+        SAGEMAKER_ENDPOINT = "sagemaker_endpoint"
+        AUTOSCALING_TARGET = "autoscaling_target"
+        CLOUDWATCH_ALARM = "cloudwatch_alarm"
+        LOG_GROUP = "log_group"
+        IAM_ROLE = "iam_role"
+        LAMBDA_FUNCTION = "lambda_function"
+        APIGATEWAY_REST_API = "apigateway_rest_api"
+        APIGATEWAY_USAGE_PLAN = "apigateway_usage_plan"
+        APIGATEWAY_API_KEY = "apigateway_api_key"
+
     endpoint = models.ForeignKey(Endpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="resources")
     deployment = models.ForeignKey(Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     target = models.CharField(max_length=16, choices=Endpoint.Target.choices)
-    kind = models.CharField(max_length=64)
+    kind = models.CharField(max_length=64, choices=Kind.choices)
     identifier = models.CharField(max_length=512)
     details = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ExternalResourceQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]

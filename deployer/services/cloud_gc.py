@@ -27,17 +27,17 @@ def cloud_orphans(*, image_grace_seconds: float = IMAGE_GRACE_SECONDS) -> list[C
     and images no endpoint has used for longer than the grace period."""
     cutoff = timezone.now() - timedelta(seconds=image_grace_seconds)
     owned: set[tuple[str, str]] = set()
-    rows = ExternalResource.objects.filter(target=Endpoint.Target.SAGEMAKER, deleted_at__isnull=True)
+    rows = ExternalResource.objects.live().filter(target=Endpoint.Target.SAGEMAKER)
     for row in rows.select_related("endpoint"):
         if row.endpoint is not None and row.endpoint.status != Endpoint.Status.DELETED:
             owned.add((row.kind, row.identifier))
             # The groups its endpoint or function logs to, recorded or not (an endpoint
             # deployed before rdeploy made them has them from SageMaker and Lambda).
-            if row.kind == "sagemaker_endpoint":
-                owned.add(("log_group", f"/aws/sagemaker/Endpoints/{row.identifier}"))
-            elif row.kind == "lambda_function":
-                owned.add(("log_group", f"/aws/lambda/{row.identifier}"))
-        elif row.kind == "ecr_image":
+            if row.kind == ExternalResource.Kind.SAGEMAKER_ENDPOINT:
+                owned.add((ExternalResource.Kind.LOG_GROUP, f"/aws/sagemaker/Endpoints/{row.identifier}"))
+            elif row.kind == ExternalResource.Kind.LAMBDA_FUNCTION:
+                owned.add((ExternalResource.Kind.LOG_GROUP, f"/aws/lambda/{row.identifier}"))
+        elif row.kind == ExternalResource.Kind.ECR_IMAGE:
             since = row.details.get("unused_since")
             if not since or datetime.fromisoformat(since) > cutoff:
                 owned.add((row.kind, row.identifier))
@@ -53,27 +53,24 @@ def cloud_orphans(*, image_grace_seconds: float = IMAGE_GRACE_SECONDS) -> list[C
 def cloud_orphans_delete(orphans: list[CloudResource]) -> None:
     """Delete ``orphans`` (endpoints first, so their configs and models can go) and mark
     any database record of them deleted."""
-    order = [
-        "apigateway_usage_plan",
-        "apigateway_api_key",
-        "apigateway_rest_api",
-        "lambda_function",
-        "iam_role",
-        "autoscaling_target",
-        "sagemaker_endpoint",
-        "sagemaker_endpoint_config",
-        "sagemaker_model",
-        "cloudwatch_alarm",
-        "log_group",
-        "build_context",
-        "model_data",
-        "ecr_image",
+    order: list[str] = [
+        ExternalResource.Kind.APIGATEWAY_USAGE_PLAN,
+        ExternalResource.Kind.APIGATEWAY_API_KEY,
+        ExternalResource.Kind.APIGATEWAY_REST_API,
+        ExternalResource.Kind.LAMBDA_FUNCTION,
+        ExternalResource.Kind.IAM_ROLE,
+        ExternalResource.Kind.AUTOSCALING_TARGET,
+        ExternalResource.Kind.SAGEMAKER_ENDPOINT,
+        ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG,
+        ExternalResource.Kind.SAGEMAKER_MODEL,
+        ExternalResource.Kind.CLOUDWATCH_ALARM,
+        ExternalResource.Kind.LOG_GROUP,
+        ExternalResource.Kind.BUILD_CONTEXT,
+        ExternalResource.Kind.MODEL_DATA,
+        ExternalResource.Kind.ECR_IMAGE,
     ]
     for resource in sorted(orphans, key=lambda r: order.index(r.kind) if r.kind in order else len(order)):
         delete_cloud_resource(resource.kind, resource.identifier)
-        ExternalResource.objects.filter(
-            target=Endpoint.Target.SAGEMAKER,
-            kind=resource.kind,
-            identifier=resource.identifier,
-            deleted_at__isnull=True,
-        ).update(deleted_at=timezone.now())
+        ExternalResource.objects.live().named(Endpoint.Target.SAGEMAKER, resource.kind, resource.identifier).update(
+            deleted_at=timezone.now()
+        )

@@ -202,19 +202,15 @@ class StepContext:
 
     def mark_resource_deleted(self, kind: str, identifier: str) -> None:
         """Record that the thing is gone; a no-op when it already was."""
-        ExternalResource.objects.filter(
-            target=self.endpoint.target, kind=kind, identifier=identifier, deleted_at__isnull=True
-        ).update(deleted_at=timezone.now())
+        ExternalResource.objects.live().named(self.endpoint.target, kind, identifier).update(deleted_at=timezone.now())
 
     def deployment_resources(self, deployment: Deployment | None = None) -> QuerySet[ExternalResource]:
         """Live resources created by ``deployment`` (default: this one), oldest first."""
-        return ExternalResource.objects.filter(
-            deployment=deployment or self.deployment, deleted_at__isnull=True
-        ).order_by("id")
+        return ExternalResource.objects.live().filter(deployment=deployment or self.deployment).order_by("id")
 
     def live_resources(self) -> QuerySet[ExternalResource]:
         """Every resource of the endpoint not yet deleted, oldest first (for teardown)."""
-        return ExternalResource.objects.filter(endpoint=self.endpoint, deleted_at__isnull=True).order_by("id")
+        return ExternalResource.objects.live().filter(endpoint=self.endpoint).order_by("id")
 
     def log(self, message: str, *, level: str = LogLine.Level.INFO, source: str = LogLine.Source.PIPELINE) -> None:
         LogLine.objects.create(

@@ -117,7 +117,7 @@ class LocalTarget(Target):
             raise PermanentStepError(f"Local endpoints run in containers, and {problem}.")
         model_dir = rollout_dir(ctx.deployment) / "model"
         complete = model_dir.parent / ".model-complete"
-        ctx.record_resource("model_dir", str(model_dir.parent))
+        ctx.record_resource(ExternalResource.Kind.MODEL_DIR, str(model_dir.parent))
         if complete.exists():
             return StepOutcome.skipped("The model directory is already prepared.")
         model_version_materialize(model_version=ctx.model_version, destination=model_dir)
@@ -128,7 +128,9 @@ class LocalTarget(Target):
         name = container_name(ctx.deployment)
         # Only a container this step recorded counts: one of that name without a record is
         # not this rollout's (another data directory's, say), and start() replaces it.
-        recorded = ExternalResource.objects.filter(target=self.name, kind="container", identifier=name).exists()
+        recorded = ExternalResource.objects.filter(
+            target=self.name, kind=ExternalResource.Kind.CONTAINER, identifier=name
+        ).exists()
         current = runtimes.state(name) if recorded else None
         if current is not None and current.running:
             return StepOutcome.skipped(f"The runtime already runs in container {name}.")
@@ -136,7 +138,9 @@ class LocalTarget(Target):
         if isinstance(image, StepOutcome):
             return image
         directory = rollout_dir(ctx.deployment)
-        resource = ctx.record_resource("container", name, {"directory": str(directory), "start": 0, "image": image})
+        resource = ctx.record_resource(
+            ExternalResource.Kind.CONTAINER, name, {"directory": str(directory), "start": 0, "image": image}
+        )
         try:
             start_container(
                 name=name, image=image, deployment=ctx.deployment, directory=directory, start=0, options=ctx.options
@@ -149,7 +153,11 @@ class LocalTarget(Target):
         return StepOutcome.done(f"Started the R runtime in container {name} of {image}.")
 
     def _container(self, ctx: StepContext) -> ExternalResource:
-        return ExternalResource.objects.get(target=self.name, kind="container", identifier=ctx.resource_id("container"))
+        return ExternalResource.objects.get(
+            target=self.name,
+            kind=ExternalResource.Kind.CONTAINER,
+            identifier=ctx.resource_id(ExternalResource.Kind.CONTAINER),
+        )
 
     def _wait_healthy(self, ctx: StepContext) -> StepOutcome:
         resource = self._container(ctx)
@@ -213,7 +221,8 @@ class LocalTarget(Target):
         previous = [
             resource
             for resource in ctx.live_resources()
-            if resource.deployment_id != ctx.deployment.pk and resource.kind in ("container", "model_dir")
+            if resource.deployment_id != ctx.deployment.pk
+            and resource.kind in (ExternalResource.Kind.CONTAINER, ExternalResource.Kind.MODEL_DIR)
         ]
         if not previous:
             return StepOutcome.skipped("No previous runtime to stop.")
@@ -226,11 +235,11 @@ class LocalTarget(Target):
         return StepOutcome.done("Stopped the previous runtime.")
 
     def _remove(self, ctx: StepContext, resource: ExternalResource) -> None:
-        if resource.kind == "container":
+        if resource.kind == ExternalResource.Kind.CONTAINER:
             # Its last lines go with the container: keep them first.
             keep_last_logs(ctx.endpoint, resource.pk)
             runtimes.stop(resource.identifier)
-        elif resource.kind == "model_dir":
+        elif resource.kind == ExternalResource.Kind.MODEL_DIR:
             # The serving image's build, if one still runs for this rollout.
             images.remove_job(Path(resource.identifier) / IMAGE_BUILD_DIR)
             shutil.rmtree(resource.identifier, ignore_errors=True)
@@ -245,12 +254,12 @@ class LocalTarget(Target):
     # --- teardown ---------------------------------------------------------------------
     def _stop_runtime(self, ctx: StepContext) -> StepOutcome:
         ctx.set_runtime()
-        for resource in ctx.live_resources().filter(kind="container"):
+        for resource in ctx.live_resources().filter(kind=ExternalResource.Kind.CONTAINER):
             self._remove(ctx, resource)
         return StepOutcome.done("Stopped the runtime.")
 
     def _remove_files(self, ctx: StepContext) -> StepOutcome:
-        for resource in ctx.live_resources().filter(kind="model_dir"):
+        for resource in ctx.live_resources().filter(kind=ExternalResource.Kind.MODEL_DIR):
             self._remove(ctx, resource)
         shutil.rmtree(endpoint_dir(ctx.endpoint.name), ignore_errors=True)
         return StepOutcome.done("Removed the endpoint's files.")
@@ -305,9 +314,7 @@ class LocalTarget(Target):
         name = endpoint.runtime.get("container")
         if not name:
             return
-        resource = ExternalResource.objects.filter(
-            target=self.name, kind="container", identifier=name, deleted_at__isnull=True
-        ).first()
+        resource = ExternalResource.objects.live().named(self.name, ExternalResource.Kind.CONTAINER, name).first()
         if resource is None:
             return
         details = dict(resource.details)
@@ -370,9 +377,11 @@ class LocalTarget(Target):
         a step started after its rollout was discarded or cancelled, or one a stop did not
         end. (A container is recorded before it starts, so none runs unrecorded.)"""
         existing = runtimes.names()
-        removed = ExternalResource.objects.filter(
-            target=self.name, kind="container", identifier__in=existing, deleted_at__isnull=False
-        ).select_related("endpoint")
+        removed = (
+            ExternalResource.objects.removed()
+            .filter(target=self.name, kind=ExternalResource.Kind.CONTAINER, identifier__in=existing)
+            .select_related("endpoint")
+        )
         stopped = 0
         for resource in removed:
             runtimes.stop(resource.identifier, grace=1)
@@ -391,7 +400,7 @@ class LocalTarget(Target):
         # read must not stop that.
         return sum(
             keep_last_logs(endpoint, resource_id)
-            for resource_id in ExternalResource.objects.filter(
-                endpoint=endpoint, kind="container", target=self.name, deleted_at__isnull=True
-            ).values_list("pk", flat=True)
+            for resource_id in ExternalResource.objects.live()
+            .filter(endpoint=endpoint, kind=ExternalResource.Kind.CONTAINER, target=self.name)
+            .values_list("pk", flat=True)
         )

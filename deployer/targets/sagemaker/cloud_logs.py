@@ -24,7 +24,7 @@ LOG_RETENTION_DAYS = 30
 
 
 def ensure_log_group(ctx: StepContext, group: str) -> None:
-    ctx.record_resource("log_group", group)
+    ctx.record_resource(ExternalResource.Kind.LOG_GROUP, group)
     logs.ensure_log_group(group, tags=step_tags(ctx), retention_days=LOG_RETENTION_DAYS)
 
 
@@ -56,7 +56,7 @@ def copy_log_lines(endpoint: Endpoint, groups: Mapping[str, str], *, drain: bool
             with transaction.atomic():
                 resource = (
                     ExternalResource.objects.select_for_update()
-                    .filter(target=Endpoint.Target.SAGEMAKER, kind="sagemaker_endpoint")
+                    .filter(target=Endpoint.Target.SAGEMAKER, kind=ExternalResource.Kind.SAGEMAKER_ENDPOINT)
                     .filter(identifier=endpoint_name(endpoint))
                     .first()
                 )

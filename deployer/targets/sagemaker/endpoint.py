@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployer.integrations.aws import autoscaling, cloudwatch, logs, sagemaker
+from deployer.models import ExternalResource
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome
 from deployer.targets.sagemaker.cloud_logs import LOG_LINES_IN_FAILURE, ensure_log_group
 from deployer.targets.sagemaker.names import (
@@ -30,9 +31,9 @@ UPDATE_VISIBLE_SECONDS = 120
 def create_model(ctx: StepContext) -> StepOutcome:
     role = required_setting("RDEPLOY_SAGEMAKER_ROLE_ARN")
     name = rollout_name(ctx.deployment)
-    image = recorded_details(ctx, "ecr_image")["uri"]
-    model_data = ctx.resource_id("model_data")
-    ctx.record_resource("sagemaker_model", name)
+    image = recorded_details(ctx, ExternalResource.Kind.ECR_IMAGE)["uri"]
+    model_data = ctx.resource_id(ExternalResource.Kind.MODEL_DATA)
+    ctx.record_resource(ExternalResource.Kind.SAGEMAKER_MODEL, name)
     environment = {"RDEPLOY_MODEL_VERSION": str(ctx.model_version)}
     sagemaker.create_model(
         name, image=image, model_data_url=model_data, role_arn=role, environment=environment, tags=step_tags(ctx)
@@ -64,12 +65,12 @@ def _variant(ctx: StepContext, model: str) -> dict[str, Any]:
 
 
 def deploy_endpoint(ctx: StepContext) -> StepOutcome:
-    model = ctx.resource_id("sagemaker_model")
+    model = ctx.resource_id(ExternalResource.Kind.SAGEMAKER_MODEL)
     config = rollout_name(ctx.deployment)
-    ctx.record_resource("sagemaker_endpoint_config", config)
+    ctx.record_resource(ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG, config)
     sagemaker.create_endpoint_config(config, variant=_variant(ctx, model), tags=step_tags(ctx))
     name = endpoint_name(ctx.endpoint)
-    ctx.record_resource("sagemaker_endpoint", name)
+    ctx.record_resource(ExternalResource.Kind.SAGEMAKER_ENDPOINT, name)
     # Made before the endpoint, so SageMaker writes into a tagged group with a retention.
     ensure_log_group(ctx, endpoint_log_group(ctx.endpoint))
     state = sagemaker.describe_endpoint(name)
@@ -96,7 +97,7 @@ def _blue_green(ctx: StepContext, name: str) -> dict[str, Any]:
     are created (recorded first) before SageMaker is told to watch them."""
     alarm_names = []
     for alarm in rollback_alarms(ctx.endpoint, ctx.options):
-        ctx.record_resource("cloudwatch_alarm", alarm.name)
+        ctx.record_resource(ExternalResource.Kind.CLOUDWATCH_ALARM, alarm.name)
         cloudwatch.ensure_variant_alarm(alarm, endpoint=name, variant=VARIANT, tags=step_tags(ctx))
         alarm_names.append(alarm.name)
     alarm_names += list(ctx.options.get("rollback_alarms") or [])
@@ -151,7 +152,7 @@ def configure_autoscaling(ctx: StepContext) -> StepOutcome:
     if not scaling:
         return StepOutcome.skipped("No autoscaling asked for.")
     name = endpoint_name(ctx.endpoint)
-    ctx.record_resource("autoscaling_target", f"{name}/{VARIANT}")
+    ctx.record_resource(ExternalResource.Kind.AUTOSCALING_TARGET, f"{name}/{VARIANT}")
     autoscaling.enable(
         name,
         VARIANT,

@@ -20,7 +20,7 @@ from deployer.build_context import PUBLIC_BASE_IMAGE, BuildContext
 from deployer.integrations.aws import codebuild, ecr, logs, s3
 from deployer.integrations.aws.tagging import resource_tags
 from deployer.integrations.containers import cli, images
-from deployer.models import LogLine, ModelVersion
+from deployer.models import ExternalResource, LogLine, ModelVersion
 from deployer.serving_images import local_image, model_version_image_context
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome, TransientStepError
 from deployer.targets.sagemaker.cloud_logs import LOG_LINES_IN_FAILURE, LOG_RETENTION_DAYS
@@ -82,7 +82,7 @@ def build_image(ctx: StepContext) -> StepOutcome:
     installation_tags = resource_tags(settings.INSTALLATION_ID)
     repository_uri = ecr.ensure_repository(repository, tags=installation_tags)
     image = f"{repository_uri}:{tag}"
-    ctx.record_resource("ecr_image", f"{repository}:{tag}", {"uri": image, "unused_since": None})
+    ctx.record_resource(ExternalResource.Kind.ECR_IMAGE, f"{repository}:{tag}", {"uri": image, "unused_since": None})
     if ecr.image_exists(repository, tag):
         if ctx.intent.get("docker"):
             # Our push finished between two polls (or a concurrent build pushed the same tag).
@@ -97,7 +97,7 @@ def build_image(ctx: StepContext) -> StepOutcome:
         bucket = required_setting("RDEPLOY_S3_BUCKET")
         role = required_setting("RDEPLOY_CODEBUILD_ROLE_ARN")
         key = f"{prefix()}/build-context/{tag}.zip"
-        ctx.record_resource("build_context", f"s3://{bucket}/{key}")
+        ctx.record_resource(ExternalResource.Kind.BUILD_CONTEXT, f"s3://{bucket}/{key}")
         if not s3.object_exists(bucket, key):
             with tempfile.TemporaryDirectory(dir=Path(settings.DATA_DIR) / "tmp") as tmp:
                 archive = Path(tmp) / "context.zip"
@@ -149,7 +149,7 @@ def _build_with_docker(
     if job is None:
         identifier = join_name(prefix(), "image-build", f"d{ctx.deployment.pk}")
         directory = docker_build_dir(identifier)
-        ctx.record_resource("docker_build", identifier, {"directory": str(directory)})
+        ctx.record_resource(ExternalResource.Kind.DOCKER_BUILD, identifier, {"directory": str(directory)})
         context = context or image_build_context(ctx.model_version)
         local = local_image(context)
         try:
@@ -231,10 +231,10 @@ def _stream_docker_output(ctx: StepContext, directory: Path) -> None:
 
 def _remove_docker_build(ctx: StepContext) -> None:
     """The local build job's files (they hold an ECR login) once the image is in ECR."""
-    identifier = ctx.deployment.resources.get("docker_build")
+    identifier = ctx.deployment.resources.get(ExternalResource.Kind.DOCKER_BUILD)
     if identifier:
         images.remove_job(docker_build_dir(identifier))
-        ctx.mark_resource_deleted("docker_build", identifier)
+        ctx.mark_resource_deleted(ExternalResource.Kind.DOCKER_BUILD, identifier)
 
 
 def _stream_build_logs(ctx: StepContext, state: codebuild.BuildState) -> None:
@@ -250,7 +250,7 @@ def _stream_build_logs(ctx: StepContext, state: codebuild.BuildState) -> None:
 
 
 def _remove_build_context(ctx: StepContext) -> None:
-    uri = ctx.deployment.resources.get("build_context")
+    uri = ctx.deployment.resources.get(ExternalResource.Kind.BUILD_CONTEXT)
     if uri:
         s3.delete_object(*s3_location(uri))
-        ctx.mark_resource_deleted("build_context", uri)
+        ctx.mark_resource_deleted(ExternalResource.Kind.BUILD_CONTEXT, uri)

@@ -13,6 +13,7 @@ from django.conf import settings
 
 from deployer.integrations.aws import s3
 from deployer.model_files import model_version_directory_digest, model_version_materialize
+from deployer.models import ExternalResource
 from deployer.targets.base import StepContext, StepOutcome
 from deployer.targets.sagemaker.names import prefix, required_setting, step_tags
 
@@ -39,7 +40,7 @@ def upload_model_data(ctx: StepContext) -> StepOutcome:
     model_version = ctx.model_version
     key = f"{prefix()}/model-data/{model_version_directory_digest(model_version)}/model.tar.gz"
     uri = f"s3://{bucket}/{key}"
-    ctx.record_resource("model_data", uri)
+    ctx.record_resource(ExternalResource.Kind.MODEL_DATA, uri)
     if s3.object_exists(bucket, key):
         return StepOutcome.skipped(f"Model data already in S3 ({uri}).")
     scratch = Path(settings.DATA_DIR) / "tmp"

@@ -23,18 +23,18 @@ STAGE = "v1"
 # Resources that belong to the endpoint (reused across rollouts) rather than to one rollout.
 PER_ENDPOINT_KINDS = frozenset(
     {
-        "sagemaker_endpoint",
-        "autoscaling_target",
-        "iam_role",
-        "lambda_function",
-        "apigateway_api_key",
-        "apigateway_rest_api",
-        "apigateway_usage_plan",
-        "cloudwatch_alarm",
-        "log_group",
+        ExternalResource.Kind.SAGEMAKER_ENDPOINT,
+        ExternalResource.Kind.AUTOSCALING_TARGET,
+        ExternalResource.Kind.IAM_ROLE,
+        ExternalResource.Kind.LAMBDA_FUNCTION,
+        ExternalResource.Kind.APIGATEWAY_API_KEY,
+        ExternalResource.Kind.APIGATEWAY_REST_API,
+        ExternalResource.Kind.APIGATEWAY_USAGE_PLAN,
+        ExternalResource.Kind.CLOUDWATCH_ALARM,
+        ExternalResource.Kind.LOG_GROUP,
     }
 )
-SHARED_KINDS = frozenset({"model_data", "ecr_image"})
+SHARED_KINDS = frozenset({ExternalResource.Kind.MODEL_DATA, ExternalResource.Kind.ECR_IMAGE})
 
 
 def join_name(*parts: str, limit: int = 63) -> str:

@@ -41,7 +41,7 @@ def public_function(ctx: StepContext) -> StepOutcome:
     role_arn = settings.RDEPLOY_LAMBDA_ROLE_ARN
     if not role_arn:
         role = role_name(endpoint)
-        ctx.record_resource("iam_role", role)
+        ctx.record_resource(ExternalResource.Kind.IAM_ROLE, role)
         role_arn = iam.ensure_role(
             role,
             path=f"/{prefix()}/",
@@ -51,11 +51,11 @@ def public_function(ctx: StepContext) -> StepOutcome:
             boundary=settings.RDEPLOY_LAMBDA_PERMISSIONS_BOUNDARY,
         )
     key_name = api_name(endpoint)
-    ctx.record_resource("apigateway_api_key", key_name)
+    ctx.record_resource(ExternalResource.Kind.APIGATEWAY_API_KEY, key_name)
     _key_id, usage_key = apigateway.ensure_api_key(key_name, value=secrets.token_urlsafe(30), tags=step_tags(ctx))
     function = function_name(endpoint)
     ensure_log_group(ctx, function_log_group(endpoint))
-    ctx.record_resource("lambda_function", function)
+    ctx.record_resource(ExternalResource.Kind.LAMBDA_FUNCTION, function)
     environment = {
         "SAGEMAKER_ENDPOINT_NAME": name,
         "RDEPLOY_API_KEY_SHA256": endpoint.api_key_hash,
@@ -75,7 +75,7 @@ def public_function(ctx: StepContext) -> StepOutcome:
         if error.code == "InvalidParameterValueException" and "assume" in error.message:
             raise TransientStepError("Waiting for the new IAM role to propagate.", retry_after=10) from error
         raise
-    ctx.record_resource("lambda_function", function, {"arn": arn})
+    ctx.record_resource(ExternalResource.Kind.LAMBDA_FUNCTION, function, {"arn": arn})
     return StepOutcome.done(f"Lambda function {function} forwards to {name}.")
 
 
@@ -104,9 +104,9 @@ def public_api(ctx: StepContext) -> StepOutcome:
     endpoint = ctx.endpoint
     name = api_name(endpoint)
     function = function_name(endpoint)
-    function_arn = recorded_details(ctx, "lambda_function")["arn"]
+    function_arn = recorded_details(ctx, ExternalResource.Kind.LAMBDA_FUNCTION)["arn"]
     account = function_arn.split(":")[4]
-    ctx.record_resource("apigateway_rest_api", name)
+    ctx.record_resource(ExternalResource.Kind.APIGATEWAY_REST_API, name)
     api_id = apigateway.ensure_rest_api(name, tags=step_tags(ctx))
     authorizer_id = apigateway.ensure_authorizer(api_id, name="api-key", lambda_arn=function_arn, region=region)
     apigateway.ensure_invocations_route(api_id, lambda_arn=function_arn, region=region, authorizer_id=authorizer_id)
@@ -117,10 +117,10 @@ def public_api(ctx: StepContext) -> StepOutcome:
     )
     apigateway.ensure_stage(api_id, STAGE)
     throttle = ctx.options.get("throttle") or {"rate": 10, "burst": 20}
-    key_id = apigateway.find_api_key(ctx.resource_id("apigateway_api_key"))
+    key_id = apigateway.find_api_key(ctx.resource_id(ExternalResource.Kind.APIGATEWAY_API_KEY))
     if key_id is None:
         raise TransientStepError("The usage-plan key is not visible yet.", retry_after=5)
-    ctx.record_resource("apigateway_usage_plan", name)
+    ctx.record_resource(ExternalResource.Kind.APIGATEWAY_USAGE_PLAN, name)
     apigateway.ensure_usage_plan(
         name,
         api_id=api_id,
@@ -132,7 +132,7 @@ def public_api(ctx: StepContext) -> StepOutcome:
         tags=step_tags(ctx),
     )
     url = apigateway.invoke_url(api_id, region=region, stage=STAGE)
-    ctx.record_resource("apigateway_rest_api", name, {"id": api_id, "url": url})
+    ctx.record_resource(ExternalResource.Kind.APIGATEWAY_REST_API, name, {"id": api_id, "url": url})
     ctx.set_public_url(url)
     return StepOutcome.done(f"Public API at {url} (send the endpoint's API key as x-api-key).")
 
@@ -153,12 +153,11 @@ def sync_public_key(endpoint: Endpoint) -> bool:
         return True
     if environment.get("RDEPLOY_API_KEY_SHA256") != key_hash:
         lambda_.set_environment(function, {**environment, "RDEPLOY_API_KEY_SHA256": key_hash})
-    api = ExternalResource.objects.filter(
-        target=Endpoint.Target.SAGEMAKER,
-        kind="apigateway_rest_api",
-        identifier=api_name(endpoint),
-        deleted_at__isnull=True,
-    ).first()
+    api = (
+        ExternalResource.objects.live()
+        .named(Endpoint.Target.SAGEMAKER, ExternalResource.Kind.APIGATEWAY_REST_API, api_name(endpoint))
+        .first()
+    )
     if api is None or not api.details.get("id") or api.details.get("authorizer_flushed_for") == key_hash:
         return True
     if not lambda_.update_finished(function):

@@ -49,21 +49,21 @@ def _remove_docker_build(identifier: str) -> None:
 
 # How each kind of resource is deleted, given its ExternalResource identifier.
 DELETERS: dict[str, Callable[[str], None]] = {
-    "model_data": _delete_s3_object,
-    "build_context": _delete_s3_object,
-    "sagemaker_model": sagemaker.delete_model,
-    "sagemaker_endpoint_config": sagemaker.delete_endpoint_config,
-    "sagemaker_endpoint": sagemaker.delete_endpoint,
-    "autoscaling_target": _disable_autoscaling,
-    "iam_role": iam.delete_role,
-    "lambda_function": lambda_.delete_function,
-    "apigateway_api_key": apigateway.delete_api_key,
-    "apigateway_rest_api": apigateway.delete_rest_api,
-    "apigateway_usage_plan": apigateway.delete_usage_plan,
-    "ecr_image": _delete_image,
-    "cloudwatch_alarm": cloudwatch.delete_alarm,
-    "log_group": logs.delete_log_group,
-    "docker_build": _remove_docker_build,
+    ExternalResource.Kind.MODEL_DATA: _delete_s3_object,
+    ExternalResource.Kind.BUILD_CONTEXT: _delete_s3_object,
+    ExternalResource.Kind.SAGEMAKER_MODEL: sagemaker.delete_model,
+    ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG: sagemaker.delete_endpoint_config,
+    ExternalResource.Kind.SAGEMAKER_ENDPOINT: sagemaker.delete_endpoint,
+    ExternalResource.Kind.AUTOSCALING_TARGET: _disable_autoscaling,
+    ExternalResource.Kind.IAM_ROLE: iam.delete_role,
+    ExternalResource.Kind.LAMBDA_FUNCTION: lambda_.delete_function,
+    ExternalResource.Kind.APIGATEWAY_API_KEY: apigateway.delete_api_key,
+    ExternalResource.Kind.APIGATEWAY_REST_API: apigateway.delete_rest_api,
+    ExternalResource.Kind.APIGATEWAY_USAGE_PLAN: apigateway.delete_usage_plan,
+    ExternalResource.Kind.ECR_IMAGE: _delete_image,
+    ExternalResource.Kind.CLOUDWATCH_ALARM: cloudwatch.delete_alarm,
+    ExternalResource.Kind.LOG_GROUP: logs.delete_log_group,
+    ExternalResource.Kind.DOCKER_BUILD: _remove_docker_build,
 }
 
 
@@ -112,13 +112,13 @@ def _remove(ctx: StepContext, resource: ExternalResource) -> None:
             # Another endpoint still serves from it: it now owns the record.
             ExternalResource.objects.filter(pk=resource.pk).update(endpoint=other.endpoint, deployment=other)
             return
-        if kind == "ecr_image":
+        if kind == ExternalResource.Kind.ECR_IMAGE:
             # Kept for a grace period (`rdeploy_gc --delete` removes it later), so a
             # redeploy of the same packages does not rebuild.
             details = {**resource.details, "unused_since": timezone.now().isoformat()}
             ExternalResource.objects.filter(pk=resource.pk).update(endpoint=None, details=details)
             return
-    if kind == "log_group":
+    if kind == ExternalResource.Kind.LOG_GROUP:
         # Its last lines (written since the last collection) go into the endpoint's log first.
         copy_log_lines(ctx.endpoint, {identifier: log_source(identifier)}, drain=True)
     delete_cloud_resource(kind, identifier)
@@ -137,19 +137,25 @@ def remove_public_api(ctx: StepContext) -> StepOutcome:
     # The usage plan goes before its API and key; the function before its role.
     count = _remove_kinds(
         ctx,
-        ("apigateway_usage_plan", "apigateway_api_key", "apigateway_rest_api", "lambda_function", "iam_role"),
+        (
+            ExternalResource.Kind.APIGATEWAY_USAGE_PLAN,
+            ExternalResource.Kind.APIGATEWAY_API_KEY,
+            ExternalResource.Kind.APIGATEWAY_REST_API,
+            ExternalResource.Kind.LAMBDA_FUNCTION,
+            ExternalResource.Kind.IAM_ROLE,
+        ),
     )
     return StepOutcome.done(f"Removed {count} public API resource(s).") if count else StepOutcome.skipped()
 
 
 def remove_autoscaling(ctx: StepContext) -> StepOutcome:
-    count = _remove_kinds(ctx, ("autoscaling_target",))
+    count = _remove_kinds(ctx, (ExternalResource.Kind.AUTOSCALING_TARGET,))
     return StepOutcome.done("Autoscaling removed.") if count else StepOutcome.skipped()
 
 
 def remove_endpoint(ctx: StepContext) -> StepOutcome:
     waiting = []
-    for resource in ctx.live_resources().filter(kind="sagemaker_endpoint"):
+    for resource in ctx.live_resources().filter(kind=ExternalResource.Kind.SAGEMAKER_ENDPOINT):
         state = sagemaker.describe_endpoint(resource.identifier)
         if state is None:
             ctx.mark_resource_deleted(resource.kind, resource.identifier)
@@ -166,32 +172,44 @@ def remove_endpoint(ctx: StepContext) -> StepOutcome:
 
 
 def remove_models(ctx: StepContext) -> StepOutcome:
-    count = _remove_kinds(ctx, ("sagemaker_endpoint_config", "sagemaker_model"))
+    count = _remove_kinds(ctx, (ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG, ExternalResource.Kind.SAGEMAKER_MODEL))
     return StepOutcome.done(f"Removed {count} SageMaker model(s) and config(s).")
 
 
 def remove_monitoring(ctx: StepContext) -> StepOutcome:
     # A group SageMaker or Lambda made itself (for an endpoint deployed before rdeploy
     # made them) is the endpoint's all the same: recorded now, removed like the others.
-    recorded = set(ctx.live_resources().filter(kind="log_group").values_list("identifier", flat=True))
+    recorded = set(
+        ctx.live_resources().filter(kind=ExternalResource.Kind.LOG_GROUP).values_list("identifier", flat=True)
+    )
     for group in (endpoint_log_group(ctx.endpoint), function_log_group(ctx.endpoint)):
         if group not in recorded and any(name == group for name, _arn in logs.log_groups(group)):
-            ctx.record_resource("log_group", group)
+            ctx.record_resource(ExternalResource.Kind.LOG_GROUP, group)
     # Log groups last, once nothing writes to them any more (SageMaker and Lambda would
     # create them again, untagged, for a late line; rdeploy_gc finds those by name).
-    count = _remove_kinds(ctx, ("cloudwatch_alarm", "log_group"))
+    count = _remove_kinds(ctx, (ExternalResource.Kind.CLOUDWATCH_ALARM, ExternalResource.Kind.LOG_GROUP))
     return StepOutcome.done(f"Removed {count} alarm(s) and log group(s).") if count else StepOutcome.skipped()
 
 
 def release_artifacts(ctx: StepContext) -> StepOutcome:
-    count = _remove_kinds(ctx, ("docker_build", "build_context", "model_data", "ecr_image"))
+    count = _remove_kinds(
+        ctx,
+        (
+            ExternalResource.Kind.DOCKER_BUILD,
+            ExternalResource.Kind.BUILD_CONTEXT,
+            ExternalResource.Kind.MODEL_DATA,
+            ExternalResource.Kind.ECR_IMAGE,
+        ),
+    )
     return StepOutcome.done(f"Released {count} artifact(s); images stay for reuse until rdeploy_gc removes them.")
 
 
 def discard(ctx: StepContext) -> None:
     live = ctx.previous if ctx.previous is not None and ctx.previous.pk != ctx.deployment.pk else None
     # Newest first, log groups after whatever writes to them.
-    resources = sorted(ctx.deployment_resources().order_by("-id"), key=lambda r: r.kind == "log_group")
+    resources = sorted(
+        ctx.deployment_resources().order_by("-id"), key=lambda r: r.kind == ExternalResource.Kind.LOG_GROUP
+    )
     for resource in resources:
         if live is not None and resource.kind in PER_ENDPOINT_KINDS:
             continue
