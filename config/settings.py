@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 import container_templates
 from config.env import Env
+from deployer import task_names
 
 # Lets runtime code write `admin.ModelAdmin[Model]` as the type checker expects.
 django_stubs_ext.monkeypatch()
@@ -279,20 +280,20 @@ PIPELINE_LEASE_SECONDS = env.integer("RDEPLOY_PIPELINE_LEASE_SECONDS", 30, minim
 # The reconciler resumes stalled deployments and restarts crashed local runtimes.
 PIPELINE_RECONCILE_SECONDS = env.integer("RDEPLOY_PIPELINE_RECONCILE_SECONDS", 5, minimum=1)
 CELERY_BEAT_SCHEDULE["pipeline-reconcile"] = {
-    "task": "rdeploy.pipeline_reconcile",
+    "task": task_names.PIPELINE_RECONCILE,
     "schedule": float(PIPELINE_RECONCILE_SECONDS),
     # A reconcile that waited longer than its interval is superseded by the next one.
     "options": {"expires": float(PIPELINE_RECONCILE_SECONDS)},
 }
 # Model intake: queue again inspections whose message was lost (docs/model-intake.md).
 CELERY_BEAT_SCHEDULE["model-inspection-requeue"] = {
-    "task": "rdeploy.model_versions_requeue_stuck",
+    "task": task_names.MODEL_VERSIONS_REQUEUE_STUCK,
     "schedule": 300.0,
     "options": {"expires": 300.0},
 }
 # /healthz: a worker says whether its container engine answers (deployer/health.py).
 CELERY_BEAT_SCHEDULE["container-engine-check"] = {
-    "task": "rdeploy.container_engine_check",
+    "task": task_names.CONTAINER_ENGINE_CHECK,
     "schedule": 30.0,
     "options": {"expires": 30.0},
 }

@@ -5,6 +5,7 @@ import logging
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from deployer import task_names
 from deployer.models import ModelVersion
 from deployer.services.model_inspection import (
     inspection_containers_remove_leftovers,
@@ -14,7 +15,7 @@ from deployer.services.model_inspection import (
 from deployer.services.model_intake import model_versions_requeue_stuck
 
 
-@shared_task(name="rdeploy.model_version_inspect")
+@shared_task(name=task_names.MODEL_VERSION_INSPECT)
 def model_version_inspect_task(model_version_id: int) -> None:
     model_version = ModelVersion.objects.filter(pk=model_version_id).first()
     if model_version is None:  # deleted while queued
@@ -41,7 +42,7 @@ def model_version_inspect_task(model_version_id: int) -> None:
         raise
 
 
-@shared_task(name="rdeploy.model_versions_requeue_stuck")
+@shared_task(name=task_names.MODEL_VERSIONS_REQUEUE_STUCK)
 def model_versions_requeue_stuck_task() -> None:
     model_versions_requeue_stuck()
     inspection_containers_remove_leftovers()

@@ -2,22 +2,23 @@
 
 from celery import shared_task
 
+from deployer import task_names
 from deployer.services.endpoints import endpoint_push_api_key
 from deployer.services.pipeline import deployment_advance, pipeline_reconcile
 
 
-@shared_task(name="rdeploy.deployment_advance")
+@shared_task(name=task_names.DEPLOYMENT_ADVANCE)
 def deployment_advance_task(deployment_id: int) -> None:
     deployment_advance(deployment_id=deployment_id)
 
 
-@shared_task(name="rdeploy.pipeline_reconcile")
+@shared_task(name=task_names.PIPELINE_RECONCILE)
 def pipeline_reconcile_task() -> dict[str, int]:
     return pipeline_reconcile()
 
 
 # Idempotent (it sets the hash the database holds now), so any failure is worth a retry;
 # the reconciler also re-syncs live endpoints.
-@shared_task(name="rdeploy.endpoint_push_api_key", autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+@shared_task(name=task_names.ENDPOINT_PUSH_API_KEY, autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
 def endpoint_push_api_key_task(endpoint_id: int) -> None:
     endpoint_push_api_key(endpoint_id=endpoint_id)

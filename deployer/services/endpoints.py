@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from deployer import task_names
 from deployer.errors import DomainError
 from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, name_validator
@@ -32,7 +33,6 @@ API_KEY_PREFIX = "rdk_"
 MAX_RATE = 10_000
 MAX_BURST = 5_000
 LOG_PAGE = 500
-PUSH_API_KEY_TASK = "rdeploy.endpoint_push_api_key"
 
 
 class EndpointConflict(DomainError):
@@ -187,7 +187,7 @@ def endpoint_rotate_key(*, endpoint: Endpoint) -> str:
     LogLine.objects.create(endpoint=endpoint, source=LogLine.Source.GATEWAY, message="The public API key was rotated.")
     # A cloud-hosted public API (API Gateway's authorizer) gets the new hash now, not at
     # the next reconciliation, and whatever the endpoint's status.
-    enqueue(PUSH_API_KEY_TASK, endpoint.pk)
+    enqueue(task_names.ENDPOINT_PUSH_API_KEY, endpoint.pk)
     return key
 
 

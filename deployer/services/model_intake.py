@@ -20,7 +20,7 @@ from django.db.models import Max, ProtectedError, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from deployer import artifacts
+from deployer import artifacts, task_names
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
 from deployer.build_context import PACKAGE_NAME
 from deployer.errors import DomainError
@@ -173,7 +173,7 @@ def _retry_invalid(model_version: ModelVersion, *, sample: UploadedFile | None, 
                 requested_packages=requested or model_version.requested_packages,
             )
             if changed:
-                enqueue("rdeploy.model_version_inspect", model_version.pk)
+                enqueue(task_names.MODEL_VERSION_INSPECT, model_version.pk)
                 if old_sample and old_sample != new_sample:
                     transaction.on_commit(lambda: storage.delete(old_sample))
     except BaseException:
@@ -207,7 +207,7 @@ def model_versions_requeue_stuck() -> list[int]:
                 pk=model_version.pk, status=ModelVersion.Status.INSPECTING, inspection=model_version.inspection
             ).update(inspection=_queued())
             if changed:
-                enqueue("rdeploy.model_version_inspect", model_version.pk)
+                enqueue(task_names.MODEL_VERSION_INSPECT, model_version.pk)
                 requeued.append(model_version.pk)
     if requeued:
         logger.warning("re-queued stuck inspections of model versions %s", requeued)
@@ -224,7 +224,7 @@ def model_version_reinspect(*, model_version: ModelVersion) -> bool:
             .update(status=ModelVersion.Status.INSPECTING, status_reason="", inspection=_queued(), inspected_at=None)
         )
         if changed:
-            enqueue("rdeploy.model_version_inspect", model_version.pk)
+            enqueue(task_names.MODEL_VERSION_INSPECT, model_version.pk)
     model_version.refresh_from_db()
     return bool(changed)
 
@@ -261,7 +261,7 @@ def _create_row(
                     status=ModelVersion.Status.INSPECTING,
                     inspection=_queued(),
                 )
-                enqueue("rdeploy.model_version_inspect", model_version.pk)
+                enqueue(task_names.MODEL_VERSION_INSPECT, model_version.pk)
                 return model_version
         except IntegrityError:
             # A concurrent upload under the same name took this version number (or

@@ -38,6 +38,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from deployer import task_names
 from deployer.jobs import enqueue
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
 from deployer.targets import get_target
@@ -51,7 +52,6 @@ from deployer.targets.base import (
 
 logger = logging.getLogger(__name__)
 
-ADVANCE_TASK = "rdeploy.deployment_advance"
 FINISHED_STEP = (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED)
 # Short waits are slept off inside the task instead of a round trip through the broker.
 INLINE_WAIT_SECONDS = 1.0
@@ -79,7 +79,7 @@ def deployment_start(*, endpoint: Endpoint, model_version: ModelVersion, kind: s
     Endpoint.objects.filter(pk=endpoint.pk).update(current_deployment=deployment, updated_at=timezone.now())
     endpoint.current_deployment = deployment
     _log(deployment, f"{kind.capitalize()} of {model_version} started.")
-    enqueue(ADVANCE_TASK, deployment.pk)
+    enqueue(task_names.DEPLOYMENT_ADVANCE, deployment.pk)
     return deployment
 
 
@@ -421,7 +421,7 @@ def _cancel_rollouts(deployment: Deployment) -> bool:
 
 
 def _reschedule(deployment: Deployment, seconds: float) -> None:
-    enqueue(ADVANCE_TASK, deployment.pk, countdown=max(0.0, seconds))
+    enqueue(task_names.DEPLOYMENT_ADVANCE, deployment.pk, countdown=max(0.0, seconds))
 
 
 def _log(deployment: Deployment, message: str, *, level: str = LogLine.Level.INFO) -> None:
@@ -448,7 +448,7 @@ def pipeline_reconcile() -> dict[str, int]:
             continue  # its poll is scheduled and not overdue
         if deployment.status == Deployment.Status.PENDING and deployment.created_at > now - OVERDUE:
             continue  # its first task is on its way
-        enqueue(ADVANCE_TASK, deployment.pk)
+        enqueue(task_names.DEPLOYMENT_ADVANCE, deployment.pk)
         resumed += 1
     checked = failed = 0
     for endpoint in Endpoint.objects.filter(status__in=(Endpoint.Status.LIVE, Endpoint.Status.UPDATING)):
