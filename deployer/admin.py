@@ -22,7 +22,19 @@ class EndpointAdmin(admin.ModelAdmin[Endpoint]):
     list_display = ["name", "owner", "target", "status", "model_version", "updated_at"]
     list_filter = ["status", "target"]
     search_fields = ["name"]
-    readonly_fields = ["api_key_hash", "runtime"]
+    # Written by the pipeline alone: an edit here would contradict what really serves.
+    readonly_fields = [
+        "status",
+        "model_version",
+        "previous_model_version",
+        "current_deployment",
+        "invoke_url",
+        "public_url",
+        "api_key_hash",
+        "api_key_prefix",
+        "runtime",
+        "error",
+    ]
 
 
 @admin.register(Deployment)
@@ -30,6 +42,17 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
     list_display = ["id", "endpoint", "kind", "model_version", "status", "created_at", "finished_at"]
     list_filter = ["status", "kind"]
     inlines = [DeploymentStepInline]
+    # Written by the pipeline alone (a lease edited by hand would let two workers run a step).
+    readonly_fields = [
+        "status",
+        "error",
+        "resources",
+        "lease_until",
+        "attempts",
+        "traffic_switched_at",
+        "started_at",
+        "finished_at",
+    ]
 
 
 @admin.register(LogLine)
