@@ -46,18 +46,9 @@ from wrk import post_script, run_wrk
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
 from testsupport.ports import free_port  # noqa: E402
+from testsupport.waiting import wait_for  # noqa: E402
 
 ROW = b"Sepal.Length,Sepal.Width,Petal.Length,Petal.Width\n5.1,3.5,1.4,0.2\n"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def main() -> int:
@@ -121,7 +112,7 @@ def main() -> int:
         spawn("web-django-only", [*gunicorn, "config.wsgi:django_application", "-b", f"127.0.0.1:{django_only_port}"])
         http = urllib3.PoolManager(maxsize=4)
         auth = {"Authorization": f"Token {token}"}
-        wait_until(lambda: _status(http, f"{base}/healthz") == 200, 60, "the web server", 0.2)
+        wait_for(lambda: _status(http, f"{base}/healthz") == 200, timeout=60, what="the web server", interval=0.2)
         model_dir = data_dir / "example"
         subprocess.run(["Rscript", "--vanilla", str(ROOT / "examples/iris/train.R"), str(model_dir)], check=True)
         report: dict[str, Any] = {}
@@ -138,12 +129,22 @@ def main() -> int:
             spawn("bare", [*gunicorn, "bare_proxy:app", "--chdir", str(data_dir), "-b", f"127.0.0.1:{floor_port}"])
             return floor_port
 
-        wait_until(lambda: _status(http, f"http://127.0.0.1:{django_only_port}/healthz") == 200, 60, "Django only", 0.2)
+        wait_for(
+            lambda: _status(http, f"http://127.0.0.1:{django_only_port}/healthz") == 200,
+            timeout=60,
+            what="Django only",
+            interval=0.2,
+        )
         measure(http, base, auth, name, report, args.requests, spawn_floor, django_only_port, args.wrk_seconds)
         print(json.dumps(report, indent=2))
         delete = http.request("DELETE", f"{base}/api/v1/endpoints/{name}/", headers=auth)
         assert delete.status == 202, delete.data
-        wait_until(lambda: _endpoint(http, base, auth, name)["status"] == "deleted", 60, "the endpoint to be deleted")
+        wait_for(
+            lambda: _endpoint(http, base, auth, name)["status"] == "deleted",
+            timeout=60,
+            what="the endpoint to be deleted",
+            interval=0.02,
+        )
         return 0
     finally:
         for child in reversed(children):
@@ -200,7 +201,7 @@ def deploy(http: urllib3.PoolManager, base: str, auth: dict[str, str], model_dir
         assert status != "invalid"
         return bool(status == "ready")
 
-    wait_until(inspected, 120, "the inspection")
+    wait_for(inspected, timeout=120, what="the inspection", interval=0.02)
     ready = time.perf_counter()
     create = http.request(
         "POST",
@@ -212,7 +213,12 @@ def deploy(http: urllib3.PoolManager, base: str, auth: dict[str, str], model_dir
     )
     assert create.status == 202, create.data
     report["api_key"] = json.loads(create.data)["api_key"]
-    wait_until(lambda: _endpoint(http, base, auth, name)["status"] == "live", 60, "the endpoint to go live")
+    wait_for(
+        lambda: _endpoint(http, base, auth, name)["status"] == "live",
+        timeout=60,
+        what="the endpoint to go live",
+        interval=0.02,
+    )
     live = time.perf_counter()
     steps = _endpoint(http, base, auth, name)["steps"]
     report["upload_to_live_s"] = round(live - started, 2)
@@ -275,7 +281,9 @@ def measure(
     runtime_socket = str(Endpoint.objects.get(name=name).runtime["socket"])
     web_port = int(base.rsplit(":", 1)[1])
     floor_port = spawn_floor(runtime_socket)
-    wait_until(lambda: _status(http, f"http://127.0.0.1:{floor_port}/") != 0, 30, "the bare proxy", 0.1)
+    wait_for(
+        lambda: _status(http, f"http://127.0.0.1:{floor_port}/") != 0, timeout=30, what="the bare proxy", interval=0.1
+    )
     csv = {"Content-Type": "text/csv"}
     # Clients write headers and body in one send, as wrk and curl do (plain http.client
     # writes them separately, which costs every route a second wake-up of its server).

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from deployer.services.pipeline import pipeline_reconcile
 from testsupport.factories import make_model_version
 from testsupport.r_models import expected, train_models
 from testsupport.services import CeleryWorker
+from testsupport.waiting import wait_for
 
 
 def train_iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -47,17 +48,6 @@ def ready_model(owner: User, models: Path, version: str, **inspection: Any) -> M
 def broken_model(owner: User, models: Path) -> ModelVersion:
     """A model whose runtime cannot start: it needs an R package nobody installed."""
     return ready_model(owner, models, "v1", rdeploy_json={"format_version": 1, "packages": ["rdeployNoSuchPackage"]})
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 60, interval: float = 0.1, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def endpoint_status(name: str) -> str:

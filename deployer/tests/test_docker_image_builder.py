@@ -38,6 +38,7 @@ from deployer.tests.image_support import make_cran_repository, nothing_installs
 from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, ready_model
 from testsupport.moto import MotoServer
 from testsupport.ports import free_port
+from testsupport.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
@@ -259,13 +260,6 @@ def test_the_docker_builder_without_an_engine_command_fails_naming_the_setting(
     assert "no podman command" in message
 
 
-def wait_until(predicate: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def held_build(
     registry_as_ecr: Registry, owner: User, api_client_for: Any, settings: Any, tmp_path: Path
@@ -278,7 +272,7 @@ def held_build(
     advance_once(deployment)
     deployment.refresh_from_db()
     directory = docker_build_dir(deployment.resources["docker_build"])
-    wait_until(lambda: "installing *source* package" in (directory / images.OUTPUT).read_text(errors="replace"))
+    wait_for(lambda: "installing *source* package" in (directory / images.OUTPUT).read_text(errors="replace"))
     return deployment, images.job_marker(directory)
 
 
@@ -302,7 +296,7 @@ def test_a_build_step_rerun_after_a_crash_replaces_the_build_it_had_started(
     assert api_client_for(owner).delete("/api/v1/endpoints/iris-docker/").status_code == 202
     assert drive(latest("iris-docker")).status == Deployment.Status.SUCCEEDED
     assert processes.find(marker) == []
-    wait_until(lambda: nothing_installs("rdeployslow"), timeout=20)
+    wait_for(lambda: nothing_installs("rdeployslow"), timeout=20)
 
 
 def test_deleting_the_endpoint_stops_a_running_build_and_removes_its_files(
@@ -321,4 +315,4 @@ def test_deleting_the_endpoint_stops_a_running_build_and_removes_its_files(
     assert processes.find(marker) == []
     assert not docker_build_dir(deployment.resources["docker_build"]).exists()
     assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
-    wait_until(lambda: nothing_installs("rdeployslow"), timeout=20)
+    wait_for(lambda: nothing_installs("rdeployslow"), timeout=20)

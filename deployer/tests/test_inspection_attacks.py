@@ -26,6 +26,7 @@ from deployer.integrations.containers import cli, sandbox
 from deployer.models import ModelVersion
 from deployer.services.model_inspection import model_version_inspect
 from deployer.tests.intake_support import MODELS_URL, tar_gz, wait_for_verdict
+from testsupport.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -378,13 +379,6 @@ def test_a_model_printing_without_end_is_stopped_at_the_output_cap(
     assert no_inspection_container_is_left()
 
 
-def wait_until(condition: Any, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} after {timeout} s"
-        time.sleep(0.2)
-
-
 # (h) The worker supervising an inspection is killed (SIGKILL, OOM) while its model sleeps.
 SUPERVISE_A_SLEEPER = """
 from django.conf import settings
@@ -402,17 +396,18 @@ def test_a_container_whose_worker_died_ends_itself_and_the_cleanup_removes_it() 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_until(lambda: cli.container_names(role="inspection"), timeout=30, what="no inspection container started")
+    wait_for(lambda: cli.container_names(role="inspection"), timeout=30, interval=0.2, what="an inspection container")
     started = time.monotonic()
 
     worker.kill()
     worker.wait()
 
     # Nobody removes it now: its own backstop (PID 1's timeout) ends it.
-    wait_until(
+    wait_for(
         lambda: cli.container_names(role="inspection", status="exited"),
         timeout=3 + sandbox.BACKSTOP_GRACE_SECONDS + 10,
-        what="the container still runs",
+        interval=0.2,
+        what="the container to exit",
     )
     assert time.monotonic() - started >= 3
 
@@ -421,4 +416,4 @@ def test_a_container_whose_worker_died_ends_itself_and_the_cleanup_removes_it() 
         sandbox.remove_leftovers(wall_seconds=3, margin_seconds=0)
         return no_inspection_container_is_left()
 
-    wait_until(reaped, timeout=5, what="the stopped container is still there")
+    wait_for(reaped, timeout=5, interval=0.2, what="the stopped container to be removed")

@@ -19,9 +19,10 @@ from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets.base import TargetOptionsError
 from deployer.targets.local import LocalTarget
 from deployer.targets.local.paths import container_name, endpoint_dir
-from deployer.tests.pipeline_support import broken_model, container_running, kill_runtime, ready_model, wait_for
+from deployer.tests.pipeline_support import broken_model, container_running, kill_runtime, ready_model
 from testsupport.pipeline import drive
 from testsupport.r_models import expected, rows_csv
+from testsupport.waiting import wait_for
 
 pytestmark = [
     pytest.mark.slow,

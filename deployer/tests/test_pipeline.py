@@ -23,9 +23,10 @@ from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway
 from deployer.services.tokens import api_token_create
 from deployer.targets.local.paths import endpoint_dir
-from deployer.tests.pipeline_support import ready_model, running_containers, wait_for
+from deployer.tests.pipeline_support import ready_model, running_containers
 from testsupport.r_models import expected, rows_csv
 from testsupport.services import WebServer
+from testsupport.waiting import wait_for
 
 pytestmark = [
     pytest.mark.slow,

@@ -23,9 +23,9 @@ from deployer.tests.pipeline_support import (
     kill_runtime,
     ready_model,
     running_containers,
-    wait_for,
 )
 from testsupport.r_models import expected, rows_csv
+from testsupport.waiting import wait_for
 
 pytestmark = [
     pytest.mark.slow,

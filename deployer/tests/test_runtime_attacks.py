@@ -26,9 +26,10 @@ from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoi
 from deployer.services.pipeline import pipeline_reconcile
 from deployer.tests.gateway_support import Echo, UnixHTTPServer
 from deployer.tests.intake_support import tar_gz
-from deployer.tests.pipeline_support import container_running, ready_model, wait_for
+from deployer.tests.pipeline_support import container_running, ready_model
 from testsupport.pipeline import drive
 from testsupport.r_models import expected, rows_csv
+from testsupport.waiting import wait_for
 
 pytestmark = [
     pytest.mark.slow,

@@ -14,9 +14,10 @@ from django.contrib.auth.models import User
 from deployer.models import Deployment, DeploymentStep, Endpoint
 from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets import get_target
-from deployer.tests.pipeline_support import FaultyWorker, finish, wait_for
+from deployer.tests.pipeline_support import FaultyWorker, finish
 from deployer.tests.sagemaker_support import ONE_PUBLIC_ENDPOINT, counts, latest, ready_model, tagged
 from testsupport.moto import MotoServer
+from testsupport.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
