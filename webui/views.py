@@ -31,12 +31,12 @@ from django_htmx.middleware import HtmxDetails
 from deployer import selectors
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge, HashingUploadHandler
 from deployer.models import ApiToken, Endpoint, LogLine, ModelVersion
+from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.services.endpoints import (
     EndpointConflict,
     endpoint_create,
     endpoint_delete,
     endpoint_invoke,
-    endpoint_logs,
     endpoint_rollback,
     endpoint_rotate_key,
     endpoint_update,
@@ -55,9 +55,6 @@ from webui.presentation import (
 ENDPOINTS_PER_PAGE = 50
 MODELS_PER_PAGE = 50
 LOG_LINES_PER_POLL = 200
-# Runtime log collection (a file read locally, a CloudWatch call on SageMaker) runs at most
-# this often per endpoint however many pages poll; the reconciler collects too.
-LOG_COLLECT_SECONDS = 3
 CHART_LOG_LINES = 5000
 CHART_CACHE_SECONDS = 5
 LIST_POLL_OVERLAP = timedelta(seconds=2)
@@ -279,9 +276,8 @@ def _chart_html(request: DashboardRequest, endpoint: Endpoint) -> str:
     key = _cache_key("chart", endpoint)
     html: str | None = cache.get(key)
     if html is None:
-        if cache.add(_cache_key("logs-collected", endpoint), 1, timeout=LOG_COLLECT_SECONDS):
-            # Collects the runtime's new access-log lines; limit=0 asks for none back.
-            endpoint_logs(endpoint=endpoint, after=0, limit=0)
+        # The runtime's new access-log lines (throttled per endpoint by the service).
+        endpoint_logs_collect(endpoint=endpoint)
         lines = selectors.runtime_log_messages(endpoint=endpoint, limit=CHART_LOG_LINES)
         html = render_to_string(
             "webui/_chart.html", {"chart": invocation_chart(lines, now=timezone.now())}, request=request
@@ -306,10 +302,8 @@ def endpoint_log_tail(request: DashboardRequest, name: str) -> HttpResponse:
     following = request.GET.get("follow", "1") != "0"
     lines: list[LogLine] = []
     if following:
-        if cache.add(_cache_key("logs-collected", endpoint), 1, timeout=LOG_COLLECT_SECONDS):
-            lines, _cursor = endpoint_logs(endpoint=endpoint, after=after, limit=LOG_LINES_PER_POLL)
-        else:
-            lines = selectors.log_lines_after(endpoint=endpoint, after=after, limit=LOG_LINES_PER_POLL)
+        endpoint_logs_collect(endpoint=endpoint)
+        lines = selectors.log_lines_after(endpoint=endpoint, after=after, limit=LOG_LINES_PER_POLL)
     busy = selectors.endpoint_is_busy(endpoint) or len(lines) == LOG_LINES_PER_POLL
     context = {
         "endpoint": endpoint,

@@ -24,6 +24,7 @@ from rest_framework.routers import SimpleRouter
 
 from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
 from deployer.services import endpoints as services
+from deployer.services.endpoint_logs import endpoint_logs, endpoint_logs_collect
 from deployer.services.gateway import MAX_BODY_BYTES, gateway_public_invoke, token_principal
 from deployer.targets.base import InvocationResult
 
@@ -199,7 +200,8 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             after = max(0, int(request.query_params.get("after", 0)))
         except ValueError:
             raise exceptions.ValidationError({"after": "Must be a whole number (a log line id)."}) from None
-        lines, cursor = services.endpoint_logs(endpoint=endpoint, after=after)
+        endpoint_logs_collect(endpoint=endpoint)
+        lines, cursor = endpoint_logs(endpoint=endpoint, after=after)
         return Response({"lines": LogLineSerializer(lines, many=True).data, "next": cursor})
 
     @extend_schema(request=None, responses=ApiKeySerializer)

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 API_KEY_PREFIX = "rdk_"
 MAX_RATE = 10_000
 MAX_BURST = 5_000
-LOG_PAGE = 500
 
 
 class EndpointConflict(DomainError):
@@ -206,10 +205,3 @@ def endpoint_invoke(
     if route is None or not user.is_authenticated or (route.owner_id != user.pk and not user.is_staff):
         return None
     return gateway.gateway_forward(route=route, body=body, headers=headers)
-
-
-def endpoint_logs(*, endpoint: Endpoint, after: int = 0, limit: int = LOG_PAGE) -> tuple[list[LogLine], int]:
-    """Log lines after the cursor ``after`` (a LogLine id) and the cursor to pass next."""
-    get_target(endpoint.target).collect_logs(endpoint)
-    lines = list(LogLine.objects.filter(endpoint=endpoint, id__gt=after).order_by("id")[:limit])
-    return lines, (lines[-1].pk if lines else after)

@@ -41,6 +41,7 @@ from django.utils import timezone
 from deployer import task_names
 from deployer.jobs import enqueue
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
+from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.targets import get_target
 from deployer.targets.base import (
     MAX_TRANSIENT_ATTEMPTS,
@@ -374,6 +375,8 @@ def _fail(run: _Run, deployment: Deployment, step: DeploymentStep, message: str)
             run.renew()
             _save_step(step, status=DeploymentStep.Status.FAILED, message=message)
         _log(deployment, f"Step {step.name} failed: {message}", level=LogLine.Level.ERROR)
+    # Unthrottled: the lines up to a failure are wanted now, and a failed endpoint's log
+    # is not collected again.
     try:
         target.collect_logs(endpoint)
     except Exception:
@@ -451,10 +454,10 @@ def pipeline_reconcile() -> dict[str, int]:
         enqueue(task_names.DEPLOYMENT_ADVANCE, deployment.pk)
         resumed += 1
     checked = failed = 0
-    for endpoint in Endpoint.objects.filter(status__in=(Endpoint.Status.LIVE, Endpoint.Status.UPDATING)):
+    for endpoint in Endpoint.objects.filter(status__in=Endpoint.SERVING):
         target = get_target(endpoint.target)
         try:
-            target.collect_logs(endpoint)
+            endpoint_logs_collect(endpoint=endpoint)
             target.check(endpoint)
             checked += 1
         except PermanentStepError as exc:

@@ -232,6 +232,8 @@ class Target(abc.ABC):
     """One place models can be deployed to. Instances are stateless singletons."""
 
     name: ClassVar[str]
+    # How often an endpoint's log is collected at most (dashboard, API and reconciler).
+    log_collect_seconds: ClassVar[int] = 3
     # Steps during which an endpoint being created shows status "building" (not "deploying").
     build_steps: ClassVar[frozenset[str]] = frozenset()
     # Per rollout kind, the step after whose success the rollout's version serves traffic.
@@ -265,7 +267,8 @@ class Target(abc.ABC):
         """Reconciler hook for a live endpoint: repair drift or raise ``PermanentStepError``."""
 
     def collect_logs(self, endpoint: Endpoint) -> int:
-        """Copy new runtime/cloud log lines into ``LogLine``; returns how many."""
+        """Copy new runtime/cloud log lines into ``LogLine``; returns how many. Unthrottled:
+        callers go through ``services.endpoint_logs.endpoint_logs_collect``."""
         return 0
 
     def push_api_key(self, endpoint: Endpoint) -> None:  # noqa: B027 (optional hook; nothing to do by default)

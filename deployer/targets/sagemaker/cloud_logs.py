@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from django.core.cache import cache
 from django.db import transaction
 
 from deployer.integrations.aws import logs
@@ -17,7 +16,6 @@ from deployer.targets.sagemaker.names import endpoint_log_group, endpoint_name, 
 
 LOG_LINES_IN_FAILURE = 20
 MAX_LOG_LINES_PER_COLLECT = 1000
-LOG_COLLECT_INTERVAL = 10
 # rdeploy creates the log groups SageMaker, Lambda and CodeBuild write to, so they carry
 # its tags and do not keep lines forever; the endpoint's lines are copied into its log.
 LOG_RETENTION_DAYS = 30
@@ -29,12 +27,6 @@ def ensure_log_group(ctx: StepContext, group: str) -> None:
 
 
 def collect_logs(endpoint: Endpoint) -> int:
-    # Called by the reconciler and by every log request of the dashboard: CloudWatch's
-    # FilterLogEvents allows only a few calls per second per account, so at most one
-    # collection per endpoint every LOG_COLLECT_INTERVAL seconds, across processes.
-    key = f"rdeploy:sagemaker-logs:{endpoint.pk}:{endpoint.created_at.timestamp()}"
-    if not cache.add(key, 1, LOG_COLLECT_INTERVAL):
-        return 0
     groups = {endpoint_log_group(endpoint): LogLine.Source.ENDPOINT}
     if endpoint.public:
         groups[function_log_group(endpoint)] = LogLine.Source.GATEWAY

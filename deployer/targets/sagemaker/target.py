@@ -47,6 +47,8 @@ STEPS: dict[str, Callable[[StepContext], StepOutcome]] = {
 class SageMakerTarget(Target):
     name = "sagemaker"
     build_steps = frozenset({"upload_model_data", "build_image"})
+    # CloudWatch's FilterLogEvents allows only a few calls per second per account.
+    log_collect_seconds = 10
     # An update changes the endpoint in place: InService on the new config, it serves.
     switches_traffic_at = {"create": "switch_traffic", "update": "wait_in_service", "rollback": "wait_in_service"}
 
