@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
 import sqlite3
 import statistics
@@ -37,16 +36,10 @@ def main() -> int:
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="rdeploy-dashboard-bench-"))
-    os.environ.update(
-        RDEPLOY_DATA_DIR=str(data_dir),
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DJANGO_DEBUG="0",
-        DJANGO_HTTPS="0",
-        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-        DJANGO_ALLOWED_HOSTS="testserver",
-    )
-    os.environ.pop("DATABASE_URL", None)
     sys.path.insert(0, str(ROOT))
+    from testsupport.installation import installation_env
+
+    installation_env(os.environ, data_dir, allowed_hosts="testserver")
     # Log polls throttle runtime-log collection through the cache: a real Redis, as in production.
     from testsupport.ports import free_port
 

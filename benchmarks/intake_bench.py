@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -35,6 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
+from testsupport.installation import celery_worker_command, gunicorn_command, installation_env  # noqa: E402
 from testsupport.ports import free_port  # noqa: E402
 
 PYTHON = sys.executable
@@ -150,19 +150,14 @@ def main() -> int:
 
     data_dir = Path(tempfile.mkdtemp(prefix="rdeploy-intake-bench-"))
     redis_port, web_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        RDEPLOY_DATA_DIR=str(data_dir),
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DJANGO_DEBUG="0",
-        DJANGO_HTTPS="0",
-        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+    env = installation_env(
+        dict(os.environ),
+        data_dir,
+        allowed_hosts="127.0.0.1,localhost",
+        redis_port=redis_port,
         RDEPLOY_MAX_UPLOAD_BYTES=str(max(2 * 1024**3, (args.size_mib + 16) * 1024**2)),
         PYTHONUNBUFFERED="1",
     )
-    env.pop("DATABASE_URL", None)
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(command: list[str], log: str) -> subprocess.Popen[bytes]:
@@ -190,19 +185,7 @@ def main() -> int:
         )
         start(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"], "redis.log")
         wait_port(redis_port)
-        web = start(
-            [
-                str(Path(PYTHON).parent / "gunicorn"),
-                "config.wsgi",
-                "--workers",
-                "1",
-                "--bind",
-                f"127.0.0.1:{web_port}",
-                "--timeout",
-                "600",
-            ],
-            "web.log",
-        )
+        web = start([*gunicorn_command("config.wsgi", web_port, workers=1), "--timeout", "600"], "web.log")
         wait_port(web_port)
         time.sleep(0.5)
         worker_pid = children(web.pid)[0]
@@ -224,24 +207,7 @@ def main() -> int:
         connection.request("DELETE", f"/api/v1/models/{body['id']}/", headers={"Authorization": f"Token {token}"})
         assert connection.getresponse().status == 204
 
-        start(
-            [
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "tasks",
-                "worker",
-                "-P",
-                "solo",
-                "-Q",
-                "rdeploy",
-                "-l",
-                "INFO",
-                "--without-mingle",
-            ],
-            "worker.log",
-        )
+        start(celery_worker_command("-P", "solo", "-Q", "rdeploy", "-l", "INFO", "--without-mingle"), "worker.log")
         model_dir = data_dir / "trained"
         model_dir.mkdir()
         subprocess.run(

@@ -45,6 +45,7 @@ from wrk import post_script, run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
+from testsupport.installation import celery_worker_command, gunicorn_command, installation_env  # noqa: E402
 from testsupport.ports import free_port  # noqa: E402
 from testsupport.waiting import wait_for  # noqa: E402
 
@@ -65,21 +66,16 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="rdeploy-pipeline-bench-"))
     redis_port, web_port = free_port(), free_port()
     base = f"http://127.0.0.1:{web_port}"
-    os.environ.update(
-        RDEPLOY_DATA_DIR=str(data_dir),
+    installation_env(
+        os.environ,
+        data_dir,
+        allowed_hosts="127.0.0.1",
+        redis_port=redis_port,
         # Its own containers' names and labels: none shared with another installation here.
         RDEPLOY_INSTALLATION_ID=f"bench{secrets.token_hex(4)}",
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DJANGO_DEBUG="0",
-        DJANGO_HTTPS="0",
-        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-        DJANGO_ALLOWED_HOSTS="127.0.0.1",
-        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         RDEPLOY_PUBLIC_BASE_URL=base,
         PYTHONUNBUFFERED="1",
     )
-    os.environ.pop("DATABASE_URL", None)
-    sys.path.insert(0, str(ROOT))
     children: list[subprocess.Popen[bytes]] = []
     logs = data_dir / "logs"
     logs.mkdir()
@@ -101,15 +97,14 @@ def main() -> int:
         from deployer.services.tokens import api_token_create
 
         token = api_token_create(user=User.objects.create_user("bench")).secret
-        bin_dir = Path(sys.executable).parent
-        spawn("worker", [str(bin_dir / "celery"), "-A", "tasks", "worker", "-l", "INFO", "-c", "2"])
+        spawn("worker", celery_worker_command("-l", "INFO", "-c", "2"))
         # As `make run` serves (scripts/run.sh).
-        gunicorn = [str(bin_dir / "gunicorn"), "-w", str(args.web_workers), "--threads", "8", "-k", "gthread"]
-        spawn("web", [*gunicorn, "config.wsgi", "-b", f"127.0.0.1:{web_port}"])
+        gunicorn = partial(gunicorn_command, workers=args.web_workers, threads=8)
+        spawn("web", gunicorn("config.wsgi", web_port))
         # The same Django without the prediction fast path (deployer/api/fast_path.py), as
         # the baseline the fast path is measured against.
         django_only_port = free_port()
-        spawn("web-django-only", [*gunicorn, "config.wsgi:django_application", "-b", f"127.0.0.1:{django_only_port}"])
+        spawn("web-django-only", gunicorn("config.wsgi:django_application", django_only_port))
         http = urllib3.PoolManager(maxsize=4)
         auth = {"Authorization": f"Token {token}"}
         wait_for(lambda: _status(http, f"{base}/healthz") == 200, timeout=60, what="the web server", interval=0.2)
@@ -126,7 +121,7 @@ def main() -> int:
             (data_dir / "bare_proxy.py").write_text(BARE_PROXY)
             floor_port = free_port()
             os.environ["RUNTIME_SOCKET"] = runtime_socket
-            spawn("bare", [*gunicorn, "bare_proxy:app", "--chdir", str(data_dir), "-b", f"127.0.0.1:{floor_port}"])
+            spawn("bare", [*gunicorn("bare_proxy:app", floor_port), "--chdir", str(data_dir)])
             return floor_port
 
         wait_for(

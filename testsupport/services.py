@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +16,8 @@ from pathlib import Path
 import redis
 
 from config.settings import BASE_DIR
+from testsupport.installation import celery_worker_command, gunicorn_command
+from testsupport.ports import free_port
 
 
 class RedisServer:
@@ -85,26 +86,10 @@ class CeleryWorker:
 
     def start(self) -> None:
         env = dict(os.environ, DATABASE_URL=f"sqlite:///{self.database_name}", PYTHONUNBUFFERED="1")
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tasks",
-            "worker",
-            "-P",
-            "solo",
-            "-c",
-            "1",
-            "-Q",
-            "rdeploy",
-            "-l",
-            "INFO",
-            "--without-mingle",
-            "--without-gossip",
-            "-n",
-            f"test-worker-{os.getpid()}@%h",
-        ]
+        command = celery_worker_command(
+            *("-P", "solo", "-c", "1", "-Q", "rdeploy", "-l", "INFO", "--without-mingle", "--without-gossip"),
+            *("-n", f"test-worker-{os.getpid()}@%h"),
+        )
         if self.beat:
             command += ["-B", "-s", str(self.logfile.with_suffix(".beat"))]
         log = self.logfile.open("ab")
@@ -160,13 +145,9 @@ class WebServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
+        self.port = free_port()
         env = dict(os.environ, DATABASE_URL=f"sqlite:///{self.database_name}", PYTHONUNBUFFERED="1", **self.env)
-        gunicorn = Path(sys.executable).parent / "gunicorn"
-        command = [str(gunicorn), "config.wsgi", "-b", f"127.0.0.1:{self.port}", "-k", "gthread"]
-        command += ["-w", str(self.workers), "--threads", str(self.threads)]
+        command = gunicorn_command("config.wsgi", self.port, workers=self.workers, threads=self.threads)
         log = self.logfile.open("ab")
         self.process = subprocess.Popen(
             command, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
