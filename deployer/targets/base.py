@@ -200,6 +200,27 @@ class StepContext:
         """The identifier this deployment recorded for ``kind``; KeyError if none yet."""
         return str(self.deployment.resources[kind])
 
+    def resource(self, kind: str) -> ExternalResource:
+        """The row this deployment recorded for ``kind``; KeyError if none yet."""
+        return ExternalResource.objects.get(target=self.endpoint.target, kind=kind, identifier=self.resource_id(kind))
+
+    def is_recorded(self, kind: str, identifier: str) -> bool:
+        """Whether a row exists for the resource (deleted or not), whoever recorded it."""
+        return ExternalResource.objects.named(self.endpoint.target, kind, identifier).exists()
+
+    def update_resource_details(self, resource: ExternalResource, **details: Any) -> None:
+        """Merge ``details`` into the resource's row (and the instance)."""
+        resource.details = {**resource.details, **details}
+        ExternalResource.objects.filter(pk=resource.pk).update(details=resource.details)
+
+    def hand_over_resource(self, resource: ExternalResource, deployment: Deployment) -> None:
+        """``deployment`` (of this or another endpoint) uses the resource too: it owns the row now."""
+        ExternalResource.objects.filter(pk=resource.pk).update(endpoint=deployment.endpoint, deployment=deployment)
+
+    def release_resource(self, resource: ExternalResource, **details: Any) -> None:
+        """No endpoint uses the resource any more, but it is kept (``rdeploy_gc`` removes it later)."""
+        ExternalResource.objects.filter(pk=resource.pk).update(endpoint=None, details={**resource.details, **details})
+
     def mark_resource_deleted(self, kind: str, identifier: str) -> None:
         """Record that the thing is gone; a no-op when it already was."""
         ExternalResource.objects.live().named(self.endpoint.target, kind, identifier).update(deleted_at=timezone.now())

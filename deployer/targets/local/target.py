@@ -128,9 +128,7 @@ class LocalTarget(Target):
         name = container_name(ctx.deployment)
         # Only a container this step recorded counts: one of that name without a record is
         # not this rollout's (another data directory's, say), and start() replaces it.
-        recorded = ExternalResource.objects.filter(
-            target=self.name, kind=ExternalResource.Kind.CONTAINER, identifier=name
-        ).exists()
+        recorded = ctx.is_recorded(ExternalResource.Kind.CONTAINER, name)
         current = runtimes.state(name) if recorded else None
         if current is not None and current.running:
             return StepOutcome.skipped(f"The runtime already runs in container {name}.")
@@ -153,11 +151,7 @@ class LocalTarget(Target):
         return StepOutcome.done(f"Started the R runtime in container {name} of {image}.")
 
     def _container(self, ctx: StepContext) -> ExternalResource:
-        return ExternalResource.objects.get(
-            target=self.name,
-            kind=ExternalResource.Kind.CONTAINER,
-            identifier=ctx.resource_id(ExternalResource.Kind.CONTAINER),
-        )
+        return ctx.resource(ExternalResource.Kind.CONTAINER)
 
     def _wait_healthy(self, ctx: StepContext) -> StepOutcome:
         resource = self._container(ctx)
@@ -166,7 +160,7 @@ class LocalTarget(Target):
         socket_path = locked_socket(socket_dir(Path(details["directory"]), details["start"]), resource)
         if socket_path is not None and ping(socket_path):
             if details.get("socket") != socket_path:
-                ExternalResource.objects.filter(pk=resource.pk).update(details={**details, "socket": socket_path})
+                ctx.update_resource_details(resource, socket=socket_path)
             return StepOutcome.done(f"The runtime answered /ping after {ctx.elapsed():.1f} s.")
         current = runtimes.state(name)
         if current is None or not current.running:

@@ -110,13 +110,12 @@ def _remove(ctx: StepContext, resource: ExternalResource) -> None:
         other = _other_user(kind, identifier, ctx.endpoint)
         if other is not None:
             # Another endpoint still serves from it: it now owns the record.
-            ExternalResource.objects.filter(pk=resource.pk).update(endpoint=other.endpoint, deployment=other)
+            ctx.hand_over_resource(resource, other)
             return
         if kind == ExternalResource.Kind.ECR_IMAGE:
             # Kept for a grace period (`rdeploy_gc --delete` removes it later), so a
             # redeploy of the same packages does not rebuild.
-            details = {**resource.details, "unused_since": timezone.now().isoformat()}
-            ExternalResource.objects.filter(pk=resource.pk).update(endpoint=None, details=details)
+            ctx.release_resource(resource, unused_since=timezone.now().isoformat())
             return
     if kind == ExternalResource.Kind.LOG_GROUP:
         # Its last lines (written since the last collection) go into the endpoint's log first.
@@ -215,6 +214,6 @@ def discard(ctx: StepContext) -> None:
             continue
         if live is not None and live.resources.get(resource.kind) == resource.identifier:
             # The live version uses the same image or model data: it keeps the record.
-            ExternalResource.objects.filter(pk=resource.pk).update(deployment=live)
+            ctx.hand_over_resource(resource, live)
             continue
         _remove(ctx, resource)
