@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -35,21 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
 from testsupport.installation import celery_worker_command, gunicorn_command, installation_env  # noqa: E402
-from testsupport.ports import free_port  # noqa: E402
+from testsupport.ports import free_port, listening  # noqa: E402
+from testsupport.waiting import wait_for  # noqa: E402
 
 PYTHON = sys.executable
 BOUNDARY = "rdeploy-bench-boundary"
 GOAL_SECONDS = 3.0
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def kib(status_field: str, pid: int) -> int:
@@ -184,9 +174,9 @@ def main() -> int:
             .strip()
         )
         start(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"], "redis.log")
-        wait_port(redis_port)
+        wait_for(lambda: listening(redis_port), timeout=30, what="Redis")
         web = start([*gunicorn_command("config.wsgi", web_port, workers=1), "--timeout", "600"], "web.log")
-        wait_port(web_port)
+        wait_for(lambda: listening(web_port), timeout=30, what="gunicorn")
         time.sleep(0.5)
         worker_pid = children(web.pid)[0]
         before_kib = kib("VmRSS", worker_pid)

@@ -17,7 +17,7 @@ import redis
 
 from config.settings import BASE_DIR
 from testsupport.installation import celery_worker_command, gunicorn_command
-from testsupport.ports import free_port
+from testsupport.ports import free_port, listening
 
 
 class RedisServer:
@@ -156,9 +156,8 @@ class WebServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited; see {self.logfile}")
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+            if listening(self.port):
+                return
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not listen within {timeout} s; see {self.logfile}")
 
