@@ -44,7 +44,7 @@ def endpoint_is_busy(endpoint: Endpoint) -> bool:
     if endpoint.status in Endpoint.BUSY:
         return True
     deployment = endpoint.current_deployment
-    return deployment is not None and deployment.status in (Deployment.Status.PENDING, Deployment.Status.RUNNING)
+    return deployment is not None and deployment.status in Deployment.ACTIVE
 
 
 def deployment_steps(*, deployment: Deployment | None) -> list[DeploymentStep]:
