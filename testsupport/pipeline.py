@@ -4,9 +4,20 @@ SageMaker target tests."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from deployer.models import Deployment, DeploymentStep
+from django.contrib.auth.models import User
+
+from deployer.models import Deployment, DeploymentStep, ModelVersion
 from deployer.services.pipeline import deployment_advance
+from testsupport.factories import make_model_version
+
+
+def ready_model(owner: User, content: bytes, **inspection: Any) -> ModelVersion:
+    """A ready ModelVersion "iris" of ``content`` whose inspection recorded ``inspection``."""
+    return make_model_version(
+        owner, name="iris", content=content, status=ModelVersion.Status.READY, inspection=inspection
+    )
 
 
 def drive(

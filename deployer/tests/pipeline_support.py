@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 
 from deployer.models import Deployment, Endpoint, ModelVersion
 from deployer.services.pipeline import pipeline_reconcile
-from testsupport.factories import make_model_version
+from testsupport.pipeline import ready_model
 from testsupport.r_models import expected, train_models
 from testsupport.services import CeleryWorker
 from testsupport.waiting import wait_for
@@ -29,25 +29,16 @@ def train_iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_models(tmp_path_factory) / "iris_versions"
 
 
-def ready_model(owner: User, models: Path, version: str, **inspection: Any) -> ModelVersion:
+def iris_version(owner: User, models: Path, version: str, **inspection: Any) -> ModelVersion:
     """A ready ModelVersion of v1/v2 with the example request inspection records."""
     rows = expected(models)["rows"][:2]
-    inspection = {
-        "example": {"content_type": "application/json", "payload": json.dumps(rows), "rows": len(rows)},
-        **inspection,
-    }
-    return make_model_version(
-        owner,
-        name="iris",
-        content=(models / f"{version}.rds").read_bytes(),
-        status=ModelVersion.Status.READY,
-        inspection=inspection,
-    )
+    example = {"content_type": "application/json", "payload": json.dumps(rows), "rows": len(rows)}
+    return ready_model(owner, (models / f"{version}.rds").read_bytes(), **{"example": example, **inspection})
 
 
 def broken_model(owner: User, models: Path) -> ModelVersion:
     """A model whose runtime cannot start: it needs an R package nobody installed."""
-    return ready_model(owner, models, "v1", rdeploy_json={"format_version": 1, "packages": ["rdeployNoSuchPackage"]})
+    return iris_version(owner, models, "v1", rdeploy_json={"format_version": 1, "packages": ["rdeployNoSuchPackage"]})
 
 
 def endpoint_status(name: str) -> str:

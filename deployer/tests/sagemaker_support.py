@@ -15,7 +15,6 @@ from deployer.integrations.aws import tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, ModelVersion
 from testsupport import pipeline
-from testsupport.factories import make_model_version
 
 INSPECTION = {
     "r_version": {"writer": "4.2.2", "reader": "4.2.2"},
@@ -24,14 +23,9 @@ INSPECTION = {
 }
 
 
-def ready_model(owner: User, content: bytes = b"model-1", **inspection: Any) -> ModelVersion:
-    return make_model_version(
-        owner,
-        name="iris",
-        content=content,
-        status=ModelVersion.Status.READY,
-        inspection={**INSPECTION, **inspection},
-    )
+def stub_model(owner: User, content: bytes = b"model-1", **inspection: Any) -> ModelVersion:
+    """A ready model version of any content (moto runs no container), as inspection records it."""
+    return pipeline.ready_model(owner, content, **{**INSPECTION, **inspection})
 
 
 # moto answers every poll at once.
@@ -63,7 +57,7 @@ def builds_started() -> int:
 
 
 def create_public(owner: User, api_client_for: Any, name: str = "iris-sm", **options: Any) -> dict[str, Any]:
-    model = ready_model(owner)
+    model = stub_model(owner)
     response = api_client_for(owner).post(
         "/api/v1/endpoints/",
         {"name": name, "model": model.pk, "target": "sagemaker", "public": True, "options": options},

@@ -35,7 +35,7 @@ from deployer.serving_images import local_image
 from deployer.targets.sagemaker import image as sagemaker_image
 from deployer.targets.sagemaker.image import docker_build_dir, image_build_context
 from deployer.tests.image_support import make_cran_repository, nothing_installs
-from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, ready_model
+from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, stub_model
 from testsupport.moto import MotoServer
 from testsupport.ports import free_port
 from testsupport.waiting import wait_for
@@ -157,7 +157,7 @@ def remove_image(image: str) -> None:
 def test_the_image_built_on_this_machine_is_the_one_pushed_and_pulled_back_byte_for_byte(
     registry_as_ecr: Registry, owner: User, api_client_for: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = ready_model(owner)
+    model = stub_model(owner)
     local = serving_image_ensure(packages=["randomForest"])
     assert local == local_image(image_build_context(model))
     commands: list[list[str]] = []
@@ -197,7 +197,7 @@ def test_the_image_built_on_this_machine_is_the_one_pushed_and_pulled_back_byte_
 def test_a_package_set_without_a_local_image_is_built_detached_for_sagemakers_platform_then_pushed(
     registry_as_ecr: Registry, owner: User, api_client_for: Any
 ) -> None:
-    model = ready_model(owner, packages={"required": [{"name": "rpart"}, {"name": "e1071"}]})
+    model = stub_model(owner, packages={"required": [{"name": "rpart"}, {"name": "e1071"}]})
     context = image_build_context(model)
     remove_image(local_image(context))
 
@@ -220,7 +220,7 @@ def test_a_package_set_without_a_local_image_is_built_detached_for_sagemakers_pl
 def test_a_failing_build_fails_the_step_with_its_last_lines(
     registry_as_ecr: Registry, owner: User, api_client_for: Any
 ) -> None:
-    model = ready_model(owner, packages={"required": [{"name": "rdeploynosuchpackage"}]})
+    model = stub_model(owner, packages={"required": [{"name": "rdeploynosuchpackage"}]})
 
     deployment = build_then_drive(create(owner, api_client_for, model))
 
@@ -235,7 +235,7 @@ def test_a_failing_build_fails_the_step_with_its_last_lines(
 def test_an_image_already_in_ecr_starts_no_build_and_no_push(
     registry_as_ecr: Registry, owner: User, api_client_for: Any
 ) -> None:
-    model = ready_model(owner)
+    model = stub_model(owner)
     aws_client("ecr").create_repository(repositoryName="rdeploy-runtime")
     push_image(f"rdeploy-runtime:{image_build_context(model).tag}")
 
@@ -252,7 +252,7 @@ def test_the_docker_builder_without_an_engine_command_fails_naming_the_setting(
     settings.RDEPLOY_IMAGE_BUILDER = "docker"
     monkeypatch.setenv("PATH", "/nonexistent")
 
-    deployment = drive(create(owner, api_client_for, ready_model(owner)))
+    deployment = drive(create(owner, api_client_for, stub_model(owner)))
 
     assert deployment.status == Deployment.Status.FAILED
     message = deployment.steps.get(name="build_image").message
@@ -267,7 +267,7 @@ def held_build(
     """A rollout whose build runs in the background for a minute (its one package sleeps
     while R installs it), and the build job's process marker."""
     settings.CRAN_REPO = make_cran_repository(tmp_path, package="rdeployslow", answer=1, install_seconds=60)
-    model = ready_model(owner, packages={"required": [{"name": "rdeployslow"}]})
+    model = stub_model(owner, packages={"required": [{"name": "rdeployslow"}]})
     deployment = create(owner, api_client_for, model)
     advance_once(deployment)
     deployment.refresh_from_db()

@@ -19,7 +19,7 @@ from django.contrib.auth.models import User
 from deployer.integrations.containers import runtime_http
 from deployer.models import Deployment
 from deployer.services.tokens import api_token_create
-from deployer.tests.pipeline_support import ready_model
+from deployer.tests.pipeline_support import iris_version
 from deployer.tests.test_runtime_attacks import PRELUDE, deploy, healthy_neighbour, hostile_model, predict
 from testsupport.r_models import expected, rows_csv
 from testsupport.services import WebServer
@@ -77,7 +77,7 @@ def test_a_slow_model_called_from_every_thread_leaves_a_thread_for_other_endpoin
     owner: User, colleague: User, iris_models: Path, narrow_web_server: WebServer
 ) -> None:
     truth = expected(iris_models)
-    assert deploy(colleague, "victim", ready_model(colleague, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
+    assert deploy(colleague, "victim", iris_version(colleague, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
     assert deploy(owner, "slowpoke", hostile_model(owner, iris_models, GREEDY_R, {})).status == (
         Deployment.Status.SUCCEEDED
     )
@@ -109,7 +109,7 @@ def test_a_slow_model_called_from_every_thread_leaves_a_thread_for_other_endpoin
 def test_an_answer_too_large_or_too_slow_is_cut_off_and_the_endpoint_serves_on(
     owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert deploy(owner, "neighbour", ready_model(owner, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
+    assert deploy(owner, "neighbour", iris_version(owner, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
     assert deploy(owner, "greedy", hostile_model(owner, iris_models, GREEDY_R, {})).status == (
         Deployment.Status.SUCCEEDED
     )

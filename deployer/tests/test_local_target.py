@@ -19,7 +19,7 @@ from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets.base import TargetOptionsError
 from deployer.targets.local import LocalTarget
 from deployer.targets.local.paths import container_name, endpoint_dir
-from deployer.tests.pipeline_support import broken_model, container_running, kill_runtime, ready_model
+from deployer.tests.pipeline_support import broken_model, container_running, iris_version, kill_runtime
 from testsupport.pipeline import drive
 from testsupport.r_models import expected, rows_csv
 from testsupport.waiting import wait_for
@@ -43,7 +43,7 @@ def live_runtime(endpoint: Endpoint) -> dict[str, str]:
 
 
 def test_created_endpoint_goes_live_and_predicts_what_r_predicts(owner: User, iris_models: Path) -> None:
-    issued = endpoint_create(owner=owner, name="iris", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="iris", model_version=iris_version(owner, iris_models, "v1"))
     deployment = drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
 
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
@@ -62,7 +62,7 @@ def test_the_runtime_is_a_locked_down_container_reached_only_through_its_checked
     owner: User, iris_models: Path
 ) -> None:
     issued = endpoint_create(
-        owner=owner, name="boxed", model_version=ready_model(owner, iris_models, "v1"), options={"memory_mb": 1024}
+        owner=owner, name="boxed", model_version=iris_version(owner, iris_models, "v1"), options={"memory_mb": 1024}
     )
     deployment = drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     runtime = live_runtime(issued.endpoint)
@@ -93,7 +93,7 @@ def test_the_runtime_is_a_locked_down_container_reached_only_through_its_checked
 
 
 def test_deleting_removes_the_container_and_the_files(owner: User, iris_models: Path) -> None:
-    issued = endpoint_create(owner=owner, name="gone", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="gone", model_version=iris_version(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     runtime = live_runtime(issued.endpoint)
     assert container_running(runtime["container"])
@@ -131,7 +131,7 @@ def test_a_runtime_that_cannot_load_fails_the_rollout_with_its_log_lines(owner: 
 
 
 def test_a_failed_update_leaves_the_previous_version_serving(owner: User, iris_models: Path) -> None:
-    issued = endpoint_create(owner=owner, name="steady", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="steady", model_version=iris_version(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     serving = live_runtime(issued.endpoint)
 
@@ -151,7 +151,7 @@ def test_starting_the_runtime_twice_starts_one_container(owner: User, iris_model
     from deployer.targets import get_target
     from deployer.targets.base import StepContext
 
-    issued = endpoint_create(owner=owner, name="twice", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="twice", model_version=iris_version(owner, iris_models, "v1"))
     deployment = issued.endpoint.current_deployment
     assert deployment is not None
     target = get_target("local")
@@ -169,7 +169,7 @@ def test_starting_the_runtime_twice_starts_one_container(owner: User, iris_model
 
 
 def test_a_killed_runtime_is_restarted_by_the_reconciler(owner: User, iris_models: Path) -> None:
-    issued = endpoint_create(owner=owner, name="phoenix", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="phoenix", model_version=iris_version(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     runtime = live_runtime(issued.endpoint)
     kill_runtime(runtime["container"])
@@ -192,7 +192,7 @@ def test_a_killed_runtime_is_restarted_by_the_reconciler(owner: User, iris_model
 
 
 def test_a_restart_waits_for_its_backoff(owner: User, iris_models: Path) -> None:
-    issued = endpoint_create(owner=owner, name="patient", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="patient", model_version=iris_version(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     container = live_runtime(issued.endpoint)["container"]
     resource = ExternalResource.objects.get(kind="container", identifier=container)
@@ -213,7 +213,7 @@ def test_a_restart_waits_for_its_backoff(owner: User, iris_models: Path) -> None
 
 
 def test_a_runtime_that_keeps_crashing_marks_the_endpoint_failed_with_its_log(owner: User, iris_models: Path) -> None:
-    issued = endpoint_create(owner=owner, name="crashy", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="crashy", model_version=iris_version(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     container = live_runtime(issued.endpoint)["container"]
     resource = ExternalResource.objects.get(kind="container", identifier=container)
@@ -249,7 +249,7 @@ def test_a_runtime_that_never_answers_ping_fails_after_the_startup_timeout_with_
             "predict.R": b'load_fn <- function(model_dir) { message("loading forever"); Sys.sleep(3600) }\n',
         }
     )
-    model = ready_model(owner, iris_models, "v1")
+    model = iris_version(owner, iris_models, "v1")
     model.artifact.save("hanging.tar.gz", ContentFile(hanging), save=False)
     model.artifact_kind = ModelVersion.ArtifactKind.TAR_GZ
     model.save()
@@ -266,7 +266,7 @@ def test_a_runtime_that_never_answers_ping_fails_after_the_startup_timeout_with_
 def test_without_a_container_engine_a_local_deploy_fails_its_first_step_and_runs_nothing(
     owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    issued = endpoint_create(owner=owner, name="engineless", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="engineless", model_version=iris_version(owner, iris_models, "v1"))
     monkeypatch.setenv("PATH", "/nonexistent")
 
     deployment = drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
@@ -295,7 +295,7 @@ def test_the_runner_option_is_refused_and_memory_is_a_whole_number_of_mib_within
 def test_runtime_output_reaches_the_endpoints_log_once_through_the_engine(owner: User, iris_models: Path) -> None:
     from deployer.targets import get_target
 
-    issued = endpoint_create(owner=owner, name="chatty", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="chatty", model_version=iris_version(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     endpoint = Endpoint.objects.get(name="chatty")
     target = get_target("local")
@@ -344,7 +344,7 @@ def test_a_runtime_left_running_as_a_host_process_by_an_earlier_rdeploy_is_stopp
 def test_a_log_that_cannot_be_read_does_not_keep_the_runtime_from_being_deleted(
     owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    issued = endpoint_create(owner=owner, name="unreadable", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="unreadable", model_version=iris_version(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     container = live_runtime(issued.endpoint)["container"]
 
@@ -363,7 +363,7 @@ def test_a_log_that_cannot_be_read_does_not_keep_the_runtime_from_being_deleted(
 def test_a_container_of_another_installation_with_the_rollouts_name_is_left_alone(
     owner: User, iris_models: Path
 ) -> None:
-    issued = endpoint_create(owner=owner, name="squatted", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="squatted", model_version=iris_version(owner, iris_models, "v1"))
     deployment = issued.endpoint.current_deployment
     assert deployment is not None
     name = container_name(deployment)

@@ -23,7 +23,7 @@ from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway
 from deployer.services.tokens import api_token_create
 from deployer.targets.local.paths import endpoint_dir
-from deployer.tests.pipeline_support import ready_model, running_containers
+from deployer.tests.pipeline_support import iris_version, running_containers
 from testsupport.r_models import expected, rows_csv
 from testsupport.services import WebServer
 from testsupport.waiting import wait_for
@@ -216,7 +216,7 @@ def test_a_broken_update_fails_with_the_runtime_log_and_the_old_version_keeps_se
 
     truth = expected(iris_models)
     client = api_client_for(owner)
-    v1 = ready_model(owner, iris_models, "v1")
+    v1 = iris_version(owner, iris_models, "v1")
     assert client.post("/api/v1/endpoints/", {"name": "sturdy", "model": v1.pk}, format="json").status_code == 202
     wait_endpoint(client, "sturdy", "live")
 

@@ -20,8 +20,8 @@ from deployer.targets.local.paths import endpoint_dir
 from deployer.tests.pipeline_support import (
     FaultyWorker,
     finish,
+    iris_version,
     kill_runtime,
-    ready_model,
     running_containers,
 )
 from testsupport.r_models import expected, rows_csv
@@ -58,7 +58,7 @@ def test_a_worker_killed_in_any_step_of_an_update_leaves_an_update_that_complete
     owner: User, iris_models: Path, faulty_worker: FaultyWorker
 ) -> None:
     truth = expected(iris_models)
-    versions = {"v1": ready_model(owner, iris_models, "v1"), "v2": ready_model(owner, iris_models, "v2")}
+    versions = {"v1": iris_version(owner, iris_models, "v1"), "v2": iris_version(owner, iris_models, "v2")}
     issued = endpoint_create(owner=owner, name="tough", model_version=versions["v1"])
     assert finish(issued.endpoint.current_deployment).status == Deployment.Status.SUCCEEDED  # type: ignore[arg-type]
     current = "v1"
@@ -93,7 +93,7 @@ def test_a_worker_killed_in_any_step_of_an_update_leaves_an_update_that_complete
 def test_a_worker_killed_during_create_and_during_delete_still_finishes_both(
     owner: User, iris_models: Path, faulty_worker: FaultyWorker, create_step: str, delete_step: str
 ) -> None:
-    issued = endpoint_create(owner=owner, name="cycle", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="cycle", model_version=iris_version(owner, iris_models, "v1"))
     create = issued.endpoint.current_deployment
     assert create is not None
     kill_in_step(faulty_worker, create, create_step)
@@ -114,7 +114,7 @@ def test_a_runtime_killed_while_the_worker_is_down_comes_back(
     owner: User, iris_models: Path, faulty_worker: FaultyWorker
 ) -> None:
     truth = expected(iris_models)
-    issued = endpoint_create(owner=owner, name="lazarus", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="lazarus", model_version=iris_version(owner, iris_models, "v1"))
     assert finish(issued.endpoint.current_deployment).status == Deployment.Status.SUCCEEDED  # type: ignore[arg-type]
     runtime = Endpoint.objects.get(name="lazarus").runtime
     faulty_worker.kill()
@@ -135,7 +135,7 @@ def test_a_runtime_killed_while_the_worker_is_down_comes_back(
 
 def test_a_runtime_outlives_a_worker_restart(owner: User, iris_models: Path, faulty_worker: FaultyWorker) -> None:
     truth = expected(iris_models)
-    issued = endpoint_create(owner=owner, name="steadfast", model_version=ready_model(owner, iris_models, "v1"))
+    issued = endpoint_create(owner=owner, name="steadfast", model_version=iris_version(owner, iris_models, "v1"))
     assert finish(issued.endpoint.current_deployment).status == Deployment.Status.SUCCEEDED  # type: ignore[arg-type]
     runtime = Endpoint.objects.get(name="steadfast").runtime
 

@@ -17,7 +17,7 @@ from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoi
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome
 from deployer.targets.local import LocalTarget
 from deployer.targets.local.paths import rollout_dir
-from deployer.tests.pipeline_support import container_running, ready_model, stop_everything
+from deployer.tests.pipeline_support import container_running, iris_version, stop_everything
 from testsupport.pipeline import drive
 from testsupport.r_models import expected, rows_csv
 
@@ -43,7 +43,7 @@ def test_an_update_failing_after_the_traffic_switch_keeps_the_new_version_live_a
 ) -> None:
     truth = expected(iris_models)
     rows = rows_csv(truth["rows"])
-    v1, v2 = ready_model(owner, iris_models, "v1"), ready_model(owner, iris_models, "v2")
+    v1, v2 = iris_version(owner, iris_models, "v1"), iris_version(owner, iris_models, "v2")
     issued = endpoint_create(owner=owner, name="forward", model_version=v1)
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
 
@@ -87,7 +87,7 @@ def test_a_failure_before_the_switch_still_discards_the_rollout_and_the_old_vers
     owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     truth = expected(iris_models)
-    v1, v2 = ready_model(owner, iris_models, "v1"), ready_model(owner, iris_models, "v2")
+    v1, v2 = iris_version(owner, iris_models, "v1"), iris_version(owner, iris_models, "v2")
     issued = endpoint_create(owner=owner, name="backward", model_version=v1)
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
 

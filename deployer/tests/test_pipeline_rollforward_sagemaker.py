@@ -15,7 +15,7 @@ from deployer.services.endpoints import endpoint_create, endpoint_update
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome
 from deployer.targets.sagemaker.names import endpoint_name, rollout_name
 from deployer.targets.sagemaker.target import STEPS
-from deployer.tests.sagemaker_support import drive, push_image, ready_model
+from deployer.tests.sagemaker_support import drive, push_image, stub_model
 from testsupport.moto import MotoServer, SingleCallStubber
 
 pytestmark = pytest.mark.django_db
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db
 def test_a_sagemaker_update_failing_after_the_endpoint_is_in_service_keeps_what_serves(
     aws: MotoServer, owner: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    v1, v2 = ready_model(owner, b"model-1"), ready_model(owner, b"model-2")
+    v1, v2 = stub_model(owner, b"model-1"), stub_model(owner, b"model-2")
     issued = endpoint_create(owner=owner, name="iris-fwd", model_version=v1, target="sagemaker")
     first = drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     if first.status != Deployment.Status.SUCCEEDED:

@@ -26,7 +26,7 @@ from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoi
 from deployer.services.pipeline import pipeline_reconcile
 from deployer.tests.gateway_support import Echo, UnixHTTPServer
 from deployer.tests.intake_support import tar_gz
-from deployer.tests.pipeline_support import container_running, ready_model
+from deployer.tests.pipeline_support import container_running, iris_version
 from testsupport.pipeline import drive
 from testsupport.r_models import expected, rows_csv
 from testsupport.waiting import wait_for
@@ -158,7 +158,7 @@ def hostile_model(owner: User, iris_models: Path, predict_r: bytes, targets: dic
             "targets.txt": "".join(f"{name}={value}\n" for name, value in targets.items()).encode(),
         }
     )
-    model = ready_model(owner, iris_models, "v1", example=None)
+    model = iris_version(owner, iris_models, "v1", example=None)
     model.artifact.save("hostile.tar.gz", ContentFile(bundle), save=False)
     model.artifact_kind = ModelVersion.ArtifactKind.TAR_GZ
     model.save()
@@ -258,7 +258,7 @@ def squatter(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
 def test_a_model_reaches_no_network_no_neighbour_no_secret_and_cannot_write_its_image(
     owner: User, iris_models: Path, host_listener: tuple[str, int]
 ) -> None:
-    assert deploy(owner, "neighbour", ready_model(owner, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
+    assert deploy(owner, "neighbour", iris_version(owner, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
     neighbour = Endpoint.objects.get(name="neighbour").runtime
     host_ip, host_port = host_listener
     targets = {
@@ -356,7 +356,7 @@ def test_a_socket_cannot_be_swapped_once_locked(
 def test_processes_a_model_forks_stay_within_its_limit_and_none_survives_removal(
     owner: User, iris_models: Path, action: str
 ) -> None:
-    assert deploy(owner, "neighbour", ready_model(owner, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
+    assert deploy(owner, "neighbour", iris_version(owner, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
     model = hostile_model(owner, iris_models, RAMPAGE_R, {})
     assert deploy(owner, "rampage", model).status == Deployment.Status.SUCCEEDED
     container = Endpoint.objects.get(name="rampage").runtime["container"]
@@ -379,7 +379,7 @@ def test_processes_a_model_forks_stay_within_its_limit_and_none_survives_removal
 
 
 def test_a_memory_hog_is_stopped_at_the_containers_limit(owner: User, iris_models: Path) -> None:
-    assert deploy(owner, "neighbour", ready_model(owner, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
+    assert deploy(owner, "neighbour", iris_version(owner, iris_models, "v1")).status == Deployment.Status.SUCCEEDED
     model = hostile_model(owner, iris_models, RAMPAGE_R, {})
     assert deploy(owner, "hog", model, memory_mb=512).status == Deployment.Status.SUCCEEDED
 
@@ -537,7 +537,7 @@ def test_a_file_left_in_the_socket_directory_before_the_lock_fails_the_rollout(
 
 
 def test_an_endpoint_name_chosen_to_share_a_victims_uid_gets_a_uid_of_its_own(owner: User, iris_models: Path) -> None:
-    victim = deploy(owner, "victim", ready_model(owner, iris_models, "v1"))
+    victim = deploy(owner, "victim", iris_version(owner, iris_models, "v1"))
     victim_container = Endpoint.objects.get(name="victim").runtime["container"]
 
     # Uids were once a hash of the container name, which the endpoint's name sets: the
@@ -550,7 +550,7 @@ def test_an_endpoint_name_chosen_to_share_a_victims_uid_gets_a_uid_of_its_own(ow
         for attempt in range(10**6)
         if name_hash(f"rdeploy-{settings.INSTALLATION_ID}-a{attempt}-{victim.pk + 1}") == name_hash(victim_container)
     )
-    deployment = deploy(owner, attacker, ready_model(owner, iris_models, "v1"))
+    deployment = deploy(owner, attacker, iris_version(owner, iris_models, "v1"))
     assert deployment.pk == victim.pk + 1
 
     users = {

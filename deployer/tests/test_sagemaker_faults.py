@@ -32,7 +32,7 @@ from deployer.tests.sagemaker_support import (
     drive,
     latest,
     push_image,
-    ready_model,
+    stub_model,
     tagged,
 )
 from testsupport.moto import EndpointUpdates, MotoServer
@@ -132,7 +132,7 @@ def test_a_worker_killed_at_every_aws_call_of_every_step_creates_no_duplicate_an
 
     # A blue/green update (its rollback alarms), killed at every call too.
     push_image(creation.resources["ecr_image"])
-    model = ready_model(owner, content=b"model-2")
+    model = stub_model(owner, content=b"model-2")
     api_client_for(owner).post("/api/v1/endpoints/iris-sm/deployments", {"model": model.pk}, format="json")
     update = latest("iris-sm")
     with EndpointUpdates(aws_client("sagemaker")) as updates:

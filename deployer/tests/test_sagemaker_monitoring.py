@@ -22,7 +22,7 @@ from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
 from deployer.services.cloud_gc import cloud_orphans
 from deployer.targets import get_target
-from deployer.tests.sagemaker_support import create_public, drive, latest, push_image, ready_model, tagged
+from deployer.tests.sagemaker_support import create_public, drive, latest, push_image, stub_model, tagged
 from testsupport.moto import EndpointUpdates, MotoServer
 
 pytestmark = pytest.mark.django_db
@@ -56,7 +56,7 @@ def update_to_a_second_version(owner: User, api_client_for: Any, name: str) -> t
     image = latest(name).resources["ecr_image"]
     if not ecr.image_exists(*image.split(":")):
         push_image(image)
-    model = ready_model(owner, content=b"model-2")
+    model = stub_model(owner, content=b"model-2")
     response = api_client_for(owner).post(f"/api/v1/endpoints/{name}/deployments", {"model": model.pk}, format="json")
     assert response.status_code == 202, response.content
     with EndpointUpdates(aws_client("sagemaker")) as updates:
@@ -168,7 +168,7 @@ def test_updates_watch_alarms_with_the_endpoints_thresholds_or_none_when_rollbac
         "/api/v1/endpoints/",
         {
             "name": "iris-bad",
-            "model": ready_model(owner).pk,
+            "model": stub_model(owner).pk,
             "target": "sagemaker",
             "options": {"rollback": {"latency_ms": 0}},
         },

@@ -16,7 +16,7 @@ from django.core.files.base import ContentFile
 from deployer.build_context import PUBLIC_BASE_IMAGE, render_build_context
 from deployer.models import Deployment, ModelVersion
 from deployer.targets.sagemaker.image import image_build_context
-from deployer.tests.sagemaker_support import drive, latest, ready_model
+from deployer.tests.sagemaker_support import drive, latest, stub_model
 from testsupport.moto import MotoServer
 
 pytestmark = pytest.mark.django_db
@@ -44,7 +44,7 @@ def bundle_model(owner: User, files: dict[str, bytes]) -> ModelVersion:
             info = tarfile.TarInfo(f"churn/{name}")
             info.size = len(content)
             archive.addfile(info, io.BytesIO(content))
-    model = ready_model(owner, content=b"placeholder")
+    model = stub_model(owner, content=b"placeholder")
     model.artifact_kind = ModelVersion.ArtifactKind.TAR_GZ
     model.artifact.save(f"test/{owner.pk}/bundle-{model.version}.tar.gz", ContentFile(raw.getvalue()))
     return model
@@ -74,4 +74,4 @@ def test_another_renv_lock_needs_another_image_and_a_bundle_without_one_is_unpin
 
     assert image_build_context(first).tag != image_build_context(second).tag
     assert "build/renv.lock" not in image_build_context(without).files
-    assert image_build_context(without).tag == image_build_context(ready_model(owner)).tag
+    assert image_build_context(without).tag == image_build_context(stub_model(owner)).tag

@@ -38,7 +38,7 @@ from deployer.targets import get_target
 from deployer.targets.base import PermanentStepError, TransientStepError
 from deployer.targets.sagemaker.image import image_build_context
 from deployer.targets.sagemaker.names import endpoint_name, rollout_name
-from deployer.tests.sagemaker_support import builds_started, create_public, drive, latest, push_image, ready_model
+from deployer.tests.sagemaker_support import builds_started, create_public, drive, latest, push_image, stub_model
 from testsupport.moto import MotoServer, SingleCallStubber
 
 pytestmark = pytest.mark.django_db
@@ -135,7 +135,7 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
     first = drive(latest("iris-sm"))
     assert builds_started() == 1
     push_image(first.resources["ecr_image"])
-    second_model = ready_model(owner, content=b"model-2")
+    second_model = stub_model(owner, content=b"model-2")
 
     response = api_client_for(owner).post(
         "/api/v1/endpoints/iris-sm/deployments", {"model": second_model.pk}, format="json"
@@ -243,7 +243,7 @@ def test_deleting_leaves_no_tagged_resource_in_any_service(aws: MotoServer, owne
 def test_a_failed_endpoint_shows_sagemakers_reason_and_its_log_lines(
     aws: MotoServer, owner: User, api_client_for: Any
 ) -> None:
-    model = ready_model(owner)
+    model = stub_model(owner)
     response = api_client_for(owner).post(
         "/api/v1/endpoints/", {"name": "iris-bad", "model": model.pk, "target": "sagemaker"}, format="json"
     )
@@ -298,7 +298,7 @@ def test_a_missing_setting_fails_the_first_step_naming_it(
     aws: MotoServer, owner: User, api_client_for: Any, settings: Any
 ) -> None:
     settings.RDEPLOY_S3_BUCKET = None
-    model = ready_model(owner)
+    model = stub_model(owner)
     api_client_for(owner).post(
         "/api/v1/endpoints/", {"name": "iris-conf", "model": model.pk, "target": "sagemaker"}, format="json"
     )
@@ -416,8 +416,8 @@ def test_model_data_is_the_runtimes_model_directory_as_tar_gz_and_uploaded_once(
 def test_the_image_tag_is_the_build_contexts_hash_and_other_packages_need_another_build(
     aws: MotoServer, owner: User
 ) -> None:
-    first = ready_model(owner)
-    other = ready_model(owner, content=b"model-2", packages={"required": [{"name": "ranger", "version": "0.14"}]})
+    first = stub_model(owner)
+    other = stub_model(owner, content=b"model-2", packages={"required": [{"name": "ranger", "version": "0.14"}]})
     expected = render_build_context(packages=["randomForest"], base_image=PUBLIC_BASE_IMAGE).tag
 
     assert image_build_context(first).tag == expected
@@ -478,7 +478,7 @@ def test_a_serverless_endpoint_gets_a_serverless_config_and_bad_options_are_refu
     aws: MotoServer, owner: User, api_client_for: Any
 ) -> None:
     client = api_client_for(owner)
-    model = ready_model(owner)
+    model = stub_model(owner)
     refused = client.post(
         "/api/v1/endpoints/",
         {
@@ -529,7 +529,7 @@ def test_model_data_shared_by_two_endpoints_stays_until_the_last_one_is_deleted(
     aws: MotoServer, owner: User, api_client_for: Any
 ) -> None:
     client = api_client_for(owner)
-    model = ready_model(owner)
+    model = stub_model(owner)
     for name in ("iris-a", "iris-b"):
         response = client.post(
             "/api/v1/endpoints/", {"name": name, "model": model.pk, "target": "sagemaker"}, format="json"
@@ -555,7 +555,7 @@ def test_build_log_lines_stream_into_the_deployment_log_and_a_failed_build_says_
 ) -> None:
     """moto's CodeBuild runs nothing and logs nothing: a Stubber on BatchGetBuilds reports
     the build's progress; its log lines are real moto CloudWatch events."""
-    model = ready_model(owner)
+    model = stub_model(owner)
     api_client_for(owner).post(
         "/api/v1/endpoints/", {"name": "iris-build", "model": model.pk, "target": "sagemaker"}, format="json"
     )
@@ -617,7 +617,7 @@ def test_a_failed_update_keeps_the_image_and_model_data_the_live_version_uses(
     push_image(first.resources["ecr_image"])
     client = api_client_for(owner)
     client.post(
-        "/api/v1/endpoints/iris-sm/deployments", {"model": ready_model(owner, content=b"model-2").pk}, format="json"
+        "/api/v1/endpoints/iris-sm/deployments", {"model": stub_model(owner, content=b"model-2").pk}, format="json"
     )
     settings.RDEPLOY_SAGEMAKER_ROLE_ARN = None
 
@@ -655,7 +655,7 @@ def test_codebuild_builds_the_same_rendered_context_on_a_public_debian_base(
 
     monkeypatch.setattr(s3, "upload_file", recorded_upload)
     monkeypatch.setattr(codebuild, "start_build", recorded_start)
-    model = ready_model(owner)
+    model = stub_model(owner)
     api_client_for(owner).post(
         "/api/v1/endpoints/", {"name": "iris-cb", "model": model.pk, "target": "sagemaker"}, format="json"
     )

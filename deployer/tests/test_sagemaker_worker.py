@@ -15,7 +15,7 @@ from deployer.models import Deployment, DeploymentStep, Endpoint
 from deployer.services.pipeline import pipeline_reconcile
 from deployer.targets import get_target
 from deployer.tests.pipeline_support import FaultyWorker, finish
-from deployer.tests.sagemaker_support import ONE_PUBLIC_ENDPOINT, counts, latest, ready_model, tagged
+from deployer.tests.sagemaker_support import ONE_PUBLIC_ENDPOINT, counts, latest, stub_model, tagged
 from testsupport.moto import MotoServer
 from testsupport.waiting import wait_for
 
@@ -40,7 +40,7 @@ def test_a_worker_killed_in_every_step_still_deploys_serves_and_deletes_without_
     aws: MotoServer, faulty_worker: FaultyWorker, owner: User, api_client_for: Any
 ) -> None:
     client = api_client_for(owner)
-    model = ready_model(owner)
+    model = stub_model(owner)
     response = client.post(
         "/api/v1/endpoints/",
         {"name": "iris-sm", "model": model.pk, "target": "sagemaker", "public": True},
