@@ -319,6 +319,11 @@ class ExternalResource(models.Model):
     def __str__(self) -> str:
         return f"{self.kind}:{self.identifier}"
 
+    def merge_details(self, **details: Any) -> None:
+        """Merge ``details`` into this row's (and this instance's) details."""
+        self.details = {**self.details, **details}
+        ExternalResource.objects.filter(pk=self.pk).update(details=self.details)
+
 
 class ApiToken(models.Model):
     """A REST API token. Only a SHA-256 of the token is stored: tokens are 256-bit random,

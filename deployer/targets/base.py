@@ -210,8 +210,7 @@ class StepContext:
 
     def update_resource_details(self, resource: ExternalResource, **details: Any) -> None:
         """Merge ``details`` into the resource's row (and the instance)."""
-        resource.details = {**resource.details, **details}
-        ExternalResource.objects.filter(pk=resource.pk).update(details=resource.details)
+        resource.merge_details(**details)
 
     def hand_over_resource(self, resource: ExternalResource, deployment: Deployment) -> None:
         """``deployment`` (of this or another endpoint) uses the resource too: it owns the row now."""

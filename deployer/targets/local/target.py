@@ -346,15 +346,13 @@ class LocalTarget(Target):
             )
         except runtimes.ForeignContainer as exc:
             raise foreign_container(exc) from exc
-        details.update(start=start, socket=None, crashes=[*crashes, now], log_cursor=None)
-        ExternalResource.objects.filter(pk=resource.pk).update(details=details)
+        resource.merge_details(start=start, socket=None, crashes=[*crashes, now], log_cursor=None)
         LogLine.objects.create(
             endpoint=endpoint,
             source=LogLine.Source.ENDPOINT,
             level=LogLine.Level.WARNING,
             message=f"The R runtime had stopped{oom_note(current)}; restarted it (restart {len(crashes) + 1}).",
         )
-        resource.details = details
         self._route_to_restarted(endpoint, resource, wait=RESTART_SOCKET_WAIT)
 
     def _route_to_restarted(self, endpoint: Endpoint, resource: ExternalResource, *, wait: float) -> None:
@@ -362,7 +360,7 @@ class LocalTarget(Target):
         socket_path = lock_when_made(directory, resource, wait=wait)
         if socket_path is None:
             return  # still starting: the next reconciler run looks again
-        ExternalResource.objects.filter(pk=resource.pk).update(details={**resource.details, "socket": socket_path})
+        resource.merge_details(socket=socket_path)
         runtime = {**endpoint.runtime, "container": resource.identifier, "socket": socket_path}
         Endpoint.objects.filter(pk=endpoint.pk).update(runtime=runtime, updated_at=timezone.now())
 

@@ -163,5 +163,5 @@ def sync_public_key(endpoint: Endpoint) -> bool:
     if not lambda_.update_finished(function):
         return False
     apigateway.flush_authorizer_cache(str(api.details["id"]), STAGE)
-    ExternalResource.objects.filter(pk=api.pk).update(details={**api.details, "authorizer_flushed_for": key_hash})
+    api.merge_details(authorizer_flushed_for=key_hash)
     return True
