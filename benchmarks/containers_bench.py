@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime_bench import ROW_CSV, load_average, median_run, stop, wait_for
+from runtime_bench import ROW_CSV, load_average, median_run, stop, wait_for_ping
 from wrk import post_script, run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def cold_start_as_sagemaker(image: str, model_dir: Path) -> float:
             "serve",
             timeout=60,
         )
-        wait_for(port, timeout=60)
+        wait_for_ping(port, timeout=60)
         return time.perf_counter() - started
     finally:
         engine("rm", "--force", name, check=False)
@@ -231,8 +231,8 @@ def main() -> None:
         bare, mounted_root = start_bare(image, model_dir, bare_port, work / "bare.log")
         runs: dict[str, list[dict[str, Any]]] = {}
         try:
-            wait_for(container_port)
-            wait_for(bare_port)
+            wait_for_ping(container_port)
+            wait_for_ping(bare_port)
             for port in (container_port, bare_port):
                 run_wrk(f"http://127.0.0.1:{port}/invocations", lua, 1, 2)  # warm up: fork, compile, page in
             for _ in range(args.rounds):

@@ -83,7 +83,7 @@ def http_status(port: int, method: str, path: str, body: bytes | None = None, ti
         connection.close()
 
 
-def wait_for(port: int, timeout: float = 60) -> None:
+def wait_for_ping(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -168,8 +168,8 @@ def main() -> None:
         (work / "plumber.R").write_text(PLUMBER_R.format(model=work / "model" / "model.rds", port=plumber_port))
         plumber = start(["Rscript", str(work / "plumber.R")], {}, work / "plumber.log")
         try:
-            wait_for(ours_port)
-            wait_for(plumber_port)
+            wait_for_ping(ours_port)
+            wait_for_ping(plumber_port)
             runs: dict[str, list[dict[str, Any]]] = {}
             for port in (ours_port, plumber_port):
                 run_wrk(f"http://127.0.0.1:{port}/invocations", lua, 1, 2)  # warm up: fork, compile, page in
