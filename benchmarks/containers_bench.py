@@ -116,7 +116,7 @@ def cold_start_as_local_endpoint(image: str, model_dir: Path, work: Path) -> flo
     runtimes.py: no network, read-only, own uid, limits) to the first /ping 200 through its
     locked Unix socket, as the gateway reaches it."""
     from deployer.integrations.containers import runtimes
-    from deployer.targets.local.runtime import ping
+    from testsupport.runtimes import locked_socket_answering
 
     name = f"{NAME_PREFIX}-local-{os.getpid()}"
     socket_dir = work / "socket"
@@ -134,17 +134,8 @@ def cold_start_as_local_endpoint(image: str, model_dir: Path, work: Path) -> flo
             memory_mb=1024,
             cpus=2.0,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket_path = runtimes.lock_socket(socket_dir, group=os.getgid())
-            except FileNotFoundError:
-                time.sleep(0.02)
-                continue
-            if ping(str(socket_path)):
-                return time.perf_counter() - started
-            time.sleep(0.02)
-        raise SystemExit("the local endpoint's container did not answer /ping within 60 s")
+        locked_socket_answering(name, socket_dir, timeout=60)
+        return time.perf_counter() - started
     finally:
         runtimes.stop(name, grace=1)
 

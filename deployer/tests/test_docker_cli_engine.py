@@ -28,6 +28,7 @@ from deployer.serving_images import serving_image_context
 from deployer.tests.test_inspection import inspect, upload
 from deployer.tests.test_inspection_attacks import CONNECT, Listener, external_address, hostile_bundle
 from testsupport.r_models import expected, rows_csv
+from testsupport.runtimes import locked_socket_answering
 from testsupport.services import OciRegistry, PodmanDockerApi
 
 pytestmark = pytest.mark.slow
@@ -244,7 +245,7 @@ def test_a_local_endpoint_runtime_answers_through_its_locked_socket_and_stop_rem
             memory_mb=1024,
             cpus=1.0,
         )
-        socket_path = wait_for_ping(name, socket_dir)
+        socket_path = locked_socket_answering(name, socket_dir)
 
         assert (socket_dir.stat().st_uid, socket_dir.stat().st_mode & 0o777) == (0, 0o755)
         assert runtimes.state(name) == runtimes.ContainerState(running=True, exit_code=0, oom_killed=False)
@@ -289,23 +290,6 @@ def test_a_local_endpoint_runtime_answers_through_its_locked_socket_and_stop_rem
 
     assert runtimes.state(name) is None
     assert runtimes.names(endpoint="docker-cli") == []
-
-
-def wait_for_ping(name: str, socket_dir: Path, timeout: float = 90) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket_path = runtimes.lock_socket(socket_dir, group=os.getgid())
-        except FileNotFoundError:
-            time.sleep(0.05)
-            continue
-        try:
-            if get(socket_path, "/ping")[0] == 200:
-                return socket_path
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{name} did not answer /ping within {timeout} s: {runtimes.read_logs(name, None)[0][-20:]}")
 
 
 def test_an_image_builds_with_the_docker_cli() -> None:
