@@ -174,7 +174,7 @@ RUNTIME_DIR = BASE_DIR / "container_templates" / "runtime"
 # every serving image (scripts/base_image.sh builds it; on CodeBuild a Debian image).
 CONTAINER_CLI = env.choice("RDEPLOY_CONTAINER_CLI", "podman", choices=("podman", "docker"))
 CONTAINERS_CONF = BASE_DIR / "config" / "containers.conf"
-BASE_IMAGE = env.text("RDEPLOY_BASE_IMAGE", container_templates.base_image())
+BASE_IMAGE = env.optional_text("RDEPLOY_BASE_IMAGE") or container_templates.base_image()
 # Model intake (docs/model-intake.md): archive-bomb limits for bundles, and the limits of
 # the container R inspects uploads in (every .rds is code: CVE-2024-27322).
 MAX_BUNDLE_MEMBERS = env.integer("RDEPLOY_MAX_BUNDLE_MEMBERS", 1000, minimum=1)

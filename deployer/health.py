@@ -84,7 +84,5 @@ def _container_engine() -> dict[str, Any]:
 
 def worker_selfcheck(*, nonce: str, hostname: str) -> None:
     """Proves a worker can reach the database and the cache: answers under `nonce`."""
-    from django.core.cache import cache
-
     database = _database()
     cache.set(f"selfcheck:{nonce}", {"hostname": hostname, "database": database["ok"]}, timeout=300)

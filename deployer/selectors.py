@@ -57,7 +57,7 @@ def log_lines_after(*, endpoint: Endpoint, after: int, limit: int = 200) -> list
     """The next `limit` lines after the cursor: one range scan of the (endpoint, id) index."""
     return list(
         LogLine.objects.filter(endpoint=endpoint, id__gt=after)
-        .only("id", "created_at", "source", "level", "message")
+        .only("id", "created_at", "source", "level", "message", "deployment")
         .order_by("id")[:limit]
     )
 

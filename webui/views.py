@@ -101,6 +101,11 @@ def model_list(request: DashboardRequest) -> HttpResponse:
     return render(request, "webui/model_list.html", context)
 
 
+def _sentence(message: str) -> str:
+    """A service's refusal ("the file is ...") as a sentence for a form."""
+    return f"{message[:1].upper()}{message[1:]}."
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 @csrf_exempt  # only so the handler below is set before CSRF reads the body; checked next
@@ -112,7 +117,7 @@ def model_upload(request: DashboardRequest) -> HttpResponse:
     try:
         return _model_upload(request)
     except ArtifactTooLarge as exc:
-        form = UploadForm.refused(exc.field or "file", f"{exc.message[:1].upper()}{exc.message[1:]}.")
+        form = UploadForm.refused(exc.field or "file", _sentence(exc.message))
         template = "webui/model_upload.html#upload-fields" if request.htmx else "webui/model_upload.html"
         return render(request, template, {"form": form}, status=200 if request.htmx else 413)
 
@@ -131,7 +136,7 @@ def _model_upload(request: DashboardRequest) -> HttpResponse:
             )
         except ArtifactRejected as exc:
             # The refusal names its field (None: the file itself); its text is only shown.
-            form.add_error(exc.field or "file", exc.message[:1].upper() + exc.message[1:] + ".")
+            form.add_error(exc.field or "file", _sentence(exc.message))
         else:
             if not outcome.created:
                 messages.info(request, f"These bytes were already uploaded as {outcome.model_version}.")

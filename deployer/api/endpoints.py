@@ -22,9 +22,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
+from deployer import selectors
 from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
 from deployer.services import endpoints as services
-from deployer.services.endpoint_logs import endpoint_logs, endpoint_logs_collect
+from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.services.gateway import MAX_BODY_BYTES, gateway_public_invoke, token_principal
 from deployer.targets.base import InvocationResult
 
@@ -105,6 +106,10 @@ class CreatedEndpointSerializer(EndpointSerializer):
 
 class ModelRequestSerializer(serializers.Serializer[Any]):
     model = serializers.IntegerField()
+
+
+# Lines per page of GET .../logs.
+LOG_PAGE = 500
 
 
 class LogLineSerializer(serializers.ModelSerializer[LogLine]):
@@ -201,8 +206,8 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         except ValueError:
             raise exceptions.ValidationError({"after": "Must be a whole number (a log line id)."}) from None
         endpoint_logs_collect(endpoint=endpoint)
-        lines, cursor = endpoint_logs(endpoint=endpoint, after=after)
-        return Response({"lines": LogLineSerializer(lines, many=True).data, "next": cursor})
+        lines = selectors.log_lines_after(endpoint=endpoint, after=after, limit=LOG_PAGE)
+        return Response({"lines": LogLineSerializer(lines, many=True).data, "next": lines[-1].pk if lines else after})
 
     @extend_schema(request=None, responses=ApiKeySerializer)
     @action(detail=True, methods=["post"], url_path="rotate-key")

@@ -1,13 +1,12 @@
-"""An endpoint's log: collecting its target's new lines (a write) apart from reading them."""
+"""Collecting an endpoint's new log lines from its target (a write); reading them is
+``selectors.log_lines_after``."""
 
 from __future__ import annotations
 
 from django.core.cache import cache
 
-from deployer.models import Endpoint, LogLine
+from deployer.models import Endpoint
 from deployer.targets import get_target
-
-LOG_PAGE = 500
 
 
 def endpoint_logs_collect(*, endpoint: Endpoint) -> int:
@@ -23,9 +22,3 @@ def endpoint_logs_collect(*, endpoint: Endpoint) -> int:
     if not cache.add(key, 1, timeout=target.log_collect_seconds):
         return 0
     return target.collect_logs(endpoint)
-
-
-def endpoint_logs(*, endpoint: Endpoint, after: int = 0, limit: int = LOG_PAGE) -> tuple[list[LogLine], int]:
-    """Log lines after the cursor ``after`` (a LogLine id) and the cursor to pass next."""
-    lines = list(LogLine.objects.filter(endpoint=endpoint, id__gt=after).order_by("id")[:limit])
-    return lines, (lines[-1].pk if lines else after)
