@@ -376,8 +376,9 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
         },
         "rds": dataclasses.asdict(header) if header else None,
         "image": image,
-        # What `image` was built with beyond the runtime (with the bundle's renv.lock): the
-        # same list renders the same image for the local target and SageMaker.
+        # What `image` was built with beyond the base's packages (with the bundle's renv.lock).
+        # Endpoints render theirs from all the model's packages instead, so the recipe also
+        # works on a bare Debian base (CodeBuild): docs/containers.md.
         "image_packages": inspected.image_packages,
         "sandbox": sandbox.isolation(image, limits) if runs else None,
         "timings": {"r_script": outcome.get("timings", {}), **timings},

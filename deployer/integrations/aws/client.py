@@ -202,10 +202,3 @@ def is_already_exists(error: BaseException) -> bool:
 def tag_list(tags: dict[str, str], *, key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
     """``{"a": "b"}`` -> ``[{"Key": "a", "Value": "b"}]`` (key names vary by service)."""
     return [{key: k, value: v} for k, v in sorted(tags.items())]
-
-
-@raises_aws_error
-def account_and_partition() -> tuple[str, str]:
-    identity = aws_client("sts").get_caller_identity()
-    arn = str(identity["Arn"])
-    return str(identity["Account"]), arn.split(":")[1]

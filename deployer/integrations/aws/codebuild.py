@@ -113,11 +113,3 @@ def stop_build(build_id: str) -> None:
 def delete_project(name: str) -> None:
     """Idempotent (CodeBuild answers success for a missing project)."""
     aws_client("codebuild").delete_project(name=name)
-
-
-@raises_aws_error
-def project_names(prefix: str) -> list[str]:
-    names: list[str] = []
-    for page in aws_client("codebuild").get_paginator("list_projects").paginate():
-        names.extend(name for name in page["projects"] if name.startswith(prefix))
-    return names

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlencode
 
-from botocore.exceptions import ClientError
-
-from deployer.integrations.aws.client import aws_client, is_not_found, ok_if_missing, raises_aws_error
+from deployer.integrations.aws.client import aws_client, ok_if_missing, raises_aws_error
 
 
 @raises_aws_error
@@ -45,14 +43,3 @@ def list_keys(bucket: str, prefix: str) -> list[str]:
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         keys.extend(item["Key"] for item in page.get("Contents", []))
     return keys
-
-
-@raises_aws_error
-def bucket_exists(bucket: str) -> bool:
-    try:
-        aws_client("s3").head_bucket(Bucket=bucket)
-    except ClientError as error:
-        if is_not_found(error) or "404" in str(error):
-            return False
-        raise
-    return True

@@ -22,9 +22,12 @@ def runtime_image(ctx: StepContext) -> str | StepOutcome:
     the base, the image SageMaker would run), or a wait while the local engine builds it
     (a detached job, polled; its lines stream into the deployment's log). Inspection has
     usually built it already."""
+    # Rendering the context unpacks the bundle (its renv.lock): at most once per poll.
+    context = None
     image = ctx.intent.get("image")
     if not image:
-        image = local_image(image_context(ctx))
+        context = image_context(ctx)
+        image = local_image(context)
         ctx.intent["image"] = image
         ctx.save_intent()
     directory = image_build_dir(ctx.deployment)
@@ -32,7 +35,7 @@ def runtime_image(ctx: StepContext) -> str | StepOutcome:
     if job is None:
         if images.image_present(image):
             return str(image)
-        started = images.start_build(directory=directory, context=image_context(ctx), tags=[image])
+        started = images.start_build(directory=directory, context=context or image_context(ctx), tags=[image])
         job = {"pid": started.pid, "ticks": started.start_ticks, "offset": 0}
         ctx.intent["image_build"] = job
         ctx.save_intent()

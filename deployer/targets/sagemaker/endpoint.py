@@ -14,7 +14,6 @@ from deployer.targets.sagemaker.names import (
     aws_region,
     endpoint_log_group,
     endpoint_name,
-    recorded_details,
     required_setting,
     rollout_name,
     step_tags,
@@ -31,7 +30,7 @@ UPDATE_VISIBLE_SECONDS = 120
 def create_model(ctx: StepContext) -> StepOutcome:
     role = required_setting("RDEPLOY_SAGEMAKER_ROLE_ARN")
     name = rollout_name(ctx.deployment)
-    image = recorded_details(ctx, ExternalResource.Kind.ECR_IMAGE)["uri"]
+    image = ctx.resource(ExternalResource.Kind.ECR_IMAGE).details["uri"]
     model_data = ctx.resource_id(ExternalResource.Kind.MODEL_DATA)
     ctx.record_resource(ExternalResource.Kind.SAGEMAKER_MODEL, name)
     environment = {"RDEPLOY_MODEL_VERSION": str(ctx.model_version)}

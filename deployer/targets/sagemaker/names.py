@@ -9,7 +9,6 @@ rollout: the SageMaker endpoint and the public API.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from django.conf import settings
 
@@ -105,14 +104,6 @@ def aws_region() -> str:
 
 def step_tags(ctx: StepContext) -> dict[str, str]:
     return resource_tags(settings.INSTALLATION_ID, endpoint=ctx.endpoint.name, deployment=ctx.deployment.pk)
-
-
-def recorded_details(ctx: StepContext, kind: str) -> dict[str, Any]:
-    """The details recorded with this deployment's resource of ``kind``."""
-    resource = ExternalResource.objects.get(
-        target=Endpoint.Target.SAGEMAKER, kind=kind, identifier=ctx.resource_id(kind)
-    )
-    return dict(resource.details)
 
 
 def s3_location(uri: str) -> tuple[str, str]:

@@ -23,7 +23,6 @@ from deployer.targets.sagemaker.names import (
     function_log_group,
     function_name,
     prefix,
-    recorded_details,
     role_name,
     step_tags,
 )
@@ -104,7 +103,7 @@ def public_api(ctx: StepContext) -> StepOutcome:
     endpoint = ctx.endpoint
     name = api_name(endpoint)
     function = function_name(endpoint)
-    function_arn = recorded_details(ctx, ExternalResource.Kind.LAMBDA_FUNCTION)["arn"]
+    function_arn = ctx.resource(ExternalResource.Kind.LAMBDA_FUNCTION).details["arn"]
     account = function_arn.split(":")[4]
     ctx.record_resource(ExternalResource.Kind.APIGATEWAY_REST_API, name)
     api_id = apigateway.ensure_rest_api(name, tags=step_tags(ctx))
