@@ -1,5 +1,5 @@
 """Detached trusted commands (the image build and push jobs): the one module that starts,
-finds and stops them, and reads their output.
+finds and stops them, reads their output, and inspects processes (/proc).
 
 A command is started *detached*: in a session of its own and re-parented to init, so it
 outlives the Celery worker that started it, and nobody has to reap it. Every process it
@@ -36,15 +36,20 @@ class StartedProcess:
     start_ticks: int
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat from field 3 (state) on, or None if the process is gone or a zombie."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None if the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces: split after its closing parenthesis.
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None if the process is gone or a zombie."""
+    fields = _stat(pid)
+    return None if fields is None or fields[0] == "Z" else fields
 
 
 def start_ticks(pid: int) -> int | None:
@@ -55,6 +60,32 @@ def start_ticks(pid: int) -> int | None:
 
 def is_running(pid: int, ticks: int) -> bool:
     return start_ticks(pid) == ticks
+
+
+def command_name(pid: int) -> str:
+    """The process's command name (/proc/<pid>/comm), or "" if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def descendants(roots: Sequence[int]) -> dict[int, int]:
+    """Every live process below ``roots`` (pid -> start ticks), whatever it carries: a
+    build's RUN step runs in a container whose processes do not inherit the marker."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: dict[int, int] = {}
+    queue = list(roots)
+    while queue:
+        for child in children.get(queue.pop(), []):
+            ticks = start_ticks(child)
+            if ticks is not None and child not in found:
+                found[child] = ticks
+                queue.append(child)
+    return found
 
 
 def start(

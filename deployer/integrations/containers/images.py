@@ -120,40 +120,6 @@ def job_marker(directory: Path) -> str:
     return f"image-job:{directory.resolve()}"
 
 
-def _command_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _parent_pid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Fields after the command name (in parentheses, may hold spaces): state, parent pid.
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _descendants(roots: list[int]) -> dict[int, int]:
-    """Every process below ``roots`` (pid -> start ticks). A build's RUN step runs in a
-    container whose processes do not carry the job's marker."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (parent := _parent_pid(int(entry))) is not None:
-            children.setdefault(parent, []).append(int(entry))
-    found: dict[int, int] = {}
-    queue = list(roots)
-    while queue:
-        for child in children.get(queue.pop(), []):
-            ticks = processes.start_ticks(child)
-            if ticks is not None and child not in found:
-                found[child] = ticks
-                queue.append(child)
-    return found
-
-
 def _stop(directory: Path, *, grace: float) -> None:
     """Stop a job and everything it started. Ctrl-C to the engine command first (podman
     then exits, removing the build's container only sometimes); then processes.stop, and
@@ -162,8 +128,8 @@ def _stop(directory: Path, *, grace: float) -> None:
     Buildah's working containers of the stopped build stay in storage (docs/sagemaker.md)."""
     marker = job_marker(directory)
     job = processes.find(marker)
-    below = _descendants(job)
-    engine = [pid for pid in job if _command_name(pid) == settings.CONTAINER_CLI]
+    below = processes.descendants(job)
+    engine = [pid for pid in job if processes.command_name(pid) == settings.CONTAINER_CLI]
     for pid in engine:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
