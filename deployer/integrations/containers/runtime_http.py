@@ -2,10 +2,10 @@
 connections pooled per socket path and shared by a web process's threads, each request
 bounded by one deadline and a size cap.
 
-Pools follow rollouts: each rollout and each restart of a runtime has a new socket path
-(endpoints/<name>/<deployment>/socket-<start>/runtime.sock), so an endpoint's previous
-pool is closed once a request goes to its new path; idle connections and pools are closed
-after IDLE_SECONDS, and the least recently used pools beyond MAX_POOLS.
+Pools follow rollouts: a caller names the pool key its socket belongs to (the local
+target: the endpoint, whose every rollout and restart has a new socket path), so the
+key's previous pool is closed once a request goes to a new path of it; idle connections
+and pools are closed after IDLE_SECONDS, and the least recently used pools beyond MAX_POOLS.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from deployer.integrations.containers import runtimes
 
 # A prediction's answer, whole, within this many seconds: above SageMaker's 60 s, so the
 # runtime's own limit answers first (its HAProxy's `timeout server`); this one ends what a
@@ -220,12 +217,12 @@ class _Connections:
 
 
 # A web process keeps a pool per socket path. Each rollout and each restart of a runtime
-# has a new path, so pools are dropped: that of an endpoint's previous path once a request
+# has a new path, so pools are dropped: that of a pool key's previous path once a request
 # goes to its new one; idle connections unused for IDLE_SECONDS and pools unused as long
 # (the runtime's HAProxy closes an idle connection at 75 s anyway); the least recently
 # used pools beyond MAX_POOLS.
 _connections: dict[str, _Connections] = {}
-# The socket path each endpoint's requests went to last (keyed by _endpoint_key).
+# The socket path each pool key's requests went to last.
 _current_paths: dict[str, str] = {}
 _connections_lock = threading.Lock()
 MAX_POOLS = 256
@@ -233,21 +230,7 @@ IDLE_SECONDS = 30.0
 _next_sweep = 0.0
 
 
-def _endpoint_key(socket_path: str) -> str:
-    """The endpoint a runtime socket belongs to (endpoints/<name>/<deployment>/
-    socket-<start>/runtime.sock, whatever form DATA_DIR has); a socket elsewhere is its own."""
-    path = Path(socket_path)
-    if (
-        path.name == runtimes.SOCKET_NAME
-        and path.parent.name.startswith("socket-")
-        and len(path.parents) > 3
-        and path.parents[3].name == "endpoints"
-    ):
-        return str(path.parents[2])
-    return socket_path
-
-
-def _pool(socket_path: str) -> _Connections:
+def _pool(socket_path: str, pool_key: str) -> _Connections:
     """The socket's pool; every IDLE_SECONDS / 2 also closes what has been idle too long."""
     global _next_sweep
     now = time.monotonic()
@@ -261,9 +244,8 @@ def _pool(socket_path: str) -> _Connections:
         connections = _connections.get(socket_path)
         if connections is None:
             connections = _connections[socket_path] = _Connections(socket_path)
-            key = _endpoint_key(socket_path)
-            previous = _current_paths.get(key)
-            _current_paths[key] = socket_path
+            previous = _current_paths.get(pool_key)
+            _current_paths[pool_key] = socket_path
             if previous is not None and previous != socket_path and previous in _connections:
                 retired.append(_connections.pop(previous))
             if len(_connections) > MAX_POOLS:
@@ -296,10 +278,13 @@ def request(
     headers: Mapping[str, str] | None = None,
     timeout: float | None = None,
     max_bytes: int | None = None,
+    pool_key: str | None = None,
 ) -> Response:
     """One request to a runtime: its answer within ``timeout`` seconds in all (else
     DeadlineExceeded) and at most ``max_bytes`` long (else ResponseTooLarge); a
-    prediction's limits unless told."""
+    prediction's limits unless told. ``pool_key`` (opaque; default: the socket path) says
+    whose socket it is: a new path of the same key closes the pool of its previous one."""
     deadline = time.monotonic() + (INVOCATION_SECONDS if timeout is None else timeout)
     limit = MAX_RESPONSE_BYTES if max_bytes is None else max_bytes
-    return _pool(socket_path).request(method, path, body, headers or {}, deadline=deadline, max_bytes=limit)
+    pool = _pool(socket_path, pool_key or socket_path)
+    return pool.request(method, path, body, headers or {}, deadline=deadline, max_bytes=limit)

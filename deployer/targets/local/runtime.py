@@ -16,7 +16,7 @@ from deployer.integrations.containers import runtime_http, runtimes
 from deployer.models import Deployment, ExternalResource
 from deployer.targets.base import PermanentStepError
 from deployer.targets.local.logs import keep_last_logs
-from deployer.targets.local.paths import socket_dir
+from deployer.targets.local.paths import socket_dir, socket_pool_key
 
 # After a restart the reconciler waits this long for the new container's socket, so the
 # endpoint serves again within one reconciler run; a slower one is locked by the next run.
@@ -46,9 +46,14 @@ def example_request(inspection: Mapping[str, Any]) -> tuple[bytes, str] | None:
     return body.encode(), str(example.get("content_type") or "application/json")
 
 
+def runtime_request(socket_path: str, method: str, path: str, **options: Any) -> runtime_http.Response:
+    """``runtime_http.request`` in the pool of the endpoint the socket belongs to."""
+    return runtime_http.request(socket_path, method, path, pool_key=socket_pool_key(socket_path), **options)
+
+
 def ping(socket_path: str) -> bool:
     try:
-        response = runtime_http.request(socket_path, "GET", "/ping", timeout=PING_SECONDS, max_bytes=PING_MAX_BYTES)
+        response = runtime_request(socket_path, "GET", "/ping", timeout=PING_SECONDS, max_bytes=PING_MAX_BYTES)
     except runtime_http.RuntimeHTTPError:
         return False
     return response.status == 200

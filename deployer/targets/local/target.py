@@ -44,6 +44,7 @@ from deployer.targets.local.runtime import (
     locked_socket,
     oom_note,
     ping,
+    runtime_request,
     start_container,
 )
 
@@ -183,7 +184,7 @@ class LocalTarget(Target):
         body, content_type = example
         resource = self._container(ctx)
         try:
-            response = runtime_http.request(
+            response = runtime_request(
                 resource.details["socket"],
                 "POST",
                 "/invocations",
@@ -276,7 +277,7 @@ class LocalTarget(Target):
         if not socket_path:
             raise RuntimeUnavailable("the endpoint has no running runtime")
         try:
-            response = runtime_http.request(str(socket_path), "POST", "/invocations", body=body, headers=headers)
+            response = runtime_request(str(socket_path), "POST", "/invocations", body=body, headers=headers)
         except runtime_http.DeadlineExceeded:
             seconds = runtime_http.INVOCATION_SECONDS
             return _gateway_error(504, f"The model did not answer within {seconds:.0f} seconds.")
