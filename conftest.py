@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from deployer.services.tokens import api_token_create
 from testsupport.factories import make_user
-from testsupport.services import CeleryWorker, RedisServer, WebServer
+from testsupport.services import CeleryWorker, RedisServer, WebServer, session_database_url
 
 # The models trained by R once per session (the `r_models` fixture).
 pytest_plugins = ["testsupport.r_models"]
@@ -42,7 +42,7 @@ def _no_runtime_outlives_the_session() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[CeleryWorker]:
     """A real worker process on the test database; tests using it need transaction=True."""
-    worker = CeleryWorker(settings.DATABASES["default"]["NAME"], Path(settings.DATA_DIR) / "celery-worker.log")
+    worker = CeleryWorker(session_database_url(), Path(settings.DATA_DIR) / "celery-worker.log")
     worker.start()
     yield worker
     worker.stop()
@@ -51,7 +51,7 @@ def celery_worker(django_db_setup: None, django_db_blocker: pytest.FixtureReques
 @pytest.fixture(scope="session")
 def web_server(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[WebServer]:
     """gunicorn serving config.wsgi on the test database; tests using it need transaction=True."""
-    server = WebServer(settings.DATABASES["default"]["NAME"], Path(settings.DATA_DIR) / "web.log")
+    server = WebServer(session_database_url(), Path(settings.DATA_DIR) / "web.log")
     server.start()
     yield server
     server.stop()

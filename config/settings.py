@@ -96,6 +96,9 @@ DATABASES = {
     "default": dj_database_url.parse(
         env.text("DATABASE_URL", f"sqlite:///{DATA_DIR / 'rdeploy.sqlite3'}"),
         conn_max_age=env.integer("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+        # A kept connection is checked before each request reuses it: after a PostgreSQL
+        # restart the web server and worker reconnect instead of failing once per connection.
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -1,20 +1,50 @@
 """Pytest plugin (`-p testsupport.env`) that sets the environment before Django loads.
 
 It must run before pytest-django reads the settings, which a conftest.py cannot do:
-every test session gets its own data directory, its own Redis port and a real secret.
-Child processes started by tests (Celery workers, R, gunicorn) inherit it.
+every test session gets its own data directory, its own database, its own Redis port and a
+real secret. Child processes started by tests (Celery workers, R, gunicorn) inherit it.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import tempfile
+from pathlib import Path
 
 from testsupport.ports import free_port
+from testsupport.postgres import PostgresServer
 
 _data_dir = tempfile.mkdtemp(prefix="rdeploy-test-")
 os.environ["RDEPLOY_DATA_DIR"] = _data_dir
+
+
+def _start_postgres() -> str:
+    """This session's own PostgreSQL cluster, stopped and removed when the session's process exits."""
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="rdeploy-test-pg-")))
+    starter = os.getpid()
+
+    def stop() -> None:
+        if os.getpid() == starter:  # not in a forked child that inherited this handler
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+
+    atexit.register(stop)
+    server.start()
+    return server.url("rdeploy")
+
+
+# The database (docs/testing.md): PostgreSQL unless RDEPLOY_TEST_DATABASE=sqlite asks for the
+# quick start's embedded default. Set either way, so a developer's DATABASE_URL is never used.
+_database = os.environ.setdefault("RDEPLOY_TEST_DATABASE", "postgres")
+if _database == "postgres":
+    os.environ["DATABASE_URL"] = _start_postgres()
+elif _database == "sqlite":
+    os.environ["DATABASE_URL"] = f"sqlite:///{Path(_data_dir) / 'rdeploy.sqlite3'}"
+else:
+    raise RuntimeError(f"RDEPLOY_TEST_DATABASE must be postgres or sqlite, not {_database!r}")
 # Labels every container and image a session starts, so the session removes exactly its own.
 os.environ["RDEPLOY_INSTALLATION_ID"] = f"test{secrets.token_hex(4)}"
 os.environ.setdefault("RDEPLOY_TEST_REDIS_PORT", str(free_port()))

@@ -12,8 +12,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
+from django.conf import settings
 
 from config.settings import BASE_DIR
 from testsupport.installation import celery_worker_command, gunicorn_command
@@ -72,20 +74,33 @@ class RedisServer:
         self.process = None
 
 
+def session_database_url() -> str:
+    """DATABASE_URL of the database this test session uses now, for child processes (a
+    worker, gunicorn): after django_db_setup it names pytest-django's test database."""
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{database['NAME']}"
+    credentials = quote(database["USER"], safe="")
+    if database["PASSWORD"]:
+        credentials += ":" + quote(database["PASSWORD"], safe="")
+    port = f":{database['PORT']}" if database["PORT"] else ""
+    return f"postgres://{credentials}@{quote(database['HOST'], safe='')}{port}/{quote(database['NAME'], safe='')}"
+
+
 class CeleryWorker:
     """A real `celery -A tasks worker` process sharing the test database and Redis.
 
     Solo pool: one process, so SIGKILL in a fault test kills exactly the task runner.
     """
 
-    def __init__(self, database_name: str, logfile: Path, *, beat: bool = False) -> None:
-        self.database_name = database_name
+    def __init__(self, database_url: str, logfile: Path, *, beat: bool = False) -> None:
+        self.database_url = database_url
         self.logfile = logfile
         self.beat = beat
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, DATABASE_URL=f"sqlite:///{self.database_name}", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, DATABASE_URL=self.database_url, PYTHONUNBUFFERED="1")
         command = celery_worker_command(
             *("-P", "solo", "-c", "1", "-Q", "rdeploy", "-l", "INFO", "--without-mingle", "--without-gossip"),
             *("-n", f"test-worker-{os.getpid()}@%h"),
@@ -127,14 +142,14 @@ class WebServer:
 
     def __init__(
         self,
-        database_name: str,
+        database_url: str,
         logfile: Path,
         *,
         workers: int = 2,
         threads: int = 1,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.database_name = database_name
+        self.database_url = database_url
         self.logfile = logfile
         self.workers, self.threads, self.env = workers, threads, env or {}
         self.port = 0
@@ -146,7 +161,7 @@ class WebServer:
 
     def start(self, timeout: float = 30) -> None:
         self.port = free_port()
-        env = dict(os.environ, DATABASE_URL=f"sqlite:///{self.database_name}", PYTHONUNBUFFERED="1", **self.env)
+        env = dict(os.environ, DATABASE_URL=self.database_url, PYTHONUNBUFFERED="1", **self.env)
         command = gunicorn_command("config.wsgi", self.port, workers=self.workers, threads=self.threads)
         log = self.logfile.open("ab")
         self.process = subprocess.Popen(

@@ -16,7 +16,7 @@ from deployer.models import Endpoint
 from deployer.services import gateway
 from deployer.tests.pipeline_support import FaultyWorker, stop_everything
 from testsupport.moto import MotoServer
-from testsupport.services import CeleryWorker
+from testsupport.services import CeleryWorker, session_database_url
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def faulty_worker(request: pytest.FixtureRequest, celery_worker: CeleryWorker) -
     short lease and a pause after each step's work for tests to kill it in (FAULT_ENV)."""
     celery_worker.stop()
     module = request.module.__name__.rsplit(".", 1)[-1]
-    worker = FaultyWorker(settings.DATABASES["default"]["NAME"], Path(settings.DATA_DIR) / f"{module}-worker.log")
+    worker = FaultyWorker(session_database_url(), Path(settings.DATA_DIR) / f"{module}-worker.log")
     worker.start()
     yield worker
     worker.stop()

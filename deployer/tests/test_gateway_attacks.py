@@ -22,7 +22,7 @@ from deployer.services.tokens import api_token_create
 from deployer.tests.pipeline_support import iris_version
 from deployer.tests.test_runtime_attacks import PRELUDE, deploy, healthy_neighbour, hostile_model, predict
 from testsupport.r_models import expected, rows_csv
-from testsupport.services import WebServer
+from testsupport.services import WebServer, session_database_url
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,7 +48,7 @@ predict_fn <- function(model, data) {
 def narrow_web_server(django_db_blocker: object) -> Iterator[WebServer]:
     """The real web app in one process of 3 threads, letting one endpoint have 2 of them."""
     server = WebServer(
-        settings.DATABASES["default"]["NAME"],
+        session_database_url(),
         Path(settings.DATA_DIR) / "narrow-web.log",
         workers=1,
         threads=3,

@@ -270,7 +270,8 @@ def test_a_model_reaches_no_network_no_neighbour_no_secret_and_cannot_write_its_
         "neighbour_pid": cli.check(["inspect", "--format", "{{.State.Pid}}", neighbour["container"]]).strip(),
         "worker_pid": str(os.getpid()),
         "data_dir": str(settings.DATA_DIR),
-        "database": str(settings.DATABASES["default"]["NAME"]),
+        # SQLite's file, or PostgreSQL's socket directory.
+        "database": str(settings.DATABASES["default"]["HOST"] or settings.DATABASES["default"]["NAME"]),
     }
     model = hostile_model(owner, iris_models, PROBE_R, targets)
     assert deploy(owner, "probe", model).status == Deployment.Status.SUCCEEDED
