@@ -18,6 +18,36 @@ from testsupport.services import CeleryWorker, RedisServer, WebServer, session_d
 # The models trained by R once per session (the `r_models` fixture).
 pytest_plugins = ["testsupport.r_models"]
 
+# The SQLite smoke run of scripts/test.sh (docs/testing.md), marked `smoke` here: SQLite is the
+# quick start's embedded database, so the paths that share it between processes stay tested
+# (API writes, upload and inspection by a real worker, a local deploy, the public gateway,
+# the dashboard's polls).
+SMOKE_TESTS = frozenset(
+    {
+        "tasks/tests/test_worker.py::test_a_real_worker_runs_a_task_sent_through_redis",
+        "deployer/tests/test_model_upload.py::test_uploading_the_same_bytes_again_returns_the_existing_version",
+        "deployer/tests/test_model_upload.py::test_an_uploaded_random_forest_is_inspected_by_the_worker_and_becomes_ready",
+        "deployer/tests/test_endpoints_api.py::test_names_are_unique_in_the_installation",
+        "deployer/tests/test_pipeline.py::test_a_model_goes_live_updates_without_a_failed_call_rolls_back_and_is_deleted",
+        "deployer/tests/test_gateway.py::test_the_right_key_reaches_the_runtime_with_only_the_forwarded_headers",
+        "webui/tests/test_pages.py::test_endpoints_list_polls_only_while_busy_and_sends_only_changed_rows",
+        "webui/tests/test_pages.py::test_log_poll_returns_lines_after_the_cursor_and_advances_it",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m smoke` deselects what is not marked
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = set()
+    for item in items:
+        test = item.nodeid.split("[", 1)[0]
+        if test in SMOKE_TESTS:
+            item.add_marker(pytest.mark.smoke)
+            marked.add(test)
+    # A renamed test would silently shrink the smoke run: name it instead.
+    if config.getoption("markexpr") == "smoke" and marked != SMOKE_TESTS:
+        raise pytest.UsageError(f"conftest.py's SMOKE_TESTS names tests not found: {sorted(SMOKE_TESTS - marked)}")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def redis_server() -> Iterator[RedisServer]:

@@ -25,14 +25,10 @@ if ((${#missing[@]})); then
 fi
 # Debian starts redis-server as a service on install; rdeploy starts its own where it needs one.
 
-# A Docker CLI for the tests of RDEPLOY_CONTAINER_CLI=docker (they drive podman's Docker API
-# with it). Debian ships it only in docker.io, with dockerd and containerd: no daemon may start,
-# so services are refused while it installs (policy-rc.d exit 101), whatever init there is.
-if ! command -v docker >/dev/null; then
-  echo "bootstrap: installing a Docker CLI (docker.io, no daemon started)"
-  docker_daemons() { pgrep -x dockerd || true; pgrep -x containerd || true; }
-  daemons=$(docker_daemons)
-  policy=/usr/sbin/policy-rc.d
+# Installs Debian packages while refusing every service start (policy-rc.d exit 101, whatever
+# init there is): what the packages bring as daemons is not for this machine to run.
+policy=/usr/sbin/policy-rc.d
+install_without_services() {
   saved=""
   if [ -e "$policy" ]; then
     saved=$(mktemp)
@@ -46,13 +42,29 @@ if ! command -v docker >/dev/null; then
   chmod 755 "$policy"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q --no-install-recommends docker.io
+  apt-get install -y -q --no-install-recommends "$@"
   restore_policy
   trap - EXIT
+}
+
+# A Docker CLI for the tests of RDEPLOY_CONTAINER_CLI=docker (they drive podman's Docker API
+# with it). Debian ships it only in docker.io, with dockerd and containerd: no daemon may start.
+if ! command -v docker >/dev/null; then
+  echo "bootstrap: installing a Docker CLI (docker.io, no daemon started)"
+  docker_daemons() { pgrep -x dockerd || true; pgrep -x containerd || true; }
+  daemons=$(docker_daemons)
+  install_without_services docker.io
   if [ "$(docker_daemons)" != "$daemons" ]; then
     echo "bootstrap: installing docker.io started a daemon (dockerd or containerd); stop it" >&2
     exit 1
   fi
+fi
+
+# PostgreSQL 15's binaries: every test session runs a throwaway cluster of its own
+# (testsupport/postgres.py, docs/testing.md); the system's cluster is never started.
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  echo "bootstrap: installing PostgreSQL 15 (postgresql, system cluster not started)"
+  install_without_services postgresql
 fi
 
 if [ ! -x .venv/bin/python ]; then
