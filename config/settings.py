@@ -117,7 +117,17 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Celery broker and Django cache ---------------------------------------------
 REDIS_URL = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+# Short socket timeouts: a Redis that does not answer costs a request at most a second or
+# two; the request paths that use the cache degrade without it (docs/architecture.md).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
+    }
+}
+# Sessions in the database, not the cache: signing in and the dashboard work while Redis is down.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # --- Artifact storage ------------------------------------------------------------------
 # Everything that stores files goes through django.core.files.storage.storages["artifacts"],

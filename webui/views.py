@@ -7,10 +7,12 @@ also works as a plain POST without JavaScript.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import timedelta
 from typing import Any
 
+import redis
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -279,7 +281,10 @@ def _cache_key(purpose: str, endpoint: Endpoint) -> str:
 def _chart_html(request: DashboardRequest, endpoint: Endpoint) -> str:
     """The chart, shared by everyone looking at the endpoint for CHART_CACHE_SECONDS."""
     key = _cache_key("chart", endpoint)
-    html: str | None = cache.get(key)
+    try:
+        html: str | None = cache.get(key)
+    except redis.RedisError:
+        html = None  # Redis down: drawn for this request only
     if html is None:
         # The runtime's new access-log lines (throttled per endpoint by the service).
         endpoint_logs_collect(endpoint=endpoint)
@@ -287,7 +292,8 @@ def _chart_html(request: DashboardRequest, endpoint: Endpoint) -> str:
         html = render_to_string(
             "webui/_chart.html", {"chart": invocation_chart(lines, now=timezone.now())}, request=request
         )
-        cache.set(key, html, timeout=CHART_CACHE_SECONDS)
+        with contextlib.suppress(redis.RedisError):
+            cache.set(key, html, timeout=CHART_CACHE_SECONDS)
     return html
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import redis
 from django.core.cache import cache
 
 from deployer.models import Endpoint
@@ -19,6 +20,11 @@ def endpoint_logs_collect(*, endpoint: Endpoint) -> int:
     target = get_target(endpoint.target)
     # The creation time too: a name (and in tests an id) can be reused by a new endpoint.
     key = f"rdeploy:logs-collected:{endpoint.pk}:{endpoint.created_at.timestamp()}"
-    if not cache.add(key, 1, timeout=target.log_collect_seconds):
+    try:
+        first = cache.add(key, 1, timeout=target.log_collect_seconds)
+    except redis.RedisError:
+        # Redis down: no shared throttle, so no collection; the stored lines stay readable.
+        return 0
+    if not first:
         return 0
     return target.collect_logs(endpoint)

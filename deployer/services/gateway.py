@@ -8,7 +8,8 @@
   or private endpoint get the same 403 body; a per-key token bucket in Redis with API
   Gateway's usage-plan semantics (``rate`` tokens per second refill a bucket of ``burst``)
   answers 429 when empty (busy processes lease a few tokens at a time, see
-  ``LEASE_SECONDS``); bodies above SageMaker's 6 MiB get 413.
+  ``LEASE_SECONDS``); bodies above SageMaker's 6 MiB get 413. When Redis does not
+  answer, the route fails closed: 503 with Retry-After, never an unthrottled call.
 - Every route: at most ``GATEWAY_MAX_INFLIGHT`` requests per endpoint in progress in a
   web process, more get 503 with Retry-After at once, so one tenant's slow model cannot
   hold every thread; the target bounds each request's time and answer (local: 504 after
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +33,8 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from deployer.models import Endpoint
 from deployer.services.tokens import api_token_authenticate, hash_secret
@@ -41,6 +45,8 @@ from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult, Runtime
 MAX_BODY_BYTES = 6 * 1024 * 1024
 FORWARDED_HEADERS = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
 JSON = {"Content-Type": "application/json"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -226,6 +232,8 @@ _redis_lock = threading.Lock()
 _bucket_script: Any = None
 _leases: dict[str, tuple[float, int]] = {}
 _leases_lock = threading.Lock()
+# What a refused caller is told to wait while Redis does not answer (a restart takes seconds).
+THROTTLE_DOWN_RETRY_AFTER = 5
 
 
 def _bucket() -> Any:
@@ -233,7 +241,15 @@ def _bucket() -> Any:
     if _bucket_script is None:
         with _redis_lock:
             if _bucket_script is None:
-                client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, health_check_interval=30)
+                # Fail fast when Redis is down: each waiting request holds a web thread. One
+                # immediate retry, for a pooled connection that died with a Redis restart.
+                client = redis.Redis.from_url(
+                    settings.REDIS_URL,
+                    socket_connect_timeout=0.5,
+                    socket_timeout=2,
+                    health_check_interval=30,
+                    retry=Retry(NoBackoff(), 1),
+                )
                 _bucket_script = client.register_script(_BUCKET_LUA)
     return _bucket_script
 
@@ -278,7 +294,17 @@ def gateway_public_invoke(
         return _error(403, "Forbidden")
     if content_length > MAX_BODY_BYTES:
         return _error(413, f"Request body is larger than {MAX_BODY_BYTES} bytes.")
-    wait = gateway_take_token(route=route)
+    try:
+        wait = gateway_take_token(route=route)
+    except redis.RedisError as exc:
+        # Fail closed: without the shared bucket nothing knows the key's rate, and an
+        # unthrottled public route is what the throttle exists to prevent.
+        logger.warning("public route %s refused: the throttle's Redis does not answer (%s)", name, exc)
+        return _error(
+            503,
+            "Throttling is unavailable (its Redis does not answer), so calls are refused; try again shortly.",
+            **{"Retry-After": str(THROTTLE_DOWN_RETRY_AFTER)},
+        )
     if wait is not None:
         return _error(429, "Too Many Requests", **{"Retry-After": str(max(1, round(wait + 0.5)))})
     return gateway_forward(route=route, body=read_body(), headers=headers)
