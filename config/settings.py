@@ -325,6 +325,39 @@ GATEWAY_MAX_INFLIGHT = env.integer("RDEPLOY_GATEWAY_MAX_INFLIGHT", 4, minimum=1)
 LOCAL_MAX_MEMORY_MB = env.integer("RDEPLOY_LOCAL_MAX_MEMORY_MB", 4096, minimum=256)
 LOCAL_MAX_CPUS = env.integer("RDEPLOY_LOCAL_MAX_CPUS", max(1, (os.cpu_count() or 1) // 2), minimum=1)
 
+# --- Sign-in throttling (deployer/services/login_throttle.py, docs/security.md) ----------
+# Failures counted per fixed window; reaching a limit locks the username or address.
+LOGIN_FAILURES_PER_USERNAME = env.integer("RDEPLOY_LOGIN_FAILURES_PER_USERNAME", 5, minimum=1)
+LOGIN_FAILURES_PER_ADDRESS = env.integer("RDEPLOY_LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1)
+TOKEN_FAILURES_PER_ADDRESS = env.integer("RDEPLOY_TOKEN_FAILURES_PER_ADDRESS", 20, minimum=1)
+LOGIN_FAILURE_WINDOW_SECONDS = env.integer("RDEPLOY_LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1)
+LOGIN_LOCKOUT_SECONDS = env.integer("RDEPLOY_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+# Only behind a proxy that appends the client's address to X-Forwarded-For: otherwise
+# every client would be "the proxy", or could name any address it likes.
+TRUST_X_FORWARDED_FOR = env.flag("RDEPLOY_TRUST_X_FORWARDED_FOR", False)
+
+# --- Quotas (deployer/services/quotas.py; per-user overrides: UserQuota in the admin) ----
+# SageMaker instance types any endpoint may use; the general-purpose and compute families
+# up to xlarge (no GPUs), which serve R models well.
+ALLOWED_INSTANCE_TYPES = frozenset(
+    env.items(
+        "RDEPLOY_ALLOWED_INSTANCE_TYPES",
+        [
+            "ml.t2.medium",
+            "ml.t2.large",
+            "ml.m5.large",
+            "ml.m5.xlarge",
+            "ml.c5.large",
+            "ml.c5.xlarge",
+        ],
+    )
+)
+# A user's defaults, unless staff set a UserQuota: endpoints not deleted, SageMaker
+# instances across them (the autoscaling maximum when larger), local memory across them.
+QUOTA_MAX_ENDPOINTS = env.integer("RDEPLOY_QUOTA_MAX_ENDPOINTS", 10, minimum=0)
+QUOTA_MAX_INSTANCES = env.integer("RDEPLOY_QUOTA_MAX_INSTANCES", 4, minimum=0)
+QUOTA_MAX_LOCAL_MEMORY_MB = env.integer("RDEPLOY_QUOTA_MAX_LOCAL_MEMORY_MB", 8192, minimum=0)
+
 # --- Security (clean `manage.py check --deploy` with production values) ------------------
 # HTTPS is the production default. The local quick start serves plain HTTP on loopback
 # (DJANGO_HTTPS=0): redirects, HSTS and secure-only cookies would lock it out.

@@ -5,12 +5,16 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.views import healthz, readyz
 from deployer.api.endpoints import public_invocations
+from webui.login import ThrottledAdminAuthentication, ThrottledLoginView
+
+# The admin signs in through the same throttle as the dashboard (webui/login.py).
+admin.site.login_form = ThrottledAdminAuthentication
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", include("deployer.api.urls")),
     # The public API of endpoints created with "public": true (x-api-key, throttled).

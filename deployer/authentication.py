@@ -1,13 +1,44 @@
-"""DRF authentication by `Authorization: Token <token>` against hashed API tokens."""
+"""DRF authentication by `Authorization: Token <token>` against hashed API tokens.
+
+A wrong token counts against the caller's address (deployer/services/login_throttle.py):
+past the limit, 429 with Retry-After; 503 while the counters cannot be reached.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import authentication, exceptions
+from rest_framework import authentication, exceptions, status
 from rest_framework.request import Request
 
+from deployer.services.login_throttle import (
+    UNAVAILABLE_MESSAGE,
+    UNAVAILABLE_RETRY_AFTER,
+    SignInLocked,
+    ThrottleUnavailable,
+    client_address,
+    locked_message,
+    token_failure_record,
+)
 from deployer.services.tokens import api_token_authenticate
+
+
+class AuthenticationUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = UNAVAILABLE_MESSAGE
+    default_code = "unavailable"
+    wait = UNAVAILABLE_RETRY_AFTER  # DRF's handler sends it as Retry-After
+
+
+def token_refusal(meta: dict[str, Any]) -> exceptions.APIException:
+    """What a wrong token is answered: 401, or 429 once its address is locked."""
+    try:
+        token_failure_record(address=client_address(meta))
+    except SignInLocked as exc:
+        return exceptions.Throttled(wait=exc.retry_after, detail=locked_message(exc.retry_after))
+    except ThrottleUnavailable:
+        return AuthenticationUnavailable()
+    return exceptions.AuthenticationFailed("Invalid or revoked token.")
 
 
 class HashedTokenAuthentication(authentication.BaseAuthentication):
@@ -25,7 +56,7 @@ class HashedTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid token.") from None
         token = api_token_authenticate(secret=secret)
         if token is None:
-            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+            raise token_refusal(request.META)
         return token.user, token
 
     def authenticate_header(self, request: Request) -> str:

@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
 from deployer import selectors
+from deployer.authentication import token_refusal
 from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
 from deployer.services import endpoints as services
 from deployer.services.endpoint_logs import endpoint_logs_collect
@@ -257,6 +258,14 @@ def _csrf_failure(request: HttpRequest) -> str | None:
     return reason
 
 
+def _refused(exc: exceptions.APIException) -> JsonResponse:
+    """A DRF refusal answered as DRF's handler would, for this plain view."""
+    response = JsonResponse({"detail": str(exc.detail)}, status=exc.status_code)
+    if wait := getattr(exc, "wait", None):
+        response["Retry-After"] = str(int(wait))
+    return response
+
+
 def _too_large() -> JsonResponse:
     return JsonResponse({"message": f"Request body is larger than {MAX_BODY_BYTES} bytes."}, status=413)
 
@@ -272,7 +281,7 @@ def endpoint_invocations(request: HttpRequest, name: str) -> HttpResponse:
             return JsonResponse({"detail": "Invalid token header: expected 'Token <token>'."}, status=401)
         user = token_principal(authorization[1])
         if user is None:
-            return JsonResponse({"detail": "Invalid or revoked token."}, status=401)
+            return _refused(token_refusal(request.META))
     if not user.is_authenticated:
         return JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
     if not authorization and (reason := _csrf_failure(request)):
