@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,14 +20,15 @@ from django.conf import settings
 
 from config.settings import BASE_DIR
 from testsupport.installation import celery_worker_command, gunicorn_command
-from testsupport.ports import free_port, listening
+from testsupport.ports import PORT_ATTEMPTS, free_port, listening
 
 
 class RedisServer:
-    """A throwaway redis-server on a fixed port, without persistence."""
+    """A throwaway redis-server without persistence, on ``port``; with None, on a free port
+    it picks (another one if that was taken before redis bound it), kept across restarts."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
+    def __init__(self, port: int | None, workdir: Path) -> None:
+        self.port = port or 0
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -39,6 +41,16 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        pick = not self.port
+        for _ in range(PORT_ATTEMPTS if pick else 1):
+            if pick:
+                self.port = free_port()
+            if self._started(binary):
+                return
+        raise RuntimeError(f"redis-server did not start on port {self.port}; is the port taken?")
+
+    def _started(self, binary: str) -> bool:
+        """Start on self.port; False when redis exited (the port was taken, say)."""
         self.process = subprocess.Popen(
             [
                 binary,
@@ -56,16 +68,21 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
         deadline = time.monotonic() + 10
-        while True:
+        while self.process.poll() is None:
             try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
+                # Ours, not whoever may hold the port: then ours exits, unable to bind.
+                if client.info("server")["process_id"] == self.process.pid:
+                    return True
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
+            time.sleep(0.05)
+        self.process = None
+        return False
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -160,10 +177,12 @@ class WebServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> None:
-        self.port = free_port()
         env = dict(os.environ, DATABASE_URL=self.database_url, PYTHONUNBUFFERED="1", **self.env)
-        command = gunicorn_command("config.wsgi", self.port, workers=self.workers, threads=self.threads)
+        # Port 0: gunicorn binds a free port itself (none can take it first) and logs which.
+        command = gunicorn_command("config.wsgi", 0, workers=self.workers, threads=self.threads)
+        self.port = 0
         log = self.logfile.open("ab")
+        logged = log.tell()
         self.process = subprocess.Popen(
             command, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -171,7 +190,8 @@ class WebServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited; see {self.logfile}")
-            if listening(self.port):
+            self.port = self.port or _gunicorn_port(self.logfile, logged)
+            if self.port and listening(self.port):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not listen within {timeout} s; see {self.logfile}")
@@ -179,6 +199,14 @@ class WebServer:
     def stop(self) -> None:
         stop_process_group(self.process)
         self.process = None
+
+
+def _gunicorn_port(logfile: Path, offset: int) -> int:
+    """The port of gunicorn's "Listening at: http://127.0.0.1:<port>" logged after ``offset``; 0 before."""
+    with logfile.open("rb") as log:
+        log.seek(offset)
+        found = re.search(rb"Listening at: http://127\.0\.0\.1:(\d+)", log.read())
+    return int(found[1]) if found else 0
 
 
 def stop_process_group(process: subprocess.Popen[bytes] | None, grace: float = 20) -> None:
@@ -272,9 +300,15 @@ class OciRegistry:
 
     def start(self, timeout: float = 20) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
+        # The registry cannot bind port 0 and say which it got: a free port, another if taken.
+        for _ in range(PORT_ATTEMPTS):
+            if self._started(free_port(), timeout):
+                return
+        raise RuntimeError(f"docker-registry found no free port; see {self.workdir / 'registry.log'}")
+
+    def _started(self, port: int, timeout: float) -> bool:
+        """Serve on ``port``; False when the registry exited (the port was taken, say)."""
+        self.port = port
         config = self.workdir / "config.yml"
         config.write_text(
             f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {self.workdir / 'storage'}\n"
@@ -286,10 +320,15 @@ class OciRegistry:
             ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.monotonic() + timeout
-        while self.tags("v2-probe") is None:
-            if time.monotonic() > deadline or self.process.poll() is not None:
+        while self.process.poll() is None:
+            if self.tags("v2-probe") is not None:
+                return True
+            if time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"docker-registry did not answer; see {self.workdir / 'registry.log'}")
             time.sleep(0.1)
+        self.process = None
+        return False
 
     def tags(self, repository: str) -> list[str] | None:
         """The repository's tags ([] for an unknown one), None when the registry does not answer."""
