@@ -169,4 +169,5 @@ def test_readiness_names_the_broker_while_redis_is_down_and_liveness_stays_ok(
     assert report["database"] == {"ok": True}
     assert report["broker"]["ok"] is False
     assert report["broker"]["error"]
+    assert report["worker"]["ok"] is False  # no worker can be asked without the broker
     assert web.request("GET", "/healthz")[0] == 200  # the process itself is alive
