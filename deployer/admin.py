@@ -1,6 +1,15 @@
 from django.contrib import admin
 
-from deployer.models import ApiToken, Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
+from deployer.models import (
+    ApiToken,
+    Deployment,
+    DeploymentStep,
+    Endpoint,
+    ExternalResource,
+    LogLine,
+    ModelVersion,
+    UserQuota,
+)
 
 
 @admin.register(ModelVersion)
@@ -72,3 +81,13 @@ class ExternalResourceAdmin(admin.ModelAdmin[ExternalResource]):
 class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
     readonly_fields = ["prefix", "key_hash"]
+
+
+@admin.register(UserQuota)
+class UserQuotaAdmin(admin.ModelAdmin[UserQuota]):
+    """Staff raise or lower one user's limits here (deployer/services/quotas.py); a blank
+    limit is the installation's default."""
+
+    list_display = ["user", "max_endpoints", "max_instances", "max_local_memory_mb"]
+    search_fields = ["user__username"]
+    raw_id_fields = ["user"]

@@ -1,16 +1,17 @@
 """rdeploy's error vocabulary: what went wrong, in terms a door can translate.
 
 A `DomainError` says which kind of refusal it is (``invalid``, ``not_found``, ``conflict``,
-``too_large``) and, when it is about one input, which ``field``. The REST API maps the kind to
-400/404/409/413 in one place (`deployer.api.errors.exception_handler`); the dashboard puts the
-message on ``field``. The message is for people; code never matches on its text.
+``too_large``, ``forbidden``: over a quota) and, when it is about one input, which ``field``.
+The REST API maps the kind to 400/404/409/413/403 in one place
+(`deployer.api.errors.exception_handler`); the dashboard puts the message on ``field``.
+The message is for people; code never matches on its text.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-Kind = Literal["invalid", "not_found", "conflict", "too_large"]
+Kind = Literal["invalid", "not_found", "conflict", "too_large", "forbidden"]
 
 
 class DomainError(Exception):

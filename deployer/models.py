@@ -343,3 +343,27 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+
+class UserQuota(models.Model):
+    """One user's limits, set by staff in the admin; a blank limit is the installation's
+    default (settings.QUOTA_MAX_*). Enforced by deployer/services/quotas.py."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota")
+    max_endpoints = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Endpoints not deleted. Blank: RDEPLOY_QUOTA_MAX_ENDPOINTS."
+    )
+    max_instances = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="SageMaker instances across the user's endpoints (the autoscaling maximum where larger). "
+        "Blank: RDEPLOY_QUOTA_MAX_INSTANCES.",
+    )
+    max_local_memory_mb = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="MiB of memory across the user's local endpoints. Blank: RDEPLOY_QUOTA_MAX_LOCAL_MEMORY_MB.",
+    )
+
+    def __str__(self) -> str:
+        return f"quota of {self.user}"

@@ -32,6 +32,7 @@ from django_htmx.middleware import HtmxDetails
 
 from deployer import selectors
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge, HashingUploadHandler
+from deployer.errors import DomainError
 from deployer.models import ApiToken, Endpoint, LogLine, ModelVersion
 from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.services.endpoints import (
@@ -187,6 +188,8 @@ def model_deploy(request: DashboardRequest, pk: int) -> HttpResponse:
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
                 form.add_error(field if field in form.fields else None, errors)
+        except DomainError as exc:  # over a quota
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
         else:
             if issued.api_key:
                 return render(request, "webui/api_key.html", {"endpoint": issued.endpoint, "api_key": issued.api_key})
@@ -371,7 +374,7 @@ def endpoint_update_form(request: DashboardRequest, name: str) -> HttpResponse:
     )
     try:
         endpoint_update(endpoint=endpoint, model_version=model_version)
-    except (EndpointConflict, ValidationError) as exc:
+    except (DomainError, ValidationError) as exc:
         messages.error(request, _message(exc))
     else:
         messages.success(request, f"Updating {endpoint.name} to {model_version}; the current one serves until then.")
@@ -415,8 +418,8 @@ def endpoint_rotate_key_form(request: DashboardRequest, name: str) -> HttpRespon
     return render(request, "webui/api_key.html", {"endpoint": endpoint, "api_key": key, "rotated": True})
 
 
-def _message(exc: EndpointConflict | ValidationError) -> str:
-    if isinstance(exc, EndpointConflict):
+def _message(exc: DomainError | ValidationError) -> str:
+    if isinstance(exc, DomainError):
         return exc.message
     return " ".join(exc.messages)
 

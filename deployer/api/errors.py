@@ -15,6 +15,7 @@ STATUS_BY_KIND = {
     "not_found": status.HTTP_404_NOT_FOUND,
     "conflict": status.HTTP_409_CONFLICT,
     "too_large": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    "forbidden": status.HTTP_403_FORBIDDEN,
 }
 
 

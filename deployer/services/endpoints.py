@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -22,6 +23,7 @@ from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, name_validator
 from deployer.services import gateway
 from deployer.services.pipeline import deployment_start
+from deployer.services.quotas import quota_check
 from deployer.services.tokens import hash_secret
 from deployer.targets import get_target
 from deployer.targets.base import InvocationResult, TargetOptionsError
@@ -108,6 +110,8 @@ def endpoint_create(
     key, key_hash, key_prefix = _new_api_key() if public else (None, "", "")
     base = settings.PUBLIC_BASE_URL
     with transaction.atomic():
+        _lock_owner(owner)
+        quota_check(owner=owner, target=target, options=validated)
         # A name is released only when its endpoint is fully deleted, and only to its owner.
         Endpoint.objects.filter(name=name, owner=owner, status=Endpoint.Status.DELETED).delete()
         if Endpoint.objects.filter(name=name).exists():
@@ -128,6 +132,12 @@ def endpoint_create(
     return IssuedEndpoint(endpoint=endpoint, api_key=key)
 
 
+def _lock_owner(owner: User) -> None:
+    """Serialise one user's quota checks with their writes: two concurrent creations must
+    not both fit in the room left for one."""
+    get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+
+
 def _locked(endpoint: Endpoint) -> Endpoint:
     """Re-read the endpoint under a write lock and refuse while a rollout is running."""
     locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
@@ -142,7 +152,10 @@ def endpoint_update(*, endpoint: Endpoint, model_version: ModelVersion) -> Deplo
     """Blue/green rollout of another version; the current one serves until the switch."""
     _check_model(model_version, endpoint.owner)
     with transaction.atomic():
+        _lock_owner(endpoint.owner)
         locked = _locked(endpoint)
+        # The limits may have shrunk since creation (staff, the allowed instance types).
+        quota_check(owner=locked.owner, target=locked.target, options=locked.options, endpoint=locked)
         deployment = deployment_start(endpoint=locked, model_version=model_version, kind=Deployment.Kind.UPDATE)
     endpoint.refresh_from_db()
     return deployment
