@@ -91,7 +91,8 @@ class SingleCallStubber(Stubber):
 class EndpointUpdates:
     """SageMaker's ``UpdateEndpoint`` played for moto, which lacks it (HTTP 500): each call
     switches moto's endpoint to the new config through moto's own ``create_endpoint`` (a
-    duplicate create overwrites), as SageMaker finishing the update would, and is kept in
+    duplicate create overwrites; the endpoint's tags are passed again, as an update keeps
+    them), as SageMaker finishing the update would, and is kept in
     ``calls`` (the request's parameters). Registered last, so any other ``before-call``
     handler (the fault tests' kill hook) sees the call first."""
 
@@ -101,8 +102,11 @@ class EndpointUpdates:
 
     def _update(self, params: dict[str, Any], **kwargs: Any) -> tuple[AWSResponse, dict[str, Any]]:
         request = json.loads(params["body"])
+        # An update keeps the endpoint's tags; moto's overwriting create would drop them.
+        arn = self.client.describe_endpoint(EndpointName=request["EndpointName"])["EndpointArn"]
+        tags = self.client.list_tags(ResourceArn=arn)["Tags"]
         self.client.create_endpoint(
-            EndpointName=request["EndpointName"], EndpointConfigName=request["EndpointConfigName"]
+            EndpointName=request["EndpointName"], EndpointConfigName=request["EndpointConfigName"], Tags=tags
         )
         self.calls.append(request)
         arn = f"arn:aws:sagemaker:{self.client.meta.region_name}:{ACCOUNT_ID}:endpoint/{request['EndpointName']}"

@@ -15,6 +15,7 @@ from deployer.integrations.aws import tagging
 from deployer.integrations.aws.tagging import CloudResource
 from deployer.models import Endpoint, ExternalResource
 from deployer.targets.sagemaker.names import prefix
+from deployer.targets.sagemaker.ownership import ForeignResource
 from deployer.targets.sagemaker.teardown import delete_cloud_resource
 
 # Images no endpoint uses any more are removed by `rdeploy_gc --delete` after this long:
@@ -50,9 +51,11 @@ def cloud_orphans(*, image_grace_seconds: float = IMAGE_GRACE_SECONDS) -> list[C
     return [resource for resource in inventory if (resource.kind, resource.identifier) not in owned]
 
 
-def cloud_orphans_delete(orphans: list[CloudResource]) -> None:
+def cloud_orphans_delete(orphans: list[CloudResource]) -> list[ForeignResource]:
     """Delete ``orphans`` (endpoints first, so their configs and models can go) and mark
-    any database record of them deleted."""
+    any database record of them deleted. One found to be another installation's by the
+    time it is deleted (``cloud_orphans`` lists only this installation's) is left alone
+    and returned with the reason."""
     order: list[str] = [
         ExternalResource.Kind.APIGATEWAY_USAGE_PLAN,
         ExternalResource.Kind.APIGATEWAY_API_KEY,
@@ -69,8 +72,14 @@ def cloud_orphans_delete(orphans: list[CloudResource]) -> None:
         ExternalResource.Kind.MODEL_DATA,
         ExternalResource.Kind.ECR_IMAGE,
     ]
+    refused: list[ForeignResource] = []
     for resource in sorted(orphans, key=lambda r: order.index(r.kind) if r.kind in order else len(order)):
-        delete_cloud_resource(resource.kind, resource.identifier)
+        try:
+            delete_cloud_resource(resource.kind, resource.identifier)
+        except ForeignResource as refusal:
+            refused.append(refusal)
+            continue
         ExternalResource.objects.live().named(Endpoint.Target.SAGEMAKER, resource.kind, resource.identifier).update(
             deleted_at=timezone.now()
         )
+    return refused

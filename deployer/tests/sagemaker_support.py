@@ -14,6 +14,7 @@ from django.contrib.auth.models import User
 from deployer.integrations.aws import tagging
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, ModelVersion
+from deployer.targets.sagemaker.names import prefix
 from testsupport import pipeline
 
 INSPECTION = {
@@ -26,6 +27,11 @@ INSPECTION = {
 def stub_model(owner: User, content: bytes = b"model-1", **inspection: Any) -> ModelVersion:
     """A ready model version of any content (moto runs no container), as inspection records it."""
     return pipeline.ready_model(owner, content, **{**INSPECTION, **inspection})
+
+
+def named(rest: str) -> str:
+    """A resource name of this installation, ``<prefix>-<installation>-<rest>``."""
+    return f"{prefix()}-{rest}"
 
 
 # moto answers every poll at once.
@@ -76,7 +82,7 @@ def counts() -> dict[str, int]:
         "configs": len(sagemaker.list_endpoint_configs()["EndpointConfigs"]),
         "endpoints": len(sagemaker.list_endpoints()["Endpoints"]),
         "functions": len(aws_client("lambda").list_functions()["Functions"]),
-        "roles": len(aws_client("iam").list_roles(PathPrefix="/rdeploy/")["Roles"]),
+        "roles": len(aws_client("iam").list_roles(PathPrefix=f"/{prefix()}/")["Roles"]),
         "apis": len(apigateway.get_rest_apis()["items"]),
         "keys": len(apigateway.get_api_keys()["items"]),
         "plans": len(apigateway.get_usage_plans()["items"]),
@@ -110,7 +116,7 @@ def tagged() -> list[tagging.CloudResource]:
     return list(
         tagging.inventory(
             installation=settings.INSTALLATION_ID,
-            prefix=settings.RDEPLOY_RESOURCE_PREFIX,
+            prefix=prefix(),
             bucket=settings.RDEPLOY_S3_BUCKET,
             repository="no-images-are-pushed-by-moto-codebuild",
         )

@@ -22,12 +22,12 @@ from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
 from deployer.services.cloud_gc import cloud_orphans
 from deployer.targets import get_target
-from deployer.tests.sagemaker_support import create_public, drive, latest, push_image, stub_model, tagged
+from deployer.tests.sagemaker_support import create_public, drive, latest, named, push_image, stub_model, tagged
 from testsupport.moto import EndpointUpdates, MotoServer
 
 pytestmark = pytest.mark.django_db
-SAGEMAKER_GROUP = "/aws/sagemaker/Endpoints/rdeploy-iris-sm"
-LAMBDA_GROUP = "/aws/lambda/rdeploy-iris-sm"
+SAGEMAKER_GROUP = f"/aws/sagemaker/Endpoints/{named('iris-sm')}"
+LAMBDA_GROUP = f"/aws/lambda/{named('iris-sm')}"
 
 
 def endpoint_log_groups() -> dict[str, dict[str, Any]]:
@@ -91,7 +91,7 @@ def test_teardown_copies_the_last_log_lines_then_removes_the_log_groups_and_alar
     create_public(owner, api_client_for)
     drive(latest("iris-sm"))
     update_to_a_second_version(owner, api_client_for, "iris-sm")
-    assert alarm_names() == {"rdeploy-iris-sm-5xx", "rdeploy-iris-sm-latency"}
+    assert alarm_names() == {named("iris-sm-5xx"), named("iris-sm-latency")}
     endpoint = Endpoint.objects.get(name="iris-sm")
     write_log_lines(SAGEMAKER_GROUP, "rdeploy: model loaded")
     assert get_target("sagemaker").collect_logs(endpoint) == 1
@@ -128,7 +128,7 @@ def test_teardown_counts_log_groups_and_alarms_already_gone_as_removed(
     update_to_a_second_version(owner, api_client_for, "iris-sm")
     for group in (SAGEMAKER_GROUP, LAMBDA_GROUP):
         aws_client("logs").delete_log_group(logGroupName=group)
-    aws_client("cloudwatch").delete_alarms(AlarmNames=["rdeploy-iris-sm-5xx", "rdeploy-iris-sm-latency"])
+    aws_client("cloudwatch").delete_alarms(AlarmNames=[named("iris-sm-5xx"), named("iris-sm-latency")])
 
     api_client_for(owner).delete("/api/v1/endpoints/iris-sm/")
     deletion = drive(latest("iris-sm"))
@@ -152,12 +152,12 @@ def test_updates_watch_alarms_with_the_endpoints_thresholds_or_none_when_rollbac
     [strict_call], [off_call] = strict.calls, off.calls
     assert strict_call["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TerminationWaitInSeconds"] == 600
     assert strict_call["DeploymentConfig"]["AutoRollbackConfiguration"] == {
-        "Alarms": [{"AlarmName": "rdeploy-iris-sm-5xx"}, {"AlarmName": "rdeploy-iris-sm-latency"}]
+        "Alarms": [{"AlarmName": named("iris-sm-5xx")}, {"AlarmName": named("iris-sm-latency")}]
     }
     thresholds = {
         alarm["AlarmName"]: alarm["Threshold"] for alarm in aws_client("cloudwatch").describe_alarms()["MetricAlarms"]
     }
-    assert thresholds == {"rdeploy-iris-sm-5xx": 1.0, "rdeploy-iris-sm-latency": 500_000.0}
+    assert thresholds == {named("iris-sm-5xx"): 1.0, named("iris-sm-latency"): 500_000.0}
     assert off_call["DeploymentConfig"] == {
         "BlueGreenUpdatePolicy": {
             "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
@@ -186,7 +186,7 @@ def test_rdeploy_gc_finds_log_groups_and_alarms_no_endpoint_owns(
     cloudwatch, logs = aws_client("cloudwatch"), aws_client("logs")
     orphan_tags = tagging.resource_tags(settings.INSTALLATION_ID, endpoint="gone", deployment=999)
     cloudwatch.put_metric_alarm(
-        AlarmName="rdeploy-gone-5xx",
+        AlarmName=named("gone-5xx"),
         Namespace="AWS/SageMaker",
         MetricName="Invocation5XXErrors",
         Statistic="Sum",
@@ -197,23 +197,23 @@ def test_rdeploy_gc_finds_log_groups_and_alarms_no_endpoint_owns(
         Tags=[{"Key": k, "Value": v} for k, v in orphan_tags.items()],
     )
     # What SageMaker creates itself for a line written after teardown: untagged.
-    logs.create_log_group(logGroupName="/aws/sagemaker/Endpoints/rdeploy-gone")
-    logs.create_log_group(logGroupName="/aws/lambda/rdeploy-gone", tags=orphan_tags)
+    logs.create_log_group(logGroupName=f"/aws/sagemaker/Endpoints/{named('gone')}")
+    logs.create_log_group(logGroupName=f"/aws/lambda/{named('gone')}", tags=orphan_tags)
     # Another installation's group (same prefix) is not this installation's to delete.
-    logs.create_log_group(logGroupName="/aws/lambda/rdeploy-theirs", tags={tagging.INSTALLATION: "someone-else"})
+    logs.create_log_group(logGroupName=f"/aws/lambda/{named('theirs')}", tags={tagging.INSTALLATION: "someone-else"})
 
     call_command("rdeploy_gc")
     listed = capsys.readouterr().out
 
-    assert "cloudwatch_alarm rdeploy-gone-5xx (endpoint gone)" in listed
-    assert "log_group /aws/sagemaker/Endpoints/rdeploy-gone\n" in listed
-    assert "log_group /aws/lambda/rdeploy-gone (endpoint gone)" in listed
-    assert "rdeploy-iris-sm" not in listed
-    assert "rdeploy-theirs" not in listed
+    assert f"cloudwatch_alarm {named('gone-5xx')} (endpoint gone)" in listed
+    assert f"log_group /aws/sagemaker/Endpoints/{named('gone')}\n" in listed
+    assert f"log_group /aws/lambda/{named('gone')} (endpoint gone)" in listed
+    assert named("iris-sm") not in listed
+    assert named("theirs") not in listed
     call_command("rdeploy_gc", "--delete")
     capsys.readouterr()
     assert alarm_names() == set()
-    assert set(endpoint_log_groups()) == {SAGEMAKER_GROUP, LAMBDA_GROUP, "/aws/lambda/rdeploy-theirs"}
+    assert set(endpoint_log_groups()) == {SAGEMAKER_GROUP, LAMBDA_GROUP, f"/aws/lambda/{named('theirs')}"}
     assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.LIVE
 
 

@@ -37,8 +37,16 @@ from deployer.services.pipeline import deployment_advance
 from deployer.targets import get_target
 from deployer.targets.base import PermanentStepError, TransientStepError
 from deployer.targets.sagemaker.image import image_build_context
-from deployer.targets.sagemaker.names import endpoint_name, rollout_name
-from deployer.tests.sagemaker_support import builds_started, create_public, drive, latest, push_image, stub_model
+from deployer.targets.sagemaker.names import endpoint_name, prefix, rollout_name
+from deployer.tests.sagemaker_support import (
+    builds_started,
+    create_public,
+    drive,
+    latest,
+    named,
+    push_image,
+    stub_model,
+)
 from testsupport.moto import MotoServer, SingleCallStubber
 
 pytestmark = pytest.mark.django_db
@@ -50,11 +58,11 @@ def endpoint_resources(name: str) -> list[tagging.CloudResource]:
         resource
         for resource in tagging.inventory(
             installation=settings.INSTALLATION_ID,
-            prefix=settings.RDEPLOY_RESOURCE_PREFIX,
+            prefix=prefix(),
             bucket=settings.RDEPLOY_S3_BUCKET,
             repository=settings.RDEPLOY_ECR_REPOSITORY,
         )
-        if resource.endpoint == name or resource.identifier.startswith(f"rdeploy-{name}")
+        if resource.endpoint == name or resource.identifier.startswith(named(name))
     ]
 
 
@@ -68,7 +76,7 @@ def test_a_public_sagemaker_endpoint_goes_live_with_every_resource_tagged(
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
     endpoint = Endpoint.objects.get(name="iris-sm")
     assert endpoint.status == Endpoint.Status.LIVE
-    assert endpoint.runtime["endpoint_name"] == "rdeploy-iris-sm"
+    assert endpoint.runtime["endpoint_name"] == named("iris-sm")
     assert endpoint.public_url.endswith(".execute-api.us-east-1.amazonaws.com/v1/invocations")
     kinds = {resource.kind for resource in endpoint_resources("iris-sm")}
     assert kinds >= {
@@ -89,18 +97,18 @@ def test_a_public_sagemaker_endpoint_goes_live_with_every_resource_tagged(
             assert resource.tags[tagging.ENDPOINT] == "iris-sm"
             assert resource.tags[tagging.DEPLOYMENT] == str(deployment.pk)
     # The authorizer accepts exactly the key the API returned once.
-    function = aws_client("lambda").get_function_configuration(FunctionName="rdeploy-iris-sm")
+    function = aws_client("lambda").get_function_configuration(FunctionName=named("iris-sm"))
     assert function["Environment"]["Variables"]["RDEPLOY_API_KEY_SHA256"] == endpoint.api_key_hash
     assert body["api_key"].startswith(endpoint.api_key_prefix)
     # The function may invoke only this endpoint, and only this API may invoke the function.
-    policy = aws_client("iam").get_role_policy(RoleName="rdeploy-iris-sm-invoke", PolicyName="invoke-one-endpoint")
+    policy = aws_client("iam").get_role_policy(RoleName=named("iris-sm-invoke"), PolicyName="invoke-one-endpoint")
     invoke = policy["PolicyDocument"]["Statement"][0]
     assert (invoke["Action"], invoke["Resource"]) == (
         "sagemaker:InvokeEndpoint",
-        "arn:aws:sagemaker:us-east-1:*:endpoint/rdeploy-iris-sm",
+        f"arn:aws:sagemaker:us-east-1:*:endpoint/{named('iris-sm')}",
     )
     api_id = aws_client("apigateway").get_rest_apis()["items"][0]["id"]
-    statements = json.loads(aws_client("lambda").get_policy(FunctionName="rdeploy-iris-sm")["Policy"])["Statement"]
+    statements = json.loads(aws_client("lambda").get_policy(FunctionName=named("iris-sm"))["Policy"])["Statement"]
     sources = sorted(s["Condition"]["ArnLike"]["AWS:SourceArn"] for s in statements)
     assert all(source.startswith(f"arn:aws:execute-api:us-east-1:123456789012:{api_id}/") for source in sources)
     plan = aws_client("apigateway").get_usage_plans()["items"][0]
@@ -145,9 +153,9 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
     with SingleCallStubber(aws_client("sagemaker"), "UpdateEndpoint") as stub:
         stub.add_response(
             "update_endpoint",
-            {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/rdeploy-iris-sm"},
+            {"EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{named('iris-sm')}"},
             {
-                "EndpointName": "rdeploy-iris-sm",
+                "EndpointName": named("iris-sm"),
                 "EndpointConfigName": rollout_name(update),
                 "DeploymentConfig": {
                     "BlueGreenUpdatePolicy": {
@@ -156,8 +164,8 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
                     },
                     "AutoRollbackConfiguration": {
                         "Alarms": [
-                            {"AlarmName": "rdeploy-iris-sm-5xx"},
-                            {"AlarmName": "rdeploy-iris-sm-latency"},
+                            {"AlarmName": named("iris-sm-5xx")},
+                            {"AlarmName": named("iris-sm-latency")},
                             {"AlarmName": "iris-sm-5xx"},
                         ]
                     },
@@ -167,7 +175,7 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
         advance_until_done(update, "deploy_endpoint")
         stub.assert_no_pending_responses()
     # SageMaker finishing the update (moto's duplicate create overwrites the endpoint).
-    aws_client("sagemaker").create_endpoint(EndpointName="rdeploy-iris-sm", EndpointConfigName=rollout_name(update))
+    aws_client("sagemaker").create_endpoint(EndpointName=named("iris-sm"), EndpointConfigName=rollout_name(update))
     update = drive(update)
 
     assert update.status == Deployment.Status.SUCCEEDED, update.error
@@ -181,9 +189,9 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
     assert models == {rollout_name(update)}
     # The rollback alarms SageMaker watched exist, on the endpoint's variant, tagged.
     alarms = {alarm["AlarmName"]: alarm for alarm in aws_client("cloudwatch").describe_alarms()["MetricAlarms"]}
-    assert set(alarms) == {"rdeploy-iris-sm-5xx", "rdeploy-iris-sm-latency"}
-    dimensions = [{"Name": "EndpointName", "Value": "rdeploy-iris-sm"}, {"Name": "VariantName", "Value": "main"}]
-    errors, latency = alarms["rdeploy-iris-sm-5xx"], alarms["rdeploy-iris-sm-latency"]
+    assert set(alarms) == {named("iris-sm-5xx"), named("iris-sm-latency")}
+    dimensions = [{"Name": "EndpointName", "Value": named("iris-sm")}, {"Name": "VariantName", "Value": "main"}]
+    errors, latency = alarms[named("iris-sm-5xx")], alarms[named("iris-sm-latency")]
     assert (errors["Namespace"], errors["MetricName"], errors["Statistic"]) == (
         "AWS/SageMaker",
         "Invocation5XXErrors",
@@ -249,7 +257,7 @@ def test_a_failed_endpoint_shows_sagemakers_reason_and_its_log_lines(
     )
     assert response.status_code == 202
     deployment = latest("iris-bad")
-    group = "/aws/sagemaker/Endpoints/rdeploy-iris-bad"
+    group = f"/aws/sagemaker/Endpoints/{named('iris-bad')}"
     cloudwatch = aws_client("logs")
     cloudwatch.create_log_group(logGroupName=group)
     cloudwatch.create_log_stream(logGroupName=group, logStreamName="main/i-0abc")
@@ -264,8 +272,8 @@ def test_a_failed_endpoint_shows_sagemakers_reason_and_its_log_lines(
         ],
     )
     failed = {
-        "EndpointName": "rdeploy-iris-bad",
-        "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/rdeploy-iris-bad",
+        "EndpointName": named("iris-bad"),
+        "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{named('iris-bad')}",
         "EndpointConfigName": rollout_name(deployment),
         "EndpointStatus": "Failed",
         "FailureReason": "The primary container for production variant main did not pass the ping health check.",
@@ -273,10 +281,11 @@ def test_a_failed_endpoint_shows_sagemakers_reason_and_its_log_lines(
         "LastModifiedTime": 0,
     }
     with SingleCallStubber(aws_client("sagemaker"), "DescribeEndpoint") as stub:
-        # The existence checks before creating find nothing, then the endpoint fails.
-        for _ in range(2):
+        # The existence checks before creating (whose it is, whether to create or update,
+        # and create_endpoint's own) find nothing, then the endpoint fails.
+        for _ in range(3):
             stub.add_client_error(
-                "describe_endpoint", "ValidationException", "Could not find endpoint 'rdeploy-iris-bad'."
+                "describe_endpoint", "ValidationException", f"Could not find endpoint '{named('iris-bad')}'."
             )
         stub.add_response("describe_endpoint", failed)
         advance_until_done(deployment, "deploy_endpoint")
@@ -352,7 +361,7 @@ def test_rdeploy_gc_lists_a_planted_orphan_and_deletes_it(
     drive(latest("iris-sm"))
     orphan_tags = tagging.resource_tags(settings.INSTALLATION_ID, endpoint="gone", deployment=999)
     aws_client("sagemaker").create_model(
-        ModelName="rdeploy-gone-d999",
+        ModelName=named("gone-d999"),
         ExecutionRoleArn=settings.RDEPLOY_SAGEMAKER_ROLE_ARN,
         PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/rdeploy-runtime:x"},
         Tags=[{"Key": k, "Value": v} for k, v in orphan_tags.items()],
@@ -361,20 +370,20 @@ def test_rdeploy_gc_lists_a_planted_orphan_and_deletes_it(
     call_command("rdeploy_gc")
     listed = capsys.readouterr().out
 
-    assert "sagemaker_model rdeploy-gone-d999" in listed
-    assert "rdeploy-iris-sm" not in listed
+    assert f"sagemaker_model {named('gone-d999')}" in listed
+    assert named("iris-sm") not in listed
     call_command("rdeploy_gc", "--delete")
     capsys.readouterr()
     names = {m["ModelName"] for m in aws_client("sagemaker").list_models()["Models"]}
     assert names == {rollout_name(latest("iris-sm"))}
     assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.LIVE
-    assert endpoint_name(Endpoint.objects.get(name="iris-sm")) == "rdeploy-iris-sm"
+    assert endpoint_name(Endpoint.objects.get(name="iris-sm")) == named("iris-sm")
 
 
 def test_cloudwatch_lines_of_the_endpoint_appear_in_its_logs(aws: MotoServer, owner: User, api_client_for: Any) -> None:
     create_public(owner, api_client_for)
     drive(latest("iris-sm"))
-    group = "/aws/sagemaker/Endpoints/rdeploy-iris-sm"
+    group = f"/aws/sagemaker/Endpoints/{named('iris-sm')}"
     cloudwatch = aws_client("logs")
     # rdeploy made the group before the endpoint: SageMaker writes into it.
     cloudwatch.create_log_stream(logGroupName=group, logStreamName="main/i-1")
@@ -407,7 +416,7 @@ def test_model_data_is_the_runtimes_model_directory_as_tar_gz_and_uploaded_once(
 
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
         assert archive.extractfile("model.rds").read() == b"model-1"  # type: ignore[union-attr]
-    assert key == f"rdeploy/model-data/{model_version_directory_digest(deployment.model_version)}/model.tar.gz"
+    assert key == f"{prefix()}/model-data/{model_version_directory_digest(deployment.model_version)}/model.tar.gz"
     assert deployment.steps.get(name="upload_model_data").status == DeploymentStep.Status.SUCCEEDED
     tags = aws_client("s3").get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
     assert {"Key": tagging.ENDPOINT, "Value": "iris-sm"} in tags
@@ -437,9 +446,9 @@ def test_a_rotated_key_reaches_the_authorizer_and_its_cache_is_flushed_once_lamb
     endpoint = Endpoint.objects.get(name="iris-sm")
     target = get_target("sagemaker")
     api_id = aws_client("apigateway").get_rest_apis()["items"][0]["id"]
-    function = aws_client("lambda").get_function_configuration(FunctionName="rdeploy-iris-sm")
+    function = aws_client("lambda").get_function_configuration(FunctionName=named("iris-sm"))
     in_progress = {
-        "FunctionName": "rdeploy-iris-sm",
+        "FunctionName": named("iris-sm"),
         "Environment": {"Variables": {**function["Environment"]["Variables"], "RDEPLOY_API_KEY_SHA256": "x"}},
         "LastUpdateStatus": "InProgress",
     }
@@ -458,7 +467,7 @@ def test_a_rotated_key_reaches_the_authorizer_and_its_cache_is_flushed_once_lamb
         target.push_api_key(endpoint)
         flush.assert_no_pending_responses()
 
-    variables = aws_client("lambda").get_function_configuration(FunctionName="rdeploy-iris-sm")["Environment"]
+    variables = aws_client("lambda").get_function_configuration(FunctionName=named("iris-sm"))["Environment"]
     assert variables["Variables"]["RDEPLOY_API_KEY_SHA256"] == hashlib.sha256(new_key.encode()).hexdigest()
     # Once per key: the reconciler's checks flush nothing more (no API Gateway call at all).
     calls: list[str] = []
@@ -469,8 +478,8 @@ def test_a_rotated_key_reaches_the_authorizer_and_its_cache_is_flushed_once_lamb
     finally:
         apigateway.meta.events.unregister("before-call.*.*", unique_id="count")
     assert calls == []
-    aws_client("sagemaker").delete_endpoint(EndpointName="rdeploy-iris-sm")
-    with pytest.raises(PermanentStepError, match="rdeploy-iris-sm no longer exists"):
+    aws_client("sagemaker").delete_endpoint(EndpointName=named("iris-sm"))
+    with pytest.raises(PermanentStepError, match=f"{named('iris-sm')} no longer exists"):
         target.check(endpoint)
 
 
@@ -560,7 +569,7 @@ def test_build_log_lines_stream_into_the_deployment_log_and_a_failed_build_says_
         "/api/v1/endpoints/", {"name": "iris-build", "model": model.pk, "target": "sagemaker"}, format="json"
     )
     deployment = latest("iris-build")
-    group, stream = "/aws/codebuild/rdeploy-image-builder", "build-1"
+    group, stream = f"/aws/codebuild/{named('image-builder')}", "build-1"
     cloudwatch = aws_client("logs")
     cloudwatch.create_log_group(logGroupName=group)
     cloudwatch.create_log_stream(logGroupName=group, logStreamName=stream)
@@ -578,7 +587,7 @@ def test_build_log_lines_stream_into_the_deployment_log_and_a_failed_build_says_
         return {
             "builds": [
                 {
-                    "id": "rdeploy-image-builder:1",
+                    "id": f"{named('image-builder')}:1",
                     "buildStatus": status,
                     "currentPhase": "BUILD" if status == "IN_PROGRESS" else "COMPLETED",
                     "logs": {"groupName": group, "streamName": stream},
@@ -667,11 +676,11 @@ def test_codebuild_builds_the_same_rendered_context_on_a_public_debian_base(
     (start,) = starts
     assert start["base_image"] == PUBLIC_BASE_IMAGE
     assert start["image_uri"].endswith(f"/rdeploy-runtime:{context.tag}")
-    with zipfile.ZipFile(io.BytesIO(uploads[f"rdeploy/build-context/{context.tag}.zip"])) as archive:
+    with zipfile.ZipFile(io.BytesIO(uploads[f"{prefix()}/build-context/{context.tag}.zip"])) as archive:
         assert {name: archive.read(name) for name in archive.namelist()} == {
             path: content for path, (content, _) in context.files.items()
         }
-    buildspec = aws_client("codebuild").batch_get_projects(names=["rdeploy-image-builder"])["projects"][0]["source"][
+    buildspec = aws_client("codebuild").batch_get_projects(names=[named("image-builder")])["projects"][0]["source"][
         "buildspec"
     ]
     assert 'docker build --pull --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$IMAGE_URI" .' in buildspec

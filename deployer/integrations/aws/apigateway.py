@@ -44,6 +44,26 @@ def rest_apis(prefix: str) -> list[tuple[str, str, dict[str, str]]]:
     return _named(_paged("get_rest_apis"), prefix)
 
 
+def _tags_of_named(items: list[dict[str, Any]], name: str) -> dict[str, str] | None:
+    return next((dict(item.get("tags") or {}) for item in items if item["name"] == name), None)
+
+
+@raises_aws_error
+def rest_api_tags(name: str) -> dict[str, str] | None:
+    """The tags of the REST API called ``name``, or None when there is none."""
+    return _tags_of_named(_paged("get_rest_apis"), name)
+
+
+@raises_aws_error
+def api_key_tags(name: str) -> dict[str, str] | None:
+    return _tags_of_named(_paged("get_api_keys", nameQuery=name), name)
+
+
+@raises_aws_error
+def usage_plan_tags(name: str) -> dict[str, str] | None:
+    return _tags_of_named(_paged("get_usage_plans"), name)
+
+
 @raises_aws_error
 def ensure_rest_api(name: str, *, tags: dict[str, str]) -> str:
     existing = find_rest_api(name)

@@ -69,6 +69,13 @@ def alarms(prefix: str) -> list[tuple[str, str]]:
 
 
 @raises_aws_error
+def alarm_tags(name: str) -> dict[str, str] | None:
+    """The metric alarm's tags, or None when there is no such alarm."""
+    found = aws_client("cloudwatch").describe_alarms(AlarmNames=[name], AlarmTypes=["MetricAlarm"])["MetricAlarms"]
+    return tags_of(str(found[0]["AlarmArn"])) if found else None
+
+
+@raises_aws_error
 def tags_of(arn: str) -> dict[str, str]:
     client = aws_client("cloudwatch")
     tags: list[Any] = unless_missing(lambda: client.list_tags_for_resource(ResourceARN=arn)["Tags"], [])

@@ -35,14 +35,14 @@ def ensure_repository(name: str, *, tags: dict[str, str]) -> str:
 
 
 @raises_aws_error
-def repository_tags(name: str) -> dict[str, str]:
-    """The repository's tags (empty when it does not exist)."""
+def repository_tags(name: str) -> dict[str, str] | None:
+    """The repository's tags, or None when there is no such repository."""
     client = aws_client("ecr")
     with ok_if_missing():
         repository = client.describe_repositories(repositoryNames=[name])["repositories"][0]
         tags = client.list_tags_for_resource(resourceArn=repository["repositoryArn"])["tags"]
         return {tag["Key"]: tag["Value"] for tag in tags}
-    return {}
+    return None
 
 
 @raises_aws_error

@@ -76,6 +76,16 @@ def roles(path: str) -> list[tuple[str, str]]:
 
 
 @raises_aws_error
+def role_tags(name: str) -> dict[str, str] | None:
+    """The role's tags, or None when there is no such role."""
+    client = aws_client("iam")
+    with ok_if_missing():
+        tags = client.list_role_tags(RoleName=name)["Tags"]
+        return {tag["Key"]: tag["Value"] for tag in tags}
+    return None
+
+
+@raises_aws_error
 def tags_of(name: str) -> dict[str, str]:
     tags: list[Any] = unless_missing(lambda: aws_client("iam").list_role_tags(RoleName=name)["Tags"], [])
     return {tag["Key"]: tag["Value"] for tag in tags}

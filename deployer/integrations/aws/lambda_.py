@@ -86,6 +86,16 @@ def tags_of(arn: str) -> dict[str, str]:
 
 
 @raises_aws_error
+def function_tags(name: str) -> dict[str, str] | None:
+    """The function's tags, or None when there is no such function."""
+    client = aws_client("lambda")
+    with ok_if_missing():
+        arn = client.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+        return dict(client.list_tags(Resource=arn)["Tags"])
+    return None
+
+
+@raises_aws_error
 def environment_of(name: str) -> dict[str, str] | None:
     """The function's environment variables, or None when the function does not exist."""
     with ok_if_missing():

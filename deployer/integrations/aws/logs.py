@@ -85,6 +85,13 @@ def log_groups(prefix: str) -> list[tuple[str, str]]:
 
 
 @raises_aws_error
+def log_group_tags(group: str) -> dict[str, str] | None:
+    """The group's tags, or None when there is no such group."""
+    arn = next((arn for name, arn in log_groups(group) if name == group), None)
+    return None if arn is None else tags_of(arn)
+
+
+@raises_aws_error
 def tags_of(arn: str) -> dict[str, str]:
     return dict(unless_missing(lambda: aws_client("logs").list_tags_for_resource(resourceArn=arn)["tags"], {}))
 

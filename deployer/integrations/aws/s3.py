@@ -29,11 +29,12 @@ def delete_object(bucket: str, key: str) -> None:
 
 
 @raises_aws_error
-def object_tags(bucket: str, key: str) -> dict[str, str]:
+def object_tags(bucket: str, key: str) -> dict[str, str] | None:
+    """The object's tags, or None when there is no such object."""
     with ok_if_missing():
         tag_set = aws_client("s3").get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
         return {tag["Key"]: tag["Value"] for tag in tag_set}
-    return {}
+    return None
 
 
 @raises_aws_error

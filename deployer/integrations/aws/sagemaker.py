@@ -137,6 +137,25 @@ def tags_of(arn: str) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in tags}
 
 
+# Describe call, its name argument and the ARN it answers, per kind of named resource.
+_DESCRIBE = {
+    "model": ("describe_model", "ModelName", "ModelArn"),
+    "endpoint-config": ("describe_endpoint_config", "EndpointConfigName", "EndpointConfigArn"),
+    "endpoint": ("describe_endpoint", "EndpointName", "EndpointArn"),
+}
+
+
+@raises_aws_error
+def tags_by_name(kind: str, name: str) -> dict[str, str] | None:
+    """The tags of the model, endpoint config or endpoint (``kind``) called ``name``, or
+    None when there is none."""
+    operation, argument, arn_key = _DESCRIBE[kind]
+    with ok_if_missing():
+        arn = getattr(aws_client("sagemaker"), operation)(**{argument: name})[arn_key]
+        return tags_of(str(arn))
+    return None
+
+
 @raises_aws_error
 def _names(operation: str, key: str, name_key: str, arn_key: str, prefix: str) -> Iterator[tuple[str, str]]:
     paginator = aws_client("sagemaker").get_paginator(operation)

@@ -54,26 +54,29 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
     def ours(tags: dict[str, str]) -> bool:
         return tags.get(INSTALLATION) == installation and SCOPE not in tags
 
+    # With the hyphen: prefix "rdeploy-a" must not take in "rdeploy-ab-...".
+    names = f"{prefix}-"
+
     endpoint_tags: dict[str, dict[str, str]] = {}
-    for name, arn in sagemaker.endpoints(prefix):
+    for name, arn in sagemaker.endpoints(names):
         tags = endpoint_tags[name] = sagemaker.tags_of(arn)
         if ours(tags):
             yield CloudResource("sagemaker_endpoint", name, tags)
-    for name, arn in sagemaker.endpoint_configs(prefix):
+    for name, arn in sagemaker.endpoint_configs(names):
         tags = sagemaker.tags_of(arn)
         if ours(tags):
             yield CloudResource("sagemaker_endpoint_config", name, tags)
-    for name, arn in sagemaker.models(prefix):
+    for name, arn in sagemaker.models(names):
         tags = sagemaker.tags_of(arn)
         if ours(tags):
             yield CloudResource("sagemaker_model", name, tags)
-    for endpoint, variant in autoscaling.scaled_endpoints(prefix):
+    for endpoint, variant in autoscaling.scaled_endpoints(names):
         # A scalable target belongs to whoever owns its endpoint (its own tags cannot be
         # listed everywhere); one left behind by a deleted endpoint goes by the prefix.
         tags = endpoint_tags.get(endpoint, {INSTALLATION: installation})
         if ours(tags):
             yield CloudResource("autoscaling_target", f"{endpoint}/{variant}", tags)
-    for name, arn in lambda_.functions(prefix):
+    for name, arn in lambda_.functions(names):
         tags = lambda_.tags_of(arn)
         if ours(tags):
             yield CloudResource("lambda_function", name, tags)
@@ -81,16 +84,16 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
         tags = iam.tags_of(name)
         if ours(tags):
             yield CloudResource("iam_role", name, tags)
-    for name, _id, tags in apigateway.rest_apis(prefix):
+    for name, _id, tags in apigateway.rest_apis(names):
         if ours(tags):
             yield CloudResource("apigateway_rest_api", name, tags)
-    for name, _id, tags in apigateway.usage_plans(prefix):
+    for name, _id, tags in apigateway.usage_plans(names):
         if ours(tags):
             yield CloudResource("apigateway_usage_plan", name, tags)
-    for name, _id, tags in apigateway.api_keys(prefix):
+    for name, _id, tags in apigateway.api_keys(names):
         if ours(tags):
             yield CloudResource("apigateway_api_key", name, tags)
-    for name, arn in cloudwatch.alarms(prefix):
+    for name, arn in cloudwatch.alarms(names):
         tags = cloudwatch.tags_of(arn)
         if ours(tags):
             yield CloudResource("cloudwatch_alarm", name, tags)
@@ -104,11 +107,11 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
                 yield CloudResource("log_group", name, tags)
     if bucket:
         for key in s3.list_keys(bucket, f"{prefix}/"):
-            tags = s3.object_tags(bucket, key)
+            tags = s3.object_tags(bucket, key) or {}
             if tags.get(INSTALLATION) == installation:
                 kind = "model_data" if key.startswith(f"{prefix}/model-data/") else "build_context"
                 yield CloudResource(kind, f"s3://{bucket}/{key}", tags)
     # The repository may be shared by installations: only this installation's counts.
-    if ecr.repository_tags(repository).get(INSTALLATION) == installation:
+    if (ecr.repository_tags(repository) or {}).get(INSTALLATION) == installation:
         for tag in ecr.image_tags(repository):
             yield CloudResource("ecr_image", f"{repository}:{tag}", {INSTALLATION: installation})

@@ -27,7 +27,9 @@ class Command(BaseCommand):
         if not orphans:
             self.stdout.write("No orphaned resources.")
         elif delete:
-            cloud_orphans_delete(orphans)
-            self.stdout.write(f"Deleted {len(orphans)} orphaned resource(s).")
+            refused = cloud_orphans_delete(orphans)
+            for refusal in refused:
+                self.stdout.write(f"Left alone: {refusal.message}")
+            self.stdout.write(f"Deleted {len(orphans) - len(refused)} orphaned resource(s).")
         else:
             self.stdout.write(f"{len(orphans)} orphaned resource(s); run with --delete to remove them.")

@@ -19,6 +19,7 @@ from deployer.targets.sagemaker.names import (
     step_tags,
 )
 from deployer.targets.sagemaker.options import DEFAULTS, ROLLBACK_DEFAULTS, rollback_alarms
+from deployer.targets.sagemaker.ownership import ensure_ours
 
 # How often waiting steps poll, and how long an endpoint may take to come up beyond its
 # own startup health-check window (instances are provisioned first).
@@ -32,6 +33,7 @@ def create_model(ctx: StepContext) -> StepOutcome:
     name = rollout_name(ctx.deployment)
     image = ctx.resource(ExternalResource.Kind.ECR_IMAGE).details["uri"]
     model_data = ctx.resource_id(ExternalResource.Kind.MODEL_DATA)
+    ensure_ours(ExternalResource.Kind.SAGEMAKER_MODEL, name)
     ctx.record_resource(ExternalResource.Kind.SAGEMAKER_MODEL, name)
     environment = {"RDEPLOY_MODEL_VERSION": str(ctx.model_version)}
     sagemaker.create_model(
@@ -66,9 +68,12 @@ def _variant(ctx: StepContext, model: str) -> dict[str, Any]:
 def deploy_endpoint(ctx: StepContext) -> StepOutcome:
     model = ctx.resource_id(ExternalResource.Kind.SAGEMAKER_MODEL)
     config = rollout_name(ctx.deployment)
+    name = endpoint_name(ctx.endpoint)
+    # Before anything is recorded: a failed rollout's cleanup must not reach for the other's.
+    ensure_ours(ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG, config)
+    ensure_ours(ExternalResource.Kind.SAGEMAKER_ENDPOINT, name)
     ctx.record_resource(ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG, config)
     sagemaker.create_endpoint_config(config, variant=_variant(ctx, model), tags=step_tags(ctx))
-    name = endpoint_name(ctx.endpoint)
     ctx.record_resource(ExternalResource.Kind.SAGEMAKER_ENDPOINT, name)
     # Made before the endpoint, so SageMaker writes into a tagged group with a retention.
     ensure_log_group(ctx, endpoint_log_group(ctx.endpoint))
@@ -96,6 +101,7 @@ def _blue_green(ctx: StepContext, name: str) -> dict[str, Any]:
     are created (recorded first) before SageMaker is told to watch them."""
     alarm_names = []
     for alarm in rollback_alarms(ctx.endpoint, ctx.options):
+        ensure_ours(ExternalResource.Kind.CLOUDWATCH_ALARM, alarm.name)
         ctx.record_resource(ExternalResource.Kind.CLOUDWATCH_ALARM, alarm.name)
         cloudwatch.ensure_variant_alarm(alarm, endpoint=name, variant=VARIANT, tags=step_tags(ctx))
         alarm_names.append(alarm.name)
@@ -151,6 +157,7 @@ def configure_autoscaling(ctx: StepContext) -> StepOutcome:
     if not scaling:
         return StepOutcome.skipped("No autoscaling asked for.")
     name = endpoint_name(ctx.endpoint)
+    ensure_ours(ExternalResource.Kind.AUTOSCALING_TARGET, f"{name}/{VARIANT}")
     ctx.record_resource(ExternalResource.Kind.AUTOSCALING_TARGET, f"{name}/{VARIANT}")
     autoscaling.enable(
         name,

@@ -32,6 +32,7 @@ from deployer.targets.sagemaker.names import (
     s3_location,
     step_tags,
 )
+from deployer.targets.sagemaker.ownership import ensure_ours
 
 BUILD_POLL_SECONDS = 15.0
 # A local engine's build output is a file here: poll it more often than CodeBuild.
@@ -82,6 +83,7 @@ def build_image(ctx: StepContext) -> StepOutcome:
     installation_tags = resource_tags(settings.INSTALLATION_ID)
     repository_uri = ecr.ensure_repository(repository, tags=installation_tags)
     image = f"{repository_uri}:{tag}"
+    ensure_ours(ExternalResource.Kind.ECR_IMAGE, f"{repository}:{tag}")
     ctx.record_resource(ExternalResource.Kind.ECR_IMAGE, f"{repository}:{tag}", {"uri": image, "unused_since": None})
     if ecr.image_exists(repository, tag):
         if ctx.intent.get("docker"):

@@ -16,6 +16,7 @@ from deployer.model_files import model_version_directory_digest, model_version_m
 from deployer.models import ExternalResource
 from deployer.targets.base import StepContext, StepOutcome
 from deployer.targets.sagemaker.names import prefix, required_setting, step_tags
+from deployer.targets.sagemaker.ownership import ensure_ours
 
 
 def model_data_tarball(directory: Path, destination: Path) -> None:
@@ -40,6 +41,7 @@ def upload_model_data(ctx: StepContext) -> StepOutcome:
     model_version = ctx.model_version
     key = f"{prefix()}/model-data/{model_version_directory_digest(model_version)}/model.tar.gz"
     uri = f"s3://{bucket}/{key}"
+    ensure_ours(ExternalResource.Kind.MODEL_DATA, uri)
     ctx.record_resource(ExternalResource.Kind.MODEL_DATA, uri)
     if s3.object_exists(bucket, key):
         return StepOutcome.skipped(f"Model data already in S3 ({uri}).")

@@ -1,9 +1,13 @@
 """Names, tags and settings of the SageMaker target's resources.
 
-Names derive from the installation prefix, the endpoint name and the deployment id, so a
-step rerun after a crash finds what it created. Per rollout: a SageMaker model and an
-endpoint config (``<prefix>-<endpoint>-d<deployment>``). Per endpoint, reused by every
-rollout: the SageMaker endpoint and the public API.
+Names derive from the resource prefix, the installation id, the endpoint name and the
+deployment id, so a step rerun after a crash finds what it created, and two installations
+sharing an AWS account never reach for the same name (``RDEPLOY_INSTALLATION_ID`` has no
+hyphens, so ``rdeploy-a-...`` and ``rdeploy-ab-...`` cannot be read two ways). Per rollout:
+a SageMaker model and an endpoint config (``<prefix>-<installation>-<endpoint>-d<deployment>``).
+Per endpoint, reused by every rollout: the SageMaker endpoint and the public API. A name
+over the service's limit keeps a hash of the full name (``join_name``), so it stays
+deterministic and unique.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def join_name(*parts: str, limit: int = 63) -> str:
 
 
 def prefix() -> str:
-    return str(settings.RDEPLOY_RESOURCE_PREFIX)
+    """The start of every name this installation gives a resource: ``<prefix>-<installation>``."""
+    return f"{settings.RDEPLOY_RESOURCE_PREFIX}-{settings.INSTALLATION_ID}"
 
 
 def endpoint_name(endpoint: Endpoint) -> str:

@@ -27,6 +27,7 @@ from deployer.targets.sagemaker.names import (
     step_tags,
 )
 from deployer.targets.sagemaker.options import DEFAULTS
+from deployer.targets.sagemaker.ownership import ensure_ours
 
 HANDLER_FILE = Path(settings.BASE_DIR) / "container_templates" / "lambda" / "handler.py"
 # API Gateway gives a REST integration at most 29 s; the function gets the same.
@@ -40,6 +41,7 @@ def public_function(ctx: StepContext) -> StepOutcome:
     role_arn = settings.RDEPLOY_LAMBDA_ROLE_ARN
     if not role_arn:
         role = role_name(endpoint)
+        ensure_ours(ExternalResource.Kind.IAM_ROLE, role)
         ctx.record_resource(ExternalResource.Kind.IAM_ROLE, role)
         role_arn = iam.ensure_role(
             role,
@@ -50,9 +52,12 @@ def public_function(ctx: StepContext) -> StepOutcome:
             boundary=settings.RDEPLOY_LAMBDA_PERMISSIONS_BOUNDARY,
         )
     key_name = api_name(endpoint)
+    function = function_name(endpoint)
+    # Adopting another's key would hand its value to this installation's function.
+    ensure_ours(ExternalResource.Kind.APIGATEWAY_API_KEY, key_name)
+    ensure_ours(ExternalResource.Kind.LAMBDA_FUNCTION, function)
     ctx.record_resource(ExternalResource.Kind.APIGATEWAY_API_KEY, key_name)
     _key_id, usage_key = apigateway.ensure_api_key(key_name, value=secrets.token_urlsafe(30), tags=step_tags(ctx))
-    function = function_name(endpoint)
     ensure_log_group(ctx, function_log_group(endpoint))
     ctx.record_resource(ExternalResource.Kind.LAMBDA_FUNCTION, function)
     environment = {
@@ -105,6 +110,9 @@ def public_api(ctx: StepContext) -> StepOutcome:
     function = function_name(endpoint)
     function_arn = ctx.resource(ExternalResource.Kind.LAMBDA_FUNCTION).details["arn"]
     account = function_arn.split(":")[4]
+    # The stage, authorizer, route and usage plan below change the API found by this name.
+    ensure_ours(ExternalResource.Kind.APIGATEWAY_REST_API, name)
+    ensure_ours(ExternalResource.Kind.APIGATEWAY_USAGE_PLAN, name)
     ctx.record_resource(ExternalResource.Kind.APIGATEWAY_REST_API, name)
     api_id = apigateway.ensure_rest_api(name, tags=step_tags(ctx))
     authorizer_id = apigateway.ensure_authorizer(api_id, name="api-key", lambda_arn=function_arn, region=region)
@@ -151,6 +159,7 @@ def sync_public_key(endpoint: Endpoint) -> bool:
     if environment is None:
         return True
     if environment.get("RDEPLOY_API_KEY_SHA256") != key_hash:
+        ensure_ours(ExternalResource.Kind.LAMBDA_FUNCTION, function)
         lambda_.set_environment(function, {**environment, "RDEPLOY_API_KEY_SHA256": key_hash})
     api = (
         ExternalResource.objects.live()

@@ -5,6 +5,8 @@ deleted (``deployer.services.cloud_gc`` uses it too). Already gone counts as del
 
 Shared artifacts (model data, images) are handed to another endpoint still using them
 instead of being deleted; an image nobody uses is kept for ``rdeploy_gc`` to remove later.
+A resource that turns out to be another installation's (``ownership``) is left untouched:
+its record is dropped and the deployment's log says why.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from django.utils import timezone
 
 from deployer.integrations.aws import apigateway, autoscaling, cloudwatch, ecr, iam, lambda_, logs, s3, sagemaker
 from deployer.integrations.containers import images
-from deployer.models import Deployment, Endpoint, ExternalResource
+from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
 from deployer.targets.base import StepContext, StepOutcome
 from deployer.targets.sagemaker.cloud_logs import copy_log_lines, log_source
 from deployer.targets.sagemaker.image import docker_build_dir
@@ -26,6 +28,7 @@ from deployer.targets.sagemaker.names import (
     function_log_group,
     s3_location,
 )
+from deployer.targets.sagemaker.ownership import ForeignResource, ensure_ours
 
 
 def _delete_s3_object(uri: str) -> None:
@@ -69,9 +72,11 @@ DELETERS: dict[str, Callable[[str], None]] = {
 
 def delete_cloud_resource(kind: str, identifier: str) -> None:
     """Delete one resource rdeploy created, named as ExternalResource names it; already
-    gone counts as deleted."""
+    gone counts as deleted. Raises ``ForeignResource`` (deleting nothing) when the
+    resource is another installation's."""
     delete = DELETERS.get(kind)
     if delete is not None:
+        ensure_ours(kind, identifier)
         delete(identifier)
 
 
@@ -117,11 +122,23 @@ def _remove(ctx: StepContext, resource: ExternalResource) -> None:
             # redeploy of the same packages does not rebuild.
             ctx.release_resource(resource, unused_since=timezone.now().isoformat())
             return
-    if kind == ExternalResource.Kind.LOG_GROUP:
-        # Its last lines (written since the last collection) go into the endpoint's log first.
-        copy_log_lines(ctx.endpoint, {identifier: log_source(identifier)}, drain=True)
-    delete_cloud_resource(kind, identifier)
+    try:
+        if kind == ExternalResource.Kind.LOG_GROUP:
+            ensure_ours(kind, identifier)
+            # Its last lines (written since the last collection) go into the endpoint's log first.
+            copy_log_lines(ctx.endpoint, {identifier: log_source(identifier)}, drain=True)
+        delete_cloud_resource(kind, identifier)
+    except ForeignResource as refusal:
+        _leave_foreign(ctx, refusal)
+        return
     ctx.mark_resource_deleted(kind, identifier)
+
+
+def _leave_foreign(ctx: StepContext, refusal: ForeignResource) -> None:
+    """Not ours to delete: forget the record (a teardown or a failed rollout still
+    finishes) and say so in the deployment's log."""
+    ctx.log(refusal.message, level=LogLine.Level.WARNING)
+    ctx.mark_resource_deleted(refusal.kind, refusal.identifier)
 
 
 def _remove_kinds(ctx: StepContext, kinds: tuple[str, ...]) -> int:
@@ -158,6 +175,11 @@ def remove_endpoint(ctx: StepContext) -> StepOutcome:
         state = sagemaker.describe_endpoint(resource.identifier)
         if state is None:
             ctx.mark_resource_deleted(resource.kind, resource.identifier)
+            continue
+        try:
+            ensure_ours(resource.kind, resource.identifier)
+        except ForeignResource as refusal:
+            _leave_foreign(ctx, refusal)
             continue
         if state.status != "Deleting":
             sagemaker.delete_endpoint(resource.identifier)
