@@ -8,6 +8,7 @@ database, so teardown and garbage collection can find it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -268,6 +269,11 @@ class ExternalResourceQuerySet(models.QuerySet["ExternalResource"]):
         """The row for one resource (at most one: target, kind and identifier are unique)."""
         return self.filter(target=target, kind=kind, identifier=identifier)
 
+    def of_endpoint(self, endpoint: Endpoint, kind: str | None = None) -> ExternalResourceQuerySet:
+        """The endpoint's resources (of ``kind`` only, when given)."""
+        mine = self.filter(endpoint=endpoint)
+        return mine if kind is None else mine.filter(kind=kind)
+
 
 class ExternalResource(models.Model):
     """Anything created outside the database (a container, an S3 object, a SageMaker model).
@@ -319,10 +325,22 @@ class ExternalResource(models.Model):
     def __str__(self) -> str:
         return f"{self.kind}:{self.identifier}"
 
+    def update_record(self, *, details: Mapping[str, Any] | None = None, **fields: Any) -> None:
+        """The one write of a recorded resource's row, and of this instance: ``details``
+        merged into its details, ``fields`` (``endpoint``, ``deployment``) set."""
+        changes = {**fields, **({"details": {**self.details, **details}} if details else {})}
+        for name, value in changes.items():
+            setattr(self, name, value)
+        ExternalResource.objects.filter(pk=self.pk).update(**changes)
+
     def merge_details(self, **details: Any) -> None:
         """Merge ``details`` into this row's (and this instance's) details."""
-        self.details = {**self.details, **details}
-        ExternalResource.objects.filter(pk=self.pk).update(details=self.details)
+        self.update_record(details=details)
+
+    def locked(self) -> ExternalResource:
+        """This row read again and locked until the transaction ends: a writer that reads
+        its details first (a log cursor) waits for another's commit instead of overwriting it."""
+        return ExternalResource.objects.select_for_update().get(pk=self.pk)
 
 
 class ApiToken(models.Model):

@@ -214,11 +214,11 @@ class StepContext:
 
     def hand_over_resource(self, resource: ExternalResource, deployment: Deployment) -> None:
         """``deployment`` (of this or another endpoint) uses the resource too: it owns the row now."""
-        ExternalResource.objects.filter(pk=resource.pk).update(endpoint=deployment.endpoint, deployment=deployment)
+        resource.update_record(endpoint=deployment.endpoint, deployment=deployment)
 
     def release_resource(self, resource: ExternalResource, **details: Any) -> None:
         """No endpoint uses the resource any more, but it is kept (``rdeploy_gc`` removes it later)."""
-        ExternalResource.objects.filter(pk=resource.pk).update(endpoint=None, details={**resource.details, **details})
+        resource.update_record(endpoint=None, details=details)
 
     def mark_resource_deleted(self, kind: str, identifier: str) -> None:
         """Record that the thing is gone; a no-op when it already was."""
@@ -230,7 +230,7 @@ class StepContext:
 
     def live_resources(self) -> QuerySet[ExternalResource]:
         """Every resource of the endpoint not yet deleted, oldest first (for teardown)."""
-        return ExternalResource.objects.live().filter(endpoint=self.endpoint).order_by("id")
+        return ExternalResource.objects.live().of_endpoint(self.endpoint).order_by("id")
 
     def log(self, message: str, *, level: str = LogLine.Level.INFO, source: str = LogLine.Source.PIPELINE) -> None:
         LogLine.objects.create(

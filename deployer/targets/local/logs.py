@@ -33,22 +33,22 @@ def last_lines(container: str, count: int = 15) -> str:
     return "\n".join(kept) if kept else "(the runtime wrote nothing)"
 
 
-def keep_last_logs(endpoint: Endpoint, resource_id: int) -> int:
+def keep_last_logs(endpoint: Endpoint, container: ExternalResource) -> int:
     """collect_container_logs, for callers whose real work (stopping, restarting,
     supervising the container) comes after it and must happen whatever the log holds."""
     try:
-        return collect_container_logs(endpoint, resource_id)
+        return collect_container_logs(endpoint, container)
     except Exception:
-        logger.exception("collecting the log of container resource %s failed", resource_id)
+        logger.exception("collecting the log of container resource %s failed", container.pk)
         return 0
 
 
-def collect_container_logs(endpoint: Endpoint, resource_id: int) -> int:
+def collect_container_logs(endpoint: Endpoint, container: ExternalResource) -> int:
     """Copy the container's new output lines into the endpoint's log; the number stored."""
     # One transaction per container: concurrent collectors queue on the write lock, and the
     # second one reads the cursor the first one stored, so no line is stored twice.
     with transaction.atomic():
-        resource = ExternalResource.objects.select_for_update().get(pk=resource_id)
+        resource = container.locked()
         cursor = resource.details.get("log_cursor")
         lines, new_cursor = runtimes.read_logs(resource.identifier, cursor)
         if not lines:
@@ -63,8 +63,7 @@ def collect_container_logs(endpoint: Endpoint, resource_id: int) -> int:
             )
             for message in messages
         )
-        resource.details = {**resource.details, "log_cursor": new_cursor}
-        resource.save(update_fields=["details"])
+        resource.merge_details(log_cursor=new_cursor)
         return len(messages)
 
 

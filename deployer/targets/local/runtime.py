@@ -91,7 +91,7 @@ def locked_socket(directory: Path, container: ExternalResource) -> str | None:
         return None
     except runtimes.UntrustedSocket as exc:
         if container.endpoint is not None:
-            keep_last_logs(container.endpoint, container.pk)
+            keep_last_logs(container.endpoint, container)
         runtimes.stop(container.identifier, grace=0)
         raise PermanentStepError(
             f"The runtime's socket was replaced or joined by something else ({exc}); the model's code did that, "

@@ -232,7 +232,7 @@ class LocalTarget(Target):
     def _remove(self, ctx: StepContext, resource: ExternalResource) -> None:
         if resource.kind == ExternalResource.Kind.CONTAINER:
             # Its last lines go with the container: keep them first.
-            keep_last_logs(ctx.endpoint, resource.pk)
+            keep_last_logs(ctx.endpoint, resource)
             runtimes.stop(resource.identifier)
         elif resource.kind == ExternalResource.Kind.MODEL_DIR:
             # The serving image's build, if one still runs for this rollout.
@@ -327,7 +327,7 @@ class LocalTarget(Target):
             )
         if crashes and now - crashes[-1] < min(2 ** len(crashes), 60):
             return  # backing off; the next reconciler run restarts it
-        keep_last_logs(endpoint, resource.pk)
+        keep_last_logs(endpoint, resource)
         start = int(details.get("start", 0)) + 1
         # No route while the new container's socket is unchecked.
         Endpoint.objects.filter(pk=endpoint.pk).update(
@@ -392,8 +392,6 @@ class LocalTarget(Target):
         # The reconciler supervises the endpoint (check) after this: a log that cannot be
         # read must not stop that.
         return sum(
-            keep_last_logs(endpoint, resource_id)
-            for resource_id in ExternalResource.objects.live()
-            .filter(endpoint=endpoint, kind=ExternalResource.Kind.CONTAINER, target=self.name)
-            .values_list("pk", flat=True)
+            keep_last_logs(endpoint, resource)
+            for resource in ExternalResource.objects.live().of_endpoint(endpoint, ExternalResource.Kind.CONTAINER)
         )

@@ -13,7 +13,6 @@ from deployer.integrations.aws.client import AwsError
 from deployer.models import Endpoint, ExternalResource, LogLine
 from deployer.targets.base import StepContext
 from deployer.targets.sagemaker.names import endpoint_log_group, endpoint_name, function_log_group, step_tags
-from deployer.targets.sagemaker.ownership import ensure_ours
 
 LOG_LINES_IN_FAILURE = 20
 MAX_LOG_LINES_PER_COLLECT = 1000
@@ -23,7 +22,6 @@ LOG_RETENTION_DAYS = 30
 
 
 def ensure_log_group(ctx: StepContext, group: str) -> None:
-    ensure_ours(ExternalResource.Kind.LOG_GROUP, group)
     ctx.record_resource(ExternalResource.Kind.LOG_GROUP, group)
     logs.ensure_log_group(group, tags=step_tags(ctx), retention_days=LOG_RETENTION_DAYS)
 
@@ -44,18 +42,16 @@ def copy_log_lines(endpoint: Endpoint, groups: Mapping[str, str], *, drain: bool
     batch per group, or (``drain``) every line there is. Each batch is stored together
     with its group's cursor (kept on the SageMaker endpoint's record, the row locked
     meanwhile), so a rerun or a concurrent collection never copies a line twice."""
+    record = ExternalResource.objects.named(
+        Endpoint.Target.SAGEMAKER, ExternalResource.Kind.SAGEMAKER_ENDPOINT, endpoint_name(endpoint)
+    ).first()
+    if record is None:
+        return 0
     stored = 0
     for group, source in groups.items():
         while True:
             with transaction.atomic():
-                resource = (
-                    ExternalResource.objects.select_for_update()
-                    .filter(target=Endpoint.Target.SAGEMAKER, kind=ExternalResource.Kind.SAGEMAKER_ENDPOINT)
-                    .filter(identifier=endpoint_name(endpoint))
-                    .first()
-                )
-                if resource is None:
-                    return stored
+                resource = record.locked()
                 cursors: dict[str, int] = dict(resource.details.get("log_cursors", {}))
                 events = logs.events_since(group, start_ms=cursors.get(group, 0), limit=MAX_LOG_LINES_PER_COLLECT)
                 if events:
@@ -63,8 +59,7 @@ def copy_log_lines(endpoint: Endpoint, groups: Mapping[str, str], *, drain: bool
                         LogLine(endpoint=endpoint, source=source, message=event.message.rstrip()) for event in events
                     )
                     cursors[group] = events[-1].timestamp + 1
-                    resource.details = {**resource.details, "log_cursors": cursors}
-                    resource.save(update_fields=["details"])
+                    resource.merge_details(log_cursors=cursors)
                     stored += len(events)
             if not drain or len(events) < MAX_LOG_LINES_PER_COLLECT:
                 break
