@@ -64,7 +64,7 @@ Outside deployments:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -235,6 +235,13 @@ class StepContext:
     def log(self, message: str, *, level: str = LogLine.Level.INFO, source: str = LogLine.Source.PIPELINE) -> None:
         LogLine.objects.create(
             endpoint=self.endpoint, deployment=self.deployment, source=source, level=level, message=message
+        )
+
+    def log_lines(self, messages: Iterable[str], *, source: str) -> None:
+        """Many lines at once (a build's output), at level info."""
+        LogLine.objects.bulk_create(
+            LogLine(endpoint=self.endpoint, deployment=self.deployment, source=source, message=message)
+            for message in messages
         )
 
     def set_runtime(self, **facts: Any) -> None:

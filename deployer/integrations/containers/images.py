@@ -36,6 +36,8 @@ from deployer.integrations import processes
 from deployer.integrations.containers import cli
 
 OUTPUT = "output.log"
+# A poll streams at most this many of a job's new output lines (into a deployment's log).
+MAX_OUTPUT_LINES = 2000
 # How long a stopped job's engine may take to remove its build container.
 INTERRUPT_GRACE_SECONDS = 5.0
 # Runs the command and writes its exit status to $0 when it ends (atomically, by rename),
@@ -222,9 +224,12 @@ def job_state(job: Job) -> JobState:
         return JobState(running=False, exit_code=None)
 
 
-def read_output(directory: Path, offset: int) -> tuple[list[str], int]:
-    """Complete output lines of the job after byte ``offset``, and the new offset."""
-    return processes.read_log(directory / OUTPUT, offset)
+def read_output(directory: Path, offset: int, *, max_lines: int = MAX_OUTPUT_LINES) -> tuple[list[str], int]:
+    """Complete output lines of the job after byte ``offset`` (the last ``max_lines`` of
+    them, after a line saying how many were skipped), and the new offset."""
+    lines, new_offset = processes.read_log(directory / OUTPUT, offset)
+    skipped = max(0, len(lines) - max_lines)
+    return ([f"… {skipped} build log lines skipped"] if skipped else []) + lines[skipped:], new_offset
 
 
 def last_output(directory: Path, *, lines: int = 20) -> list[str]:

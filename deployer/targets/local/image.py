@@ -14,7 +14,6 @@ from deployer.targets.base import PermanentStepError, StepContext, StepOutcome, 
 from deployer.targets.local.paths import image_build_dir
 
 IMAGE_BUILD_POLL_SECONDS = 2.0
-MAX_BUILD_LINES_PER_POLL = 2000
 
 
 def runtime_image(ctx: StepContext) -> str | StepOutcome:
@@ -43,11 +42,7 @@ def runtime_image(ctx: StepContext) -> str | StepOutcome:
     state = images.job_state(images.Job(directory, "build", job["pid"], job["ticks"]))
     lines, offset = images.read_output(directory, int(job["offset"]))
     if lines:
-        skipped = max(0, len(lines) - MAX_BUILD_LINES_PER_POLL)
-        LogLine.objects.bulk_create(
-            LogLine(endpoint=ctx.endpoint, deployment=ctx.deployment, source=LogLine.Source.BUILD, message=line)
-            for line in lines[skipped:]
-        )
+        ctx.log_lines(lines, source=LogLine.Source.BUILD)
         ctx.intent["image_build"] = {**job, "offset": offset}
         ctx.save_intent()
     if state.running:

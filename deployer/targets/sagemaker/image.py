@@ -40,7 +40,6 @@ DOCKER_POLL_SECONDS = 5.0
 # SageMaker's instances (and CodeBuild's image) are x86_64.
 SAGEMAKER_PLATFORM = "linux/amd64"
 SAGEMAKER_ARCHITECTURE = "amd64"
-MAX_BUILD_LINES_PER_POLL = 2000
 
 
 def image_build_context(model_version: ModelVersion) -> BuildContext:
@@ -221,12 +220,7 @@ def _stream_docker_output(ctx: StepContext, directory: Path) -> None:
     lines, new_offset = images.read_output(directory, offset)
     if new_offset == offset:
         return
-    skipped = max(0, len(lines) - MAX_BUILD_LINES_PER_POLL)
-    messages = ([f"… {skipped} build log lines skipped"] if skipped else []) + lines[skipped:]
-    LogLine.objects.bulk_create(
-        LogLine(endpoint=ctx.endpoint, deployment=ctx.deployment, source=LogLine.Source.BUILD, message=message)
-        for message in messages
-    )
+    ctx.log_lines(lines, source=LogLine.Source.BUILD)
     ctx.intent["log_offset"] = new_offset
     ctx.save_intent()
 
