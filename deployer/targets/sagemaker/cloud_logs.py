@@ -13,6 +13,7 @@ from deployer.integrations.aws.client import AwsError
 from deployer.models import Endpoint, ExternalResource, LogLine
 from deployer.targets.base import StepContext
 from deployer.targets.sagemaker.names import endpoint_log_group, endpoint_name, function_log_group, step_tags
+from deployer.targets.sagemaker.ownership import ensure_ours
 
 LOG_LINES_IN_FAILURE = 20
 MAX_LOG_LINES_PER_COLLECT = 1000
@@ -22,6 +23,7 @@ LOG_RETENTION_DAYS = 30
 
 
 def ensure_log_group(ctx: StepContext, group: str) -> None:
+    ensure_ours(ExternalResource.Kind.LOG_GROUP, group)
     ctx.record_resource(ExternalResource.Kind.LOG_GROUP, group)
     logs.ensure_log_group(group, tags=step_tags(ctx), retention_days=LOG_RETENTION_DAYS)
 
