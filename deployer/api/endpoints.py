@@ -7,6 +7,7 @@ the gateway service keeps that path lean (see deployer/services/gateway.py).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
@@ -218,11 +219,24 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return Response({"api_key": key})
 
 
+# application/json and the +json types (problem+json, ...): displayed as text, never run.
+_JSON_TYPE = re.compile(r"application/([a-z0-9.+-]+\+)?json", re.IGNORECASE)
+
+
 def _response(result: InvocationResult) -> HttpResponse:
-    response = HttpResponse(result.body, status=result.status, content_type=result.headers.get("Content-Type"))
+    """The answer as the model gave it, made inert: it is served from the dashboard's origin,
+    and a model chooses its Content-Type (text/html included). `sandbox` gives the document
+    an opaque origin without scripts, a non-JSON answer downloads instead of rendering, and
+    an answer without a type is bytes (Django's default would be text/html)."""
+    content_type = result.headers.get("Content-Type") or "application/octet-stream"
+    response = HttpResponse(result.body, status=result.status, content_type=content_type)
     for header, value in result.headers.items():
         if header != "Content-Type":
             response[header] = value
+    response["Content-Security-Policy"] = "sandbox"
+    response["X-Content-Type-Options"] = "nosniff"
+    if not _JSON_TYPE.fullmatch(content_type.split(";", 1)[0].strip()):
+        response["Content-Disposition"] = "attachment"
     return response
 
 

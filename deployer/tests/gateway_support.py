@@ -10,6 +10,7 @@ import socketserver
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -44,17 +45,24 @@ class UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
 
-@pytest.fixture(scope="module")
-def echo_socket() -> Iterator[str]:
-    """The socket of a running echo runtime, as a runtime container's is reached (import
-    this fixture into the test module)."""
+@contextmanager
+def unix_runtime(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """The socket of a stand-in runtime answering with ``handler``, served until exit."""
     with tempfile.TemporaryDirectory(prefix="rdeploy-echo-") as directory:
         path = str(Path(directory) / "runtime.sock")
-        server = UnixHTTPServer(path, Echo)
+        server = UnixHTTPServer(path, handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         yield path
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def echo_socket() -> Iterator[str]:
+    """The socket of a running echo runtime, as a runtime container's is reached (import
+    this fixture into the test module)."""
+    with unix_runtime(Echo) as path:
+        yield path
 
 
 def live_public(owner: User, name: str, socket_path: str, **options: object) -> str:
