@@ -356,7 +356,7 @@ ALLOWED_INSTANCE_TYPES = frozenset(
 # instances across them (the autoscaling maximum when larger), local memory across them.
 QUOTA_MAX_ENDPOINTS = env.integer("RDEPLOY_QUOTA_MAX_ENDPOINTS", 10, minimum=0)
 QUOTA_MAX_INSTANCES = env.integer("RDEPLOY_QUOTA_MAX_INSTANCES", 4, minimum=0)
-QUOTA_MAX_LOCAL_MEMORY_MB = env.integer("RDEPLOY_QUOTA_MAX_LOCAL_MEMORY_MB", 8192, minimum=0)
+QUOTA_MAX_LOCAL_MEMORY_MB = env.integer("RDEPLOY_QUOTA_MAX_LOCAL_MEMORY_MB", 16384, minimum=0)
 
 # --- Security (clean `manage.py check --deploy` with production values) ------------------
 # HTTPS is the production default. The local quick start serves plain HTTP on loopback

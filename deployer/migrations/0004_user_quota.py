@@ -6,21 +6,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('deployer', '0003_external_resource_kind_choices'),
+        ("deployer", "0003_external_resource_kind_choices"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UserQuota',
+            name="UserQuota",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('max_endpoints', models.PositiveIntegerField(blank=True, help_text='Endpoints not deleted. Blank: RDEPLOY_QUOTA_MAX_ENDPOINTS.', null=True)),
-                ('max_instances', models.PositiveIntegerField(blank=True, help_text="SageMaker instances across the user's endpoints (the autoscaling maximum where larger). Blank: RDEPLOY_QUOTA_MAX_INSTANCES.", null=True)),
-                ('max_local_memory_mb', models.PositiveIntegerField(blank=True, help_text="MiB of memory across the user's local endpoints. Blank: RDEPLOY_QUOTA_MAX_LOCAL_MEMORY_MB.", null=True)),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='quota', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "max_endpoints",
+                    models.PositiveIntegerField(
+                        blank=True, help_text="Endpoints not deleted. Blank: RDEPLOY_QUOTA_MAX_ENDPOINTS.", null=True
+                    ),
+                ),
+                (
+                    "max_instances",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="SageMaker instances across the user's endpoints (the autoscaling maximum where larger). Blank: RDEPLOY_QUOTA_MAX_INSTANCES.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "max_local_memory_mb",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="MiB of memory across the user's local endpoints. Blank: RDEPLOY_QUOTA_MAX_LOCAL_MEMORY_MB.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="quota", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
         ),
     ]

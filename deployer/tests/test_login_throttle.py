@@ -137,12 +137,14 @@ def test_sign_in_is_refused_while_redis_does_not_answer(owner: User) -> None:
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
     }
     with override_settings(CACHES=nowhere):
-        response = sign_in("owner", "owner-password-123")
+        right = sign_in("owner", "owner-password-123")
+        wrong = sign_in("owner", "a-guess")
 
-    assert response.status_code == 503
-    assert "Sign-in is unavailable for a moment" in refusal(response)
-    assert response["Retry-After"]
-    assert not signed_in(response)
+    for response in (right, wrong):
+        assert response.status_code == 503
+        assert "Sign-in is unavailable for a moment" in refusal(response)
+        assert response["Retry-After"]
+        assert not signed_in(response)
 
 
 def token_client(secret: str, address: str) -> APIClient:
