@@ -236,7 +236,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, plus the error answers each operation can give (deployer/api/schema.py).
+    "DEFAULT_SCHEMA_CLASS": "deployer.api.schema.AutoSchema",
     # Domain errors (deployer/errors.py) become 400/404/409/413 here, and nowhere else.
     "EXCEPTION_HANDLER": "deployer.api.errors.exception_handler",
 }

@@ -10,6 +10,9 @@ from webui.login import ThrottledAdminAuthentication, ThrottledLoginView
 # The admin signs in through the same throttle as the dashboard (webui/login.py).
 admin.site.login_form = ThrottledAdminAuthentication
 
+# An unknown path under /api/ answers JSON, as the API's own 404s do.
+handler404 = "deployer.api.errors.not_found"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),

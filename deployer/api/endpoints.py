@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
 from deployer import selectors
+from deployer.api.schema import CONFLICT
 from deployer.authentication import token_refusal
 from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
 from deployer.services import endpoints as services
@@ -56,7 +57,7 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
 class EndpointSerializer(serializers.ModelSerializer[Endpoint]):
     model = serializers.SerializerMethodField()
     steps = serializers.SerializerMethodField()
-    deployment = DeploymentSerializer(source="current_deployment", read_only=True)
+    deployment = DeploymentSerializer(source="current_deployment", read_only=True, allow_null=True)
 
     class Meta:
         model = Endpoint
@@ -77,7 +78,7 @@ class EndpointSerializer(serializers.ModelSerializer[Endpoint]):
             "updated_at",
         ]
 
-    @extend_schema(responses=ModelRefSerializer)
+    @extend_schema_field(ModelRefSerializer(allow_null=True))
     def get_model(self, endpoint: Endpoint) -> dict[str, Any] | None:
         """The version serving traffic, or the one being deployed before the first is live."""
         version = endpoint.model_version or (
@@ -171,13 +172,13 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             body["api_key"] = issued.api_key
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses={202: EndpointSerializer})
+    @extend_schema(request=None, responses={202: EndpointSerializer, 409: CONFLICT})
     def destroy(self, request: Request, name: str) -> Response:
         endpoint = self.get_object()
         services.endpoint_delete(endpoint=endpoint)
         return Response(self._fresh(endpoint), status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=ModelRequestSerializer, responses={202: EndpointSerializer})
+    @extend_schema(request=ModelRequestSerializer, responses={202: EndpointSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def deployments(self, request: Request, name: str) -> Response:
         """Blue/green update to another model version."""
@@ -187,7 +188,7 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         services.endpoint_update(endpoint=endpoint, model_version=self._model(data.validated_data["model"]))
         return Response(self._fresh(endpoint), status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses={202: EndpointSerializer})
+    @extend_schema(request=None, responses={202: EndpointSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def rollback(self, request: Request, name: str) -> Response:
         """Back to the previously live model version."""
@@ -211,7 +212,7 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         lines = selectors.log_lines_after(endpoint=endpoint, after=after, limit=LOG_PAGE)
         return Response({"lines": LogLineSerializer(lines, many=True).data, "next": lines[-1].pk if lines else after})
 
-    @extend_schema(request=None, responses=ApiKeySerializer)
+    @extend_schema(request=None, responses={200: ApiKeySerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"], url_path="rotate-key")
     def rotate_key(self, request: Request, name: str) -> Response:
         """A new public API key, shown once; the old one stops working."""

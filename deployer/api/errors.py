@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status, views
 from rest_framework.response import Response
 
@@ -33,3 +35,11 @@ def _api_exception(exc: Exception) -> Exception:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, after domain errors and Django's ValidationError become API exceptions."""
     return views.exception_handler(_api_exception(exc), context)
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 404 (config/urls.py's handler404): under /api/ the API's own {detail} body,
+    for paths no route matches (an id that is not a number, a name with other characters)."""
+    if request.path_info.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -13,10 +12,11 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from deployer.artifacts import ArtifactTooLarge, HashingUploadHandler
+from deployer.api.schema import VALIDATION_ERROR_SCHEMA, error
+from deployer.artifacts import HashingUploadHandler
 from deployer.models import ModelVersion
 from deployer.services.model_intake import (
-    SAMPLE_MAX_BYTES,
+    UPLOAD_FILE_FIELDS,
     model_version_delete,
     model_version_upload,
 )
@@ -69,23 +69,11 @@ class ModelVersionViewSet(
         return queryset.filter(name=name) if name else queryset
 
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
-        # Before anything reads the body: uploads stream to disk, hashed on the way, and
-        # stop at RDEPLOY_MAX_UPLOAD_BYTES.
+        # Before anything reads the body: the upload handler the dashboard shares (RDEPLOY_MAX_UPLOAD_BYTES for
+        # the request's files together, the expected file fields only, hashed on the way).
         if request.method == "POST":
-            request.upload_handlers = [HashingUploadHandler(request)]
+            request.upload_handlers = [HashingUploadHandler(request, fields=UPLOAD_FILE_FIELDS)]
         return super().initialize_request(request, *args, **kwargs)
-
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        if request.method == "POST":
-            try:
-                length = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = 0
-            # Refuse at once what cannot fit, without receiving it (the slack is the sample
-            # and the multipart framing).
-            if length > settings.MAX_UPLOAD_BYTES + SAMPLE_MAX_BYTES + 1024 * 1024:
-                raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
-        super().initial(request, *args, **kwargs)
 
     @extend_schema(
         parameters=[OpenApiParameter("name", str, description="Only versions of this model name.")],
@@ -100,8 +88,8 @@ class ModelVersionViewSet(
             200: OpenApiResponse(
                 ModelVersionSerializer, description="The same bytes under this name: the existing version."
             ),
-            400: OpenApiResponse(description="Refused: the message says what is wrong."),
-            413: OpenApiResponse(description="Above RDEPLOY_MAX_UPLOAD_BYTES."),
+            400: OpenApiResponse(VALIDATION_ERROR_SCHEMA, description="Refused: the message says what is wrong."),
+            413: error("Above RDEPLOY_MAX_UPLOAD_BYTES."),
         },
     )
     def create(self, request: Request) -> Response:
@@ -120,7 +108,7 @@ class ModelVersionViewSet(
             status=status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK,
         )
 
-    @extend_schema(responses={204: None, 409: OpenApiResponse(description="An endpoint uses this version.")})
+    @extend_schema(responses={204: None, 409: error("An endpoint uses this version.")})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         model_version_delete(model_version=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
