@@ -172,7 +172,11 @@ WHITENOISE_USE_FINDERS = True
 INSTALLATION_ID = env.matching(
     "RDEPLOY_INSTALLATION_ID", "default", pattern=r"[a-z0-9]{1,32}", meaning="1-32 lowercase letters and digits"
 )
+# For all the files of one upload request together (the model and its sample), on both doors.
 MAX_UPLOAD_BYTES = env.integer("RDEPLOY_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+# Django's default is 100 files a request. An upload sends two (model_intake.UPLOAD_FILE_FIELDS);
+# one more reaches the upload handler, which refuses it by name; Django refuses the rest.
+DATA_UPLOAD_MAX_NUMBER_FILES = 3
 # Uploads stream to disk above 2.5 MB (Django's default) so a 1 GiB model costs no memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "tmp")

@@ -20,7 +20,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.http import HttpRequest
 
 from deployer.errors import DomainError
 
@@ -48,7 +49,9 @@ class ArtifactTooLarge(ArtifactRejected):
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            f"the file is larger than the upload limit of {limit} bytes (RDEPLOY_MAX_UPLOAD_BYTES)", field="file"
+            f"the upload is larger than the upload limit of {limit} bytes "
+            "(RDEPLOY_MAX_UPLOAD_BYTES, for the model and the sample together)",
+            field="file",
         )
         self.limit = limit
 
@@ -183,15 +186,45 @@ def sniff_file(path: Path) -> Sniffed:
 # ---- Receiving uploads ------------------------------------------------------------------
 
 
-class HashingUploadHandler(TemporaryFileUploadHandler):
-    """Streams every uploaded file to a temporary file, computing its SHA-256 on the way
-    and stopping as soon as it passes RDEPLOY_MAX_UPLOAD_BYTES: memory stays flat and an
-    oversized upload is refused without being received in full."""
+# Around the files of an upload form: its text fields (a name, a package list, a CSRF token)
+# and the multipart framing.
+_FORM_BYTES = 64 * 1024
 
-    def new_file(self, *args: Any, **kwargs: Any) -> None:
-        super().new_file(*args, **kwargs)
-        self.digest = hashlib.sha256()
+
+class HashingUploadHandler(TemporaryFileUploadHandler):
+    """The one upload handler of both upload doors (REST and dashboard), one per request.
+    Streams each file to a temporary file, computing its SHA-256 on the way, and keeps a
+    request within RDEPLOY_MAX_UPLOAD_BYTES for all its files together: a Content-Length that
+    cannot fit is refused before any byte is read, and receiving stops as soon as the files
+    pass the limit. Only the file fields in `fields` are received, each once."""
+
+    def __init__(self, request: HttpRequest, *, fields: Collection[str]) -> None:
+        super().__init__(request)
+        self.fields = fields
+        self.seen: set[str] = set()
         self.received = 0
+
+    def handle_raw_input(
+        self,
+        input_data: IO[bytes],
+        META: dict[str, str],
+        content_length: int,
+        boundary: str,
+        encoding: str | None = None,
+    ) -> None:
+        if content_length > settings.MAX_UPLOAD_BYTES + _FORM_BYTES:
+            raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
+
+    def new_file(self, field_name: str, *args: Any, **kwargs: Any) -> None:
+        if field_name not in self.fields:
+            raise ArtifactRejected(
+                f"the upload has an unexpected file field '{field_name[:64]}' (expected: {', '.join(self.fields)})"
+            )
+        if field_name in self.seen:
+            raise ArtifactRejected(f"the upload sends the file field '{field_name}' more than once", field=field_name)
+        self.seen.add(field_name)
+        super().new_file(field_name, *args, **kwargs)
+        self.digest = hashlib.sha256()
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
         self.received += len(raw_data)

@@ -18,7 +18,8 @@ class UploadForm(forms.Form):
 
     @classmethod
     def refused(cls, field: str, message: str) -> UploadForm:
-        """A form showing only ``message`` on ``field``: for a body too large to read back."""
+        """A form showing only ``message`` on ``field``: for an upload refused while its body
+        was read (too large, an unexpected file field), whose fields cannot be read back."""
         form = cls()
         form.cleaned_data = {}
         form.add_error(field, message)

@@ -44,7 +44,7 @@ from deployer.services.endpoints import (
     endpoint_rotate_key,
     endpoint_update,
 )
-from deployer.services.model_intake import model_version_upload
+from deployer.services.model_intake import UPLOAD_FILE_FIELDS, model_version_upload
 from deployer.services.tokens import api_token_create, api_token_revoke
 from webui.forms import DeployForm, InvokeForm, UploadForm
 from webui.presentation import (
@@ -113,16 +113,17 @@ def _sentence(message: str) -> str:
 @require_http_methods(["GET", "POST"])
 @csrf_exempt  # only so the handler below is set before CSRF reads the body; checked next
 def model_upload(request: DashboardRequest) -> HttpResponse:
-    # Like the REST upload: stream to disk, hash on the way, stop at RDEPLOY_MAX_UPLOAD_BYTES
-    # instead of receiving an oversized file in full first.
+    # The REST upload's handler: RDEPLOY_MAX_UPLOAD_BYTES for the request's files together
+    # (a Content-Length that cannot fit is refused unread), the expected file fields only.
     if request.method == "POST":
-        request.upload_handlers = [HashingUploadHandler(request)]
+        request.upload_handlers = [HashingUploadHandler(request, fields=UPLOAD_FILE_FIELDS)]
     try:
         return _model_upload(request)
-    except ArtifactTooLarge as exc:
+    except ArtifactRejected as exc:  # by the handler, while the body is read
         form = UploadForm.refused(exc.field or "file", _sentence(exc.message))
         template = "webui/model_upload.html#upload-fields" if request.htmx else "webui/model_upload.html"
-        return render(request, template, {"form": form}, status=200 if request.htmx else 413)
+        status = 200 if request.htmx else 413 if isinstance(exc, ArtifactTooLarge) else 400
+        return render(request, template, {"form": form}, status=status)
 
 
 @csrf_protect

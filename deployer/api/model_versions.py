@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -14,10 +13,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from deployer.api.schema import VALIDATION_ERROR_SCHEMA, error
-from deployer.artifacts import ArtifactTooLarge, HashingUploadHandler
+from deployer.artifacts import HashingUploadHandler
 from deployer.models import ModelVersion
 from deployer.services.model_intake import (
-    SAMPLE_MAX_BYTES,
+    UPLOAD_FILE_FIELDS,
     model_version_delete,
     model_version_upload,
 )
@@ -70,23 +69,12 @@ class ModelVersionViewSet(
         return queryset.filter(name=name) if name else queryset
 
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
-        # Before anything reads the body: uploads stream to disk, hashed on the way, and
-        # stop at RDEPLOY_MAX_UPLOAD_BYTES.
+        # Before anything reads the body: the upload handler the dashboard shares
+        # (RDEPLOY_MAX_UPLOAD_BYTES for the request's files together, the expected file fields
+        # only, hashed on the way).
         if request.method == "POST":
-            request.upload_handlers = [HashingUploadHandler(request)]
+            request.upload_handlers = [HashingUploadHandler(request, fields=UPLOAD_FILE_FIELDS)]
         return super().initialize_request(request, *args, **kwargs)
-
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        if request.method == "POST":
-            try:
-                length = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = 0
-            # Refuse at once what cannot fit, without receiving it (the slack is the sample
-            # and the multipart framing).
-            if length > settings.MAX_UPLOAD_BYTES + SAMPLE_MAX_BYTES + 1024 * 1024:
-                raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
-        super().initial(request, *args, **kwargs)
 
     @extend_schema(
         parameters=[OpenApiParameter("name", str, description="Only versions of this model name.")],

@@ -30,6 +30,9 @@ from deployer.models import Deployment, Endpoint, ModelVersion, name_validator
 logger = logging.getLogger(__name__)
 
 SAMPLE_MAX_BYTES = 5 * 1024 * 1024
+# The files an upload sends, as both doors name them (artifacts.HashingUploadHandler receives
+# only these, once each).
+UPLOAD_FILE_FIELDS = ("file", "sample")
 _EXTENSIONS = {"rds": "rds", "tar.gz": "tar.gz", "zip": "zip"}
 
 
@@ -99,7 +102,8 @@ def model_version_upload(
     except ValidationError as exc:
         raise ArtifactRejected(f"invalid name '{name}': {' '.join(exc.messages)}", field="name") from exc
     requested = _parse_packages(packages)
-    if file.size is not None and file.size > settings.MAX_UPLOAD_BYTES:
+    # One limit for the request's files together, as the doors' upload handler counts them.
+    if sum(upload.size or 0 for upload in (file, sample) if upload is not None) > settings.MAX_UPLOAD_BYTES:
         raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
     sha256 = artifacts.uploaded_sha256(file)
     existing = ModelVersion.objects.filter(owner=owner, name=name, sha256=sha256).first()
