@@ -123,7 +123,8 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
+        # JSON, not pickle: unpickling what Redis holds would run its code (config/cache.py).
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2, "serializer": "config.cache.JSONSerializer"},
     }
 }
 # Sessions in the database, not the cache: signing in and the dashboard work while Redis is down.
