@@ -178,3 +178,16 @@ def test_the_dashboard_shows_the_quota_on_the_deploy_form(owner: User) -> None:
     assert response.status_code == 400
     assert "your quota is 1024 MiB (max_local_memory_mb)" in response.content.decode()
     assert not Endpoint.objects.exists()
+
+
+def test_the_dashboard_says_why_an_update_over_the_quota_is_refused(owner: User, api_client_for: ClientFor) -> None:
+    assert create(api_client_for(owner), owner, "roomy", memory_mb=2048).status_code == 202
+    settle("roomy")
+    UserQuota.objects.create(user=owner, max_local_memory_mb=1024)
+    client = Client()
+    client.force_login(owner)
+
+    response = client.post("/endpoints/roomy/update/", {"model_version": ready(owner).pk}, follow=True)
+
+    assert "your quota is 1024 MiB (max_local_memory_mb)" in response.content.decode()
+    assert Deployment.objects.filter(endpoint__name="roomy").count() == 1
