@@ -5,7 +5,6 @@ import hashlib
 import io
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +288,6 @@ def test_an_uploaded_random_forest_is_inspected_by_the_worker_and_becomes_ready(
     case_dir = trained_models / "randomforest"
     wanted = expected(case_dir)
     client = api_client_for(owner)
-    started = time.monotonic()
 
     created = post(
         client,
@@ -298,7 +296,6 @@ def test_an_uploaded_random_forest_is_inspected_by_the_worker_and_becomes_ready(
         sample=SimpleUploadedFile("rows.csv", rows_csv(wanted["rows"])),
     )
     body = wait_for_verdict(client, created.json()["id"], timeout=60)
-    elapsed = time.monotonic() - started
 
     assert created.status_code == 201
     assert body["status"] == "ready", body["status_reason"]
@@ -307,8 +304,7 @@ def test_an_uploaded_random_forest_is_inspected_by_the_worker_and_becomes_ready(
     # Inspected in a container of the serving image, never by R on the host.
     assert body["inspection"]["sandbox"]["network"] == "none"
     assert body["inspection"]["sandbox"]["image"] == body["inspection"]["image"]
-    # The goal is 3 s; the bound here leaves room for a loaded CI machine.
-    assert elapsed < 15
+    # How long this takes (the goal: 3 s) is measured by benchmarks/intake_bench.py.
 
 
 def test_the_openapi_schema_describes_the_models_api_without_warnings(tmp_path: Path) -> None:
