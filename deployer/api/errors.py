@@ -14,7 +14,6 @@ from deployer.errors import DomainError
 
 STATUS_BY_KIND = {
     "invalid": status.HTTP_400_BAD_REQUEST,
-    "not_found": status.HTTP_404_NOT_FOUND,
     "conflict": status.HTTP_409_CONFLICT,
     "too_large": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     "forbidden": status.HTTP_403_FORBIDDEN,

@@ -11,7 +11,7 @@ from deployer.errors import DomainError
 
 @pytest.mark.parametrize(
     ("kind", "status"),
-    [("invalid", 400), ("not_found", 404), ("conflict", 409), ("too_large", 413), ("forbidden", 403)],
+    [("invalid", 400), ("conflict", 409), ("too_large", 413), ("forbidden", 403)],
 )
 def test_each_kind_of_domain_error_has_its_status_and_a_detail_body(kind: str, status: int) -> None:
     error = type("Refusal", (DomainError,), {"kind": kind})("what is wrong", field="name")
