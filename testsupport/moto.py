@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,20 +23,44 @@ from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 from moto.server import ThreadedMotoServer
 
+from testsupport.ports import PORT_ATTEMPTS
+
 ACCOUNT_ID = "123456789012"
+
+
+class _ThreadedMoto(ThreadedMotoServer):
+    """moto's threaded server, except that a port it cannot bind ends start() with the
+    error, where moto's would wait forever (werkzeug exits the server's thread)."""
+
+    bind_error: BaseException | None = None
+
+    def _server_entry(self) -> None:
+        try:
+            super()._server_entry()
+        except (OSError, SystemExit) as exc:
+            self.bind_error = exc
+            self._server_ready_event.set()
 
 
 class MotoServer:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or int(os.environ["RDEPLOY_TEST_MOTO_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server = _ThreadedMoto(ip_address="127.0.0.1", port=self.port, verbose=False)
 
     def start(self) -> None:
         # One access-log line per AWS call would drown the test output.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server.start()
-        self.configure()
+        # The port is fixed (AWS_ENDPOINT_URL names it to every worker): when another
+        # process holds it for a moment (a free-port probe), try again, then say so.
+        for _ in range(PORT_ATTEMPTS):
+            self._server = _ThreadedMoto(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self._server.start()
+            if self._server.bind_error is None:
+                self.configure()
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"moto could not listen on 127.0.0.1:{self.port}, which AWS_ENDPOINT_URL names")
 
     def stop(self) -> None:
         self._server.stop()
