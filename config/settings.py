@@ -378,6 +378,19 @@ CSRF_COOKIE_SECURE = HTTPS
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.flag("DJANGO_BEHIND_TLS_PROXY", False) else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# A load balancer's or the container engine's health check may ask over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SILENCED_SYSTEM_CHECKS: list[str] = []
+# Plain HTTP that only answers loopback host names (compose's and `make run`'s defaults,
+# compose publishing the port on 127.0.0.1): no request crosses a network, so Django's
+# HTTPS warnings (HSTS, redirect, secure cookies) are about traffic this installation
+# refuses. A real host name over plain HTTP keeps them (docs/security.md).
+if not HTTPS and set(ALLOWED_HOSTS) <= {"localhost", "127.0.0.1", "[::1]"}:
+    SILENCED_SYSTEM_CHECKS += ["security.W004", "security.W008", "security.W012", "security.W016"]
+# HSTS preloading binds the whole domain and its subdomains for months and is hard to undo:
+# the domain's owner opts in with DJANGO_SECURE_HSTS_PRELOAD=1, not a default.
+if not SECURE_HSTS_PRELOAD:
+    SILENCED_SYSTEM_CHECKS.append("security.W021")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

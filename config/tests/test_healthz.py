@@ -190,3 +190,11 @@ def test_readiness_says_there_is_no_engine_command(
     error = _readyz()[1]["container_engine"]["error"]
     assert "there is no docker command" in error
     assert "model code runs only in containers" in error
+
+
+@pytest.mark.django_db
+def test_health_checks_over_plain_http_are_not_redirected_to_https(settings: SettingsWrapper) -> None:
+    settings.SECURE_SSL_REDIRECT = True
+    assert Client().get("/healthz").status_code == 200
+    assert Client().get("/readyz").status_code in (200, 503)
+    assert Client().get("/api/v1/tokens/").status_code == 301
