@@ -58,6 +58,14 @@ def disable(endpoint: str, variant: str) -> None:
 
 
 @raises_aws_error
+def is_registered(endpoint: str, variant: str) -> bool:
+    found = aws_client("application-autoscaling").describe_scalable_targets(
+        ServiceNamespace=NAMESPACE, ResourceIds=[resource_id(endpoint, variant)], ScalableDimension=DIMENSION
+    )["ScalableTargets"]
+    return bool(found)
+
+
+@raises_aws_error
 def scaled_endpoints(prefix: str) -> list[tuple[str, str]]:
     """(endpoint, variant) of every registered SageMaker variant whose endpoint starts with ``prefix``."""
     found: list[tuple[str, str]] = []

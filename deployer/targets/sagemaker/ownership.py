@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 
-from deployer.integrations.aws import apigateway, cloudwatch, ecr, iam, lambda_, logs, s3, sagemaker
+from deployer.integrations.aws import apigateway, autoscaling, cloudwatch, ecr, iam, lambda_, logs, s3, sagemaker
 from deployer.integrations.aws.tagging import INSTALLATION
 from deployer.models import ExternalResource
 from deployer.targets.base import PermanentStepError
@@ -53,8 +53,13 @@ def _object_tags(uri: str) -> dict[str, str] | None:
 
 def _scalable_target_tags(identifier: str) -> dict[str, str] | None:
     # Application Auto Scaling's tags cannot be listed everywhere (moto has no
-    # ListTagsForResource for it): a scalable target is its endpoint's.
-    return sagemaker.tags_by_name("endpoint", identifier.partition("/")[0])
+    # ListTagsForResource for it): a scalable target is its endpoint's, or, left behind
+    # by a deleted endpoint, goes by its name (which carries the installation id).
+    endpoint, _, variant = identifier.partition("/")
+    tags = sagemaker.tags_by_name("endpoint", endpoint)
+    if tags is None and autoscaling.is_registered(endpoint, variant):
+        return {INSTALLATION: str(settings.INSTALLATION_ID)}
+    return tags
 
 
 def _repository_tags(identifier: str) -> dict[str, str] | None:
@@ -82,14 +87,17 @@ TAG_READERS: dict[str, Callable[[str], dict[str, str] | None]] = {
 MAY_BE_UNTAGGED = frozenset({ExternalResource.Kind.LOG_GROUP, ExternalResource.Kind.ECR_IMAGE})
 
 
-def ensure_ours(kind: str, identifier: str) -> None:
-    """Return when the resource does not exist or is this installation's; raise
-    ``ForeignResource`` otherwise. Kinds that are not in the cloud pass."""
+def ensure_ours(kind: str, identifier: str) -> bool:
+    """Whether the resource exists, once it is known to be this installation's (or
+    missing); raises ``ForeignResource`` when it is not. Kinds that are not in the cloud
+    count as existing."""
     read = TAG_READERS.get(kind)
-    tags = read(identifier) if read is not None else None
+    if read is None:
+        return True
+    tags = read(identifier)
     if tags is None:
-        return
+        return False
     owner = tags.get(INSTALLATION)
     if owner == settings.INSTALLATION_ID or (owner is None and kind in MAY_BE_UNTAGGED):
-        return
+        return True
     raise ForeignResource(kind, identifier, owner)

@@ -73,10 +73,11 @@ DELETERS: dict[str, Callable[[str], None]] = {
 def delete_cloud_resource(kind: str, identifier: str) -> None:
     """Delete one resource rdeploy created, named as ExternalResource names it; already
     gone counts as deleted. Raises ``ForeignResource`` (deleting nothing) when the
-    resource is another installation's."""
+    resource is another installation's. A resource already gone is not asked to be
+    deleted: with the documented IAM policy (tag conditions) AWS would answer a delete of
+    a missing resource AccessDenied rather than not-found."""
     delete = DELETERS.get(kind)
-    if delete is not None:
-        ensure_ours(kind, identifier)
+    if delete is not None and ensure_ours(kind, identifier):
         delete(identifier)
 
 
