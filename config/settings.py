@@ -310,7 +310,7 @@ CELERY_BEAT_SCHEDULE["model-inspection-requeue"] = {
     "schedule": 300.0,
     "options": {"expires": 300.0},
 }
-# /healthz: a worker says whether its container engine answers (deployer/health.py).
+# /readyz: a worker says whether its container engine answers (deployer/health.py).
 CELERY_BEAT_SCHEDULE["container-engine-check"] = {
     "task": task_names.CONTAINER_ENGINE_CHECK,
     "schedule": 30.0,

@@ -21,7 +21,7 @@ app.conf.include = [
 
 @worker_ready.connect
 def _report_on_the_container_engine(**_: object) -> None:
-    # /healthz knows at once whether this worker can run model code, not 30 s later.
+    # /readyz knows at once whether this worker can run model code, not 30 s later.
     from deployer.health import container_engine_report
 
     container_engine_report()

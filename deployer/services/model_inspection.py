@@ -51,7 +51,7 @@ def inspection_containers_remove_leftovers() -> None:
     try:
         sandbox.remove_leftovers(wall_seconds=settings.INSPECT_TIMEOUT_SECONDS)
     except (cli.EngineUnavailable, cli.EngineCommandFailed):
-        # /healthz reports an engine that does not answer; the next round tries again.
+        # /readyz reports an engine that does not answer; the next round tries again.
         logger.warning("could not remove leftover inspection containers", exc_info=True)
 
 

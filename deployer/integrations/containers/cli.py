@@ -111,7 +111,7 @@ def check(arguments: Sequence[str], *, timeout: float = 60) -> str:
 
 def engine_problem(*, timeout: float = 10) -> str | None:
     """None when the engine answers and has the base image; else why not, in one sentence
-    (shown by /healthz and in every refusal to run model code)."""
+    (shown by /readyz and in every refusal to run model code)."""
     try:
         result = run(["image", "inspect", "--format", "{{.Id}}", settings.BASE_IMAGE], timeout=timeout)
     except (EngineUnavailable, EngineCommandFailed) as exc:
