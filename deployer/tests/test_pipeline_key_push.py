@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from deployer.integrations.aws import lambda_
+from deployer.integrations.aws.tagging import resource_tags
 from deployer.models import Endpoint, ModelVersion
 from deployer.services import endpoints
 from deployer.services.endpoints import endpoint_rotate_key
@@ -45,7 +46,8 @@ def test_rotating_the_key_of_a_failed_sagemaker_endpoint_pushes_the_new_hash_to_
         role_arn=str(settings.RDEPLOY_SAGEMAKER_ROLE_ARN),
         code=lambda_.package(HANDLER_FILE),
         environment={"RDEPLOY_API_KEY_SHA256": hash_secret("rdk_old"), "SAGEMAKER_ENDPOINT_NAME": "x"},
-        tags={},
+        # As the public_function step tags it: rdeploy changes only its installation's functions.
+        tags=resource_tags(settings.INSTALLATION_ID, endpoint="rotated"),
         timeout=30,
     )
     enqueued: list[tuple[str, tuple[Any, ...]]] = []
