@@ -20,6 +20,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from deployer.models import ModelVersion
+from deployer.services.tokens import api_token_create
 from deployer.tests import archive_bombs
 from deployer.tests.intake_support import MODELS_URL
 
@@ -57,7 +58,7 @@ def upload_through(door: str, owner: User, content: bytes) -> tuple[int, str]:
     upload = SimpleUploadedFile("bundle.bin", content)
     if door == "api":
         api = APIClient()
-        api.force_authenticate(owner)
+        api.credentials(HTTP_AUTHORIZATION=f"Token {api_token_create(user=owner).secret}")
         answer = api.post(MODELS_URL, {"name": "bomb", "file": upload}, format="multipart")
         return answer.status_code, answer.content.decode()
     dashboard = Client()

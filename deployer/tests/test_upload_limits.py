@@ -6,6 +6,7 @@ against RDEPLOY_MAX_UPLOAD_BYTES, and receives only the expected file fields, on
 from __future__ import annotations
 
 import html
+import http.client
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,20 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from deployer.models import ModelVersion
+from deployer.services.tokens import api_token_create
 from deployer.tests.archive_bombs import MODEL
 from deployer.tests.intake_support import MODELS_URL
+from testsupport.services import WebServer
 
 DOORS = {"api": MODELS_URL, "dashboard": "/models/upload/"}
 LIMIT = 300_000
 
 
 def client_for(door: str, owner: User) -> Client:
-    """A client signed in for `door`: a token-authenticated API client, or a dashboard session."""
+    """A client signed in for `door`: an API client sending a fresh token, or a dashboard session."""
     if door == "api":
         api = APIClient()
-        api.force_authenticate(owner)
+        api.credentials(HTTP_AUTHORIZATION=f"Token {api_token_create(user=owner).secret}")
         return api
     dashboard = Client()
     dashboard.force_login(owner)
@@ -53,9 +56,12 @@ def small_limit(settings: Any) -> None:
     settings.MAX_UPLOAD_BYTES = LIMIT
 
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("small_limit"), pytest.mark.parametrize("door", DOORS)]
+both_doors = pytest.mark.parametrize("door", DOORS)
 
 
+@pytest.mark.django_db
+@pytest.mark.usefixtures("small_limit")
+@both_doors
 def test_a_content_length_over_the_limit_is_refused_with_413_before_the_body_is_read(door: str, owner: User) -> None:
     # 16 bytes of body under a 64 MiB Content-Length: reading the body would fail, not answer 413.
     response = client_for(door, owner).generic(
@@ -70,6 +76,9 @@ def test_a_content_length_over_the_limit_is_refused_with_413_before_the_body_is_
     assert f"larger than the upload limit of {LIMIT} bytes" in response.content.decode()
 
 
+@pytest.mark.django_db
+@pytest.mark.usefixtures("small_limit")
+@both_doors
 def test_two_files_under_the_limit_each_but_over_it_together_are_refused_with_413(door: str, owner: User) -> None:
     before = leftovers()
     # 300,003 bytes of files: within the Content-Length's slack, so the counter must see them.
@@ -84,6 +93,9 @@ def test_two_files_under_the_limit_each_but_over_it_together_are_refused_with_41
     assert leftovers() == before
 
 
+@pytest.mark.django_db
+@pytest.mark.usefixtures("small_limit")
+@both_doors
 @pytest.mark.parametrize(
     ("files", "message"),
     [
@@ -107,3 +119,34 @@ def test_an_unexpected_or_repeated_file_field_is_refused_with_400_saying_which(
     assert message in html.unescape(response.content.decode())
     assert not ModelVersion.objects.exists()
     assert leftovers() == before
+
+
+@pytest.mark.django_db(transaction=True)
+@both_doors
+def test_the_live_server_answers_413_to_an_oversized_content_length_without_waiting_for_the_body(
+    door: str, owner: User, web_server: WebServer
+) -> None:
+    headers = {
+        "Content-Type": "multipart/form-data; boundary=b",
+        "Content-Length": str(settings.MAX_UPLOAD_BYTES + 1024**2),
+    }
+    if door == "api":
+        headers["Authorization"] = f"Token {api_token_create(user=owner).secret}"
+    else:
+        browser = client_for(door, owner)
+        session = browser.cookies[settings.SESSION_COOKIE_NAME].value
+        headers["Cookie"] = f"{settings.SESSION_COOKIE_NAME}={session}; {settings.CSRF_COOKIE_NAME}={'a' * 32}"
+    connection = http.client.HTTPConnection("127.0.0.1", web_server.port, timeout=30)
+    try:
+        # Headers only: a server that read the body first would wait out the timeout instead.
+        connection.putrequest("POST", DOORS[door])
+        for header, value in headers.items():
+            connection.putheader(header, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read().decode()
+    finally:
+        connection.close()
+
+    assert response.status == 413
+    assert "RDEPLOY_MAX_UPLOAD_BYTES" in body
