@@ -241,14 +241,15 @@ def _bucket() -> Any:
     if _bucket_script is None:
         with _redis_lock:
             if _bucket_script is None:
-                # Fail fast when Redis is down: each waiting request holds a web thread. One
-                # immediate retry, for a pooled connection that died with a Redis restart.
+                # Fail fast when Redis is down: each waiting request holds a web thread, and
+                # redis-py's default retries a connection ten times. No retry is needed for
+                # a connection a Redis restart closed: the pool replaces it on checkout.
                 client = redis.Redis.from_url(
                     settings.REDIS_URL,
                     socket_connect_timeout=0.5,
                     socket_timeout=2,
                     health_check_interval=30,
-                    retry=Retry(NoBackoff(), 1),
+                    retry=Retry(NoBackoff(), 0),
                 )
                 _bucket_script = client.register_script(_BUCKET_LUA)
     return _bucket_script

@@ -125,6 +125,12 @@ def test_the_public_route_fails_closed_while_redis_is_down_and_throttles_again_o
 
     assert statuses == [200, 200, 429]
 
+    # A restart between two calls: the first call after it is not refused for the
+    # connection the restart closed (and the bucket starts full again).
+    private_redis.stop()
+    private_redis.start()
+    assert public_call(web, "open", open_endpoint)[0] == 200
+
 
 def test_dashboard_rest_reads_and_token_invocations_work_while_redis_is_down(
     owner: User, open_endpoint: str, private_redis: RedisServer, web_on_private_redis: WebServer
