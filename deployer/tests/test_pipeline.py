@@ -172,7 +172,9 @@ def test_a_model_goes_live_updates_without_a_failed_call_rolls_back_and_is_delet
     assert loop.last == truth["v2"][:1]
     assert predictions(client.post(invocations, rows_csv(truth["rows"]), content_type="text/csv")) == truth["v2"]
     # Only the new runtime is left.
-    containers_left = ExternalResource.objects.filter(endpoint__name="iris", kind="container", deleted_at__isnull=True)
+    containers_left = ExternalResource.objects.filter(
+        endpoint__name="iris", kind=ExternalResource.Kind.CONTAINER, deleted_at__isnull=True
+    )
     assert containers_left.count() == 1
     assert running_containers("iris") == [containers_left.get().identifier]
 

@@ -31,7 +31,11 @@ def test_the_reconciler_removes_a_runtime_whose_resource_was_removed_and_keeps_a
     live = f"rdeploy-{settings.INSTALLATION_ID}-reaped-2"
     for name, deleted_at in ((orphan, timezone.now()), (live, None)):
         ExternalResource.objects.create(
-            endpoint=endpoint, target="local", kind="container", identifier=name, deleted_at=deleted_at
+            endpoint=endpoint,
+            target=Endpoint.Target.LOCAL,
+            kind=ExternalResource.Kind.CONTAINER,
+            identifier=name,
+            deleted_at=deleted_at,
         )
         start_sleeper(name)
     try:

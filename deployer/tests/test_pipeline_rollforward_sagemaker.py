@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from deployer.integrations.aws.client import aws_client
-from deployer.models import Deployment, Endpoint
+from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services.endpoints import endpoint_create, endpoint_update
 from deployer.targets.base import PermanentStepError, StepContext, StepOutcome
 from deployer.targets.sagemaker.names import endpoint_name, rollout_name
@@ -28,7 +28,7 @@ def test_a_sagemaker_update_failing_after_the_endpoint_is_in_service_keeps_what_
     issued = endpoint_create(owner=owner, name="iris-fwd", model_version=v1, target="sagemaker")
     first = drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     if first.status != Deployment.Status.SUCCEEDED:
-        push_image(first.resources["ecr_image"])
+        push_image(first.resources[ExternalResource.Kind.ECR_IMAGE])
         first = drive(first)
     assert first.status == Deployment.Status.SUCCEEDED, first.error
 

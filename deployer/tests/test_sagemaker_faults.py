@@ -131,7 +131,7 @@ def test_a_worker_killed_at_every_aws_call_of_every_step_creates_no_duplicate_an
     assert monitoring() == {"alarms": 0, "log_groups": 2}
 
     # A blue/green update (its rollback alarms), killed at every call too.
-    push_image(creation.resources["ecr_image"])
+    push_image(creation.resources[ExternalResource.Kind.ECR_IMAGE])
     model = stub_model(owner, content=b"model-2")
     api_client_for(owner).post("/api/v1/endpoints/iris-sm/deployments", {"model": model.pk}, format="json")
     update = latest("iris-sm")
@@ -154,5 +154,5 @@ def test_a_worker_killed_at_every_aws_call_of_every_step_creates_no_duplicate_an
     assert set(counts().values()) == {0}
     assert monitoring() == {"alarms": 0, "log_groups": 0}
     assert list(ExternalResource.objects.filter(deleted_at__isnull=True).values_list("kind", flat=True)) == [
-        "ecr_image"
+        ExternalResource.Kind.ECR_IMAGE
     ]

@@ -282,4 +282,4 @@ def test_deleting_leaves_resources_another_installation_tagged_and_says_why(
     assert any(function in w and "belongs to rdeploy installation 'other'" in w for w in warnings)
     # Everything still ours is gone (the image stays for rdeploy_gc), and no record claims the other's.
     assert tagged() == []
-    assert list(ExternalResource.objects.live().values_list("kind", flat=True)) == ["ecr_image"]
+    assert list(ExternalResource.objects.live().values_list("kind", flat=True)) == [ExternalResource.Kind.ECR_IMAGE]

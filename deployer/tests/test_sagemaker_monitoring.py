@@ -53,7 +53,7 @@ def write_log_lines(group: str, *messages: str, stream: str = "main/i-1") -> Non
 
 
 def update_to_a_second_version(owner: User, api_client_for: Any, name: str) -> tuple[Deployment, EndpointUpdates]:
-    image = latest(name).resources["ecr_image"]
+    image = latest(name).resources[ExternalResource.Kind.ECR_IMAGE]
     if not ecr.image_exists(*image.split(":")):
         push_image(image)
     model = stub_model(owner, content=b"model-2")
@@ -81,7 +81,7 @@ def test_the_endpoints_log_groups_are_made_by_rdeploy_tagged_and_with_a_retentio
             tagging.ENDPOINT: "iris-sm",
             tagging.DEPLOYMENT: str(deployment.pk),
         }
-    recorded = ExternalResource.objects.filter(kind="log_group", deleted_at__isnull=True)
+    recorded = ExternalResource.objects.filter(kind=ExternalResource.Kind.LOG_GROUP, deleted_at__isnull=True)
     assert set(recorded.values_list("identifier", flat=True)) == {SAGEMAKER_GROUP, LAMBDA_GROUP}
 
 
@@ -116,7 +116,7 @@ def test_teardown_copies_the_last_log_lines_then_removes_the_log_groups_and_alar
     assert alarm_names() == set()
     assert tagged() == []
     assert not ExternalResource.objects.filter(
-        kind__in=["log_group", "cloudwatch_alarm"], deleted_at__isnull=True
+        kind__in=[ExternalResource.Kind.LOG_GROUP, ExternalResource.Kind.CLOUDWATCH_ALARM], deleted_at__isnull=True
     ).exists()
 
 
@@ -227,9 +227,9 @@ def test_groups_sagemaker_and_lambda_made_themselves_are_their_endpoints_and_go_
     for group in (SAGEMAKER_GROUP, LAMBDA_GROUP):
         aws_client("logs").delete_log_group(logGroupName=group)
         aws_client("logs").create_log_group(logGroupName=group)
-    ExternalResource.objects.filter(kind="log_group").delete()
+    ExternalResource.objects.filter(kind=ExternalResource.Kind.LOG_GROUP).delete()
 
-    assert [orphan for orphan in cloud_orphans() if orphan.kind == "log_group"] == []
+    assert [orphan for orphan in cloud_orphans() if orphan.kind == ExternalResource.Kind.LOG_GROUP] == []
 
     write_log_lines(SAGEMAKER_GROUP, "last words")
     api_client_for(owner).delete("/api/v1/endpoints/iris-sm/")

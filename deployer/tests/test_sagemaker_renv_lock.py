@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 
 from deployer.build_context import PUBLIC_BASE_IMAGE, render_build_context
-from deployer.models import Deployment, ModelVersion
+from deployer.models import Deployment, ExternalResource, ModelVersion
 from deployer.targets.sagemaker.image import image_build_context
 from deployer.tests.sagemaker_support import drive, latest, stub_model
 from testsupport.moto import MotoServer
@@ -63,7 +63,7 @@ def test_a_bundles_renv_lock_goes_into_the_image_and_its_tag(aws: MotoServer, ow
     pinned = render_build_context(packages=["randomForest"], renv_lock=lock, base_image=PUBLIC_BASE_IMAGE)
     unpinned = render_build_context(packages=["randomForest"], base_image=PUBLIC_BASE_IMAGE)
     assert pinned.tag != unpinned.tag
-    assert deployment.resources["ecr_image"] == f"rdeploy-runtime:{pinned.tag}"
+    assert deployment.resources[ExternalResource.Kind.ECR_IMAGE] == f"rdeploy-runtime:{pinned.tag}"
     assert image_build_context(model).files["build/renv.lock"] == (lock, 0o644)
 
 

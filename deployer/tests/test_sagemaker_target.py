@@ -80,19 +80,19 @@ def test_a_public_sagemaker_endpoint_goes_live_with_every_resource_tagged(
     assert endpoint.public_url.endswith(".execute-api.us-east-1.amazonaws.com/v1/invocations")
     kinds = {resource.kind for resource in endpoint_resources("iris-sm")}
     assert kinds >= {
-        "sagemaker_endpoint",
-        "sagemaker_endpoint_config",
-        "sagemaker_model",
-        "lambda_function",
-        "iam_role",
-        "apigateway_rest_api",
-        "apigateway_api_key",
-        "apigateway_usage_plan",
-        "model_data",
-        "autoscaling_target",
+        ExternalResource.Kind.SAGEMAKER_ENDPOINT,
+        ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG,
+        ExternalResource.Kind.SAGEMAKER_MODEL,
+        ExternalResource.Kind.LAMBDA_FUNCTION,
+        ExternalResource.Kind.IAM_ROLE,
+        ExternalResource.Kind.APIGATEWAY_REST_API,
+        ExternalResource.Kind.APIGATEWAY_API_KEY,
+        ExternalResource.Kind.APIGATEWAY_USAGE_PLAN,
+        ExternalResource.Kind.MODEL_DATA,
+        ExternalResource.Kind.AUTOSCALING_TARGET,
     }
     for resource in endpoint_resources("iris-sm"):
-        if resource.kind != "autoscaling_target":
+        if resource.kind != ExternalResource.Kind.AUTOSCALING_TARGET:
             assert resource.tags[tagging.INSTALLATION] == settings.INSTALLATION_ID
             assert resource.tags[tagging.ENDPOINT] == "iris-sm"
             assert resource.tags[tagging.DEPLOYMENT] == str(deployment.pk)
@@ -142,7 +142,7 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
     create_public(owner, api_client_for, rollback_alarms=["iris-sm-5xx"])
     first = drive(latest("iris-sm"))
     assert builds_started() == 1
-    push_image(first.resources["ecr_image"])
+    push_image(first.resources[ExternalResource.Kind.ECR_IMAGE])
     second_model = stub_model(owner, content=b"model-2")
 
     response = api_client_for(owner).post(
@@ -181,7 +181,7 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
     assert update.status == Deployment.Status.SUCCEEDED, update.error
     assert builds_started() == 1
     assert update.steps.get(name="build_image").status == DeploymentStep.Status.SKIPPED
-    assert update.resources["ecr_image"] == first.resources["ecr_image"]
+    assert update.resources[ExternalResource.Kind.ECR_IMAGE] == first.resources[ExternalResource.Kind.ECR_IMAGE]
     # The update made a new endpoint config and retired the first rollout's model and config.
     configs = {c["EndpointConfigName"] for c in aws_client("sagemaker").list_endpoint_configs()["EndpointConfigs"]}
     assert configs == {rollout_name(update)}
@@ -211,9 +211,9 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
         assert {"Key": tagging.DEPLOYMENT, "Value": str(update.pk)} in tags
         assert {"Key": tagging.ENDPOINT, "Value": "iris-sm"} in tags
     assert set(
-        ExternalResource.objects.filter(kind="cloudwatch_alarm", deleted_at__isnull=True).values_list(
-            "identifier", flat=True
-        )
+        ExternalResource.objects.filter(
+            kind=ExternalResource.Kind.CLOUDWATCH_ALARM, deleted_at__isnull=True
+        ).values_list("identifier", flat=True)
     ) == set(alarms)
 
 
@@ -245,7 +245,11 @@ def test_deleting_leaves_no_tagged_resource_in_any_service(aws: MotoServer, owne
     assert aws_client("lambda").list_functions()["Functions"] == []
     assert aws_client("apigateway").get_rest_apis()["items"] == []
     assert aws_client("apigateway").get_api_keys()["items"] == []
-    assert not ExternalResource.objects.filter(deleted_at__isnull=True).exclude(kind="ecr_image").exists()
+    assert (
+        not ExternalResource.objects.filter(deleted_at__isnull=True)
+        .exclude(kind=ExternalResource.Kind.ECR_IMAGE)
+        .exists()
+    )
 
 
 def test_a_failed_endpoint_shows_sagemakers_reason_and_its_log_lines(
@@ -410,7 +414,7 @@ def test_model_data_is_the_runtimes_model_directory_as_tar_gz_and_uploaded_once(
 ) -> None:
     create_public(owner, api_client_for)
     deployment = drive(latest("iris-sm"))
-    bucket, key = deployment.resources["model_data"].removeprefix("s3://").split("/", 1)
+    bucket, key = deployment.resources[ExternalResource.Kind.MODEL_DATA].removeprefix("s3://").split("/", 1)
 
     data = aws_client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
 
@@ -520,15 +524,17 @@ def test_an_image_no_endpoint_uses_stays_for_the_grace_period_then_gc_removes_it
 ) -> None:
     create_public(owner, api_client_for)
     deployment = drive(latest("iris-sm"))
-    push_image(deployment.resources["ecr_image"])
+    push_image(deployment.resources[ExternalResource.Kind.ECR_IMAGE])
     api_client_for(owner).delete("/api/v1/endpoints/iris-sm/")
     drive(latest("iris-sm"))
-    repository, tag = deployment.resources["ecr_image"].split(":")
+    repository, tag = deployment.resources[ExternalResource.Kind.ECR_IMAGE].split(":")
 
     assert ecr.image_exists(repository, tag)
     assert cloud_orphans() == []
     orphans = cloud_orphans(image_grace_seconds=0)
-    assert [(o.kind, o.identifier) for o in orphans] == [("ecr_image", deployment.resources["ecr_image"])]
+    assert [(o.kind, o.identifier) for o in orphans] == [
+        (ExternalResource.Kind.ECR_IMAGE, deployment.resources[ExternalResource.Kind.ECR_IMAGE])
+    ]
     cloud_orphans_delete(orphans)
     assert not ecr.image_exists(repository, tag)
     assert not ExternalResource.objects.filter(deleted_at__isnull=True).exists()
@@ -545,14 +551,14 @@ def test_model_data_shared_by_two_endpoints_stays_until_the_last_one_is_deleted(
         )
         assert response.status_code == 202
         assert drive(latest(name)).status == Deployment.Status.SUCCEEDED
-    uri = latest("iris-a").resources["model_data"]
-    assert latest("iris-b").resources["model_data"] == uri
+    uri = latest("iris-a").resources[ExternalResource.Kind.MODEL_DATA]
+    assert latest("iris-b").resources[ExternalResource.Kind.MODEL_DATA] == uri
     bucket, key = uri.removeprefix("s3://").split("/", 1)
 
     client.delete("/api/v1/endpoints/iris-a/")
     assert drive(latest("iris-a")).status == Deployment.Status.SUCCEEDED
     assert s3.object_exists(bucket, key)
-    assert ExternalResource.objects.get(kind="model_data", identifier=uri).endpoint.name == "iris-b"  # type: ignore[union-attr]
+    assert ExternalResource.objects.get(kind=ExternalResource.Kind.MODEL_DATA, identifier=uri).endpoint.name == "iris-b"  # type: ignore[union-attr]
 
     client.delete("/api/v1/endpoints/iris-b/")
     assert drive(latest("iris-b")).status == Deployment.Status.SUCCEEDED
@@ -615,7 +621,11 @@ def test_build_log_lines_stream_into_the_deployment_log_and_a_failed_build_says_
     assert "COMMAND_EXECUTION_ERROR: exit 1" in message
     assert "compilation failed" in message
     # Nothing of the failed first rollout is left but the installation's repository.
-    assert not ExternalResource.objects.filter(deleted_at__isnull=True).exclude(kind="ecr_image").exists()
+    assert (
+        not ExternalResource.objects.filter(deleted_at__isnull=True)
+        .exclude(kind=ExternalResource.Kind.ECR_IMAGE)
+        .exists()
+    )
 
 
 def test_a_failed_update_keeps_the_image_and_model_data_the_live_version_uses(
@@ -623,7 +633,7 @@ def test_a_failed_update_keeps_the_image_and_model_data_the_live_version_uses(
 ) -> None:
     create_public(owner, api_client_for)
     first = drive(latest("iris-sm"))
-    push_image(first.resources["ecr_image"])
+    push_image(first.resources[ExternalResource.Kind.ECR_IMAGE])
     client = api_client_for(owner)
     client.post(
         "/api/v1/endpoints/iris-sm/deployments", {"model": stub_model(owner, content=b"model-2").pk}, format="json"
@@ -636,12 +646,14 @@ def test_a_failed_update_keeps_the_image_and_model_data_the_live_version_uses(
     assert "RDEPLOY_SAGEMAKER_ROLE_ARN" in update.error
     endpoint = Endpoint.objects.get(name="iris-sm")
     assert endpoint.status == Endpoint.Status.LIVE
-    image = ExternalResource.objects.get(kind="ecr_image", identifier=first.resources["ecr_image"])
+    image = ExternalResource.objects.get(
+        kind=ExternalResource.Kind.ECR_IMAGE, identifier=first.resources[ExternalResource.Kind.ECR_IMAGE]
+    )
     assert (image.endpoint, image.deleted_at, image.details.get("unused_since")) == (endpoint, None, None)
-    bucket, key = first.resources["model_data"].removeprefix("s3://").split("/", 1)
+    bucket, key = first.resources[ExternalResource.Kind.MODEL_DATA].removeprefix("s3://").split("/", 1)
     assert s3.object_exists(bucket, key)
     # The failed update's own model data is gone; the live version's model and endpoint stay.
-    failed_bucket, failed_key = update.resources["model_data"].removeprefix("s3://").split("/", 1)
+    failed_bucket, failed_key = update.resources[ExternalResource.Kind.MODEL_DATA].removeprefix("s3://").split("/", 1)
     assert not s3.object_exists(failed_bucket, failed_key)
     assert {m["ModelName"] for m in aws_client("sagemaker").list_models()["Models"]} == {rollout_name(first)}
     assert cloud_orphans() == []

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from deployer.integrations.aws import apigateway, autoscaling, cloudwatch, ecr, iam, lambda_, logs, s3, sagemaker
+from deployer.models import ExternalResource
 
 INSTALLATION = "rdeploy:installation"
 ENDPOINT = "rdeploy:endpoint"
@@ -32,7 +33,7 @@ def resource_tags(installation: str, *, endpoint: str | None = None, deployment:
 
 @dataclass(frozen=True)
 class CloudResource:
-    kind: str  # the ExternalResource.kind rdeploy records for it
+    kind: str  # the ExternalResource.Kind rdeploy records for it
     identifier: str  # the ExternalResource.identifier
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -61,42 +62,42 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
     for name, arn in sagemaker.endpoints(names):
         tags = endpoint_tags[name] = sagemaker.tags_of(arn)
         if ours(tags):
-            yield CloudResource("sagemaker_endpoint", name, tags)
+            yield CloudResource(ExternalResource.Kind.SAGEMAKER_ENDPOINT, name, tags)
     for name, arn in sagemaker.endpoint_configs(names):
         tags = sagemaker.tags_of(arn)
         if ours(tags):
-            yield CloudResource("sagemaker_endpoint_config", name, tags)
+            yield CloudResource(ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG, name, tags)
     for name, arn in sagemaker.models(names):
         tags = sagemaker.tags_of(arn)
         if ours(tags):
-            yield CloudResource("sagemaker_model", name, tags)
+            yield CloudResource(ExternalResource.Kind.SAGEMAKER_MODEL, name, tags)
     for endpoint, variant in autoscaling.scaled_endpoints(names):
         # A scalable target belongs to whoever owns its endpoint (its own tags cannot be
         # listed everywhere); one left behind by a deleted endpoint goes by the prefix.
         tags = endpoint_tags.get(endpoint, {INSTALLATION: installation})
         if ours(tags):
-            yield CloudResource("autoscaling_target", f"{endpoint}/{variant}", tags)
+            yield CloudResource(ExternalResource.Kind.AUTOSCALING_TARGET, f"{endpoint}/{variant}", tags)
     for name, arn in lambda_.functions(names):
         tags = lambda_.tags_of(arn)
         if ours(tags):
-            yield CloudResource("lambda_function", name, tags)
+            yield CloudResource(ExternalResource.Kind.LAMBDA_FUNCTION, name, tags)
     for name, _arn in iam.roles(f"/{prefix}/"):
         tags = iam.tags_of(name)
         if ours(tags):
-            yield CloudResource("iam_role", name, tags)
+            yield CloudResource(ExternalResource.Kind.IAM_ROLE, name, tags)
     for name, _id, tags in apigateway.rest_apis(names):
         if ours(tags):
-            yield CloudResource("apigateway_rest_api", name, tags)
+            yield CloudResource(ExternalResource.Kind.APIGATEWAY_REST_API, name, tags)
     for name, _id, tags in apigateway.usage_plans(names):
         if ours(tags):
-            yield CloudResource("apigateway_usage_plan", name, tags)
+            yield CloudResource(ExternalResource.Kind.APIGATEWAY_USAGE_PLAN, name, tags)
     for name, _id, tags in apigateway.api_keys(names):
         if ours(tags):
-            yield CloudResource("apigateway_api_key", name, tags)
+            yield CloudResource(ExternalResource.Kind.APIGATEWAY_API_KEY, name, tags)
     for name, arn in cloudwatch.alarms(names):
         tags = cloudwatch.tags_of(arn)
         if ours(tags):
-            yield CloudResource("cloudwatch_alarm", name, tags)
+            yield CloudResource(ExternalResource.Kind.CLOUDWATCH_ALARM, name, tags)
     for group_prefix in log_group_prefixes(prefix):
         for name, arn in logs.log_groups(group_prefix):
             tags = logs.tags_of(arn)
@@ -104,14 +105,18 @@ def inventory(*, installation: str, prefix: str, bucket: str | None, repository:
             # (an endpoint from before rdeploy made its groups, a write after teardown):
             # such a group goes by rdeploy's naming, unless another installation tagged it.
             if ours(tags) or INSTALLATION not in tags:
-                yield CloudResource("log_group", name, tags)
+                yield CloudResource(ExternalResource.Kind.LOG_GROUP, name, tags)
     if bucket:
         for key in s3.list_keys(bucket, f"{prefix}/"):
             tags = s3.object_tags(bucket, key) or {}
             if tags.get(INSTALLATION) == installation:
-                kind = "model_data" if key.startswith(f"{prefix}/model-data/") else "build_context"
+                kind = (
+                    ExternalResource.Kind.MODEL_DATA
+                    if key.startswith(f"{prefix}/model-data/")
+                    else ExternalResource.Kind.BUILD_CONTEXT
+                )
                 yield CloudResource(kind, f"s3://{bucket}/{key}", tags)
     # The repository may be shared by installations: only this installation's counts.
     if (ecr.repository_tags(repository) or {}).get(INSTALLATION) == installation:
         for tag in ecr.image_tags(repository):
-            yield CloudResource("ecr_image", f"{repository}:{tag}", {INSTALLATION: installation})
+            yield CloudResource(ExternalResource.Kind.ECR_IMAGE, f"{repository}:{tag}", {INSTALLATION: installation})
