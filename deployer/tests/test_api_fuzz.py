@@ -27,6 +27,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core import signals
 from django.db import close_old_connections
+from django.test import Client
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from config.wsgi import application
@@ -103,6 +104,8 @@ EXCLUDED_CHECKS = [schemathesis.checks.positive_data_acceptance, schemathesis.ch
     max_examples=EXAMPLES_PER_OPERATION,
     derandomize=True,
     database=None,
+    # No timing: a loaded machine is slow. The fixtures are per test on purpose (one database
+    # transaction for all examples), and generation may be slow there too.
     deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck),
 )
@@ -115,3 +118,12 @@ def test_every_answer_is_documented_and_no_server_error(case: schemathesis.Case,
         owned = _owned_path_parameters(owner, case.operation.path)
         case.path_parameters = {key: owned.get(key, value) for key, value in case.path_parameters.items()}
         case.call_and_validate(headers=headers, excluded_checks=EXCLUDED_CHECKS)
+
+
+def test_unknown_api_paths_answer_the_apis_json_404(client: Client) -> None:
+    """A path no route matches (a name with other characters) gets the API's {detail} 404,
+    not Django's HTML page; the dashboard's unknown paths keep the page."""
+    api = client.get("/api/v1/endpoints/Not_A_Name/")
+    assert (api.status_code, api["Content-Type"], api.json()) == (404, "application/json", {"detail": "Not found."})
+    page = client.get("/no-such-page/")
+    assert (page.status_code, page["Content-Type"].split(";")[0]) == (404, "text/html")
