@@ -34,6 +34,7 @@ from deployer.services.pipeline import deployment_advance
 from deployer.serving_images import local_image
 from deployer.targets.sagemaker import image as sagemaker_image
 from deployer.targets.sagemaker.image import docker_build_dir, image_build_context
+from deployer.targets.sagemaker.names import rollout_name
 from deployer.tests.image_support import make_cran_repository, nothing_installs
 from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, stub_model
 from testsupport.moto import MotoServer
@@ -185,8 +186,8 @@ def test_the_image_built_on_this_machine_is_the_one_pushed_and_pulled_back_byte_
     assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
     assert builds_started() == 0
     assert f"Pushing {local}, the image built on this machine." in build_lines(deployment)
-    model_name = f"rdeploy-iris-docker-d{deployment.pk}"
-    assert aws_client("sagemaker").describe_model(ModelName=model_name)["PrimaryContainer"]["Image"] == pushed
+    sagemaker_model = aws_client("sagemaker").describe_model(ModelName=rollout_name(deployment))
+    assert sagemaker_model["PrimaryContainer"]["Image"] == pushed
     # What SageMaker pulls is the image inspection and local endpoints ran.
     remove_image(pushed)
     cli.check(["pull", "--quiet", pushed], timeout=120)
