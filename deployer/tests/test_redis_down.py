@@ -150,7 +150,13 @@ def test_dashboard_rest_reads_and_token_invocations_work_while_redis_is_down(
     assert status == 200
     assert b"<svg" in chart or b"chart" in chart
     rest = Browser(web_on_private_redis.url)
-    for path in ("/api/v1/endpoints", "/api/v1/endpoints/open", "/api/v1/endpoints/open/logs", "/api/v1/models/"):
+    for path in (
+        "/api/v1/endpoints",
+        "/api/v1/endpoints/open",
+        "/api/v1/endpoints/open/logs",
+        "/api/v1/models/",
+        f"/api/v1/models/{model_id}/",
+    ):
         status, _, body = rest.request("GET", path, headers=token)
         assert status == 200, (path, body[:300])
     assert json.loads(rest.request("GET", "/api/v1/endpoints/open", headers=token)[2])["name"] == "open"
