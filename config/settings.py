@@ -118,7 +118,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis: Celery broker and Django cache ---------------------------------------------
 REDIS_URL = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
 # Short socket timeouts: a Redis that does not answer costs a request at most a second or
-# two; the request paths that use the cache degrade without it (docs/architecture.md).
+# two; the request paths that use the cache degrade without it (docs/pipeline.md).
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
