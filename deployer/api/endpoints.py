@@ -24,7 +24,7 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
 from deployer import selectors
-from deployer.api.schema import CONFLICT
+from deployer.api.schema import CONFLICT, NameField
 from deployer.authentication import token_refusal
 from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
 from deployer.services import endpoints as services
@@ -93,7 +93,7 @@ class EndpointSerializer(serializers.ModelSerializer[Endpoint]):
 
 
 class EndpointCreateSerializer(serializers.Serializer[Any]):
-    name = serializers.CharField(max_length=63)
+    name = NameField(max_length=63)
     model = serializers.IntegerField()
     target = serializers.ChoiceField(choices=Endpoint.Target.choices, default=Endpoint.Target.LOCAL)
     options = serializers.DictField(default=dict)

@@ -12,7 +12,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from deployer.api.schema import VALIDATION_ERROR_SCHEMA, error
+from deployer.api.schema import VALIDATION_ERROR_SCHEMA, NameField, error
 from deployer.artifacts import HashingUploadHandler
 from deployer.models import ModelVersion
 from deployer.services.model_intake import (
@@ -44,7 +44,7 @@ class ModelVersionSerializer(serializers.ModelSerializer[ModelVersion]):
 
 
 class ModelUploadSerializer(serializers.Serializer[Any]):
-    name = serializers.CharField(max_length=63, help_text="Lowercase letters, digits and hyphens, 1-63 characters.")
+    name = NameField(max_length=63, help_text="Lowercase letters, digits and hyphens, 1-63 characters.")
     file = serializers.FileField(help_text="A model saved with saveRDS(), or a .tar.gz/.zip bundle holding model.rds.")
     sample = serializers.FileField(
         required=False, help_text="A few input rows: CSV with a header row, or JSON records."

@@ -12,8 +12,10 @@ from typing import Any
 
 from drf_spectacular import openapi
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema_field
 from rest_framework import serializers
+
+from deployer.models import NAME_PATTERN
 
 
 class HashedTokenScheme(OpenApiAuthenticationExtension):
@@ -27,6 +29,12 @@ class HashedTokenScheme(OpenApiAuthenticationExtension):
             "name": "Authorization",
             "description": 'An API token as "Token <token>" (create one with `manage.py create_api_token`).',
         }
+
+
+@extend_schema_field({"type": "string", "pattern": NAME_PATTERN, "maxLength": 63})
+class NameField(serializers.CharField):
+    """An endpoint's or a model's name. The services check it and say why in their words; the
+    schema shows the rule, so a client (or a fuzzer) knows which names are valid."""
 
 
 class ErrorSerializer(serializers.Serializer[Any]):
