@@ -283,3 +283,18 @@ def test_deleting_leaves_resources_another_installation_tagged_and_says_why(
     # Everything still ours is gone (the image stays for rdeploy_gc), and no record claims the other's.
     assert tagged() == []
     assert list(ExternalResource.objects.live().values_list("kind", flat=True)) == [ExternalResource.Kind.ECR_IMAGE]
+
+
+def test_gc_never_takes_in_an_installation_whose_id_starts_with_this_ones(aws: MotoServer) -> None:
+    # Installation "<ours>x": its untagged leftovers go by name, and its names start with ours.
+    theirs = f"{prefix()}x-iris"
+    aws_client("application-autoscaling").register_scalable_target(
+        ServiceNamespace="sagemaker",
+        ResourceId=f"endpoint/{theirs}/variant/main",
+        ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+        MinCapacity=1,
+        MaxCapacity=2,
+    )
+    aws_client("logs").create_log_group(logGroupName=f"/aws/sagemaker/Endpoints/{theirs}")
+
+    assert cloud_orphans() == []
