@@ -310,6 +310,15 @@ CELERY_BEAT_SCHEDULE["model-inspection-requeue"] = {
     "schedule": 300.0,
     "options": {"expires": 300.0},
 }
+# Uploads a killed web process left in FILE_UPLOAD_TEMP_DIR (deployer/services/upload_cleanup.py):
+# removed once not written for UPLOAD_TEMP_MAX_AGE_SECONDS, far above any live request's pause.
+UPLOAD_TEMP_MAX_AGE_SECONDS = env.integer("RDEPLOY_UPLOAD_TEMP_MAX_AGE", 3600, minimum=1)
+UPLOAD_TEMP_CLEAN_SECONDS = env.integer("RDEPLOY_UPLOAD_TEMP_CLEAN_SECONDS", 600, minimum=1)
+CELERY_BEAT_SCHEDULE["upload-temp-files-remove-stale"] = {
+    "task": task_names.UPLOAD_TEMP_FILES_REMOVE_STALE,
+    "schedule": float(UPLOAD_TEMP_CLEAN_SECONDS),
+    "options": {"expires": float(UPLOAD_TEMP_CLEAN_SECONDS)},
+}
 # /readyz: a worker says whether its container engine answers (deployer/health.py).
 CELERY_BEAT_SCHEDULE["container-engine-check"] = {
     "task": task_names.CONTAINER_ENGINE_CHECK,
