@@ -27,6 +27,7 @@ and shows that error).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -241,7 +242,7 @@ def _run_step(run: _Run, deployment: Deployment, step: DeploymentStep) -> bool:
     try:
         with _Heartbeat(run):
             outcome = target.run_step(step.name, ctx)
-            _pause_for_fault_tests()
+            _pause_for_fault_tests(step, polling=polling)
     except PermanentStepError as exc:
         _fail(run, deployment, step, exc.message)
         return False
@@ -292,9 +293,20 @@ def _save_step(step: DeploymentStep, *, status: str, message: str, wait: float |
     step.save(update_fields=["status", "message", "next_check_at", "finished_at"])
 
 
-def _pause_for_fault_tests() -> None:
-    """Fault tests SIGKILL the worker here: after a step's work, before its outcome is saved."""
+def _pause_for_fault_tests(step: DeploymentStep, *, polling: bool) -> None:
+    """Fault tests SIGKILL the worker here: after a step's work, before its outcome is saved.
+
+    The line logged is how a test knows this process is inside that run of the step.
+    """
     if settings.PIPELINE_FAULT_PAUSE_SECONDS:
+        logger.warning(
+            "fault pause: deployment %s step %s attempt %s %s pid %s",
+            step.deployment_id,
+            step.name,
+            step.attempts,
+            "poll" if polling else "run",
+            os.getpid(),
+        )
         time.sleep(settings.PIPELINE_FAULT_PAUSE_SECONDS)
 
 

@@ -16,7 +16,7 @@ from deployer.models import Endpoint
 from deployer.services import gateway
 from deployer.tests.pipeline_support import FaultyWorker, stop_everything
 from testsupport.moto import MotoServer
-from testsupport.services import CeleryWorker, session_database_url
+from testsupport.services import CeleryWorker, RedisServer, session_database_url
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +66,16 @@ def faulty_worker(request: pytest.FixtureRequest, celery_worker: CeleryWorker) -
     yield worker
     worker.stop()
     celery_worker.start()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own (on a port it keeps across stop and start), for tests that
+    stop it: the session's Redis serves every other test."""
+    server = RedisServer(None, tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

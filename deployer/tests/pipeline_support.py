@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ import pytest
 from django.contrib.auth.models import User
 
 from deployer.models import Deployment, Endpoint, ModelVersion
-from deployer.services.pipeline import pipeline_reconcile
 from testsupport.pipeline import ready_model
 from testsupport.r_models import expected, train_models
 from testsupport.services import CeleryWorker
@@ -75,12 +73,23 @@ def running_containers(endpoint_name: str) -> list[str]:
     return [name for name in runtimes.names(endpoint=endpoint_name) if container_running(name)]
 
 
-# A short lease so a killed step is resumed within seconds, and a pause after each step's
-# work (before its outcome is saved) that is the window the worker is killed in.
-FAULT_ENV = {"RDEPLOY_PIPELINE_LEASE_SECONDS": "5", "RDEPLOY_PIPELINE_FAULT_PAUSE_MS": "700"}
+# A short lease and a reconciler every second (run by the worker's own beat) so a killed
+# step is resumed within seconds, and a pause after each step's work (before its outcome is
+# saved) that is the window the worker is killed in.
+FAULT_ENV = {
+    "RDEPLOY_PIPELINE_LEASE_SECONDS": "5",
+    "RDEPLOY_PIPELINE_RECONCILE_SECONDS": "1",
+    "RDEPLOY_PIPELINE_FAULT_PAUSE_MS": "700",
+}
 
 
 class FaultyWorker(CeleryWorker):
+    """A worker with Celery beat embedded (-B): the beat schedule of settings, so the
+    reconciler runs on its schedule; SIGKILL takes beat down with the worker."""
+
+    def __init__(self, database_url: str, logfile: Path) -> None:
+        super().__init__(database_url, logfile, beat=True)
+
     def start(self) -> None:
         saved = {name: os.environ.get(name) for name in FAULT_ENV}
         os.environ.update(FAULT_ENV)
@@ -94,13 +103,14 @@ class FaultyWorker(CeleryWorker):
                     os.environ[name] = value
 
 
-def finish(deployment: Deployment, *, timeout: float = 90) -> Deployment:
-    """Let the reconciler (as beat would run it) resume the deployment until it is done."""
-    deadline = time.monotonic() + timeout
-    while True:
-        deployment.refresh_from_db()
-        if deployment.is_terminal:
-            return deployment
-        assert time.monotonic() < deadline, f"deployment still {deployment.status}"
-        pipeline_reconcile()
-        time.sleep(1)
+def finish(deployment: Deployment, *, timeout: float = 120) -> Deployment:
+    """Wait until the deployment is done; the test does nothing to resume it: a killed
+    worker's deployment is resumed by the reconciler that beat runs."""
+    wait_for(
+        lambda: Deployment.objects.get(pk=deployment.pk).is_terminal,
+        timeout=timeout,
+        interval=0.2,
+        what=f"deployment {deployment.pk} to finish",
+    )
+    deployment.refresh_from_db()
+    return deployment
