@@ -32,6 +32,7 @@ def _start_postgres() -> str:
             shutil.rmtree(server.workdir, ignore_errors=True)
 
     atexit.register(stop)
+    server.remove_when_gone(starter)
     server.start()
     return server.url("rdeploy")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
@@ -34,9 +35,12 @@ class PostgresServer:
         """A DATABASE_URL for database ``name`` of this cluster."""
         return f"postgres://{self.USER}@{quote(str(self.socket_dir), safe='')}/{name}"
 
+    @property
+    def _as_owner(self) -> list[str]:
+        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
     def _run(self, *command: str | Path) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        done = subprocess.run([*prefix, *map(str, command)], capture_output=True, text=True, check=False)
+        done = subprocess.run([*self._as_owner, *map(str, command)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{Path(command[0]).name} failed: {done.stdout}{done.stderr}; see {self.logfile}")
 
@@ -69,3 +73,19 @@ class PostgresServer:
         if self.running:
             self._run(POSTGRES_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
             self.running = False
+
+    def remove_when_gone(self, pid: int) -> None:
+        """Stop the cluster and remove its directory once process ``pid`` has ended, however it
+        ended: a SIGKILL or a `timeout` skips atexit, and the cluster would run on forever."""
+        stop = [*self._as_owner, str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
+        script = (
+            f"while kill -0 {pid} 2>/dev/null; do sleep 2; done; "
+            f"{shlex.join(stop)} >/dev/null 2>&1; rm -rf {shlex.quote(str(self.workdir))}"
+        )
+        subprocess.Popen(
+            ["sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
