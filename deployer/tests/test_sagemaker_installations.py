@@ -27,6 +27,7 @@ from deployer.integrations.aws import tagging
 from deployer.integrations.aws.client import aws_client, tag_list
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
 from deployer.services.cloud_gc import cloud_orphans
+from deployer.targets import get_target
 from deployer.targets.sagemaker.names import (
     api_name,
     endpoint_name,
@@ -35,6 +36,7 @@ from deployer.targets.sagemaker.names import (
     role_name,
     rollout_name,
 )
+from deployer.targets.sagemaker.ownership import ForeignResource
 from deployer.tests.sagemaker_support import create_public, drive, latest, stub_model, tagged
 from testsupport.moto import EndpointUpdates, MotoServer
 
@@ -161,6 +163,16 @@ def plant_api_key(name: str, tags: dict[str, str]) -> None:
     aws_client("apigateway").create_api_key(name=name, enabled=True, value="theirs-usage-key-0123456789", tags=tags)
 
 
+def plant_rest_api(name: str, tags: dict[str, str]) -> None:
+    aws_client("apigateway").create_rest_api(name=name, tags=tags)
+
+
+def plant_role(name: str, tags: dict[str, str]) -> None:
+    aws_client("iam").create_role(
+        RoleName=name, Path=f"/{prefix()}/", AssumeRolePolicyDocument="{}", Tags=tag_list(tags)
+    )
+
+
 def planted_is_untouched(kind: str, name: str, tags: dict[str, str]) -> None:
     sagemaker = aws_client("sagemaker")
     if kind == "endpoint":
@@ -174,6 +186,15 @@ def planted_is_untouched(kind: str, name: str, tags: dict[str, str]) -> None:
         assert function["Configuration"]["Environment"]["Variables"] == {"THEIRS": "1"}
         assert aws_client("lambda").list_tags(Resource=function["Configuration"]["FunctionArn"])["Tags"] == tags
         return
+    elif kind == "rest_api":
+        apis = [api for api in aws_client("apigateway").get_rest_apis()["items"] if api["name"] == name]
+        assert [api.get("tags") for api in apis] == [tags]
+        assert [r["path"] for r in aws_client("apigateway").get_resources(restApiId=apis[0]["id"])["items"]] == ["/"]
+        return
+    elif kind == "role":
+        assert aws_client("iam").list_role_policies(RoleName=name)["PolicyNames"] == []
+        assert {t["Key"]: t["Value"] for t in aws_client("iam").list_role_tags(RoleName=name)["Tags"]} == tags
+        return
     else:
         keys = aws_client("apigateway").get_api_keys(nameQuery=name, includeValues=True)["items"]
         assert [(key["value"], key.get("tags") or {}) for key in keys] == [("theirs-usage-key-0123456789", tags)]
@@ -181,14 +202,23 @@ def planted_is_untouched(kind: str, name: str, tags: dict[str, str]) -> None:
     assert {t["Key"]: t["Value"] for t in sagemaker.list_tags(ResourceArn=arn)["Tags"]} == tags
 
 
-PLANTS = {"endpoint": plant_endpoint, "model": plant_model, "function": plant_function, "api_key": plant_api_key}
+PLANTS = {
+    "endpoint": plant_endpoint,
+    "model": plant_model,
+    "function": plant_function,
+    "api_key": plant_api_key,
+    "rest_api": plant_rest_api,
+    "role": plant_role,
+}
 NAMES = {
     "endpoint": lambda d: endpoint_name(d.endpoint),
     "model": rollout_name,
     "function": lambda d: function_name(d.endpoint),
     "api_key": lambda d: api_name(d.endpoint),
+    "rest_api": lambda d: api_name(d.endpoint),
+    "role": lambda d: role_name(d.endpoint),
 }
-REFUSED_AT = {"endpoint": "deploy_endpoint", "model": "create_model", "function": "public_function"}
+REFUSED_AT = {"endpoint": "deploy_endpoint", "model": "create_model", "rest_api": "public_api"}
 
 
 @pytest.mark.parametrize(
@@ -200,6 +230,8 @@ REFUSED_AT = {"endpoint": "deploy_endpoint", "model": "create_model", "function"
         ("model", {"team": "data"}, "carries no rdeploy:installation tag"),
         ("function", OTHER_TAGS, "belongs to rdeploy installation 'other'"),
         ("api_key", OTHER_TAGS, "belongs to rdeploy installation 'other'"),
+        ("rest_api", OTHER_TAGS, "belongs to rdeploy installation 'other'"),
+        ("role", OTHER_TAGS, "belongs to rdeploy installation 'other'"),
     ],
 )
 def test_creating_refuses_to_adopt_a_resource_another_installation_or_nobody_tagged(
@@ -298,3 +330,19 @@ def test_gc_never_takes_in_an_installation_whose_id_starts_with_this_ones(aws: M
     aws_client("logs").create_log_group(logGroupName=f"/aws/sagemaker/Endpoints/{theirs}")
 
     assert cloud_orphans() == []
+
+
+def test_a_key_rotation_leaves_a_function_now_tagged_by_another_installation_alone(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    create_public(owner, api_client_for)
+    endpoint = drive(latest("iris-sm")).endpoint
+    function = function_name(endpoint)
+    retag("function", function)
+    before = aws_client("lambda").get_function_configuration(FunctionName=function)["Environment"]
+    endpoint.api_key_hash = "0" * 64
+
+    with pytest.raises(ForeignResource, match="belongs to rdeploy installation 'other'"):
+        get_target("sagemaker").push_api_key(endpoint)
+
+    assert aws_client("lambda").get_function_configuration(FunctionName=function)["Environment"] == before
