@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from deployer import task_names
@@ -114,19 +114,26 @@ def endpoint_create(
         quota_check(owner=owner, target=target, options=validated)
         # A name is released only when its endpoint is fully deleted, and only to its owner.
         Endpoint.objects.filter(name=name, owner=owner, status=Endpoint.Status.DELETED).delete()
+        taken = ValidationError({"name": f"An endpoint named {name!r} already exists."})
         if Endpoint.objects.filter(name=name).exists():
-            raise ValidationError({"name": f"An endpoint named {name!r} already exists."})
-        endpoint = Endpoint.objects.create(
-            name=name,
-            owner=owner,
-            target=target,
-            options=validated,
-            public=public,
-            api_key_hash=key_hash,
-            api_key_prefix=key_prefix,
-            invoke_url=f"{base}/api/v1/endpoints/{name}/invocations",
-            public_url=f"{base}/e/{name}/invocations" if public else "",
-        )
+            raise taken
+        try:
+            with transaction.atomic():
+                endpoint = Endpoint.objects.create(
+                    name=name,
+                    owner=owner,
+                    target=target,
+                    options=validated,
+                    public=public,
+                    api_key_hash=key_hash,
+                    api_key_prefix=key_prefix,
+                    invoke_url=f"{base}/api/v1/endpoints/{name}/invocations",
+                    public_url=f"{base}/e/{name}/invocations" if public else "",
+                )
+        except IntegrityError as exc:
+            # Another user's creation of this name committed after the check above (the
+            # owner lock serialises one user's requests only): the unique name decides.
+            raise taken from exc
         deployment_start(endpoint=endpoint, model_version=model_version, kind=Deployment.Kind.CREATE)
     gateway.route_forget(name)
     return IssuedEndpoint(endpoint=endpoint, api_key=key)
@@ -134,8 +141,11 @@ def endpoint_create(
 
 def _lock_owner(owner: User) -> None:
     """Serialise one user's quota checks with their writes: two concurrent creations must
-    not both fit in the room left for one."""
-    get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+    not both fit in the room left for one. FOR NO KEY UPDATE: it excludes itself but not the
+    key-share lock PostgreSQL takes on the user row when a row naming it is written (the
+    endpoint row updated twice in endpoint_delete's transaction), which would deadlock an
+    update waiting here for the endpoint with a delete holding it."""
+    get_user_model().objects.select_for_update(no_key=True).filter(pk=owner.pk).first()
 
 
 def _locked(endpoint: Endpoint) -> Endpoint:

@@ -1,0 +1,90 @@
+"""Races for tests: N callables released together, every answer and every exception kept.
+
+A thread that raises does not just warn (as an exception in a plain ``threading.Thread``
+does): ``race`` re-raises the first one after all threads end, so a dead client fails the
+test. ``queued_task_args`` reads what services enqueued from the session's Redis broker,
+for tests that run no worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from django.conf import settings
+
+T = TypeVar("T")
+
+# A client thread that waits longer than this at the barrier or for its answer is hung.
+THREAD_TIMEOUT = 120.0
+
+
+class RaceFailed(AssertionError):
+    """A client thread raised (or hung): the race proves nothing about the others."""
+
+
+@dataclass(frozen=True)
+class RaceResult:
+    results: list[Any]
+
+    @property
+    def statuses(self) -> Counter[int]:
+        """HTTP statuses of the answers, counted (the results must have ``status_code``)."""
+        return Counter(result.status_code for result in self.results)
+
+
+def race(calls: Sequence[Callable[[], T]]) -> RaceResult:
+    """Run each call in its own thread, all released at once by a barrier; their results in
+    order. Raises RaceFailed if any thread raised or did not finish."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+    errors: list[tuple[int, BaseException]] = []
+    lock = threading.Lock()
+
+    def run(index: int, call: Callable[[], T]) -> None:
+        try:
+            barrier.wait(timeout=THREAD_TIMEOUT)
+            results[index] = call()
+        except BaseException as exc:  # collected and re-raised in the test's thread
+            with lock:
+                errors.append((index, exc))
+
+    threads = [threading.Thread(target=run, args=(i, call), daemon=True) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(THREAD_TIMEOUT)
+    hung = [i for i, thread in enumerate(threads) if thread.is_alive()]
+    if hung:
+        raise RaceFailed(f"client threads {hung} did not finish within {THREAD_TIMEOUT} s")
+    if errors:
+        index, first = errors[0]
+        raise RaceFailed(f"{len(errors)} client thread(s) raised; thread {index}: {first!r}") from first
+    return RaceResult(results)
+
+
+def _broker() -> redis.Redis:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+
+def queue_clear() -> None:
+    """Forget every queued task message (none runs without a worker)."""
+    _broker().delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+def queued_task_args(task_name: str) -> list[list[Any]]:
+    """The positional arguments of every queued message of ``task_name`` (Celery's message
+    protocol 2: the body is base64 JSON ``[args, kwargs, embed]``)."""
+    found = []
+    for raw in _broker().lrange(settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == task_name:
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            found.append(args)
+    return found
