@@ -182,8 +182,8 @@ def test_the_image_built_on_this_machine_is_the_one_pushed_and_pulled_back_byte_
     password = base64.b64decode(token).decode().split(":", 1)[1]
     assert ["login", "--username", "AWS", "--password-stdin", f"https://{registry_as_ecr.address}"] in commands
     assert not any(password in argument for command in commands for argument in command)
-    assert not docker_build_dir(deployment.resources["docker_build"]).exists()
-    assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
+    assert not docker_build_dir(deployment.resources[ExternalResource.Kind.DOCKER_BUILD]).exists()
+    assert ExternalResource.objects.get(kind=ExternalResource.Kind.DOCKER_BUILD).deleted_at is not None
     assert builds_started() == 0
     assert f"Pushing {local}, the image built on this machine." in build_lines(deployment)
     sagemaker_model = aws_client("sagemaker").describe_model(ModelName=rollout_name(deployment))
@@ -229,7 +229,7 @@ def test_a_failing_build_fails_the_step_with_its_last_lines(
     message = deployment.steps.get(name="build_image").message
     assert message.startswith("The image build failed: podman build exited with status ")
     assert "not in Debian (as r-cran-*) and RDEPLOY_CRAN_REPO is not set: rdeploynosuchpackage" in message
-    assert not docker_build_dir(deployment.resources["docker_build"]).exists()
+    assert not docker_build_dir(deployment.resources[ExternalResource.Kind.DOCKER_BUILD]).exists()
     assert image_build_context(model).tag not in registry_as_ecr.tags("rdeploy-runtime")
 
 
@@ -244,7 +244,7 @@ def test_an_image_already_in_ecr_starts_no_build_and_no_push(
 
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
     assert deployment.steps.get(name="build_image").status == DeploymentStep.Status.SKIPPED
-    assert not ExternalResource.objects.filter(kind="docker_build").exists()
+    assert not ExternalResource.objects.filter(kind=ExternalResource.Kind.DOCKER_BUILD).exists()
 
 
 def test_the_docker_builder_without_an_engine_command_fails_naming_the_setting(
@@ -272,7 +272,7 @@ def held_build(
     deployment = create(owner, api_client_for, model)
     advance_once(deployment)
     deployment.refresh_from_db()
-    directory = docker_build_dir(deployment.resources["docker_build"])
+    directory = docker_build_dir(deployment.resources[ExternalResource.Kind.DOCKER_BUILD])
     wait_for(lambda: "installing *source* package" in (directory / images.OUTPUT).read_text(errors="replace"))
     return deployment, images.job_marker(directory)
 
@@ -314,6 +314,6 @@ def test_deleting_the_endpoint_stops_a_running_build_and_removes_its_files(
     deployment.refresh_from_db()
     assert deployment.status == Deployment.Status.FAILED
     assert processes.find(marker) == []
-    assert not docker_build_dir(deployment.resources["docker_build"]).exists()
-    assert ExternalResource.objects.get(kind="docker_build").deleted_at is not None
+    assert not docker_build_dir(deployment.resources[ExternalResource.Kind.DOCKER_BUILD]).exists()
+    assert ExternalResource.objects.get(kind=ExternalResource.Kind.DOCKER_BUILD).deleted_at is not None
     wait_for(lambda: nothing_installs("rdeployslow"), timeout=20)

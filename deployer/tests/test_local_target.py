@@ -163,7 +163,7 @@ def test_starting_the_runtime_twice_starts_one_container(owner: User, iris_model
         )
 
     name = container_name(deployment)
-    assert len(ExternalResource.objects.filter(kind="container", identifier=name)) == 1
+    assert len(ExternalResource.objects.filter(kind=ExternalResource.Kind.CONTAINER, identifier=name)) == 1
     assert runtimes.names(endpoint="twice") == [name]
     assert container_running(name)
 
@@ -195,7 +195,7 @@ def test_a_restart_waits_for_its_backoff(owner: User, iris_models: Path) -> None
     issued = endpoint_create(owner=owner, name="patient", model_version=iris_version(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     container = live_runtime(issued.endpoint)["container"]
-    resource = ExternalResource.objects.get(kind="container", identifier=container)
+    resource = ExternalResource.objects.get(kind=ExternalResource.Kind.CONTAINER, identifier=container)
     # Two crashes, the last one a second ago: the third restart waits 4 s.
     resource.details = {**resource.details, "crashes": [time.time() - 30, time.time() - 1]}
     resource.save()
@@ -216,7 +216,7 @@ def test_a_runtime_that_keeps_crashing_marks_the_endpoint_failed_with_its_log(ow
     issued = endpoint_create(owner=owner, name="crashy", model_version=iris_version(owner, iris_models, "v1"))
     drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
     container = live_runtime(issued.endpoint)["container"]
-    resource = ExternalResource.objects.get(kind="container", identifier=container)
+    resource = ExternalResource.objects.get(kind=ExternalResource.Kind.CONTAINER, identifier=container)
     # Four restarts already happened in the last minutes; this crash is the fifth.
     now = time.time()
     resource.details = {**resource.details, "crashes": [now - 200, now - 150, now - 100, now - 60]}

@@ -74,9 +74,11 @@ def test_an_update_failing_after_the_traffic_switch_keeps_the_new_version_live_a
     again = drive(endpoint_update(endpoint=endpoint, model_version=v1))
     assert again.status == Deployment.Status.SUCCEEDED, again.error
     assert predictions(owner, "forward", rows) == truth["v1"]
-    assert list(ExternalResource.objects.filter(endpoint=endpoint, deleted_at__isnull=True, kind="container")) == list(
-        ExternalResource.objects.filter(deployment=again, kind="container")
-    )
+    assert list(
+        ExternalResource.objects.filter(
+            endpoint=endpoint, deleted_at__isnull=True, kind=ExternalResource.Kind.CONTAINER
+        )
+    ) == list(ExternalResource.objects.filter(deployment=again, kind=ExternalResource.Kind.CONTAINER))
     assert Endpoint.objects.get(name="forward").error == ""
     deleted = endpoint_delete(endpoint=endpoint)
     assert deleted is not None
