@@ -89,8 +89,10 @@ class FaultyWorker(CeleryWorker):
 
     def __init__(self, database_url: str, logfile: Path) -> None:
         super().__init__(database_url, logfile, beat=True)
+        self.logged = 0
 
     def start(self) -> None:
+        self.logged = self.logfile.stat().st_size if self.logfile.exists() else 0
         saved = {name: os.environ.get(name) for name in FAULT_ENV}
         os.environ.update(FAULT_ENV)
         try:
@@ -101,6 +103,20 @@ class FaultyWorker(CeleryWorker):
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until the worker logs that it is ready. Not a ping: a solo worker answers none while
+        a task runs, and it runs one at once (the deployment a kill interrupted), so a test
+        waiting for a ping would miss the step it means to kill the worker in."""
+
+        def ready() -> bool:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"Celery worker exited; see {self.logfile}")
+            with self.logfile.open("rb") as log:
+                log.seek(self.logged)
+                return b" ready.\n" in log.read()
+
+        wait_for(ready, timeout=timeout, interval=0.02, what=f"the worker to be ready; see {self.logfile}")
 
 
 def finish(deployment: Deployment, *, timeout: float = 120) -> Deployment:
