@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.files.uploadedfile import UploadedFile
-from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.core.files.uploadhandler import FileUploadHandler, SkipFile, TemporaryFileUploadHandler
 from django.http import HttpRequest
 
 from deployer.errors import DomainError
@@ -239,6 +240,35 @@ class HashingUploadHandler(TemporaryFileUploadHandler):
         if uploaded is not None:
             uploaded.sha256 = self.digest.hexdigest()  # type: ignore[attr-defined]
         return uploaded
+
+
+class NoFilesUploadHandler(FileUploadHandler):
+    """Every other request's upload handler (settings.FILE_UPLOAD_HANDLERS): no other form
+    takes a file. Django's default handlers wrote a file of any size to FILE_UPLOAD_TEMP_DIR
+    for any multipart POST that reached request.POST, the anonymous sign-in page's included
+    (CSRF reads it), outside RDEPLOY_MAX_UPLOAD_BYTES. Here a multipart body above
+    DATA_UPLOAD_MAX_MEMORY_SIZE plus the form's framing is a 400 before it is read, and a
+    file field is skipped, never stored."""
+
+    def handle_raw_input(
+        self,
+        input_data: IO[bytes],
+        META: dict[str, str],
+        content_length: int,
+        boundary: str,
+        encoding: str | None = None,
+    ) -> None:
+        if content_length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE + _FORM_BYTES:
+            raise RequestDataTooBig("The request body exceeds DATA_UPLOAD_MAX_MEMORY_SIZE; this form takes no file.")
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        raise SkipFile
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
+        return None
+
+    def file_complete(self, file_size: int) -> UploadedFile | None:
+        return None
 
 
 def uploaded_sha256(upload: UploadedFile) -> str:
