@@ -28,33 +28,32 @@ from django.contrib.auth.models import User
 from django.core import signals
 from django.db import close_old_connections
 from django.test import Client
-from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from config.wsgi import application
 from deployer.models import ApiToken, Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
 from deployer.services.tokens import api_token_create
 from testsupport.factories import make_endpoint, make_model_version
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 20
 
 # Hypothesis's caches go to the session's throwaway data directory, not a .hypothesis/ in the tree.
 hypothesis.configuration.set_hypothesis_home_dir(Path(settings.DATA_DIR) / "hypothesis")
 
 
+# Loaded once, when the module is collected: one test per operation, each in its own
+# database transaction and under the per-test time limit.
+schema = schemathesis.openapi.from_wsgi("/api/schema/", application)
+
+
 @pytest.fixture
-def api_schema(db: None) -> Iterator[OpenApiSchema]:
+def wsgi_keeps_the_test_transaction(db: None) -> Iterator[None]:
     # As Django's test client does: the WSGI handler's signals would otherwise close the
     # test's database connection (and its transaction) after each request.
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)
-    try:
-        yield schemathesis.openapi.from_wsgi("/api/schema/", application)
-    finally:
-        signals.request_started.connect(close_old_connections)
-        signals.request_finished.connect(close_old_connections)
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
+    yield
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
 
 
 def _owned_path_parameters(owner: User, path: str) -> dict[str, Any]:
@@ -109,6 +108,7 @@ EXCLUDED_CHECKS = [schemathesis.checks.positive_data_acceptance, schemathesis.ch
     deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck),
 )
+@pytest.mark.usefixtures("wsgi_keeps_the_test_transaction")
 def test_every_answer_is_documented_and_no_server_error(case: schemathesis.Case, owner: User) -> None:
     # A fresh token each time: an example may have revoked the previous one.
     headers = {"Authorization": f"Token {api_token_create(user=owner).secret}"}
