@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import connections
+from django.utils import timezone
 
 from deployer.models import Deployment, Endpoint, ModelVersion
 from deployer.services import pipeline
@@ -18,6 +20,7 @@ from deployer.services.pipeline import _cancel_rollouts, deployment_advance
 from deployer.targets.base import StepContext, StepOutcome
 from deployer.targets.local import LocalTarget
 from testsupport.factories import make_model_version
+from testsupport.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,7 +59,16 @@ def test_a_step_running_three_times_longer_than_the_lease_runs_once_and_is_not_c
     first.start()
     try:
         assert started.wait(10)
-        time.sleep(3)  # three leases
+        first_lease = Deployment.objects.get(pk=deployment.pk).lease_until
+        assert first_lease is not None
+        # Three leases later by the lease itself: only the heartbeat moves it on.
+        renewed = first_lease + timedelta(seconds=3)
+        wait_for(
+            lambda: Deployment.objects.filter(pk=deployment.pk, lease_until__gte=renewed).exists(),
+            timeout=30,
+            what="the heartbeat to renew the lease past three lease lengths",
+        )
+        assert timezone.now() > first_lease  # the first lease has expired meanwhile
         # What the reconciler's task and a delete would do meanwhile.
         deployment_advance(deployment_id=deployment.pk)
         deployment.refresh_from_db()

@@ -1,39 +1,35 @@
 """The SageMaker target through the REST API and a real Celery worker against moto, with the
-worker SIGKILLed inside every step of a create and of a delete and then restarted: the
-endpoint still goes live, answers, and is torn down to zero tagged resources."""
+worker SIGKILLed inside every step of a create and of a delete (the worker says it is
+inside: testsupport.pipeline.kill_inside_step) and then restarted: every step runs a
+second time, resumed by the reconciler the worker's own beat runs (never by the test), and
+the endpoint still goes live, answers, and is torn down to zero tagged resources."""
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 
-from deployer.models import Deployment, DeploymentStep, Endpoint
-from deployer.services.pipeline import pipeline_reconcile
+from deployer.models import Deployment, Endpoint
 from deployer.targets import get_target
 from deployer.tests.pipeline_support import FaultyWorker, finish
 from deployer.tests.sagemaker_support import ONE_PUBLIC_ENDPOINT, counts, latest, stub_model, tagged
 from testsupport.moto import MotoServer
-from testsupport.waiting import wait_for
+from testsupport.pipeline import kill_inside_step
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def kill_in_step(worker: FaultyWorker, deployment: Deployment, step: str) -> None:
-    """SIGKILL the worker inside ``step`` (after its work, before its outcome is saved) and
-    restart it; the reconciler, run here as beat would, resumes after the lease expires."""
-
-    def running() -> bool:
-        pipeline_reconcile()
-        return deployment.steps.filter(name=step, status=DeploymentStep.Status.RUNNING).exists()
-
-    wait_for(running, interval=0.2, timeout=90, what=f"step {step} to run")
-    time.sleep(0.35)
-    worker.kill()
-    worker.start()
+def kill_in_every_step(worker: FaultyWorker, deployment: Deployment, kind: str) -> Deployment:
+    steps = get_target("sagemaker").steps(kind, public=True)
+    for step in steps:
+        kill_inside_step(worker, deployment, step)
+    deployment = finish(deployment)
+    attempts = dict(deployment.steps.values_list("name", "attempts"))
+    assert attempts == dict.fromkeys(steps, 2), "every step killed once and run again"
+    return deployment
 
 
 def test_a_worker_killed_in_every_step_still_deploys_serves_and_deletes_without_leaks(
@@ -47,10 +43,7 @@ def test_a_worker_killed_in_every_step_still_deploys_serves_and_deletes_without_
         format="json",
     )
     assert response.status_code == 202
-    creation = latest("iris-sm")
-    for step in get_target("sagemaker").steps(Deployment.Kind.CREATE, public=True):
-        kill_in_step(faulty_worker, creation, step)
-    creation = finish(creation)
+    creation = kill_in_every_step(faulty_worker, latest("iris-sm"), Deployment.Kind.CREATE)
 
     assert creation.status == Deployment.Status.SUCCEEDED, creation.error
     assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.LIVE
@@ -62,10 +55,7 @@ def test_a_worker_killed_in_every_step_still_deploys_serves_and_deletes_without_
     assert (answer.status_code, json.loads(answer.content)) == (200, ["virginica"])
 
     assert client.delete("/api/v1/endpoints/iris-sm/").status_code == 202
-    deletion = latest("iris-sm")
-    for step in get_target("sagemaker").steps(Deployment.Kind.DELETE, public=True):
-        kill_in_step(faulty_worker, deletion, step)
-    deletion = finish(deletion)
+    deletion = kill_in_every_step(faulty_worker, latest("iris-sm"), Deployment.Kind.DELETE)
 
     assert deletion.status == Deployment.Status.SUCCEEDED, deletion.error
     assert tagged() == []
