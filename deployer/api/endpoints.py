@@ -236,7 +236,9 @@ def _response(result: InvocationResult) -> HttpResponse:
             response[header] = value
     response["Content-Security-Policy"] = "sandbox"
     response["X-Content-Type-Options"] = "nosniff"
-    if not _JSON_TYPE.fullmatch(content_type.split(";", 1)[0].strip()):
+    # A comma lists several types, and a browser takes the last ("application/json,text/html"
+    # renders as HTML): only a single JSON type is shown inline.
+    if "," in content_type or not _JSON_TYPE.fullmatch(content_type.split(";", 1)[0].strip()):
         response["Content-Disposition"] = "attachment"
     return response
 

@@ -3,11 +3,16 @@ its fix."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
 from django.test import Client
+
+from deployer.tests.gateway_support import live_public, unix_runtime
 
 pytestmark = pytest.mark.django_db
 
@@ -43,3 +48,40 @@ def test_a_form_body_above_the_field_limit_is_refused_unread(settings: Any, stor
     response = Client().post(LOGIN, {"username": "someone", "password": "wrong", "filler": big})
     assert response.status_code == 400
     assert stored_uploads == []
+
+
+PAGE = b"<html><body><h1>Sign in again</h1><script>alert(document.domain)</script></body></html>"
+# A browser takes the last of comma-separated media types (Fetch's "extract a MIME type"):
+# this answer renders as text/html, while its first type looks like JSON.
+LISTED_TYPES = "application/json;x=1,text/html"
+
+
+class ListedTypes(BaseHTTPRequestHandler):
+    """A runtime answering an HTML page under a Content-Type that starts like JSON."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", LISTED_TYPES)
+        self.send_header("Content-Length", str(len(PAGE)))
+        self.end_headers()
+        self.wfile.write(PAGE)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def listed_types_socket() -> Iterator[str]:
+    with unix_runtime(ListedTypes) as path:
+        yield path
+
+
+def test_an_answer_whose_type_lists_html_after_json_is_a_download(owner: User, listed_types_socket: str) -> None:
+    key = live_public(owner, "listed", listed_types_socket)
+    response = Client().post("/e/listed/invocations", b"{}", content_type="application/json", HTTP_X_API_KEY=key)
+    assert response.status_code == 200
+    assert response["Content-Security-Policy"] == "sandbox"
+    assert response["Content-Disposition"] == "attachment"
