@@ -15,6 +15,7 @@ test's ORM does not see.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -82,6 +83,12 @@ def start_worker(
     client.close()
 
 
+def log_since(worker: FaultyWorker, offset: int) -> bytes:
+    with worker.logfile.open("rb") as log:
+        log.seek(offset)
+        return log.read()
+
+
 def answers_with(owner: User, name: str, truth: dict[str, Any], version: str) -> None:
     gateway._routes.clear()
     result = endpoint_invoke(user=owner, name=name, body=rows_csv(truth["rows"]), headers={"Content-Type": "text/csv"})
@@ -113,15 +120,17 @@ def test_redis_restarted_while_a_step_runs_loses_no_deployment(
     assert deployment is not None
 
     wait_inside_step(worker, deployment, "start_runtime")
-    steps = deployment.steps
     port = private_redis.port
+    stopped = worker.logfile.stat().st_size
     private_redis.stop()
     # Down (without persistence: every queued and scheduled message is gone) until the
-    # worker has saved the step's outcome and gone on without a broker.
+    # worker's task, having saved the step's outcome, failed to send its successor: a
+    # message that never reached any broker, which only the reconciler can make up for.
     wait_for(
-        lambda: steps.get(name="start_runtime").status == DeploymentStep.Status.SUCCEEDED,
-        what="start_runtime to be saved while Redis is down",
+        lambda: re.search(rb"Task rdeploy\.deployment_advance\[[^\]]+\] raised unexpected", log_since(worker, stopped)),
+        what="the worker's task to fail without a broker",
     )
+    assert deployment.steps.get(name="start_runtime").status == DeploymentStep.Status.SUCCEEDED
     logged = worker.logfile.stat().st_size
     private_redis.start()
     assert private_redis.port == port
