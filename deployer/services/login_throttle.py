@@ -65,13 +65,26 @@ def client_address(meta: Mapping[str, str]) -> str:
     address = meta.get("REMOTE_ADDR", "")
     if settings.TRUST_X_FORWARDED_FOR and (forwarded := meta.get("HTTP_X_FORWARDED_FOR", "")):
         address = forwarded.rsplit(",", 1)[-1].strip()
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
+    parsed = _ip_address(address)
+    if parsed is None:
         return address[:64] or "unknown"
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        # An IPv4 client of a dual-stack listener: its /64 would be every IPv4 client's.
+        return str(parsed.ipv4_mapped)
     if parsed.version == 6:
         return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
     return str(parsed)
+
+
+def _ip_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address, also when a proxy wrote it with a port ("1.2.3.4:5678", "[2001:db8::1]:443"):
+    otherwise each source port of one client would be counted on its own."""
+    for candidate in (address, address.rsplit(":", 1)[0].removeprefix("[").removesuffix("]")):
+        try:
+            return ipaddress.ip_address(candidate)
+        except ValueError:
+            continue
+    return None
 
 
 def _subject(kind: str, value: str) -> str:

@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
 from django.test import Client
 
+from deployer.services.login_throttle import client_address
 from deployer.tests.gateway_support import live_public, unix_runtime
 
 pytestmark = pytest.mark.django_db
@@ -85,3 +86,28 @@ def test_an_answer_whose_type_lists_html_after_json_is_a_download(owner: User, l
     assert response.status_code == 200
     assert response["Content-Security-Policy"] == "sandbox"
     assert response["Content-Disposition"] == "attachment"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # Two IPv4 clients of a dual-stack listener: the same /64 (::/64) counted them as one.
+        ("::ffff:198.51.100.7", "::ffff:203.0.113.9"),
+    ],
+)
+def test_ipv4_mapped_clients_are_counted_apart(first: str, second: str) -> None:
+    assert client_address({"REMOTE_ADDR": first}) == first.removeprefix("::ffff:")
+    assert client_address({"REMOTE_ADDR": first}) != client_address({"REMOTE_ADDR": second})
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    ["198.51.100.7:1111", "198.51.100.7:2222", "[2001:db8::1]:443", "[2001:db8::2]:8443", "2001:db8::3"],
+)
+def test_a_forwarded_address_with_a_port_counts_as_its_address(settings: Any, forwarded: str) -> None:
+    """A proxy writing ip:port into X-Forwarded-For must not give each source port of one
+    guesser its own allowance."""
+    settings.TRUST_X_FORWARDED_FOR = True
+    meta = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": f"10.9.9.9, {forwarded}"}
+    expected = "198.51.100.7" if forwarded.startswith("198.") else "2001:db8::/64"
+    assert client_address(meta) == expected
