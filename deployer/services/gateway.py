@@ -198,18 +198,20 @@ def _forward(*, route: Route, body: bytes, headers: Mapping[str, str]) -> Invoca
 
 # --- throttling -----------------------------------------------------------------------------
 # A token bucket per key, updated atomically in Redis; the clock is Redis's own, so every
-# web process agrees. A call takes up to ARGV[3] tokens at once and returns
-# {tokens taken, seconds until a token is available}.
+# web process agrees. A call gives back ARGV[4] tokens (a lapsed lease's unspent ones),
+# takes up to ARGV[3] tokens at once and returns {tokens taken, seconds until a token is
+# available}.
 _BUCKET_LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
+local refund = tonumber(ARGV[4])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate + refund)
 local taken = 0
 local wait = 0
 if tokens >= 1 then
@@ -223,7 +225,9 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {taken, tostring(wait)}
 """
 # A busy process takes the tokens of the next LEASE_SECONDS of the rate in one Redis
-# call and spends them locally (unspent ones lapse), so most requests cost no round trip.
+# call and spends them locally, so most requests cost no round trip; the unspent ones of a
+# lapsed lease go back with the process's next call (kept, several processes each leasing
+# for a few requests would drain a key's rate far below its limit: issue 11's load test).
 # Limits stay exact for rates below 1 / LEASE_SECONDS per second; above, a process may
 # run ahead of the shared bucket by at most one lease, the "best effort" API Gateway
 # documents for its own throttling.
@@ -264,8 +268,10 @@ def gateway_take_token(*, route: Route) -> float | None:
         if left > 0 and expires > now:
             _leases[key] = (expires, left - 1)
             return None
+        # Popped under the lock: one thread only gives the lapsed lease's tokens back.
+        _leases.pop(key, None)
     want = max(1, min(int(route.rate * LEASE_SECONDS), route.burst // 10))
-    taken, wait = _bucket()(keys=[key], args=[route.rate, route.burst, want])
+    taken, wait = _bucket()(keys=[key], args=[route.rate, route.burst, want, left])
     taken = int(taken)
     if not taken:
         return float(wait)

@@ -141,6 +141,25 @@ def test_leased_tokens_never_let_a_key_past_its_burst_and_rate(
     assert sum(taken) == 100  # and never more than the bucket held
 
 
+def test_a_lapsed_leases_unspent_tokens_go_back_to_the_shared_bucket(
+    owner: User, echo_socket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Leases of 10 tokens and no refill meanwhile; a process that spent one of its lease
+    # must not cost the key the other nine (several processes leasing for a few requests
+    # each drained a busy key's rate far below its limit).
+    monkeypatch.setattr(gateway, "LEASE_SECONDS", 10_000)
+    monkeypatch.setattr(gateway, "_leases", {})
+    key = live_public(owner, "lapsing", echo_socket, throttle={"rate": 0.001, "burst": 100})
+    assert call("lapsing", key)[0] == 200
+    [(lease, (_, left))] = gateway._leases.items()
+    assert left == 9
+    gateway._leases[lease] = (0.0, left)  # the lease lapses unspent
+
+    assert call("lapsing", key)[0] == 200
+    # 100 - 10 + 9 given back - 10 taken again.
+    assert float(redis.Redis.from_url(settings.REDIS_URL).hget(lease, "tokens") or 0) == pytest.approx(89, abs=0.1)
+
+
 def test_each_key_has_its_own_bucket(owner: User, echo_socket: str) -> None:
     first = live_public(owner, "one", echo_socket, throttle={"rate": 1, "burst": 1})
     second = live_public(owner, "two", echo_socket, throttle={"rate": 1, "burst": 1})
