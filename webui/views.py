@@ -16,6 +16,7 @@ import redis
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.core import signing
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -31,7 +32,8 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
 from deployer import selectors
-from deployer.artifacts import ArtifactRejected, ArtifactTooLarge, HashingUploadHandler
+from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
+from deployer.artifacts.uploads import HashingUploadHandler
 from deployer.errors import DomainError
 from deployer.models import ApiToken, Endpoint, LogLine, ModelVersion
 from deployer.services.endpoint_logs import endpoint_logs_collect
@@ -285,10 +287,17 @@ def _cache_key(purpose: str, endpoint: Endpoint) -> str:
 def _chart_html(request: DashboardRequest, endpoint: Endpoint) -> str:
     """The chart, shared by everyone looking at the endpoint for CHART_CACHE_SECONDS."""
     key = _cache_key("chart", endpoint)
+    # Signed with the app's secret, for this key: the HTML is served as read, and whoever holds
+    # Redis's password must not put a script in the dashboard (a bad signature is a miss).
+    signer = signing.Signer(salt=key)
+    html: str | None = None
     try:
-        html: str | None = cache.get(key)
+        cached = cache.get(key)
     except redis.RedisError:
-        html = None  # Redis down: drawn for this request only
+        cached = None  # Redis down: drawn for this request only
+    if isinstance(cached, str):
+        with contextlib.suppress(signing.BadSignature):
+            html = signer.unsign(cached)
     if html is None:
         # The runtime's new access-log lines (throttled per endpoint by the service).
         endpoint_logs_collect(endpoint=endpoint)
@@ -297,7 +306,7 @@ def _chart_html(request: DashboardRequest, endpoint: Endpoint) -> str:
             "webui/_chart.html", {"chart": invocation_chart(lines, now=timezone.now())}, request=request
         )
         with contextlib.suppress(redis.RedisError):
-            cache.set(key, html, timeout=CHART_CACHE_SECONDS)
+            cache.set(key, signer.sign(html), timeout=CHART_CACHE_SECONDS)
     return html
 
 

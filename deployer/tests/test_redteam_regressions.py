@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
 from django.test import Client
 
+from deployer.models import Endpoint
 from deployer.services.login_throttle import client_address
 from deployer.tests.gateway_support import live_public, unix_runtime
 
@@ -111,3 +113,20 @@ def test_a_forwarded_address_with_a_port_counts_as_its_address(settings: Any, fo
     meta = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": f"10.9.9.9, {forwarded}"}
     expected = "198.51.100.7" if forwarded.startswith("198.") else "2001:db8::/64"
     assert client_address(meta) == expected
+
+
+def test_a_chart_planted_in_redis_is_not_served(owner: User, listed_types_socket: str) -> None:
+    """The dashboard's chart fragment is HTML kept in the cache and served as it is read: a
+    value written into Redis by someone holding its password (what the JSON serializer
+    defends against) must not become a script in the dashboard of the endpoint's viewers,
+    staff included."""
+    live_public(owner, "charted", listed_types_socket)
+    endpoint = Endpoint.objects.get(name="charted")
+    planted = '<div id="chart"><script>fetch("/tokens/")</script></div>'
+    cache.set(f"webui:chart:{endpoint.pk}:{endpoint.created_at.timestamp()}", planted, timeout=60)
+    dashboard = Client()
+    dashboard.force_login(owner)
+    response = dashboard.get("/endpoints/charted/?fragment=chart", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert b"<script>" not in response.content
+    assert b'id="chart"' in response.content
