@@ -178,10 +178,10 @@ MAX_UPLOAD_BYTES = env.integer("RDEPLOY_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=
 # Django's default is 100 files a request. An upload sends two (model_intake.UPLOAD_FILE_FIELDS);
 # one more reaches the upload handler, which refuses it by name; Django refuses the rest.
 DATA_UPLOAD_MAX_NUMBER_FILES = 3
-# The upload doors install artifacts.HashingUploadHandler; every other request stores no
+# The upload doors install artifacts.uploads.HashingUploadHandler; every other request stores no
 # file and reads no multipart body above DATA_UPLOAD_MAX_MEMORY_SIZE (Django's defaults wrote
 # files of any size to disk for any form, the sign-in page's included).
-FILE_UPLOAD_HANDLERS = ["deployer.artifacts.NoFilesUploadHandler"]
+FILE_UPLOAD_HANDLERS = ["deployer.artifacts.uploads.NoFilesUploadHandler"]
 # Uploads stream to disk above 2.5 MB (Django's default) so a 1 GiB model costs no memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "tmp")

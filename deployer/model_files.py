@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from deployer import artifacts
+from deployer.artifacts import CHUNK_SIZE, MODEL_FILE, bundles
 from deployer.models import ModelVersion
 
 RDEPLOY_JSON = "rdeploy.json"
@@ -28,13 +28,13 @@ def artifact_unpack(model_version: ModelVersion, destination: Path) -> None:
     destination.mkdir(parents=True)
     with model_version.artifact.open("rb") as source:
         if model_version.artifact_kind == ModelVersion.ArtifactKind.RDS:
-            artifacts.copy_stream(source, destination / artifacts.MODEL_FILE)
+            bundles.copy_stream(source, destination / MODEL_FILE)
         else:
             # Zip needs random access: bring a remote (S3) artifact to local disk first.
             with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=".bundle-") as local:
-                shutil.copyfileobj(source, local, artifacts.CHUNK_SIZE)
+                shutil.copyfileobj(source, local, CHUNK_SIZE)
                 local.flush()
-                artifacts.extract_bundle(Path(local.name), model_version.artifact_kind, destination)
+                bundles.extract_bundle(Path(local.name), model_version.artifact_kind, destination)
 
 
 def model_version_materialize(*, model_version: ModelVersion, destination: Path) -> Path:

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from deployer.api.schema import VALIDATION_ERROR_SCHEMA, NameField, error
-from deployer.artifacts import HashingUploadHandler
+from deployer.artifacts.uploads import HashingUploadHandler
 from deployer.models import ModelVersion
 from deployer.services.model_intake import (
     UPLOAD_FILE_FIELDS,

@@ -15,8 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from deployer import artifacts
-from deployer.artifacts import ArtifactRejected
+from deployer.artifacts import MODEL_FILE, ArtifactRejected, bundles, sniffing
 from deployer.build_context import MAX_RENV_LOCK_BYTES, PACKAGE_NAME, check_renv_lock
 from deployer.integrations.containers import cli, images, sandbox
 from deployer.model_files import artifact_unpack
@@ -356,8 +355,8 @@ def model_version_inspect(*, model_version: ModelVersion) -> ModelVersion:
         if model_version.sample:
             files[SAMPLE_NAME] = staging / SAMPLE_NAME
             with model_version.sample.open("rb") as source:
-                artifacts.copy_stream(source, files[SAMPLE_NAME])
-        header = artifacts.sniff_file(model_dir / artifacts.MODEL_FILE).rds
+                bundles.copy_stream(source, files[SAMPLE_NAME])
+        header = sniffing.sniff_file(model_dir / MODEL_FILE).rds
         limits = _inspection_limits(files)
         timings["prepare"] = (timezone.now() - stage).total_seconds()
 

@@ -20,8 +20,8 @@ from django.db.models import Max, ProtectedError, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from deployer import artifacts, task_names
-from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
+from deployer import task_names
+from deployer.artifacts import ArtifactRejected, ArtifactTooLarge, bundles, sniffing, uploads
 from deployer.build_context import PACKAGE_NAME
 from deployer.errors import DomainError
 from deployer.jobs import enqueue
@@ -30,7 +30,7 @@ from deployer.models import Deployment, Endpoint, ModelVersion, name_validator
 logger = logging.getLogger(__name__)
 
 SAMPLE_MAX_BYTES = 5 * 1024 * 1024
-# The files an upload sends, as both doors name them (artifacts.HashingUploadHandler receives
+# The files an upload sends, as both doors name them (artifacts.uploads.HashingUploadHandler receives
 # only these, once each).
 UPLOAD_FILE_FIELDS = ("file", "sample")
 _EXTENSIONS = {"rds": "rds", "tar.gz": "tar.gz", "zip": "zip"}
@@ -105,7 +105,7 @@ def model_version_upload(
     # One limit for the request's files together, as the doors' upload handler counts them.
     if sum(upload.size or 0 for upload in (file, sample) if upload is not None) > settings.MAX_UPLOAD_BYTES:
         raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
-    sha256 = artifacts.uploaded_sha256(file)
+    sha256 = uploads.uploaded_sha256(file)
     existing = ModelVersion.objects.filter(owner=owner, name=name, sha256=sha256).first()
     if existing is not None:
         if existing.status == ModelVersion.Status.INVALID:
@@ -114,15 +114,15 @@ def model_version_upload(
             existing = _retry_invalid(existing, sample=sample, requested=requested)
         return UploadOutcome(existing, created=False)
 
-    with artifacts.local_copy(file) as path:
+    with uploads.local_copy(file) as path:
         size = path.stat().st_size
         if size > settings.MAX_UPLOAD_BYTES:
             raise ArtifactTooLarge(settings.MAX_UPLOAD_BYTES)
         if size == 0:
             raise ArtifactRejected("the file is empty")
-        kind = artifacts.sniff_file(path).kind
+        kind = sniffing.sniff_file(path).kind
         if kind != ModelVersion.ArtifactKind.RDS:
-            artifacts.inspect_bundle(path, kind)
+            bundles.inspect_bundle(path, kind)
     sample_extension = _check_sample(sample) if sample is not None else None
 
     storage = _artifact_storage()

@@ -1,7 +1,7 @@
 """Upload temp files nobody will delete: those of a web process killed mid-upload.
 
 An upload streams to a file in FILE_UPLOAD_TEMP_DIR (Django's ``tmp*.upload*``, or the
-``upload-<pid>-<id>`` scratch copy of ``artifacts.local_copy``), which the request deletes
+``upload-<pid>-<id>`` scratch copy of ``artifacts.uploads.local_copy``), which the request deletes
 when it ends, however it ends, unless its process dies first (SIGKILL, OOM killer, a lost
 node). Celery beat runs ``upload_temp_files_remove_stale`` every
 RDEPLOY_UPLOAD_TEMP_CLEAN_SECONDS: a file not written for RDEPLOY_UPLOAD_TEMP_MAX_AGE

@@ -89,15 +89,16 @@ def test_an_uploaded_archive_bomb_is_refused_with_400_saying_why_and_leaves_noth
 PROBE = """
 import json, resource, sys
 from pathlib import Path
-from deployer import artifacts
+from deployer.artifacts import ArtifactRejected, bundles, sniffing
+from deployer.artifacts.archives import BundleLimits
 
 path = Path(sys.argv[1])
-limits = artifacts.BundleLimits(max_members=1000, max_unpacked_bytes=4 * 1024**3)
+limits = BundleLimits(max_members=1000, max_unpacked_bytes=4 * 1024**3)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
-    artifacts.inspect_bundle(path, artifacts.sniff_file(path).kind, limits)
+    bundles.inspect_bundle(path, sniffing.sniff_file(path).kind, limits)
     answer = "accepted"
-except artifacts.ArtifactRejected as exc:
+except ArtifactRejected as exc:
     answer = str(exc)
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
 print(json.dumps({"grown_kib": grown, "answer": answer}))

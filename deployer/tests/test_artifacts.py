@@ -9,8 +9,8 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from deployer import artifacts
-from deployer.artifacts import ArtifactRejected, BundleLimits
+from deployer.artifacts import ArtifactRejected, bundles, sniffing
+from deployer.artifacts.archives import BundleLimits
 from deployer.model_files import model_version_materialize
 from deployer.models import ModelVersion
 from deployer.services.model_inspection import model_version_inspect
@@ -62,7 +62,7 @@ def test_rds_files_are_recognised_by_content_with_the_writer_r_version(
         text=True,
     ).stdout
 
-    sniffed = artifacts.sniff_file(r_files / file_name)
+    sniffed = sniffing.sniff_file(r_files / file_name)
 
     assert sniffed.kind == "rds"
     assert sniffed.rds is not None
@@ -79,7 +79,7 @@ def test_large_compressed_rds_files_are_recognised_whatever_their_block_size(r_f
     path = r_files / f"big-{compression}.rds"
     assert path.stat().st_size > 1024 * 1024
 
-    sniffed = artifacts.sniff_file(path)
+    sniffed = sniffing.sniff_file(path)
 
     assert (sniffed.kind, sniffed.rds.compression if sniffed.rds else None) == ("rds", compression)
 
@@ -87,7 +87,7 @@ def test_large_compressed_rds_files_are_recognised_whatever_their_block_size(r_f
 def test_a_bundle_holding_a_large_bzip2_model_is_accepted(r_files: Path, tmp_path: Path) -> None:
     bundle = tar_gz({"model.rds": (r_files / "big-bzip2.rds").read_bytes()})
 
-    listing = artifacts.inspect_bundle(_bundle_file(tmp_path, bundle), "tar.gz", LIMITS)
+    listing = bundles.inspect_bundle(_bundle_file(tmp_path, bundle), "tar.gz", LIMITS)
 
     assert listing.rds is not None
     assert listing.rds.compression == "bzip2"
@@ -95,7 +95,7 @@ def test_a_bundle_holding_a_large_bzip2_model_is_accepted(r_files: Path, tmp_pat
 
 def test_an_rdata_workspace_is_refused_with_advice_to_use_saverds(r_files: Path) -> None:
     with pytest.raises(ArtifactRejected, match=r"save\(\).*saveRDS\(model, 'model.rds'\)"):
-        artifacts.sniff_file(r_files / "workspace.RData")
+        sniffing.sniff_file(r_files / "workspace.RData")
 
 
 @pytest.mark.parametrize(
@@ -104,14 +104,14 @@ def test_an_rdata_workspace_is_refused_with_advice_to_use_saverds(r_files: Path)
 )
 def test_content_that_is_not_a_model_is_refused_as_unrecognised_or_corrupt(content: bytes) -> None:
     with pytest.raises(ArtifactRejected, match=r"unrecognised file format|corrupt"):
-        artifacts.sniff(content)
+        sniffing.sniff(content)
 
 
 def test_tar_gz_and_zip_bundles_are_recognised_by_content(r_files: Path) -> None:
     model = (r_files / "gzip.rds").read_bytes()
 
-    assert artifacts.sniff(tar_gz({"model.rds": model})).kind == "tar.gz"
-    assert artifacts.sniff(zip_bytes({"model.rds": model})).kind == "zip"
+    assert sniffing.sniff(tar_gz({"model.rds": model})).kind == "tar.gz"
+    assert sniffing.sniff(zip_bytes({"model.rds": model})).kind == "zip"
 
 
 def _bundle_file(tmp_path: Path, data: bytes, name: str = "bundle") -> Path:
@@ -126,7 +126,7 @@ def test_a_bundle_lists_its_files_and_the_writer_version_of_its_model(r_files: P
         {"model.rds": model, "predict.R": b"predict_fn <- function(m, d) 1\n", "extra/lookup.csv": b"a\n1\n"}
     )
 
-    listing = artifacts.inspect_bundle(_bundle_file(tmp_path, bundle), "tar.gz", LIMITS)
+    listing = bundles.inspect_bundle(_bundle_file(tmp_path, bundle), "tar.gz", LIMITS)
 
     assert sorted(listing.files) == ["extra/lookup.csv", "model.rds", "predict.R"]
     assert listing.rds is not None
@@ -137,7 +137,7 @@ def test_a_bundle_wrapped_in_one_folder_unpacks_to_the_model_directory_layout(r_
     model = (r_files / "gzip.rds").read_bytes()
     bundle = zip_bytes({"mymodel/model.rds": model, "mymodel/predict.R": b"# hooks\n"})
 
-    listing = artifacts.extract_bundle(_bundle_file(tmp_path, bundle), "zip", tmp_path / "out", LIMITS)
+    listing = bundles.extract_bundle(_bundle_file(tmp_path, bundle), "zip", tmp_path / "out", LIMITS)
 
     assert listing.prefix == "mymodel/"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.rds", "predict.R"]
@@ -185,7 +185,7 @@ def test_hostile_or_broken_bundles_are_refused_with_what_is_wrong(
     kind = "zip" if data.startswith(b"PK") else "tar.gz"
 
     with pytest.raises(ArtifactRejected, match=message):
-        artifacts.extract_bundle(_bundle_file(tmp_path, data), kind, tmp_path / "out", LIMITS)
+        bundles.extract_bundle(_bundle_file(tmp_path, data), kind, tmp_path / "out", LIMITS)
 
     assert not any((tmp_path / "out").rglob("evil.R")) if (tmp_path / "out").exists() else True
     assert not (tmp_path.parent / "evil.R").exists()
@@ -234,7 +234,7 @@ def test_tar_bundles_compressed_otherwise_than_gzip_are_refused_with_what_to_use
         archive.addfile(info, io.BytesIO(b"abc"))
 
     with pytest.raises(ArtifactRejected, match=r"use \.tar\.gz or \.zip"):
-        artifacts.sniff(buffer.getvalue()[:4096])
+        sniffing.sniff(buffer.getvalue()[:4096])
 
 
 @pytest.mark.parametrize(
@@ -263,7 +263,7 @@ def test_a_bundle_holding_one_path_as_both_a_file_and_a_folder_is_refused_at_upl
     kind = "zip" if data.startswith(b"PK") else "tar.gz"
 
     with pytest.raises(ArtifactRejected, match="both as a file and as a folder"):
-        artifacts.inspect_bundle(_bundle_file(tmp_path, data), kind, LIMITS)
+        bundles.inspect_bundle(_bundle_file(tmp_path, data), kind, LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -277,7 +277,7 @@ def test_a_bundle_member_name_too_long_to_unpack_is_refused_at_upload(
     data = tar_gz({"model.rds": (r_files / "gzip.rds").read_bytes(), name: b"x"})
 
     with pytest.raises(ArtifactRejected, match=message):
-        artifacts.inspect_bundle(_bundle_file(tmp_path, data), "tar.gz", LIMITS)
+        bundles.inspect_bundle(_bundle_file(tmp_path, data), "tar.gz", LIMITS)
 
 
 def _stored_bundle(owner: User, content: bytes) -> ModelVersion:
@@ -309,7 +309,7 @@ def test_an_os_error_while_unpacking_ends_the_inspection_invalid_saying_so(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(artifacts, "extract_bundle", disk_full)
+    monkeypatch.setattr(bundles, "extract_bundle", disk_full)
 
     version = model_version_inspect(model_version=version)
 

@@ -1,5 +1,5 @@
 """One limit for a whole upload request, on both upload doors (issue 12, finding 6): the REST
-API and the dashboard share artifacts.HashingUploadHandler, which refuses a Content-Length that
+API and the dashboard share artifacts.uploads.HashingUploadHandler, which refuses a Content-Length that
 cannot fit before reading the body, counts the bytes of all the request's files together
 against RDEPLOY_MAX_UPLOAD_BYTES, and receives only the expected file fields, once each."""
 
