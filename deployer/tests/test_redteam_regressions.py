@@ -3,8 +3,12 @@ its fix."""
 
 from __future__ import annotations
 
+import gzip
+import io
+import tarfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +17,11 @@ from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
 from django.test import Client
 
+from deployer.artifacts import ArtifactRejected
+from deployer.artifacts.bundles import inspect_bundle
 from deployer.models import Endpoint
 from deployer.services.login_throttle import client_address
+from deployer.tests.archive_bombs import MODEL
 from deployer.tests.gateway_support import live_public, unix_runtime
 
 pytestmark = pytest.mark.django_db
@@ -130,3 +137,22 @@ def test_a_chart_planted_in_redis_is_not_served(owner: User, listed_types_socket
     assert response.status_code == 200
     assert b"<script>" not in response.content
     assert b'id="chart"' in response.content
+
+
+def test_a_tar_gz_of_many_gzip_members_is_refused_early(tmp_path: Path) -> None:
+    """Each gzip member costs Python work whatever it holds: 20-byte empty members filled a
+    2 GiB upload with 100 million of them, minutes of a web thread's CPU (the upload is
+    inspected in the request). A real tar.gz has one member, a concatenation a few."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("model.rds")
+        info.size = len(MODEL)
+        tar.addfile(info, io.BytesIO(MODEL))
+    raw = archive.getvalue()
+    path = tmp_path / "members.tar.gz"
+    path.write_bytes(gzip.compress(raw[:512], mtime=0) + gzip.compress(b"", mtime=0) * 5000 + gzip.compress(raw[512:]))
+    with pytest.raises(ArtifactRejected, match="gzip members"):
+        inspect_bundle(path, "tar.gz")
+    # A few concatenated members (cat a.gz b.gz) still read as one stream.
+    path.write_bytes(gzip.compress(raw[:512], mtime=0) + gzip.compress(raw[512:], mtime=0))
+    assert inspect_bundle(path, "tar.gz").files == ("model.rds",)
