@@ -36,6 +36,7 @@ from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
 from deployer.artifacts.uploads import HashingUploadHandler
 from deployer.errors import DomainError
 from deployer.models import ApiToken, Endpoint, LogLine, ModelVersion
+from deployer.services.costs import cost_summary
 from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.services.endpoints import (
     EndpointConflict,
@@ -216,6 +217,7 @@ def endpoint_list(request: DashboardRequest) -> HttpResponse:
         since = parse_datetime(request.GET.get("since", ""))
         context["changed"] = [endpoint for endpoint in page if since is None or endpoint.updated_at > since]
         return _stop_polling_unless(busy, render(request, "webui/endpoint_list.html#changes", context))
+    context["costs"] = cost_summary(user=request.user)
     return render(request, "webui/endpoint_list.html", context)
 
 

@@ -79,6 +79,7 @@ TABLE: dict[tuple[str, str, str], Row] = {
     ("model-version-detail", "", "GET"): row(401, 200, 404, 200),
     ("model-version-detail", "", "DELETE"): row(401, 204, 404, 204),
     ("endpoint-list", "", "GET"): row(401, 200, 200, 200),
+    ("cost-summary", "", "GET"): row(401, 200, 200, 200),
     # Another user cannot name the owner's model (400: no such model); staff can see it but
     # an endpoint serves only its own owner's models.
     ("endpoint-list", "", "POST"): row(401, 202, 400, 400, data="new_endpoint"),

@@ -24,10 +24,12 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
 from deployer import selectors
+from deployer.api.costs import CostSerializer
 from deployer.api.schema import CONFLICT, NameField
 from deployer.authentication import token_refusal
 from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
 from deployer.services import endpoints as services
+from deployer.services.costs import endpoint_cost_estimate
 from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.services.gateway import MAX_BODY_BYTES, gateway_public_invoke, token_principal
 from deployer.targets.base import InvocationResult
@@ -58,6 +60,7 @@ class EndpointSerializer(serializers.ModelSerializer[Endpoint]):
     model = serializers.SerializerMethodField()
     steps = serializers.SerializerMethodField()
     deployment = DeploymentSerializer(source="current_deployment", read_only=True, allow_null=True)
+    cost = serializers.SerializerMethodField()
 
     class Meta:
         model = Endpoint
@@ -74,6 +77,7 @@ class EndpointSerializer(serializers.ModelSerializer[Endpoint]):
             "options",
             "error",
             "deployment",
+            "cost",
             "created_at",
             "updated_at",
         ]
@@ -85,6 +89,11 @@ class EndpointSerializer(serializers.ModelSerializer[Endpoint]):
             endpoint.current_deployment.model_version if endpoint.current_deployment else None
         )
         return dict(ModelRefSerializer(version).data) if version else None
+
+    @extend_schema_field(CostSerializer)
+    def get_cost(self, endpoint: Endpoint) -> dict[str, Any]:
+        """The estimated cost per hour and month (docs/cost.md)."""
+        return endpoint_cost_estimate(endpoint=endpoint).as_dict()
 
     @extend_schema(responses=StepSerializer(many=True))
     def get_steps(self, endpoint: Endpoint) -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
-"""CloudWatch alarms: the metric alarms on an endpoint's variant that SageMaker watches
-during a blue/green update, rolling back when one fires."""
+"""CloudWatch: the metric alarms on an endpoint's variant that SageMaker watches
+during a blue/green update, rolling back when one fires, and its traffic (docs/cost.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from deployer.integrations.aws.client import (
@@ -80,3 +81,33 @@ def tags_of(arn: str) -> dict[str, str]:
     client = aws_client("cloudwatch")
     tags: list[Any] = unless_missing(lambda: client.list_tags_for_resource(ResourceARN=arn)["Tags"], [])
     return {tag["Key"]: tag["Value"] for tag in tags}
+
+
+@raises_aws_error
+def variant_traffic(*, endpoint: str, variant: str, start: datetime, end: datetime) -> tuple[float, float | None]:
+    """(invocations, mean ModelLatency in milliseconds or None without any) of one
+    endpoint variant between ``start`` and ``end``: what a serverless endpoint and the
+    public API bill by (docs/cost.md)."""
+    client = aws_client("cloudwatch")
+    dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
+    period = max(60, int((end - start).total_seconds()) // 60 * 60)
+
+    def points(metric: str, *statistics: str) -> list[Any]:
+        answer = client.get_metric_statistics(
+            Namespace=NAMESPACE,
+            MetricName=metric,
+            Dimensions=dimensions,
+            StartTime=start,
+            EndTime=end,
+            Period=period,
+            Statistics=list(statistics),
+        )
+        return list(answer["Datapoints"])
+
+    invocations = sum(float(point["Sum"]) for point in points("Invocations", "Sum"))
+    latency = points("ModelLatency", "Average", "SampleCount")
+    samples = sum(float(point["SampleCount"]) for point in latency)
+    if not samples:
+        return invocations, None
+    # ModelLatency is in microseconds; the mean is weighted by each period's samples.
+    return invocations, sum(float(p["Average"]) * float(p["SampleCount"]) for p in latency) / samples / 1000
