@@ -8,6 +8,8 @@ DEBIAN_PACKAGES=(
   python3-venv redis-server
   r-base-core r-cran-rserve r-cran-jsonlite r-cran-plumber r-cran-httpuv
   r-cran-randomforest r-cran-ranger r-cran-glmnet r-cran-rpart r-cran-e1071
+  # The R client package (clients/r/rdeploy) and its tests.
+  r-cran-httr2 r-cran-cli r-cran-curl r-cran-testthat
   haproxy nginx-light wrk chromium chromium-driver unzip curl
   # The container engine model code runs in, and what builds its base image.
   podman runc mmdebstrap containernetworking-plugins iptables docker-registry
