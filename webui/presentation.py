@@ -150,6 +150,14 @@ def invoke_snippets(endpoint: Endpoint, *, payload: str, content_type: str) -> l
             f"  --data-binary {_shell_quote(body)}",
         ),
         Snippet(
+            "R (rdeploy package)",
+            "r-package",
+            "library(rdeploy)  # clients/r/rdeploy\n"
+            f'rdeploy_connect({_r_string(invoke_url.split("/api/v1/", 1)[0])}, Sys.getenv("RDEPLOY_TOKEN"))\n'
+            f"newdata <- {_r_newdata(body, content_type)}\n"
+            f"predict(rdeploy_endpoint({_r_string(endpoint.name)}), newdata)",
+        ),
+        Snippet(
             "R (httr2)",
             "r",
             "library(httr2)\n"
@@ -205,6 +213,13 @@ def invoke_snippets(endpoint: Endpoint, *, payload: str, content_type: str) -> l
             )
         )
     return snippets
+
+
+def _r_newdata(body: str, content_type: str) -> str:
+    """The example payload as the data frame predict() takes."""
+    if "json" in content_type:
+        return f"jsonlite::fromJSON({_r_string(body)})"
+    return f"utils::read.csv(text = {_r_string(body)})"
 
 
 def _shell_quote(text: str) -> str:

@@ -274,8 +274,10 @@ def test_sagemaker_endpoints_get_a_boto3_snippet_with_their_sagemaker_name(clien
 def test_local_endpoints_offer_curl_r_and_python_snippets_only(client: Client, owner: User) -> None:
     live_endpoint(owner, invoke_url="http://testserver/api/v1/endpoints/iris/invocations")
     html = logged_in(client, owner).get("/endpoints/iris/").content.decode()
-    for label in ("curl", "R (httr2)", "Python (requests)"):
+    for label in ("curl", "R (rdeploy package)", "R (httr2)", "Python (requests)"):
         assert f"<span>{label}</span>" in html
+    assert "rdeploy_connect(&quot;http://testserver&quot;" in html
+    assert "predict(rdeploy_endpoint(&quot;iris&quot;), newdata)" in html
     assert "boto3" not in html
     assert "curl -sS -X POST &#x27;http://testserver/api/v1/endpoints/iris/invocations&#x27;" in html
 
