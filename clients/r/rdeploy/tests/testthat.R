@@ -1,0 +1,4 @@
+library(testthat)
+library(rdeploy)
+
+test_check("rdeploy")
