@@ -11,23 +11,17 @@ from typing import Any
 from rest_framework import authentication, exceptions, status
 from rest_framework.request import Request
 
-from deployer.services.login_throttle import (
-    UNAVAILABLE_MESSAGE,
-    UNAVAILABLE_RETRY_AFTER,
-    SignInLocked,
-    ThrottleUnavailable,
-    client_address,
-    locked_message,
-    token_failure_record,
-)
+from deployer.services.login_throttle import SignInLocked, SignInRefused, client_address, token_failure_record
 from deployer.services.tokens import api_token_authenticate
 
 
 class AuthenticationUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = UNAVAILABLE_MESSAGE
     default_code = "unavailable"
-    wait = UNAVAILABLE_RETRY_AFTER  # DRF's handler sends it as Retry-After
+
+    def __init__(self, refusal: SignInRefused) -> None:
+        super().__init__(refusal.message, refusal.code)
+        self.wait = refusal.retry_after  # DRF's handler sends it as Retry-After
 
 
 def token_refusal(meta: dict[str, Any]) -> exceptions.APIException:
@@ -35,9 +29,9 @@ def token_refusal(meta: dict[str, Any]) -> exceptions.APIException:
     try:
         token_failure_record(address=client_address(meta))
     except SignInLocked as exc:
-        return exceptions.Throttled(wait=exc.retry_after, detail=locked_message(exc.retry_after))
-    except ThrottleUnavailable:
-        return AuthenticationUnavailable()
+        return exceptions.Throttled(wait=exc.retry_after, detail=exc.message)
+    except SignInRefused as exc:
+        return AuthenticationUnavailable(exc)
     return exceptions.AuthenticationFailed("Invalid or revoked token.")
 
 

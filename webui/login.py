@@ -17,12 +17,8 @@ from django.contrib.auth.views import LoginView
 from django.http import HttpResponse
 
 from deployer.services.login_throttle import (
-    UNAVAILABLE_MESSAGE,
-    UNAVAILABLE_RETRY_AFTER,
-    SignInLocked,
-    ThrottleUnavailable,
+    SignInRefused,
     client_address,
-    locked_message,
     login_failure_record,
     login_success_record,
     login_throttle_check,
@@ -48,12 +44,9 @@ class ThrottledAuthentication(AuthenticationForm):
                 login_failure_record(username=username, address=address)
                 raise self.get_invalid_login_error()
             login_success_record(username=username)
-        except SignInLocked as exc:
-            self.refusal = (429, exc.retry_after)
-            raise forms.ValidationError(locked_message(exc.retry_after), code="locked") from None
-        except ThrottleUnavailable:
-            self.refusal = (503, UNAVAILABLE_RETRY_AFTER)
-            raise forms.ValidationError(UNAVAILABLE_MESSAGE, code="unavailable") from None
+        except SignInRefused as exc:
+            self.refusal = (exc.status, exc.retry_after)
+            raise forms.ValidationError(exc.message, code=exc.code) from None
         self.confirm_login_allowed(self.user_cache)
         return self.cleaned_data
 

@@ -23,24 +23,13 @@ import ipaddress
 import math
 import time
 from collections.abc import Mapping
+from typing import ClassVar
 
 import redis
 from django.conf import settings
 from django.core.cache import cache
 
 KEY_PREFIX = "rdeploy:signin"
-
-
-class SignInLocked(Exception):
-    """Too many failures for this username or from this address; ``retry_after`` seconds left."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"Locked for {retry_after} more seconds.")
-        self.retry_after = retry_after
-
-
-class ThrottleUnavailable(Exception):
-    """The failure counters cannot be read or written (Redis does not answer)."""
 
 
 LOCKED_MESSAGE = (
@@ -52,8 +41,38 @@ UNAVAILABLE_MESSAGE = "Sign-in is unavailable for a moment (its failure counter 
 UNAVAILABLE_RETRY_AFTER = 5
 
 
-def locked_message(retry_after: int) -> str:
-    return LOCKED_MESSAGE.format(minutes=max(1, math.ceil(retry_after / 60)))
+class SignInRefused(Exception):
+    """The throttle refuses the attempt before its password or token is checked. Both doors
+    answer it alike: ``status`` with Retry-After ``retry_after`` and ``message``."""
+
+    status: ClassVar[int]
+    code: ClassVar[str]
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class SignInLocked(SignInRefused):
+    """Too many failures for this username or from this address; ``retry_after`` seconds left."""
+
+    status = 429
+    code = "locked"
+
+    def __init__(self, retry_after: int) -> None:
+        minutes = max(1, math.ceil(retry_after / 60))
+        super().__init__(LOCKED_MESSAGE.format(minutes=minutes), retry_after=retry_after)
+
+
+class ThrottleUnavailable(SignInRefused):
+    """The failure counters cannot be read or written (Redis does not answer): fail closed."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(UNAVAILABLE_MESSAGE, retry_after=UNAVAILABLE_RETRY_AFTER)
 
 
 def client_address(meta: Mapping[str, str]) -> str:
@@ -101,7 +120,7 @@ def _check(subjects: list[str]) -> None:
     try:
         locks = cache.get_many([f"{KEY_PREFIX}:lock:{subject}" for subject in subjects])
     except redis.RedisError as exc:
-        raise ThrottleUnavailable(str(exc)) from exc
+        raise ThrottleUnavailable from exc
     if locks:  # a lock lasts as long as its key (Redis expires it); its value says until when
         until = max(int(value) for value in locks.values())
         raise SignInLocked(min(settings.LOGIN_LOCKOUT_SECONDS, max(1, math.ceil(until - now))))
@@ -123,7 +142,7 @@ def _count(subject: str, limit: int) -> None:
             # After the lock, a fresh count: the limit again, not one more try.
             cache.delete(counter)
     except redis.RedisError as exc:
-        raise ThrottleUnavailable(str(exc)) from exc
+        raise ThrottleUnavailable from exc
 
 
 def login_throttle_check(*, username: str, address: str) -> None:
@@ -143,7 +162,7 @@ def login_success_record(*, username: str) -> None:
     try:
         cache.delete(f"{KEY_PREFIX}:failures:{_username_subject(username)}")
     except redis.RedisError as exc:
-        raise ThrottleUnavailable(str(exc)) from exc
+        raise ThrottleUnavailable from exc
 
 
 def token_failure_record(*, address: str) -> None:
