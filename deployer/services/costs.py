@@ -131,12 +131,13 @@ def endpoint_cost_estimate(
 ) -> CostEstimate:
     """The endpoint's estimated cost. ``prices`` and ``traffic`` are looked up (cached)
     when not given; tests give both."""
+    if endpoint.status == Endpoint.Status.DELETED:
+        # Teardown removed what billed (the stop/start part of issue 14 will keep some).
+        return CostEstimate("USD", "deleted: nothing left to bill", timezone.now().date().isoformat())
     if endpoint.target == Endpoint.Target.LOCAL:
         return _local_estimate(endpoint)
     options = {**SAGEMAKER_DEFAULTS, **endpoint.options}
     prices = prices or region_prices(_region(endpoint))
-    if endpoint.status == Endpoint.Status.DELETED:
-        return CostEstimate(prices.currency, prices.source, prices.priced_at)
     serverless = options.get("serverless")
     if traffic is None:
         traffic = endpoint_traffic(endpoint) if serverless or endpoint.public else NO_TRAFFIC

@@ -221,3 +221,12 @@ def test_rest_and_the_dashboard_show_the_cost_from_cloudwatch_traffic(
     assert "Public API (API Gateway + Lambda): 9.0667 USD/month" in page
     listing = browser.get("/endpoints/").content.decode()
     assert "Your endpoints: 25.09 USD/month estimated (1 endpoint)." in listing
+
+
+def test_a_deleted_endpoint_costs_nothing(owner: User) -> None:
+    endpoint = sagemaker_endpoint(owner, "gone", model_bytes=GiB, options={"instance_type": "ml.m5.large"})
+    Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.DELETED)
+    endpoint.refresh_from_db()
+    cost = endpoint_cost_estimate(endpoint=endpoint, prices=PRICES, traffic=TRAFFIC).as_dict()
+
+    assert (cost["monthly"], cost["breakdown"], cost["reservation"]) == (0.0, [], None)

@@ -21,7 +21,8 @@ API_REGION = "us-east-1"
 def sagemaker_hosting_hourly(*, region: str, instance_type: str) -> Decimal | None:
     """The on-demand price per hour of one ``instance_type`` hosting instance in
     ``region``, in USD; None when the API lists none."""
-    client = _client("pricing", API_REGION, settings.AWS_ENDPOINT_URL, settings.AWS_MAX_ATTEMPTS)
+    # One attempt: the bundled table stands in at once, where retries would hold a page.
+    client = _client("pricing", API_REGION, settings.AWS_ENDPOINT_URL, 1)
     filters = {"regionCode": region, "instanceName": instance_type, "component": "Hosting"}
     answer = client.get_products(
         ServiceCode="AmazonSageMaker",
