@@ -52,7 +52,8 @@ def test_the_r_package_uploads_deploys_predicts_like_local_r_updates_rolls_back_
     )
     run = subprocess.run(["Rscript", "-e", script], env=env, capture_output=True, text=True, timeout=280, check=False)
     output = run.stdout + run.stderr
-    assert run.returncode == 0, output
+    print(output)  # testthat's reporter, in pytest's report (-rP) and on failure
+    assert run.returncode == 0, output + "\nweb server log:\n" + web_server.logfile.read_text()[-6000:]
     failed, errors, skipped, passed = (int(n) for n in output.split("RDEPLOY-RESULTS", 1)[1].split()[:4])
     # Nothing skipped: the live tests saw the server; every expectation ran.
     assert (failed, errors, skipped) == (0, 0, 0), output

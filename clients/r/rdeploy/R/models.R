@@ -63,7 +63,7 @@ rd_sample_file <- function(sample) {
 
 # A data frame as JSON records, as the runtime reads them (factors as their labels).
 rd_records <- function(data) {
-  jsonlite::toJSON(data, dataframe = "rows", factor = "string", Date = "ISO8601", digits = NA, na = "null")
+  jsonlite::toJSON(data, dataframe = "rows", factor = "string", Date = "ISO8601", digits = NA, na = "null", rownames = FALSE)
 }
 
 rd_wait_inspection <- function(version, timeout, conn) {
