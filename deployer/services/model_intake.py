@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.files.storage import Storage, storages
@@ -247,6 +248,10 @@ def _create_row(
     for _attempt in range(3):
         try:
             with transaction.atomic():
+                # One numbering at a time per owner: concurrent uploads under one name would
+                # otherwise keep taking each other's number (four at once ran out of retries).
+                # FOR NO KEY UPDATE, as endpoints' quota lock, so the row's key-share locks pass.
+                get_user_model().objects.select_for_update(no_key=True).filter(pk=owner.pk).first()
                 existing = ModelVersion.objects.filter(owner=owner, name=name, sha256=sha256).first()
                 if existing is not None:
                     return existing
