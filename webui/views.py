@@ -36,7 +36,7 @@ from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
 from deployer.artifacts.uploads import HashingUploadHandler
 from deployer.errors import DomainError
 from deployer.models import ApiToken, Endpoint, LogLine, ModelVersion
-from deployer.services.costs import cost_summary
+from deployer.services.costs import cost_summary, endpoint_costs
 from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.services.endpoints import (
     EndpointConflict,
@@ -215,9 +215,10 @@ def endpoint_list(request: DashboardRequest) -> HttpResponse:
     context = {"page": page, "busy": busy, "since": (timezone.now() - LIST_POLL_OVERLAP).isoformat()}
     if request.htmx and request.GET.get("fragment") == "changes":
         since = parse_datetime(request.GET.get("since", ""))
-        context["changed"] = [endpoint for endpoint in page if since is None or endpoint.updated_at > since]
+        changed = [endpoint for endpoint in page if since is None or endpoint.updated_at > since]
+        context.update(changed=changed, row_costs=endpoint_costs(endpoints=changed))
         return _stop_polling_unless(busy, render(request, "webui/endpoint_list.html#changes", context))
-    context["costs"] = cost_summary(user=request.user)
+    context.update(row_costs=endpoint_costs(endpoints=page), costs=cost_summary(user=request.user))
     return render(request, "webui/endpoint_list.html", context)
 
 

@@ -11,6 +11,7 @@ CPU they reserve instead.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,6 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from deployer.integrations.aws import cloudwatch, pricing
@@ -214,7 +216,9 @@ def _storage_lines(endpoint: Endpoint, prices: Prices) -> list[CostLine]:
                 f"{size} bytes x {prices.s3_gb_month}/GB-month",
             )
         )
-    images = ExternalResource.objects.of_endpoint(endpoint, ExternalResource.Kind.ECR_IMAGE).live()
+    images = getattr(endpoint, "live_images", None)  # prefetched by priced_endpoints
+    if images is None:
+        images = list(ExternalResource.objects.of_endpoint(endpoint, ExternalResource.Kind.ECR_IMAGE).live())
     sizes = [image.details.get("size_bytes") for image in images]
     known = sum(Decimal(size) for size in sizes if isinstance(size, int))
     if sizes:
@@ -229,9 +233,23 @@ def _region(endpoint: Endpoint) -> str:
     return str(endpoint.runtime.get("region") or settings.AWS_REGION or DEFAULT_REGION)
 
 
+# This process's copy of each region's prices, so a list of 50 rows asks Redis once.
+_memo: dict[str, tuple[float, Prices]] = {}
+MEMO_SECONDS = 60
+
+
 def region_prices(region: str) -> Prices:
     """Unit prices in ``region``: the bundled table's, with the instance prices the Price
     List API gives when it answers (cached in the Django cache for a day)."""
+    memo = _memo.get(region)
+    if memo is not None and memo[0] > time.monotonic():
+        return memo[1]
+    prices = _region_prices(region)
+    _memo[region] = (time.monotonic() + MEMO_SECONDS, prices)
+    return prices
+
+
+def _region_prices(region: str) -> Prices:
     table = bundled_prices(region)
     key = f"rdeploy:cost:prices:{region}"
     cached = _cache_get(key)
@@ -336,21 +354,51 @@ def cost_total(estimates: Iterable[CostEstimate]) -> CostTotal:
     return CostTotal(len(listed), monthly / HOURS_PER_MONTH, monthly, top, currency)
 
 
+# What an estimate reads of an endpoint: lists load only these (selectors' rows defer them).
+COST_FIELDS = (
+    "id",
+    "name",
+    "owner_id",
+    "target",
+    "status",
+    "options",
+    "public",
+    "runtime",
+    "model_version__id",
+    "model_version__size",
+)
+
+
+def priced_endpoints(endpoints: QuerySet[Endpoint], *fields: str) -> list[Endpoint]:
+    """``endpoints`` with what their estimates read, in three queries whatever their number."""
+    images = Prefetch(
+        "resources",
+        queryset=ExternalResource.objects.live().filter(kind=ExternalResource.Kind.ECR_IMAGE),
+        to_attr="live_images",
+    )
+    return list(endpoints.select_related("model_version").only(*COST_FIELDS, *fields).prefetch_related(images))
+
+
+def endpoint_costs(*, endpoints: Iterable[Endpoint]) -> dict[int, dict[str, Any]]:
+    """Each endpoint's estimate (``as_dict``) by id: a list page's rows, priced at once."""
+    listed = Endpoint.objects.filter(pk__in=[endpoint.pk for endpoint in endpoints])
+    return {endpoint.pk: endpoint_cost_estimate(endpoint=endpoint).as_dict() for endpoint in priced_endpoints(listed)}
+
+
 def cost_summary(*, user: Any) -> dict[str, Any]:
     """The total of the user's endpoints not deleted; for staff also the installation's,
     per owner."""
-    endpoints = (
-        Endpoint.objects.visible_to(user)
-        .exclude(status=Endpoint.Status.DELETED)
-        .select_related("model_version", "owner")
+    endpoints = priced_endpoints(
+        Endpoint.objects.visible_to(user).exclude(status=Endpoint.Status.DELETED).select_related("owner"),
+        "owner__id",
+        "owner__username",
     )
     estimates = [(endpoint, endpoint_cost_estimate(endpoint=endpoint)) for endpoint in endpoints]
-    summary: dict[str, Any] = {
-        "user": cost_total(e for endpoint, e in estimates if endpoint.owner_id == user.pk).as_dict()
-    }
+    mine = cost_total(estimate for endpoint, estimate in estimates if endpoint.owner_id == user.pk)
+    summary: dict[str, Any] = {"user": mine.as_dict()}
     if user.is_staff:
         owners = sorted({endpoint.owner.get_username() for endpoint, _ in estimates})
-        summary["installation"] = cost_total(e for _, e in estimates).as_dict()
+        summary["installation"] = cost_total(estimate for _, estimate in estimates).as_dict()
         summary["owners"] = [
             {
                 "owner": owner,

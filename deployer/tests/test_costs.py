@@ -11,7 +11,9 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -230,3 +232,17 @@ def test_a_deleted_endpoint_costs_nothing(owner: User) -> None:
     cost = endpoint_cost_estimate(endpoint=endpoint, prices=PRICES, traffic=TRAFFIC).as_dict()
 
     assert (cost["monthly"], cost["breakdown"], cost["reservation"]) == (0.0, [], None)
+
+
+def test_the_endpoints_page_prices_its_rows_in_queries_that_do_not_grow_with_them(owner: User) -> None:
+    browser = Client()
+    browser.force_login(owner)
+
+    def queries_with(count: int) -> int:
+        for number in range(Endpoint.objects.count(), count):
+            sagemaker_endpoint(owner, f"row-{number}", model_bytes=GiB, options={"instance_type": "ml.m5.large"})
+        with CaptureQueriesContext(connection) as queries:
+            assert "USD/month" in browser.get("/endpoints/").content.decode()
+        return len(queries)
+
+    assert queries_with(2) == queries_with(6)

@@ -14,5 +14,9 @@ register = template.Library()
 
 
 @register.inclusion_tag("webui/_cost.html")
-def endpoint_cost(endpoint: Endpoint, *, detailed: bool = False) -> dict[str, Any]:
-    return {"cost": endpoint_cost_estimate(endpoint=endpoint).as_dict(), "detailed": detailed}
+def endpoint_cost(
+    endpoint: Endpoint, costs: dict[int, dict[str, Any]] | None = None, *, detailed: bool = False
+) -> dict[str, Any]:
+    """``costs``: a list's estimates by endpoint id, priced at once (services.costs.endpoint_costs)."""
+    cost = costs.get(endpoint.pk) if costs else None
+    return {"cost": cost or endpoint_cost_estimate(endpoint=endpoint).as_dict(), "detailed": detailed}
