@@ -66,6 +66,9 @@ class ModelVersionViewSet(
             return ModelVersion.objects.none()
         queryset = ModelVersion.objects.visible_to(self.request.user)
         name = self.request.query_params.get("name")
+        if name and "\x00" in name:
+            # No name holds a NUL, and PostgreSQL refuses one in a query (a 500): none match.
+            return queryset.none()
         return queryset.filter(name=name) if name else queryset
 
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:

@@ -240,6 +240,19 @@ def test_the_list_filters_by_name(owner: User, api_client_for: Any, lm_rds: byte
 
 
 @pytest.mark.django_db
+def test_a_name_filter_holding_a_nul_matches_nothing_on_every_database(
+    owner: User, api_client_for: Any, lm_rds: bytes
+) -> None:
+    client = api_client_for(owner)
+    post(client, "cars", lm_rds)
+
+    response = client.get(URL, {"name": "cars\x00"})
+
+    assert response.status_code == 200
+    assert response.json()["results"] == []
+
+
+@pytest.mark.django_db
 def test_deleting_a_model_removes_its_row(owner: User, api_client_for: Any, lm_rds: bytes) -> None:
     client = api_client_for(owner)
     created = post(client, "cars", lm_rds, sample=SimpleUploadedFile("rows.csv", b"wt\n2.5\n")).json()
