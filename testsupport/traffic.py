@@ -110,8 +110,9 @@ class TrafficClients:
                 request = self.plan(number, sequence)
                 sequence += 1
                 call = self._call(connection, number, request)
-                if not (call.ok and self.keep_alive):
+                if not (call.ok and self.keep_alive) or request.pause:
                     # A fresh connection after anything odd (a half-read answer poisons it),
+                    # after a pause (the server closes idle connections: gunicorn after 2 s),
                     # or for every call: gunicorn then spreads the calls over its processes.
                     connection.close()
                 with self._lock:
@@ -145,18 +146,25 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
 
 
-def tree_rss_kib(pid: int) -> int:
-    """Resident memory of process ``pid`` and all its descendants (gunicorn's or Celery's
-    workers), in KiB, from /proc; 0 for a process that is gone."""
+def workers_rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` and its children (gunicorn's or Celery's pool
+    workers), in KiB, from /proc: their children (a podman command a task runs) are not
+    counted. 0 for a process that is gone."""
     total = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
+    for current in [pid, *children(pid)]:
         try:
             status = Path(f"/proc/{current}/status").read_text()
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
         total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     return total
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return found
