@@ -21,7 +21,7 @@ _data_dir = tempfile.mkdtemp(prefix="rdeploy-test-")
 os.environ["RDEPLOY_DATA_DIR"] = _data_dir
 
 
-def _start_postgres() -> str:
+def _start_postgres() -> PostgresServer:
     """This session's own PostgreSQL cluster, stopped and removed when the session's process exits."""
     server = PostgresServer(Path(tempfile.mkdtemp(prefix="rdeploy-test-pg-")))
     starter = os.getpid()
@@ -34,14 +34,17 @@ def _start_postgres() -> str:
     atexit.register(stop)
     server.remove_when_gone(starter)
     server.start()
-    return server.url("rdeploy")
+    return server
 
 
 # The database (docs/testing.md): PostgreSQL unless RDEPLOY_TEST_DATABASE=sqlite asks for the
 # quick start's embedded default. Set either way, so a developer's DATABASE_URL is never used.
 _database = os.environ.setdefault("RDEPLOY_TEST_DATABASE", "postgres")
+# The session's cluster (None on SQLite): a test may stop and start it, as a restart would.
+postgres_server: PostgresServer | None = None
 if _database == "postgres":
-    os.environ["DATABASE_URL"] = _start_postgres()
+    postgres_server = _start_postgres()
+    os.environ["DATABASE_URL"] = postgres_server.url("rdeploy")
 elif _database == "sqlite":
     os.environ["DATABASE_URL"] = f"sqlite:///{Path(_data_dir) / 'rdeploy.sqlite3'}"
 else:
