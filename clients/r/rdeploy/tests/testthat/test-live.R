@@ -50,6 +50,12 @@ test_that("lm and randomForest deploy, predict as locally, update, roll back and
   remote <- predict(updated, newdata)
   expect_identical(levels(remote), levels(iris$Species))
   expect_identical(remote, local)
+  probabilities <- predict(updated, newdata, type = "prob")
+  local_probabilities <- predict(forest, newdata, type = "prob")
+  expect_identical(dimnames(probabilities), dimnames(local_probabilities))
+  expect_equal(as.vector(probabilities), as.vector(local_probabilities))
+  # Only setosa rows: every level still there, as in the local factor.
+  expect_identical(predict(updated, iris[1:3, ]), predict(forest, iris[1:3, ]))
 
   back <- rdeploy_rollback(name)
   expect_identical(back$model$id, first$id)
