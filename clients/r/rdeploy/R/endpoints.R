@@ -2,7 +2,9 @@
 #'
 #' Creates the endpoint `name` serving `model` or, if the endpoint exists, updates it
 #' blue/green to the new model version (traffic moves only once the new version answers).
-#' While `wait` is `TRUE` the pipeline's steps are shown as they progress.
+#' While `wait` is `TRUE` the pipeline's steps are shown as they progress. An update keeps
+#' the endpoint's target, public URL and options: `target`, `public` and `options` apply
+#' when the endpoint is created.
 #'
 #' @param model A fitted model, a path to a saved model, or an `rdeploy_model` from
 #'   [rdeploy_upload()] (uploaded first under `name` unless it is one).

@@ -22,11 +22,12 @@ rd_perform <- function(req, conn) {
   resp
 }
 
-rd_call <- function(method, path, conn, json = NULL, query = NULL, multipart = NULL) {
+rd_call <- function(method, path, conn, json = NULL, query = NULL, multipart = NULL, progress = NULL) {
   req <- rd_request(conn, method, path)
   if (length(query)) req <- do.call(httr2::req_url_query, c(list(req), query))
   if (!is.null(json)) req <- httr2::req_body_json(req, json, auto_unbox = TRUE, digits = NA)
   if (!is.null(multipart)) req <- do.call(httr2::req_body_multipart, c(list(req), multipart))
+  if (!is.null(progress)) req <- httr2::req_options(req, noprogress = FALSE, xferinfofunction = progress)
   resp <- rd_perform(req, conn)
   if (httr2::resp_status(resp) == 204 || !length(httr2::resp_body_raw(resp))) return(invisible(NULL))
   jsonlite::fromJSON(httr2::resp_body_string(resp, encoding = "UTF-8"), simplifyVector = FALSE)

@@ -23,9 +23,20 @@ rdeploy_upload <- function(model, name, sample = NULL, packages = NULL, wait = T
   parts <- list(name = name, file = curl::form_file(path))
   if (!is.null(sample)) parts$sample <- rd_sample_file(sample)
   if (length(packages)) parts$packages <- paste(packages, collapse = ",")
-  cli::cli_progress_step("Uploading {.val {name}} ({format(structure(file.size(path), class = 'object_size'), units = 'auto')})")
-  version <- rd_call("POST", "models/", conn, multipart = parts)
-  cli::cli_progress_done()
+  size <- format(structure(file.size(path), class = "object_size"), units = "auto")
+  bar <- cli::cli_progress_bar(
+    format = paste("Uploading", name, "({size}) {cli::pb_bar} {cli::pb_percent}"),
+    total = 1, auto_terminate = FALSE
+  )
+  # curl reports (total, sent) for the upload while it runs; TRUE carries on.
+  progress <- function(down, up) {
+    # A display problem must not abort the upload.
+    if (up[[1]] > 0) try(cli::cli_progress_update(id = bar, set = up[[2]] / up[[1]]), silent = TRUE)
+    TRUE
+  }
+  version <- rd_call("POST", "models/", conn, multipart = parts, progress = progress)
+  cli::cli_progress_done(id = bar)
+  cli::cli_alert_success("Uploaded {.val {name}} ({size}): version {version$version}")
   if (wait && identical(version$status, "inspecting")) version <- rd_wait_inspection(version, timeout, conn)
   model_version <- structure(version, class = "rdeploy_model")
   if (identical(version$status, "invalid")) {
