@@ -66,3 +66,29 @@ test_that("lm and randomForest deploy, predict as locally, update, roll back and
   expect_false(name %in% rdeploy_endpoints()$name[rdeploy_endpoints()$status != "deleted"])
   expect_error(predict(back, newdata), class = "rdeploy_api_error")
 })
+
+test_that("the README's lm goes live on a public URL, its API key printed once", {
+  skip_if_no_server()
+  rdeploy_connect(Sys.getenv("RDEPLOY_URL"), Sys.getenv("RDEPLOY_TOKEN"))
+  name <- paste0("mpg-", suffix())
+  fit <- lm(mpg ~ wt + hp, data = mtcars)
+  endpoint <- rdeploy_deploy(fit, name, public = TRUE)
+  key <- endpoint$secret$api_key
+  expect_match(key, ".{20,}")
+  expect_true(any(grepl(key, capture.output(print(endpoint)), fixed = TRUE)))
+  expect_false(any(grepl(key, capture.output(print(endpoint)), fixed = TRUE)))
+  # Row names (mtcars' car names) name the predictions, as locally.
+  expect_equal(predict(endpoint, head(mtcars)), predict(fit, head(mtcars)))
+
+  # The public URL under this server (the test server's PUBLIC_BASE_URL is another port).
+  url <- sub("^https?://[^/]+", Sys.getenv("RDEPLOY_URL"), endpoint$public_url)
+  answer <- httr2::request(url) |>
+    httr2::req_headers(`x-api-key` = key) |>
+    httr2::req_body_raw('[{"wt": 2.62, "hp": 110}]', type = "application/json") |>
+    httr2::req_perform()
+  expect_equal(
+    httr2::resp_body_json(answer, simplifyVector = TRUE)$predictions,
+    unname(predict(fit, data.frame(wt = 2.62, hp = 110)))
+  )
+  rdeploy_delete(endpoint)
+})
