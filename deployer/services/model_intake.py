@@ -135,7 +135,7 @@ def model_version_upload(
         if sample is not None:
             sample.seek(0)
             stored.append(storage.save(f"{base}.sample.{sample_extension}", sample))
-        model_version = _create_row(
+        model_version, created = _create_row(
             owner=owner,
             name=name,
             kind=kind,
@@ -149,12 +149,13 @@ def model_version_upload(
         for stored_name in stored:
             storage.delete(stored_name)
         raise
-    if model_version.artifact.name not in stored:
-        # Another request stored the same bytes first: keep its files, drop ours.
-        for stored_name in stored:
+    if not created:
+        # Another request stored the same bytes first: keep its files, drop ours. Ours may
+        # have the same name as its: Django moves a temporary upload by checking the name is
+        # free and then renaming, which overwrites a file another request moved there meanwhile.
+        for stored_name in set(stored) - {model_version.artifact.name, model_version.sample.name}:
             storage.delete(stored_name)
-        return UploadOutcome(model_version, created=False)
-    return UploadOutcome(model_version, created=True)
+    return UploadOutcome(model_version, created=created)
 
 
 def _retry_invalid(model_version: ModelVersion, *, sample: UploadedFile | None, requested: list[str]) -> ModelVersion:
@@ -244,7 +245,8 @@ def _create_row(
     stored: list[str],
     original_filename: str,
     requested: list[str],
-) -> ModelVersion:
+) -> tuple[ModelVersion, bool]:
+    """The new version (True), or the one holding these bytes already (False)."""
     for _attempt in range(3):
         try:
             with transaction.atomic():
@@ -254,7 +256,7 @@ def _create_row(
                 get_user_model().objects.select_for_update(no_key=True).filter(pk=owner.pk).first()
                 existing = ModelVersion.objects.filter(owner=owner, name=name, sha256=sha256).first()
                 if existing is not None:
-                    return existing
+                    return existing, False
                 latest = ModelVersion.objects.filter(owner=owner, name=name).aggregate(n=Max("version"))["n"]
                 model_version = ModelVersion.objects.create(
                     owner=owner,
@@ -271,7 +273,7 @@ def _create_row(
                     inspection=_queued(),
                 )
                 enqueue(task_names.MODEL_VERSION_INSPECT, model_version.pk)
-                return model_version
+                return model_version, True
         except IntegrityError:
             # A concurrent upload under the same name took this version number (or
             # stored the same bytes): look again.
