@@ -96,33 +96,47 @@ rdeploy_endpoints <- function(conn = rdeploy_connection()) {
 #'
 #' Pipeline, build and runtime lines, oldest first.
 #'
+#' With `follow = TRUE` it works like `tail -f`: it prints each line as it arrives,
+#' asking the server every `interval` seconds, and stops when `max_seconds` have
+#' passed, when the endpoint is deleted, or when you interrupt it (Ctrl-C, or Esc in
+#' RStudio). However it stops, it returns the lines it saw, invisibly.
+#'
 #' @param endpoint An `rdeploy_endpoint` or an endpoint's name.
-#' @param follow Keep printing new lines while the endpoint is busy (deploying,
-#'   updating, deleting); stop with Ctrl-C.
+#' @param follow Keep printing new lines as they arrive (see Details).
 #' @param after Only lines after this line id.
+#' @param max_seconds With `follow`, stop after this many seconds (default: never).
+#' @param interval With `follow`, seconds between two requests for new lines.
 #' @param conn The connection (see [rdeploy_connect()]).
 #' @return A data frame of log lines (invisibly when `follow` is `TRUE`).
 #' @export
-rdeploy_logs <- function(endpoint, follow = FALSE, after = 0, conn = rd_conn_of(endpoint)) {
+rdeploy_logs <- function(endpoint, follow = FALSE, after = 0, max_seconds = Inf, interval = 1,
+                         conn = rd_conn_of(endpoint)) {
   name <- rd_name_of(endpoint)
-  pages <- list()
-  repeat {
-    page <- rd_call("GET", paste0("endpoints/", name, "/logs"), conn, query = list(after = after))
-    lines <- rd_log_frame(page$lines)
-    pages[[length(pages) + 1]] <- lines
-    after <- page$`next`
-    if (follow) {
-      for (i in seq_len(nrow(lines))) cat(lines$created_at[i], " ", lines$source[i], " ", lines$message[i], "\n", sep = "")
-      if (!nrow(lines)) {
-        status <- rd_call("GET", paste0("endpoints/", name), conn)$status
-        if (!status %in% rd_busy) break
-        Sys.sleep(2)
+  pages <- list(rd_log_frame(list()))
+  deadline <- Sys.time() + max_seconds
+  poll <- function() {
+    repeat {
+      page <- rd_call("GET", paste0("endpoints/", name, "/logs"), conn, query = list(after = after))
+      lines <- rd_log_frame(page$lines)
+      pages[[length(pages) + 1]] <<- lines
+      after <<- page$`next`
+      if (follow) {
+        for (i in seq_len(nrow(lines))) cat(lines$created_at[i], " ", lines$source[i], " ", lines$message[i], "\n", sep = "")
       }
-    } else if (!nrow(lines)) {
-      break
+      if (nrow(lines)) next
+      if (!follow || Sys.time() >= deadline) break
+      if (identical(rd_call("GET", paste0("endpoints/", name), conn)$status, "deleted")) break
+      Sys.sleep(max(0, min(interval, as.numeric(difftime(deadline, Sys.time(), units = "secs")))))
     }
   }
+  if (follow) {
+    # Ctrl-C ends the following, not the call: the lines seen so far are returned.
+    tryCatch(poll(), interrupt = function(e) NULL, rdeploy_http_404 = function(e) NULL)
+  } else {
+    poll()
+  }
   lines <- do.call(rbind, pages)
+  rownames(lines) <- NULL
   if (follow) invisible(lines) else lines
 }
 

@@ -33,18 +33,24 @@ predict.rdeploy_endpoint <- function(object, newdata, type = c("response", "prob
     levels <- unlist(prediction$classes)
     predictions <- if (length(levels)) factor(predictions, levels = levels) else factor(predictions)
   }
-  if (length(predictions) == nrow(newdata)) names(predictions) <- rownames(newdata)
+  # ranger's predictions carry no names; every other model's predict() names them by row.
+  if (length(predictions) == nrow(newdata) && !"ranger" %in% rd_model_class(object)) names(predictions) <- rownames(newdata)
   predictions
 }
 
-# The inspection's prediction record of the serving version, fetched once per object.
-rd_prediction_kind <- function(endpoint) {
+# The inspection of the serving version, fetched once per object.
+rd_inspection <- function(endpoint) {
   cache <- endpoint$secret
   version <- endpoint$model$id
   if (is.null(version)) return(list())
-  if (!identical(cache$prediction_of, version)) {
-    cache$prediction <- rd_value(rd_call("GET", paste0("models/", version, "/"), endpoint$conn)$inspection$prediction, list())
-    cache$prediction_of <- version
+  if (!identical(cache$inspection_of, version)) {
+    cache$inspection <- rd_value(rd_call("GET", paste0("models/", version, "/"), endpoint$conn)$inspection, list())
+    cache$inspection_of <- version
   }
-  cache$prediction
+  cache$inspection
 }
+
+# The inspection's prediction record: kind ("class", "numeric", ...) and classes.
+rd_prediction_kind <- function(endpoint) rd_value(rd_inspection(endpoint)$prediction, list())
+
+rd_model_class <- function(endpoint) unlist(rd_inspection(endpoint)$class)

@@ -92,3 +92,77 @@ test_that("the README's lm goes live on a public URL, its API key printed once",
   )
   rdeploy_delete(endpoint)
 })
+
+test_that("each test model's kind predicts as locally, as blue/green updates of one endpoint", {
+  skip_if_no_server()
+  rdeploy_connect(Sys.getenv("RDEPLOY_URL"), Sys.getenv("RDEPLOY_TOKEN"))
+  name <- paste0("kinds-", suffix())
+  newdata <- iris[c(2, 60, 110, 140), ]
+
+  # glm (binomial) with a factor input whose levels are not alphabetical: the endpoint
+  # answers on the response scale, predict(type = "response") locally (see the README).
+  set.seed(42)
+  n <- 200
+  data <- data.frame(x = rnorm(n), group = factor(sample(c("low", "mid", "high"), n, TRUE), levels = c("low", "mid", "high")))
+  data$y <- rbinom(n, 1, plogis(0.5 * data$x + c(low = -1, mid = 0, high = 1)[as.character(data$group)]))
+  binomial_glm <- glm(y ~ x + group, family = binomial, data = data)
+  rows <- data[c(1:3, 198:200), c("x", "group")]
+  endpoint <- rdeploy_deploy(binomial_glm, name)
+  expect_equal(predict(endpoint, rows), predict(binomial_glm, rows, type = "response"))
+
+  # ranger regression: its predict() returns an object; the endpoint answers its
+  # $predictions, unnamed as there.
+  forest <- ranger::ranger(mpg ~ ., data = mtcars, num.trees = 50, seed = 1)
+  endpoint <- rdeploy_deploy(forest, name)
+  expect_identical(endpoint$model$version, 2L)
+  expect_equal(predict(endpoint, mtcars[c(1, 5, 9, 20), -1]), predict(forest, data = mtcars[c(1, 5, 9, 20), -1])$predictions)
+
+  # rpart classification: the endpoint answers classes (predict(type = "class")); its
+  # type = "prob" is rpart's own default, the probability matrix.
+  tree <- rpart::rpart(Species ~ ., data = iris)
+  endpoint <- rdeploy_deploy(tree, name)
+  remote <- predict(endpoint, newdata)
+  expect_identical(remote, predict(tree, newdata, type = "class"))
+  expect_identical(levels(remote), levels(iris$Species))
+  expect_identical(predict(endpoint, iris[1:2, ]), predict(tree, iris[1:2, ], type = "class"))
+  probabilities <- predict(endpoint, newdata, type = "prob")
+  expect_identical(dimnames(probabilities), dimnames(predict(tree, newdata)))
+  expect_equal(probabilities, predict(tree, newdata))
+
+  # e1071's svm: a factor with the model's levels.
+  machine <- e1071::svm(Species ~ ., data = iris)
+  endpoint <- rdeploy_deploy(machine, name)
+  expect_identical(predict(endpoint, newdata), predict(machine, newdata))
+  # Without probability = TRUE it has no probabilities: the API's reason, as a condition.
+  expect_error(predict(endpoint, newdata, type = "prob"), "probability = TRUE", class = "rdeploy_http_400")
+
+  # rdeploy_logs(follow = TRUE) prints a runtime line that arrives while it follows: a
+  # bundle whose predict_fn logs each call, invoked by another R process a moment later.
+  bundle <- file.path(tempfile("bundle"), "model")
+  dir.create(bundle, recursive = TRUE)
+  fit <- lm(mpg ~ wt, data = mtcars)
+  saveRDS(fit, file.path(bundle, "model.rds"))
+  writeLines(c(
+    "predict_fn <- function(model, data) {",
+    "  message('rdeploy-test scored ', nrow(data), ' rows')",
+    "  unname(predict(model, data))",
+    "}"
+  ), file.path(bundle, "predict.R"))
+  tarball <- tempfile("bundle", fileext = ".tar.gz")
+  here <- setwd(bundle)
+  utils::tar(tarball, files = c("model.rds", "predict.R"), compression = "gzip", tar = "internal")
+  setwd(here)
+  endpoint <- rdeploy_deploy(tarball, name)
+  expect_identical(endpoint$model$version, 5L)
+  cursor <- max(0L, rdeploy_logs(endpoint)$id)
+  caller <- paste0(
+    "Sys.sleep(2); library(rdeploy); rdeploy_connect(Sys.getenv('RDEPLOY_URL'), Sys.getenv('RDEPLOY_TOKEN'));",
+    " predict(rdeploy_endpoint('", name, "'), mtcars[1:3, 'wt', drop = FALSE])"
+  )
+  system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(caller)), wait = FALSE, stdout = FALSE, stderr = FALSE)
+  printed <- capture.output(followed <- rdeploy_logs(endpoint, follow = TRUE, after = cursor, max_seconds = 12))
+  expect_true(any(grepl("rdeploy-test scored 3 rows", followed$message, fixed = TRUE)))
+  expect_true(any(grepl("rdeploy-test scored 3 rows", printed, fixed = TRUE)))
+  expect_true(all(followed$id > cursor))
+  rdeploy_delete(endpoint)
+})
