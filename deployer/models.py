@@ -97,13 +97,30 @@ class Endpoint(models.Model):
         FAILED = "failed"
         DELETING = "deleting"
         DELETED = "deleted"
+        # Stopped: what is billed (the runtime, the SageMaker endpoint) is removed, what is
+        # needed to serve again (image, model, endpoint config, public API, key) is kept.
+        STOPPING = "stopping"
+        STOPPED = "stopped"
+        STARTING = "starting"
 
     class Target(models.TextChoices):
         LOCAL = "local"
         SAGEMAKER = "sagemaker", "SageMaker"
 
     # States in which something is happening that a page should follow.
-    BUSY = frozenset({Status.PENDING, Status.BUILDING, Status.DEPLOYING, Status.UPDATING, Status.DELETING})
+    BUSY = frozenset(
+        {
+            Status.PENDING,
+            Status.BUILDING,
+            Status.DEPLOYING,
+            Status.UPDATING,
+            Status.DELETING,
+            Status.STOPPING,
+            Status.STARTING,
+        }
+    )
+    # States in which nothing serves until a start deployment has run.
+    ASLEEP = frozenset({Status.STOPPED, Status.STARTING})
     # States in which the gateway forwards traffic.
     SERVING = frozenset({Status.LIVE, Status.UPDATING})
 
@@ -153,6 +170,9 @@ class Deployment(models.Model):
         UPDATE = "update"
         ROLLBACK = "rollback"
         DELETE = "delete"
+        # Remove what serves (and is billed) and keep the rest; start serves it again.
+        STOP = "stop"
+        START = "start"
 
     class Status(models.TextChoices):
         PENDING = "pending"

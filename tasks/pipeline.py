@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from deployer import task_names
-from deployer.services.endpoints import endpoint_push_api_key
+from deployer.services.endpoints import endpoint_push_api_key, endpoint_wake
 from deployer.services.pipeline import deployment_advance, pipeline_reconcile
 
 
@@ -22,3 +22,9 @@ def pipeline_reconcile_task() -> dict[str, int]:
 @shared_task(name=task_names.ENDPOINT_PUSH_API_KEY, autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
 def endpoint_push_api_key_task(endpoint_id: int) -> None:
     endpoint_push_api_key(endpoint_id=endpoint_id)
+
+
+# Idempotent: a second wake finds the endpoint starting and does nothing.
+@shared_task(name=task_names.ENDPOINT_WAKE)
+def endpoint_wake_task(endpoint_id: int) -> None:
+    endpoint_wake(endpoint_id=endpoint_id)

@@ -45,6 +45,8 @@ from deployer.services.endpoints import (
     endpoint_invoke,
     endpoint_rollback,
     endpoint_rotate_key,
+    endpoint_start,
+    endpoint_stop,
     endpoint_update,
 )
 from deployer.services.model_intake import UPLOAD_FILE_FIELDS, model_version_upload
@@ -405,6 +407,30 @@ def endpoint_rollback_form(request: DashboardRequest, name: str) -> HttpResponse
     else:
         messages.success(request, f"Rolling {endpoint.name} back to {deployment.model_version}.")
     return redirect("webui:endpoint_detail", name=endpoint.name)
+
+
+def _stop_or_start(request: DashboardRequest, name: str, *, action: Any, done: str) -> HttpResponse:
+    endpoint = _endpoint_for(request, name)
+    try:
+        action(endpoint=endpoint)
+    except EndpointConflict as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done.format(name=endpoint.name))
+    return redirect("webui:endpoint_detail", name=endpoint.name)
+
+
+@login_required
+@require_POST
+def endpoint_stop_form(request: DashboardRequest, name: str) -> HttpResponse:
+    done = "Stopping {name}: what serves it is removed, the rest is kept."
+    return _stop_or_start(request, name, action=endpoint_stop, done=done)
+
+
+@login_required
+@require_POST
+def endpoint_start_form(request: DashboardRequest, name: str) -> HttpResponse:
+    return _stop_or_start(request, name, action=endpoint_start, done="Starting {name} from what its stop kept.")
 
 
 @login_required

@@ -89,6 +89,9 @@ TABLE: dict[tuple[str, str, str], Row] = {
     ("endpoint-logs", "", "GET"): row(401, 200, 404, 200),
     ("endpoint-rollback", "", "POST"): row(401, 202, 404, 202),
     ("endpoint-rotate-key", "", "POST"): row(401, 200, 404, 200),
+    ("endpoint-stop", "", "POST"): row(401, 202, 404, 202),
+    # The endpoint is live: only a stopped one starts (409), but the caller was let through.
+    ("endpoint-start", "", "POST"): row(401, 409, 404, 409),
     # No runtime answers in this test: the gateway's 503 means the request was let through.
     ("endpoint-invocations", "", "POST"): row(401, 503, 404, 503, data="csv"),
     # The public route knows API keys, not users: without the key, 403 for everyone.
@@ -111,6 +114,8 @@ TABLE: dict[tuple[str, str, str], Row] = {
     ("webui:endpoint_invoke", "", "POST"): row(302, 200, 404, 200, data="invoke"),
     ("webui:endpoint_update", "", "POST"): row(302, 302, 404, 302, data="update"),
     ("webui:endpoint_rollback", "", "POST"): row(302, 302, 404, 302),
+    ("webui:endpoint_stop", "", "POST"): row(302, 302, 404, 302),
+    ("webui:endpoint_start", "", "POST"): row(302, 302, 404, 302),
     ("webui:endpoint_delete", "", "GET"): row(302, 200, 404, 200),
     ("webui:endpoint_delete", "", "POST"): row(302, 302, 404, 302),
     ("webui:endpoint_rotate_key", "", "POST"): row(302, 200, 404, 200),

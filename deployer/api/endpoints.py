@@ -1,4 +1,4 @@
-"""`/api/v1/endpoints/`: create, list, show, update, roll back, tail logs, delete; invoke.
+"""`/api/v1/endpoints/`: create, list, show, update, roll back, stop, start, tail logs, delete; invoke.
 
 Also the public route `/e/<name>/invocations` (mounted in config/urls.py). The two
 invocation views are plain Django views, not DRF: they run for every prediction, and
@@ -203,6 +203,22 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         """Back to the previously live model version."""
         endpoint = self.get_object()
         services.endpoint_rollback(endpoint=endpoint)
+        return Response(self._fresh(endpoint), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: EndpointSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, name: str) -> Response:
+        """Stop serving: remove the runtime (local) or the SageMaker endpoint, keep the rest."""
+        endpoint = self.get_object()
+        services.endpoint_stop(endpoint=endpoint)
+        return Response(self._fresh(endpoint), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: EndpointSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, name: str) -> Response:
+        """Serve a stopped endpoint again from what its stop kept (nothing is rebuilt)."""
+        endpoint = self.get_object()
+        services.endpoint_start(endpoint=endpoint)
         return Response(self._fresh(endpoint), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(

@@ -158,12 +158,19 @@ def _locked(endpoint: Endpoint) -> Endpoint:
     return locked
 
 
+def _refuse_asleep(endpoint: Endpoint) -> None:
+    """Update and rollback need a serving endpoint: a stopped one is started first."""
+    if endpoint.status in (Endpoint.Status.STOPPING, *Endpoint.ASLEEP):
+        raise EndpointConflict(f"Endpoint {endpoint.name} is {endpoint.status}; start it before changing its model.")
+
+
 def endpoint_update(*, endpoint: Endpoint, model_version: ModelVersion) -> Deployment:
     """Blue/green rollout of another version; the current one serves until the switch."""
     _check_model(model_version, endpoint.owner)
     with transaction.atomic():
         _lock_owner(endpoint.owner)
         locked = _locked(endpoint)
+        _refuse_asleep(locked)
         # The limits may have shrunk since creation (staff, the allowed instance types).
         quota_check(owner=locked.owner, target=locked.target, options=locked.options, endpoint=locked)
         deployment = deployment_start(endpoint=locked, model_version=model_version, kind=Deployment.Kind.UPDATE)
@@ -175,6 +182,7 @@ def endpoint_rollback(*, endpoint: Endpoint) -> Deployment:
     """Roll back to the previously live version (again blue/green)."""
     with transaction.atomic():
         locked = _locked(endpoint)
+        _refuse_asleep(locked)
         if locked.previous_model_version is None:
             raise EndpointConflict(f"Endpoint {locked.name} has no previous version to roll back to.")
         deployment = deployment_start(
@@ -182,6 +190,54 @@ def endpoint_rollback(*, endpoint: Endpoint) -> Deployment:
         )
     endpoint.refresh_from_db()
     return deployment
+
+
+def _pause_or_resume(*, endpoint: Endpoint, kind: str, source: str, interim: str, verb: str) -> Deployment:
+    with transaction.atomic():
+        locked = _locked(endpoint)
+        if locked.status != source or locked.model_version is None:
+            raise EndpointConflict(
+                f"Endpoint {locked.name} is {locked.status}; only a {source} endpoint can be {verb}."
+            )
+        Endpoint.objects.filter(pk=locked.pk).update(status=interim, error="", updated_at=timezone.now())
+        deployment = deployment_start(endpoint=locked, model_version=locked.model_version, kind=kind)
+    gateway.route_forget(endpoint.name)
+    endpoint.refresh_from_db()
+    return deployment
+
+
+def endpoint_stop(*, endpoint: Endpoint) -> Deployment:
+    """Remove what serves (and is billed), keep what serving again needs (docs/pipeline.md)."""
+    return _pause_or_resume(
+        endpoint=endpoint,
+        kind=Deployment.Kind.STOP,
+        source=Endpoint.Status.LIVE,
+        interim=Endpoint.Status.STOPPING,
+        verb="stopped",
+    )
+
+
+def endpoint_start(*, endpoint: Endpoint) -> Deployment:
+    """Serve a stopped endpoint again from what its stop kept: nothing is built."""
+    return _pause_or_resume(
+        endpoint=endpoint,
+        kind=Deployment.Kind.START,
+        source=Endpoint.Status.STOPPED,
+        interim=Endpoint.Status.STARTING,
+        verb="started",
+    )
+
+
+def endpoint_wake(*, endpoint_id: int) -> Deployment | None:
+    """Start a stopped endpoint with ``wake_on_request`` (a call reached it); a no-op when it
+    is starting already or no longer stopped, so concurrent calls start it once."""
+    endpoint = Endpoint.objects.filter(pk=endpoint_id, status=Endpoint.Status.STOPPED).first()
+    if endpoint is None or not endpoint.options.get("wake_on_request"):
+        return None
+    try:
+        return endpoint_start(endpoint=endpoint)
+    except EndpointConflict:
+        return None
 
 
 def endpoint_delete(*, endpoint: Endpoint) -> Deployment | None:

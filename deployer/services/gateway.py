@@ -16,6 +16,8 @@
   65 s in all, 502 for an answer above SageMaker's 6 MiB).
 - REST tokens on the invocations route are checked through the same kind of cache, so
   a revoked token stops working within ``ROUTE_CACHE_SECONDS`` everywhere.
+- A stopped endpoint answers 503 with Retry-After and ``"reason": "endpoint is stopped"``;
+  with option ``wake_on_request`` the call also enqueues its start (docs/pipeline.md).
 - A request that finds no runtime (it was replaced moments ago) re-reads the route from
   the database once and retries if the route changed.
 """
@@ -36,6 +38,8 @@ from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from deployer import task_names
+from deployer.jobs import enqueue
 from deployer.models import Endpoint
 from deployer.services.tokens import api_token_authenticate, hash_secret
 from deployer.targets import get_target
@@ -45,6 +49,9 @@ from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult, Runtime
 MAX_BODY_BYTES = 6 * 1024 * 1024
 FORWARDED_HEADERS = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
 JSON = {"Content-Type": "application/json"}
+# Retry-After of a stopped endpoint: soon while it starts; later while nothing starts it.
+WAKE_RETRY_AFTER = 5
+STOPPED_RETRY_AFTER = 60
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,7 @@ class Route:
     api_key_hash: str
     rate: float
     burst: int
+    wake_on_request: bool = False
 
     @property
     def serving(self) -> bool:
@@ -94,6 +102,7 @@ def _load_route(name: str) -> Route | None:
             api_key_hash=row["api_key_hash"],
             rate=float(throttle.get("rate", settings.GATEWAY_DEFAULT_RATE)),
             burst=int(throttle.get("burst", settings.GATEWAY_DEFAULT_BURST)),
+            wake_on_request=bool((row["options"] or {}).get("wake_on_request")),
         )
     if len(_routes) >= _MAX_CACHED_ROUTES and name not in _routes:
         _routes.clear()
@@ -146,6 +155,27 @@ def _error(status: int, message: str, **headers: str) -> InvocationResult:
     return InvocationResult(status=status, body=json.dumps({"message": message}).encode(), headers={**JSON, **headers})
 
 
+def _asleep(route: Route) -> InvocationResult:
+    """A stopping or stopped endpoint answers 503 until it is live again; with
+    ``wake_on_request`` a call to a stopped one starts it (endpoint_wake starts it once
+    however many calls ask)."""
+    if route.status == Endpoint.Status.STOPPED and route.wake_on_request:
+        enqueue(task_names.ENDPOINT_WAKE, route.endpoint_id)
+        message, retry_after = (
+            f"Endpoint {route.name} is stopped and is being started; retry shortly.",
+            WAKE_RETRY_AFTER,
+        )
+    elif route.status in (Endpoint.Status.STARTING, Endpoint.Status.STOPPING):
+        verb = "starting" if route.status == Endpoint.Status.STARTING else "stopping"
+        message, retry_after = f"Endpoint {route.name} is {verb}; retry shortly.", WAKE_RETRY_AFTER
+    else:
+        message, retry_after = f"Endpoint {route.name} is stopped; its owner can start it.", STOPPED_RETRY_AFTER
+    body = {"message": message, "reason": "endpoint is stopped"}
+    return InvocationResult(
+        status=503, body=json.dumps(body).encode(), headers={**JSON, "Retry-After": str(retry_after)}
+    )
+
+
 # Requests in progress per endpoint in this process (GATEWAY_MAX_INFLIGHT at most each):
 # a slow model holds at most that many of the process's threads, never all of them.
 _inflight: dict[int, int] = {}
@@ -154,6 +184,8 @@ _inflight_lock = threading.Lock()
 
 def gateway_forward(*, route: Route, body: bytes, headers: Mapping[str, str]) -> InvocationResult:
     """Send one request to what serves the endpoint, adding the round-trip time header."""
+    if route.status in (Endpoint.Status.STOPPING, *Endpoint.ASLEEP):
+        return _asleep(route)
     if not route.serving:
         return _error(503, f"Endpoint {route.name} is not serving (status {route.status}).")
     limit = settings.GATEWAY_MAX_INFLIGHT

@@ -317,6 +317,8 @@ def _update_endpoint_for_step(deployment: Deployment, step_name: str, build_step
         allowed: tuple[str, ...] = (Endpoint.Status.PENDING, Endpoint.Status.BUILDING, Endpoint.Status.DEPLOYING)
     elif deployment.kind == Deployment.Kind.DELETE:
         status, allowed = Endpoint.Status.DELETING, tuple(Endpoint.Status)
+    elif deployment.kind in (Deployment.Kind.STOP, Deployment.Kind.START):
+        return  # endpoint_stop and endpoint_start set stopping and starting themselves
     else:
         status, allowed = Endpoint.Status.UPDATING, (Endpoint.Status.LIVE, Endpoint.Status.FAILED)
     if endpoint.status != status and endpoint.status in allowed:
@@ -336,11 +338,15 @@ def _succeed(run: _Run, deployment: Deployment) -> None:
             Endpoint.objects.filter(pk=endpoint.pk).update(
                 status=Endpoint.Status.DELETED, runtime={}, api_key_hash="", error="", updated_at=now
             )
+            message = "Endpoint deleted."
+        elif deployment.kind == Deployment.Kind.STOP:
+            Endpoint.objects.filter(pk=endpoint.pk).update(
+                status=Endpoint.Status.STOPPED, runtime={}, error="", updated_at=now
+            )
+            message = "Endpoint stopped; start it to serve again."
         else:
             _serve(deployment, now=now, error="")
-    message = (
-        "Endpoint deleted." if deployment.kind == Deployment.Kind.DELETE else f"{deployment.model_version} is live."
-    )
+            message = f"{deployment.model_version} is live."
     _log(deployment, message)
 
 
@@ -417,6 +423,9 @@ def _fail(run: _Run, deployment: Deployment, step: DeploymentStep, message: str)
             # The previous version still serves: the endpoint stays live and says what failed.
             status = Endpoint.Status.LIVE
             error = f"Deploying {deployment.model_version} failed; {endpoint.model_version} still serves. {message}"
+        elif deployment.kind == Deployment.Kind.START:
+            # What start would have served again is still kept: starting again may work.
+            status, error = Endpoint.Status.STOPPED, f"Starting failed: {message}"
         else:
             status, error = Endpoint.Status.FAILED, message
         Endpoint.objects.filter(pk=endpoint.pk).update(status=status, error=error, updated_at=now)

@@ -84,6 +84,12 @@ class TargetOptionsError(ValueError):
     """Options a user gave for a target are invalid; the message says why."""
 
 
+def check_wake_on_request(options: Mapping[str, Any]) -> None:
+    """Option ``wake_on_request`` (every target): a call to the stopped endpoint starts it."""
+    if not isinstance(options.get("wake_on_request", False), bool):
+        raise TargetOptionsError("Option 'wake_on_request' must be true or false.")
+
+
 class PermanentStepError(Exception):
     """Retrying cannot help: fail the deployment with this user-facing message."""
 

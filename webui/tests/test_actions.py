@@ -312,3 +312,39 @@ def test_invoke_without_javascript_renders_the_whole_page_with_the_response(clie
     assert "<html" in html
     assert "Status <strong>503</strong>" in html
     assert ">x\n1\n</textarea>" in html
+
+
+def test_stop_and_start_buttons_stop_a_live_endpoint_and_start_a_stopped_one(client: Client, owner: User) -> None:
+    endpoint = live_endpoint(owner)
+    client = logged_in(client, owner)
+    page = client.get("/endpoints/iris/").content.decode()
+    assert re.search(r'<button type="submit" class="secondary" aria-describedby="stop-help">Stop</button>', page)
+
+    response = client.post("/endpoints/iris/stop/", follow=True)
+    assert "Stopping iris" in response.content.decode()
+    stop = Deployment.objects.get(endpoint=endpoint, kind=Deployment.Kind.STOP)
+    assert Endpoint.objects.get(pk=endpoint.pk).status == Endpoint.Status.STOPPING
+
+    Deployment.objects.filter(pk=stop.pk).update(status=Deployment.Status.SUCCEEDED)
+    Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.STOPPED)
+    page = client.get("/endpoints/iris/").content.decode()
+    assert "badge-stopped" in page
+    assert ">Start</button>" in page
+    assert (
+        "is stopped; start it before changing its model"
+        in client.post("/endpoints/iris/rollback/", follow=True).content.decode()
+    )
+
+    client.post("/endpoints/iris/start/")
+    assert Deployment.objects.filter(endpoint=endpoint).order_by("-id").first().kind == Deployment.Kind.START  # type: ignore[union-attr]
+    assert Endpoint.objects.get(pk=endpoint.pk).status == Endpoint.Status.STARTING
+    again = client.post("/endpoints/iris/start/", follow=True).content.decode()
+    assert "has a deployment in progress" in again
+
+
+def test_other_users_cannot_stop_or_start(client: Client, owner: User, colleague: User) -> None:
+    endpoint = live_endpoint(owner)
+    client = logged_in(client, colleague)
+    for path in ("stop", "start"):
+        assert client.post(f"/endpoints/iris/{path}/").status_code == 404, path
+    assert not Deployment.objects.filter(endpoint=endpoint, kind__in=[Deployment.Kind.STOP, Deployment.Kind.START])

@@ -29,6 +29,7 @@ from deployer.targets.base import (
     Target,
     TargetOptionsError,
     TransientStepError,
+    check_wake_on_request,
 )
 from deployer.targets.local.image import runtime_image
 from deployer.targets.local.logs import keep_last_logs, last_lines
@@ -72,9 +73,10 @@ class LocalTarget(Target):
             raise TargetOptionsError(
                 "Option 'runner' is gone: every local endpoint now runs in a container of its serving image."
             )
-        unknown = sorted(set(options) - {*DEFAULT_OPTIONS, "memory_mb"})
+        unknown = sorted(set(options) - {*DEFAULT_OPTIONS, "memory_mb", "wake_on_request"})
         if unknown:
             raise TargetOptionsError(f"Unknown option(s) for the local target: {', '.join(unknown)}.")
+        check_wake_on_request(options)
         # The operator's caps per endpoint: one core per R worker, and the container's memory.
         max_cpus, max_memory = settings.LOCAL_MAX_CPUS, settings.LOCAL_MAX_MEMORY_MB
         merged = {
@@ -103,6 +105,10 @@ class LocalTarget(Target):
     def steps(self, kind: str, *, public: bool) -> list[str]:
         if kind == Deployment.Kind.DELETE:
             return ["stop_runtime", "remove_files"]
+        if kind == Deployment.Kind.STOP:
+            return ["stop_runtime"]
+        if kind == Deployment.Kind.START:
+            return ["resume_runtime", "wait_healthy", "smoke_test", "switch_traffic"]
         return ["prepare_model_dir", "start_runtime", "wait_healthy", "smoke_test", "switch_traffic", "stop_previous"]
 
     def run_step(self, name: str, ctx: StepContext) -> StepOutcome:
@@ -126,17 +132,44 @@ class LocalTarget(Target):
         return StepOutcome.done(f"Prepared {ctx.model_version} for the runtime.")
 
     def _start_runtime(self, ctx: StepContext) -> StepOutcome:
-        name = container_name(ctx.deployment)
-        # Only a container this step recorded counts: one of that name without a record is
-        # not this rollout's (another data directory's, say), and start() replaces it.
-        recorded = ctx.is_recorded(ExternalResource.Kind.CONTAINER, name)
-        current = runtimes.state(name) if recorded else None
-        if current is not None and current.running:
-            return StepOutcome.skipped(f"The runtime already runs in container {name}.")
+        if running := self._already_running(ctx):
+            return running
         image = runtime_image(ctx)
         if isinstance(image, StepOutcome):
             return image
-        directory = rollout_dir(ctx.deployment)
+        return self._run_container(ctx, image=image, directory=rollout_dir(ctx.deployment))
+
+    def _resume_runtime(self, ctx: StepContext) -> StepOutcome:
+        """Start: a new container of the serving rollout's image on its model directory,
+        both kept by the stop; nothing is built or prepared again."""
+        if running := self._already_running(ctx):
+            return running
+        served = ctx.previous
+        kept = (
+            ExternalResource.objects.filter(deployment=served, kind=ExternalResource.Kind.CONTAINER)
+            .order_by("id")
+            .first()
+            if served is not None
+            else None
+        )
+        directory = rollout_dir(served) if served is not None else None
+        if kept is None or directory is None or not (directory / ".model-complete").exists():
+            raise PermanentStepError(
+                "What this endpoint served before is gone (its image or model directory); deploy a version again."
+            )
+        return self._run_container(ctx, image=kept.details["image"], directory=directory)
+
+    def _already_running(self, ctx: StepContext) -> StepOutcome | None:
+        name = container_name(ctx.deployment)
+        # Only a container this step recorded counts: one of that name without a record is
+        # not this rollout's (another data directory's, say), and start() replaces it.
+        current = runtimes.state(name) if ctx.is_recorded(ExternalResource.Kind.CONTAINER, name) else None
+        if current is not None and current.running:
+            return StepOutcome.skipped(f"The runtime already runs in container {name}.")
+        return None
+
+    def _run_container(self, ctx: StepContext, *, image: str, directory: Path) -> StepOutcome:
+        name = container_name(ctx.deployment)
         resource = ctx.record_resource(
             ExternalResource.Kind.CONTAINER, name, {"directory": str(directory), "start": 0, "image": image}
         )
@@ -263,6 +296,7 @@ class LocalTarget(Target):
     STEPS: ClassVar[dict[str, Callable[[LocalTarget, StepContext], StepOutcome]]] = {
         "prepare_model_dir": _prepare_model_dir,
         "start_runtime": _start_runtime,
+        "resume_runtime": _resume_runtime,
         "wait_healthy": _wait_healthy,
         "smoke_test": _smoke_test,
         "switch_traffic": _switch_traffic,
