@@ -127,8 +127,13 @@ def endpoint_failure(name: str, headline: str, reason: str) -> PermanentStepErro
 
 
 def wait_in_service(ctx: StepContext) -> StepOutcome:
+    return wait_until_serving(ctx, config=rollout_name(ctx.deployment))
+
+
+def wait_until_serving(ctx: StepContext, *, config: str) -> StepOutcome:
+    """Until the endpoint is InService on ``config`` (this rollout's, or the kept one a
+    start recreates the endpoint from)."""
     name = endpoint_name(ctx.endpoint)
-    config = rollout_name(ctx.deployment)
     state = sagemaker.describe_endpoint(name)
     if state is None:
         raise PermanentStepError(f"SageMaker endpoint {name} disappeared while it was being deployed.")

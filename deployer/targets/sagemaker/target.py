@@ -18,7 +18,7 @@ from deployer.targets.base import (
     Target,
     TransientStepError,
 )
-from deployer.targets.sagemaker import cloud_logs, image, model_data, public_api, teardown
+from deployer.targets.sagemaker import cloud_logs, image, model_data, pause, public_api, teardown
 from deployer.targets.sagemaker import endpoint as endpoint_steps
 from deployer.targets.sagemaker import options as endpoint_options
 from deployer.targets.sagemaker.names import endpoint_name
@@ -41,6 +41,8 @@ STEPS: dict[str, Callable[[StepContext], StepOutcome]] = {
     "remove_models": teardown.remove_models,
     "remove_monitoring": teardown.remove_monitoring,
     "release_artifacts": teardown.release_artifacts,
+    "recreate_endpoint": pause.recreate_endpoint,
+    "wait_restarted": pause.wait_restarted,
 }
 
 
@@ -65,6 +67,11 @@ class SageMakerTarget(Target):
                 "remove_monitoring",
                 "release_artifacts",
             ]
+        if kind == Deployment.Kind.STOP:
+            # The billed part only: model, config, image and public API stay for the start.
+            return ["remove_autoscaling", "remove_endpoint"]
+        if kind == Deployment.Kind.START:
+            return ["recreate_endpoint", "wait_restarted", "autoscaling", "switch_traffic"]
         public_steps = ["public_function", "public_api"] if public else []
         return [
             "upload_model_data",
@@ -94,7 +101,10 @@ class SageMakerTarget(Target):
             raise PermanentStepError(f"AWS refused {name.replace('_', ' ')}: {error.code}: {error.message}") from error
 
     def discard(self, ctx: StepContext) -> None:
-        teardown.discard(ctx)
+        if ctx.deployment.kind == Deployment.Kind.START:
+            pause.discard_start(ctx)
+        else:
+            teardown.discard(ctx)
 
     def invoke(self, runtime: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> InvocationResult:
         name = runtime.get("endpoint_name")

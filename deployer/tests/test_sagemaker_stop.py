@@ -1,0 +1,108 @@
+"""Stopping and starting a SageMaker endpoint (issue 14) on moto: stop deletes only the
+billed endpoint (and its scalable target); start recreates it from the kept config, with
+no build, no upload and the same API key."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from deployer.integrations.aws.client import aws_client
+from deployer.models import Deployment, Endpoint, ExternalResource
+from deployer.services import gateway
+from deployer.targets.sagemaker.names import rollout_name
+from deployer.tests.sagemaker_support import (
+    ONE_PUBLIC_ENDPOINT,
+    builds_started,
+    counts,
+    create_public,
+    drive,
+    latest,
+    named,
+)
+from testsupport.moto import MotoServer
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_gateway_routes")]
+
+AUTOSCALING = {"min": 1, "max": 3, "target_invocations": 50}
+
+
+def call_public(key: str) -> Any:
+    gateway._routes.clear()
+    return Client().post(
+        "/e/iris-sm/invocations", data=b'[{"Sepal.Length": 5.1}]', content_type="application/json", HTTP_X_API_KEY=key
+    )
+
+
+def test_stop_deletes_only_the_endpoint_and_start_recreates_it_from_the_kept_config_without_a_build(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    body = create_public(owner, api_client_for, autoscaling=AUTOSCALING)
+    create = drive(latest("iris-sm"))
+    assert create.status == Deployment.Status.SUCCEEDED, create.error
+    live = {**ONE_PUBLIC_ENDPOINT, "scaling": 1}
+    assert counts() == live
+    client = api_client_for(owner)
+
+    assert client.post("/api/v1/endpoints/iris-sm/stop").status_code == 202
+    stop = drive(latest("iris-sm"))
+
+    assert stop.status == Deployment.Status.SUCCEEDED, stop.error
+    assert [step.name for step in stop.steps.all()] == ["remove_autoscaling", "remove_endpoint"]
+    assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.STOPPED
+    # Only the billed part is gone: model, config, model data, Lambda, API and key stay.
+    assert counts() == {**live, "endpoints": 0, "scaling": 0}
+    stopped = call_public(body["api_key"])
+    assert stopped.status_code == 503
+    assert stopped.json()["reason"] == "endpoint is stopped"
+    assert int(stopped["Retry-After"]) > 0
+
+    assert client.post("/api/v1/endpoints/iris-sm/start").status_code == 202
+    start = drive(latest("iris-sm"))
+
+    assert start.status == Deployment.Status.SUCCEEDED, start.error
+    assert [step.name for step in start.steps.all()] == [
+        "recreate_endpoint",
+        "wait_restarted",
+        "autoscaling",
+        "switch_traffic",
+    ]
+    endpoint = Endpoint.objects.get(name="iris-sm")
+    assert endpoint.status == Endpoint.Status.LIVE
+    assert endpoint.runtime["endpoint_name"] == named("iris-sm")
+    # Nothing built or uploaded again: one build, one S3 object, one model, one config, the
+    # create's, which the recreated endpoint uses.
+    assert builds_started() == 1
+    assert counts() == live
+    described = aws_client("sagemaker").describe_endpoint(EndpointName=named("iris-sm"))
+    assert described["EndpointConfigName"] == rollout_name(create)
+    assert not {"upload_model_data", "build_image"} & set(start.steps.values_list("name", flat=True))
+    assert ExternalResource.objects.live().filter(kind=ExternalResource.Kind.SAGEMAKER_ENDPOINT).count() == 1
+    # The key returned at creation still works, here and in the Lambda authorizer.
+    aws.queue_endpoint_results({"Body": '["setosa"]', "ContentType": "application/json"})
+    answered = call_public(body["api_key"])
+    assert answered.status_code == 200, answered.content
+    assert json.loads(answered.content) == ["setosa"]
+    function = aws_client("lambda").get_function_configuration(FunctionName=named("iris-sm"))
+    assert function["Environment"]["Variables"]["RDEPLOY_API_KEY_SHA256"] == endpoint.api_key_hash
+
+
+def test_a_stopped_sagemaker_endpoint_can_be_deleted_and_everything_goes(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    create_public(owner, api_client_for)
+    drive(latest("iris-sm"))
+    client = api_client_for(owner)
+    client.post("/api/v1/endpoints/iris-sm/stop")
+    drive(latest("iris-sm"))
+
+    assert client.delete("/api/v1/endpoints/iris-sm").status_code == 202
+    delete = drive(latest("iris-sm"))
+
+    assert delete.status == Deployment.Status.SUCCEEDED, delete.error
+    assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.DELETED
+    assert {kind: count for kind, count in counts().items() if count} == {}
