@@ -26,10 +26,11 @@ from deployer.services.endpoints import (
     endpoint_update,
     endpoint_wake,
 )
-from deployer.tests.pipeline_support import container_running, iris_version
+from deployer.tests.pipeline_support import container_running, finish, iris_version
 from testsupport.factories import make_endpoint, make_model_version
 from testsupport.pipeline import drive
 from testsupport.r_models import expected, rows_csv
+from testsupport.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_gateway_routes")]
 
@@ -191,3 +192,37 @@ def test_waking_twice_starts_the_endpoint_once_and_only_with_wake_on_request(own
     assert Deployment.objects.filter(endpoint=sleepy, kind=Deployment.Kind.START).count() == 1
     assert not Deployment.objects.filter(endpoint=plain).exists()
     assert Endpoint.objects.get(pk=sleepy.pk).status == Endpoint.Status.STARTING
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_runtime_outlives_the_test")
+def test_with_wake_on_request_calls_to_a_stopped_endpoint_answer_503_until_the_one_start_makes_it_live(
+    owner: User, iris_models: Path, celery_worker: Any
+) -> None:
+    truth = expected(iris_models)
+    issued = endpoint_create(
+        owner=owner,
+        name="sleepy",
+        model_version=iris_version(owner, iris_models, "v1"),
+        options={"wake_on_request": True},
+        public=True,
+    )
+    assert issued.api_key is not None
+    finish(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+    assert finish(endpoint_stop(endpoint=issued.endpoint)).status == Deployment.Status.SUCCEEDED
+
+    def call() -> Any:
+        body = rows_csv(truth["rows"])
+        return Client().post("/e/sleepy/invocations", data=body, content_type="text/csv", HTTP_X_API_KEY=issued.api_key)
+
+    first = call()
+    assert first.status_code == 503
+    assert first.json()["reason"] == "endpoint is stopped"
+    assert first["Retry-After"] == str(gateway.WAKE_RETRY_AFTER)
+    answered = wait_for(lambda: (response := call()).status_code == 200 and response, timeout=120, interval=0.2)
+
+    assert json.loads(answered.content) == {"predictions": truth["v1"]}
+    # However many calls found it stopped or starting, it was started once.
+    starts = Deployment.objects.filter(endpoint=issued.endpoint, kind=Deployment.Kind.START)
+    assert [start.status for start in starts] == [Deployment.Status.SUCCEEDED]
+    assert Endpoint.objects.get(name="sleepy").status == Endpoint.Status.LIVE
