@@ -134,7 +134,7 @@ def endpoint_cost_estimate(
     """The endpoint's estimated cost. ``prices`` and ``traffic`` are looked up (cached)
     when not given; tests give both."""
     if endpoint.status == Endpoint.Status.DELETED:
-        # Teardown removed what billed (the stop/start part of issue 14 will keep some).
+        # Teardown removed what billed.
         return CostEstimate("USD", "deleted: nothing left to bill", timezone.now().date().isoformat())
     if endpoint.target == Endpoint.Target.LOCAL:
         return _local_estimate(endpoint)
@@ -143,7 +143,9 @@ def endpoint_cost_estimate(
     serverless = options.get("serverless")
     if traffic is None:
         traffic = endpoint_traffic(endpoint) if serverless or endpoint.public else NO_TRAFFIC
-    lines = [_compute_line(options, prices, traffic)]
+    # A stopped endpoint has no instances (its SageMaker endpoint is deleted); what its stop
+    # keeps (model data, image, public API) is still priced.
+    lines = [] if endpoint.status in Endpoint.ASLEEP else [_compute_line(options, prices, traffic)]
     if endpoint.public:
         lines.append(_public_api_line(prices, traffic))
     lines.extend(_storage_lines(endpoint, prices))
@@ -151,6 +153,9 @@ def endpoint_cost_estimate(
 
 
 def _local_estimate(endpoint: Endpoint) -> CostEstimate:
+    if endpoint.status in Endpoint.ASLEEP:
+        # No container runs: nothing is reserved.
+        return CostEstimate("USD", "local target: no charge", timezone.now().date().isoformat(), [], {})
     reservation = {
         "memory_mb": int(endpoint.options.get("memory_mb", DEFAULT_MEMORY_MB)),
         # One core per R worker (deployer/targets/local/target.py).

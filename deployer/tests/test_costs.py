@@ -246,3 +246,16 @@ def test_the_endpoints_page_prices_its_rows_in_queries_that_do_not_grow_with_the
         return len(queries)
 
     assert queries_with(2) == queries_with(6)
+
+
+def test_a_stopped_endpoint_costs_only_what_its_stop_keeps(owner: User) -> None:
+    endpoint = sagemaker_endpoint(
+        owner, "asleep", model_bytes=512 * 1024**2, options={"instance_type": "ml.m5.large", "instance_count": 2}
+    )
+    endpoint.status = Endpoint.Status.STOPPED
+    cost = endpoint_cost_estimate(endpoint=endpoint, prices=PRICES, traffic=TRAFFIC).as_dict()
+    local = make_endpoint(owner, "local-asleep", status=Endpoint.Status.STOPPED, options={"memory_mb": 1024})
+
+    # No instances while stopped: only the kept model data.
+    assert [(line["item"], line["monthly"]) for line in cost["breakdown"]] == [("Model data (S3)", 0.0115)]
+    assert endpoint_cost_estimate(endpoint=local).as_dict()["reservation"] == {}
