@@ -13,7 +13,7 @@ from django.test import Client
 
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, Endpoint, ExternalResource
-from deployer.services import gateway
+from deployer.services import gateway, pipeline
 from deployer.targets.sagemaker.names import rollout_name
 from deployer.tests.sagemaker_support import (
     ONE_PUBLIC_ENDPOINT,
@@ -106,3 +106,33 @@ def test_a_stopped_sagemaker_endpoint_can_be_deleted_and_everything_goes(
     assert delete.status == Deployment.Status.SUCCEEDED, delete.error
     assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.DELETED
     assert {kind: count for kind, count in counts().items() if count} == {}
+
+
+def test_a_failed_start_deletes_the_endpoint_it_recreated_and_leaves_the_endpoint_stopped(
+    aws: MotoServer, owner: User, api_client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_public(owner, api_client_for)
+    drive(latest("iris-sm"))
+    client = api_client_for(owner)
+    client.post("/api/v1/endpoints/iris-sm/stop")
+    drive(latest("iris-sm"))
+    client.post("/api/v1/endpoints/iris-sm/start")
+    # One step per task, so the test acts between two steps.
+    monkeypatch.setattr(pipeline, "budget", lambda: 0.0)
+    start = drive(latest("iris-sm"), until_step="recreate_endpoint")
+    assert counts()["endpoints"] == 1
+    # The kept config is gone before the endpoint comes up: the start cannot succeed.
+    ExternalResource.objects.filter(kind=ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG).update(
+        deleted_at=start.created_at
+    )
+
+    start = drive(start)
+
+    assert start.status == Deployment.Status.FAILED
+    assert "endpoint config this endpoint served from is gone" in start.error
+    endpoint = Endpoint.objects.get(name="iris-sm")
+    assert endpoint.status == Endpoint.Status.STOPPED
+    assert endpoint.error.startswith("Starting failed: ")
+    # Nothing billed is left running.
+    assert counts()["endpoints"] == 0
+    assert not ExternalResource.objects.live().filter(kind=ExternalResource.Kind.SAGEMAKER_ENDPOINT).exists()
