@@ -26,6 +26,8 @@ from deployer.services.endpoints import (
     endpoint_update,
     endpoint_wake,
 )
+from deployer.targets import get_target
+from deployer.targets.base import TargetOptionsError
 from deployer.tests.pipeline_support import container_running, finish, iris_version
 from testsupport.factories import make_endpoint, make_model_version
 from testsupport.pipeline import drive
@@ -226,3 +228,22 @@ def test_with_wake_on_request_calls_to_a_stopped_endpoint_answer_503_until_the_o
     starts = Deployment.objects.filter(endpoint=issued.endpoint, kind=Deployment.Kind.START)
     assert [start.status for start in starts] == [Deployment.Status.SUCCEEDED]
     assert Endpoint.objects.get(name="sleepy").status == Endpoint.Status.LIVE
+
+
+@pytest.mark.parametrize("target", ["local", "sagemaker"])
+def test_wake_on_request_is_a_boolean_option_of_every_target(target: str) -> None:
+    assert get_target(target).validate_options({"wake_on_request": True})["wake_on_request"] is True
+    with pytest.raises(TargetOptionsError, match="'wake_on_request' must be true or false"):
+        get_target(target).validate_options({"wake_on_request": "yes"})
+
+
+def test_a_non_boolean_wake_on_request_is_refused_with_400(owner: User, api_client_for: Any) -> None:
+    model = make_model_version(owner, status="ready")
+    response = api_client_for(owner).post(
+        "/api/v1/endpoints/",
+        {"name": "woken", "model": model.pk, "options": {"wake_on_request": 1}},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "wake_on_request" in json.dumps(response.json())
+    assert not Endpoint.objects.filter(name="woken").exists()
