@@ -14,6 +14,7 @@ from django.test import Client
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway, pipeline
+from deployer.services.endpoints import endpoint_start, endpoint_stop
 from deployer.targets.sagemaker.names import rollout_name
 from deployer.tests.sagemaker_support import (
     ONE_PUBLIC_ENDPOINT,
@@ -24,6 +25,7 @@ from deployer.tests.sagemaker_support import (
     latest,
     named,
 )
+from deployer.tests.test_sagemaker_faults import run_with_a_kill_at_every_call
 from testsupport.moto import MotoServer
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_gateway_routes")]
@@ -136,3 +138,37 @@ def test_a_failed_start_deletes_the_endpoint_it_recreated_and_leaves_the_endpoin
     # Nothing billed is left running.
     assert counts()["endpoints"] == 0
     assert not ExternalResource.objects.live().filter(kind=ExternalResource.Kind.SAGEMAKER_ENDPOINT).exists()
+
+
+def test_a_worker_killed_at_every_aws_call_of_stop_and_start_leaves_one_endpoint_and_nothing_extra(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    create_public(owner, api_client_for, autoscaling=AUTOSCALING)
+    drive(latest("iris-sm"))
+    live = {**ONE_PUBLIC_ENDPOINT, "scaling": 1}
+    endpoint = Endpoint.objects.get(name="iris-sm")
+
+    stop = endpoint_stop(endpoint=endpoint)
+    assert run_with_a_kill_at_every_call(stop) > 0
+    assert drive(stop).status == Deployment.Status.SUCCEEDED, stop.error
+    assert counts() == {**live, "endpoints": 0, "scaling": 0}
+
+    start = endpoint_start(endpoint=endpoint)
+    created: list[str] = []
+    sagemaker = aws_client("sagemaker")
+    sagemaker.meta.events.register(
+        "after-call.sagemaker.CreateEndpoint", lambda **_: created.append("endpoint"), unique_id="count-creates"
+    )
+    try:
+        assert run_with_a_kill_at_every_call(start) > 0
+    finally:
+        sagemaker.meta.events.unregister("after-call.sagemaker.CreateEndpoint", unique_id="count-creates")
+    assert drive(start).status == Deployment.Status.SUCCEEDED, start.error
+
+    # Every rerun found the endpoint the first CreateEndpoint made (moto would accept a second).
+    assert created == ["endpoint"], created
+
+    assert counts() == live
+    assert builds_started() == 1
+    assert Endpoint.objects.get(name="iris-sm").status == Endpoint.Status.LIVE
+    assert ExternalResource.objects.live().filter(kind=ExternalResource.Kind.SAGEMAKER_ENDPOINT).count() == 1
