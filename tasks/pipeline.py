@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from deployer import task_names
-from deployer.services.endpoints import endpoint_push_api_key, endpoint_wake
+from deployer.services.endpoints import endpoint_push_api_key, endpoint_wake, endpoints_stop_idle
 from deployer.services.pipeline import deployment_advance, pipeline_reconcile
 
 
@@ -14,7 +14,9 @@ def deployment_advance_task(deployment_id: int) -> None:
 
 @shared_task(name=task_names.PIPELINE_RECONCILE)
 def pipeline_reconcile_task() -> dict[str, int]:
-    return pipeline_reconcile()
+    # After the reconciler has collected the live endpoints' logs, whose access lines say
+    # when each was last called.
+    return {**pipeline_reconcile(), "stopped_idle": endpoints_stop_idle()}
 
 
 # Idempotent (it sets the hash the database holds now), so any failure is worth a retry;

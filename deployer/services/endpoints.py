@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -238,6 +239,38 @@ def endpoint_wake(*, endpoint_id: int) -> Deployment | None:
         return endpoint_start(endpoint=endpoint)
     except EndpointConflict:
         return None
+
+
+def endpoints_stop_idle() -> int:
+    """Stop every live endpoint with ``idle_stop_minutes`` that served no invocation for that
+    long (by the runtime's access-log lines, or since it went live); how many it stopped."""
+    now = timezone.now()
+    stopped = 0
+    idle_candidates = Endpoint.objects.filter(status=Endpoint.Status.LIVE, options__has_key="idle_stop_minutes")
+    for endpoint in idle_candidates:
+        minutes = int(endpoint.options["idle_stop_minutes"])
+        since = now - timedelta(minutes=minutes)
+        busy = LogLine.objects.filter(
+            endpoint=endpoint,
+            # The serving image's access lines: the runtime's locally, CloudWatch's on SageMaker.
+            source__in=[LogLine.Source.RUNTIME, LogLine.Source.ENDPOINT],
+            message__contains="/invocations",
+            created_at__gte=since,
+        ).exists()
+        recent = Deployment.objects.filter(endpoint=endpoint, finished_at__gte=since).exists()
+        if busy or recent:
+            continue
+        try:
+            endpoint_stop(endpoint=endpoint)
+        except EndpointConflict:
+            continue
+        LogLine.objects.create(
+            endpoint=endpoint,
+            source=LogLine.Source.ENDPOINT,
+            message=f"Stopped after {minutes} minutes without an invocation (option idle_stop_minutes).",
+        )
+        stopped += 1
+    return stopped
 
 
 def endpoint_delete(*, endpoint: Endpoint) -> Deployment | None:

@@ -84,10 +84,23 @@ class TargetOptionsError(ValueError):
     """Options a user gave for a target are invalid; the message says why."""
 
 
-def check_wake_on_request(options: Mapping[str, Any]) -> None:
-    """Option ``wake_on_request`` (every target): a call to the stopped endpoint starts it."""
+# Options of every target about stopping (docs/pipeline.md, "Stop and start").
+STOP_OPTIONS = frozenset({"wake_on_request", "idle_stop_minutes"})
+MAX_IDLE_STOP_MINUTES = 7 * 24 * 60
+
+
+def check_stop_options(options: Mapping[str, Any]) -> None:
+    """``wake_on_request``: a call to the stopped endpoint starts it. ``idle_stop_minutes``:
+    the reconciler stops the endpoint after that long without an invocation."""
     if not isinstance(options.get("wake_on_request", False), bool):
         raise TargetOptionsError("Option 'wake_on_request' must be true or false.")
+    idle = options.get("idle_stop_minutes")
+    if idle is not None and (
+        isinstance(idle, bool) or not isinstance(idle, int) or not 5 <= idle <= MAX_IDLE_STOP_MINUTES
+    ):
+        raise TargetOptionsError(
+            f"Option 'idle_stop_minutes' must be a whole number of minutes from 5 to {MAX_IDLE_STOP_MINUTES}."
+        )
 
 
 class PermanentStepError(Exception):

@@ -4,16 +4,18 @@ and R, through the services, REST and the public route."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from deployer import task_names
 from deployer.integrations.containers import runtimes
-from deployer.models import Deployment, Endpoint, ExternalResource
+from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
 from deployer.services import gateway
 from deployer.services.endpoints import (
     EndpointConflict,
@@ -25,6 +27,7 @@ from deployer.services.endpoints import (
     endpoint_stop,
     endpoint_update,
     endpoint_wake,
+    endpoints_stop_idle,
 )
 from deployer.targets import get_target
 from deployer.targets.base import TargetOptionsError
@@ -247,3 +250,48 @@ def test_a_non_boolean_wake_on_request_is_refused_with_400(owner: User, api_clie
     assert response.status_code == 400
     assert "wake_on_request" in json.dumps(response.json())
     assert not Endpoint.objects.filter(name="woken").exists()
+
+
+def idle_endpoint(owner: User, name: str, *, idle_for: timedelta, last_call: timedelta | None) -> Endpoint:
+    now = timezone.now()
+    version = make_model_version(owner, status="ready")
+    endpoint = make_endpoint(
+        owner, name, status=Endpoint.Status.LIVE, model_version=version, options={"idle_stop_minutes": 30}
+    )
+    Deployment.objects.create(
+        endpoint=endpoint,
+        model_version=version,
+        kind=Deployment.Kind.CREATE,
+        status=Deployment.Status.SUCCEEDED,
+        finished_at=now - idle_for,
+    )
+    if last_call is not None:
+        line = LogLine.objects.create(
+            endpoint=endpoint, source=LogLine.Source.RUNTIME, message="x POST /invocations 200 3 ms (queued 0 ms)"
+        )
+        LogLine.objects.filter(pk=line.pk).update(created_at=now - last_call)
+    return endpoint
+
+
+def test_the_reconciler_stops_an_endpoint_idle_for_its_idle_stop_minutes_and_no_other(owner: User) -> None:
+    idle = idle_endpoint(owner, "idle", idle_for=timedelta(hours=2), last_call=timedelta(minutes=31))
+    called = idle_endpoint(owner, "called", idle_for=timedelta(hours=2), last_call=timedelta(minutes=29))
+    fresh = idle_endpoint(owner, "fresh", idle_for=timedelta(minutes=10), last_call=None)
+    plain = make_endpoint(owner, "plain", status=Endpoint.Status.LIVE, model_version=make_model_version(owner))
+
+    assert endpoints_stop_idle() == 1
+
+    assert Endpoint.objects.get(pk=idle.pk).status == Endpoint.Status.STOPPING
+    assert Deployment.objects.filter(endpoint=idle, kind=Deployment.Kind.STOP).count() == 1
+    assert LogLine.objects.filter(endpoint=idle, message__startswith="Stopped after 30 minutes").exists()
+    for other in (called, fresh, plain):
+        assert Endpoint.objects.get(pk=other.pk).status == Endpoint.Status.LIVE
+    # Already stopping: a second pass starts nothing more.
+    assert endpoints_stop_idle() == 0
+
+
+@pytest.mark.parametrize("value", [4, "30", True, 10**6])
+def test_idle_stop_minutes_is_a_whole_number_of_minutes_from_5(value: object) -> None:
+    for target in ("local", "sagemaker"):
+        with pytest.raises(TargetOptionsError, match="'idle_stop_minutes' must be a whole number"):
+            get_target(target).validate_options({"idle_stop_minutes": value})

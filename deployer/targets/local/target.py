@@ -21,6 +21,7 @@ from deployer.model_files import model_version_materialize
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
 from deployer.targets.base import (
     ROUTE_CACHE_SECONDS,
+    STOP_OPTIONS,
     InvocationResult,
     PermanentStepError,
     RuntimeUnavailable,
@@ -29,7 +30,7 @@ from deployer.targets.base import (
     Target,
     TargetOptionsError,
     TransientStepError,
-    check_wake_on_request,
+    check_stop_options,
 )
 from deployer.targets.local.image import runtime_image
 from deployer.targets.local.logs import keep_last_logs, last_lines
@@ -73,10 +74,10 @@ class LocalTarget(Target):
             raise TargetOptionsError(
                 "Option 'runner' is gone: every local endpoint now runs in a container of its serving image."
             )
-        unknown = sorted(set(options) - {*DEFAULT_OPTIONS, "memory_mb", "wake_on_request"})
+        unknown = sorted(set(options) - {*DEFAULT_OPTIONS, "memory_mb", *STOP_OPTIONS})
         if unknown:
             raise TargetOptionsError(f"Unknown option(s) for the local target: {', '.join(unknown)}.")
-        check_wake_on_request(options)
+        check_stop_options(options)
         # The operator's caps per endpoint: one core per R worker, and the container's memory.
         max_cpus, max_memory = settings.LOCAL_MAX_CPUS, settings.LOCAL_MAX_MEMORY_MB
         merged = {

@@ -8,7 +8,7 @@ from typing import Any
 
 from deployer.integrations.aws import cloudwatch
 from deployer.models import Endpoint
-from deployer.targets.base import TargetOptionsError, check_wake_on_request
+from deployer.targets.base import STOP_OPTIONS, TargetOptionsError, check_stop_options
 from deployer.targets.sagemaker.names import endpoint_name, join_name
 
 DEFAULTS: dict[str, Any] = {
@@ -31,13 +31,13 @@ ROLLBACK_DEFAULTS: dict[str, int] = {
 
 
 def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    known = {*DEFAULTS, "serverless", "autoscaling", "throttle", "rollback", "rollback_alarms", "wake_on_request"}
+    known = {*DEFAULTS, "serverless", "autoscaling", "throttle", "rollback", "rollback_alarms", *STOP_OPTIONS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TargetOptionsError(
             f"Unknown SageMaker option(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}."
         )
-    check_wake_on_request(options)
+    check_stop_options(options)
     result = {**DEFAULTS, **options}
 
     def whole(name: str, value: Any, low: int, high: int) -> int:
