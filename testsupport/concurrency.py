@@ -8,8 +8,7 @@ statements that race, so most runs would not overlap there. ``race(gate=...)`` l
 up at the database instead: the test holds an ACCESS EXCLUSIVE lock on a table (PostgreSQL
 only), every request blocks at its first read of it, and the lock is released once
 ``waiters`` sessions wait, so they all run the next statements together.
-``queued_task_args`` reads what services enqueued from the session's Redis broker, for
-tests that run no worker.
+``queued_task_args`` reads what services enqueued from a Redis broker no worker watches.
 """
 
 from __future__ import annotations
@@ -117,20 +116,16 @@ def race(calls: Sequence[Callable[[], T]], *, gate: Gate | None = None) -> RaceR
     return RaceResult(results)
 
 
-def _broker() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+def queue_clear(broker_url: str) -> None:
+    """Forget every queued task message of the broker at ``broker_url`` (none runs without a worker)."""
+    redis.Redis.from_url(broker_url).delete(settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
-def queue_clear() -> None:
-    """Forget every queued task message (none runs without a worker)."""
-    _broker().delete(settings.CELERY_TASK_DEFAULT_QUEUE)
-
-
-def queued_task_args(task_name: str) -> list[list[Any]]:
+def queued_task_args(broker_url: str, task_name: str) -> list[list[Any]]:
     """The positional arguments of every queued message of ``task_name`` (Celery's message
     protocol 2: the body is base64 JSON ``[args, kwargs, embed]``)."""
     found = []
-    for raw in _broker().lrange(settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1):
+    for raw in redis.Redis.from_url(broker_url).lrange(settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1):
         message = json.loads(raw)
         if message["headers"]["task"] == task_name:
             args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))

@@ -3,8 +3,9 @@ PostgreSQL: twelve clients released together by a barrier update, delete, create
 the same thing. Exactly one wins; the others get the designed answer (409 for a rollout
 refused, 202 for a delete already under way, 400 for a name taken, 200 with the existing
 version for the same bytes); nothing is recorded twice and no deployment is left without
-its steps or its queued task. No Celery worker runs: the tasks wait in the queue, where the
-tests count them.
+its steps or its queued task. No Celery worker reads their queue (the web server has a Redis
+broker of its own, which the session's worker does not watch): the tasks wait there, where
+the tests count them.
 
 Row locks, conditional updates and unique constraints are what make this hold: see
 docs/testing.md ("Races") for which protection each test fails without.
@@ -30,7 +31,7 @@ from deployer.targets import get_target
 from deployer.tests.intake_support import tar_gz
 from testsupport.concurrency import Gate, queue_clear, queued_task_args, race
 from testsupport.factories import make_model_version, make_user
-from testsupport.services import WebServer, session_database_url
+from testsupport.services import RedisServer, WebServer, session_database_url
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -52,7 +53,17 @@ MODELS = "/api/v1/models/"
 
 
 @pytest.fixture(scope="module")
-def web(django_db_setup: None, django_db_blocker: Any) -> Iterator[WebServer]:
+def broker() -> Iterator[str]:
+    """The races' own Redis: the session's Celery worker (started by an earlier test of a
+    full run) listens on the session's Redis and would run the queued tasks mid-race."""
+    server = RedisServer(None, Path(settings.DATA_DIR) / "redis-races")
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def web(django_db_setup: None, django_db_blocker: Any, broker: str) -> Iterator[WebServer]:
     """gunicorn with four worker processes: requests really run side by side. One connection
     per worker at a time (gthread would otherwise queue several in one busy worker while
     another idles), so the four requests in progress are in four processes."""
@@ -60,7 +71,7 @@ def web(django_db_setup: None, django_db_blocker: Any) -> Iterator[WebServer]:
         session_database_url(),
         Path(settings.DATA_DIR) / "web-races.log",
         workers=WORKERS,
-        env={"GUNICORN_CMD_ARGS": "--worker-connections=1"},
+        env={"GUNICORN_CMD_ARGS": "--worker-connections=1", "REDIS_URL": broker},
     )
     server.start()
     yield server
@@ -68,8 +79,8 @@ def web(django_db_setup: None, django_db_blocker: Any) -> Iterator[WebServer]:
 
 
 @pytest.fixture(autouse=True)
-def _empty_queue() -> None:
-    queue_clear()
+def _empty_queue(broker: str) -> None:
+    queue_clear(broker)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +111,6 @@ def _live_endpoint(owner: User, name: str = "race") -> Endpoint:
     endpoint = endpoint_create(owner=owner, name=name, model_version=first).endpoint
     Deployment.objects.filter(endpoint=endpoint).update(status=Deployment.Status.SUCCEEDED, finished_at=timezone.now())
     Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.LIVE, model_version=first)
-    queue_clear()
     endpoint.refresh_from_db()
     return endpoint
 
@@ -109,7 +119,7 @@ def _assert_no_server_error(statuses: Any) -> None:
     assert not [status for status in statuses if status >= 500], statuses
 
 
-def _assert_consistent(endpoint: Endpoint) -> list[Deployment]:
+def _assert_consistent(endpoint: Endpoint, broker: str) -> list[Deployment]:
     """Every deployment whole (all its steps, not claimed by anyone), at most one rollout and
     one teardown unfinished, the endpoint pointing at the latest, and exactly one queued task
     for each unfinished deployment (none for a transaction that rolled back)."""
@@ -124,7 +134,7 @@ def _assert_consistent(endpoint: Endpoint) -> list[Deployment]:
     assert len([d for d in active if d.kind == Deployment.Kind.DELETE]) <= 1, active
     endpoint.refresh_from_db()
     assert endpoint.current_deployment_id == deployments[-1].pk
-    queued = sorted(args[0] for args in queued_task_args(task_names.DEPLOYMENT_ADVANCE))
+    queued = sorted(args[0] for args in queued_task_args(broker, task_names.DEPLOYMENT_ADVANCE))
     assert queued == sorted(deployment.pk for deployment in active)
     return deployments
 
@@ -134,7 +144,7 @@ def _kinds(endpoint: Endpoint) -> list[str]:
 
 
 def test_concurrent_updates_of_one_endpoint_start_one_rollout_and_the_others_get_409(
-    owner: User, web: WebServer
+    owner: User, web: WebServer, broker: str
 ) -> None:
     endpoint = _live_endpoint(owner)
     second = _ready(owner)
@@ -145,11 +155,11 @@ def test_concurrent_updates_of_one_endpoint_start_one_rollout_and_the_others_get
     assert outcome.statuses == {202: 1, 409: CLIENTS - 1}, outcome.statuses
     assert all("deployment in progress" in r.json()["detail"] for r in outcome.results if r.status_code == 409)
     assert _kinds(endpoint) == ["create", "update"]
-    _assert_consistent(endpoint)
+    _assert_consistent(endpoint, broker)
 
 
 def test_updates_racing_deletes_leave_one_teardown_and_at_most_one_rollout_accepted_before_it(
-    owner: User, web: WebServer
+    owner: User, web: WebServer, broker: str
 ) -> None:
     endpoint = _live_endpoint(owner)
     second = _ready(owner)
@@ -170,10 +180,10 @@ def test_updates_racing_deletes_leave_one_teardown_and_at_most_one_rollout_accep
     assert _kinds(endpoint) == ["create", *["update"] * len(accepted), "delete"]
     endpoint.refresh_from_db()
     assert endpoint.status == Endpoint.Status.DELETING
-    _assert_consistent(endpoint)
+    _assert_consistent(endpoint, broker)
 
 
-def test_concurrent_deletes_record_one_teardown_and_all_answer_202(owner: User, web: WebServer) -> None:
+def test_concurrent_deletes_record_one_teardown_and_all_answer_202(owner: User, web: WebServer, broker: str) -> None:
     endpoint = _live_endpoint(owner)
     call = _client(web, owner)
 
@@ -182,12 +192,12 @@ def test_concurrent_deletes_record_one_teardown_and_all_answer_202(owner: User, 
     assert outcome.statuses == {202: CLIENTS}, outcome.statuses
     assert {r.json()["status"] for r in outcome.results} == {"deleting"}
     assert _kinds(endpoint) == ["create", "delete"]
-    _assert_consistent(endpoint)
+    _assert_consistent(endpoint, broker)
 
 
 @pytest.mark.parametrize("owners", [1, 3], ids=["one-owner", "three-owners"])
 def test_concurrent_creations_of_one_name_create_one_endpoint_and_the_others_get_400(
-    owners: int, owner: User, web: WebServer
+    owners: int, owner: User, web: WebServer, broker: str
 ) -> None:
     users = [owner, *(make_user(f"racer-{i}") for i in range(1, owners))]
     calls = []
@@ -203,7 +213,7 @@ def test_concurrent_creations_of_one_name_create_one_endpoint_and_the_others_get
     endpoint = Endpoint.objects.get(name="taken")
     assert Endpoint.objects.count() == 1
     assert _kinds(endpoint) == ["create"]
-    _assert_consistent(endpoint)
+    _assert_consistent(endpoint, broker)
 
 
 def _stored_files() -> set[Path]:
@@ -216,7 +226,7 @@ def _upload_temp_files() -> list[Path]:
 
 
 def test_concurrent_uploads_of_the_same_bytes_store_one_version_and_the_others_get_it_with_200(
-    owner: User, web: WebServer, lm_rds: bytes
+    owner: User, web: WebServer, broker: str, lm_rds: bytes
 ) -> None:
     call = _client(web, owner)
     before = _stored_files()
@@ -231,11 +241,11 @@ def test_concurrent_uploads_of_the_same_bytes_store_one_version_and_the_others_g
     assert (version.pk, version.version) == (ids.pop(), 1)
     assert _stored_files() - before == {Path(version.artifact.path)}
     assert not _upload_temp_files()
-    assert queued_task_args(task_names.MODEL_VERSION_INSPECT) == [[version.pk]]
+    assert queued_task_args(broker, task_names.MODEL_VERSION_INSPECT) == [[version.pk]]
 
 
 def test_concurrent_uploads_of_different_bytes_under_one_name_number_every_version_once(
-    owner: User, web: WebServer, lm_rds: bytes
+    owner: User, web: WebServer, broker: str, lm_rds: bytes
 ) -> None:
     call = _client(web, owner)
     before = _stored_files()
@@ -250,6 +260,6 @@ def test_concurrent_uploads_of_different_bytes_under_one_name_number_every_versi
     versions = ModelVersion.objects.filter(owner=owner, name="cars")
     assert sorted(versions.values_list("version", flat=True)) == list(range(1, CLIENTS + 1))
     assert _stored_files() - before == {Path(version.artifact.path) for version in versions}
-    assert sorted(args[0] for args in queued_task_args(task_names.MODEL_VERSION_INSPECT)) == sorted(
+    assert sorted(args[0] for args in queued_task_args(broker, task_names.MODEL_VERSION_INSPECT)) == sorted(
         version.pk for version in versions
     )
