@@ -13,7 +13,7 @@ echo "== import-linter"; lint-imports --no-cache --no-logo
 echo "== migrations"; DJANGO_DEBUG=1 RDEPLOY_DATA_DIR="$(mktemp -d)" python manage.py makemigrations --check --dry-run
 echo "== pytest on PostgreSQL"
 # Exit code 5 (no tests collected) fails the run like any other failure.
-RDEPLOY_TEST_DATABASE=postgres python -m pytest "$@"
+RDEPLOY_TEST_DATABASE=postgres python -m pytest --durations=15 "$@"
 # SQLite is the quick start's embedded database: a few tests across every layer keep it honest
 # (conftest.py's SMOKE_TESTS). Skipped when arguments pick tests, as they are for that run.
 if (($# == 0)); then
