@@ -7,6 +7,7 @@ the local target) need no configuration. Production switches are explicit.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -16,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 import container_templates
 from config.env import Env
 from deployer import task_names
+from deployer.durations import idle_stop_after_parse
 
 # Lets runtime code write `admin.ModelAdmin[Model]` as the type checker expects.
 django_stubs_ext.monkeypatch()
@@ -376,6 +378,22 @@ ALLOWED_INSTANCE_TYPES = frozenset(
 QUOTA_MAX_ENDPOINTS = env.integer("RDEPLOY_QUOTA_MAX_ENDPOINTS", 10, minimum=0)
 QUOTA_MAX_INSTANCES = env.integer("RDEPLOY_QUOTA_MAX_INSTANCES", 4, minimum=0)
 QUOTA_MAX_LOCAL_MEMORY_MB = env.integer("RDEPLOY_QUOTA_MAX_LOCAL_MEMORY_MB", 16384, minimum=0)
+
+
+def _idle_stop_after(name: str, default: str) -> timedelta | None:
+    try:
+        return idle_stop_after_parse(env.text(name, default))
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name}: {error}") from None
+
+
+# The idle stop of an endpoint without the option idle_stop_after, per target (issue 14,
+# docs/pipeline.md): a forgotten SageMaker endpoint bills every hour, a local one only holds
+# its memory reservation, so only SageMaker's is on by default.
+IDLE_STOP_AFTER = {
+    "local": _idle_stop_after("RDEPLOY_IDLE_STOP_AFTER_LOCAL", "off"),
+    "sagemaker": _idle_stop_after("RDEPLOY_IDLE_STOP_AFTER_SAGEMAKER", "72h"),
+}
 
 # --- Security (clean `manage.py check --deploy` with production values) ------------------
 # HTTPS is the production default. The local quick start serves plain HTTP on loopback

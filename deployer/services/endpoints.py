@@ -9,16 +9,18 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from deployer import task_names
+from deployer.durations import idle_stop_after_parse
 from deployer.errors import DomainError
 from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, name_validator
@@ -241,36 +243,91 @@ def endpoint_wake(*, endpoint_id: int) -> Deployment | None:
         return None
 
 
-def endpoints_stop_idle() -> int:
-    """Stop every live endpoint with ``idle_stop_minutes`` that served no invocation for that
-    long (by the runtime's access-log lines, or since it went live); how many it stopped."""
-    now = timezone.now()
+def endpoint_idle_stop_after(endpoint: Endpoint) -> timedelta | None:
+    """How long the endpoint may go without an invocation: its option ``idle_stop_after``,
+    else its target's installation default (``RDEPLOY_IDLE_STOP_AFTER_<TARGET>``)."""
+    if "idle_stop_after" in endpoint.options:
+        return idle_stop_after_parse(endpoint.options["idle_stop_after"])
+    return settings.IDLE_STOP_AFTER.get(endpoint.target)
+
+
+def endpoint_idle_since(endpoint: Endpoint) -> datetime:
+    """The last invocation (the serving image's access lines: the runtime's locally,
+    CloudWatch's on SageMaker) or the end of the last deployment, whichever is later."""
+    last_call = LogLine.objects.filter(
+        endpoint=endpoint,
+        source__in=[LogLine.Source.RUNTIME, LogLine.Source.ENDPOINT],
+        message__contains="/invocations",
+    ).aggregate(at=Max("created_at"))["at"]
+    last_deployment = Deployment.objects.filter(endpoint=endpoint).aggregate(at=Max("finished_at"))["at"]
+    return max(filter(None, [last_call, last_deployment]), default=endpoint.created_at)
+
+
+@dataclass(frozen=True)
+class IdleStopNotice:
+    idle_since: datetime
+    stops_at: datetime
+
+
+def endpoint_idle_stop_notice(endpoint: Endpoint, *, now: datetime | None = None) -> IdleStopNotice | None:
+    """When a live endpoint will be stopped for idleness, from a day before (or from half
+    the period, when that is shorter than two days) until it is; None otherwise."""
+    period = endpoint_idle_stop_after(endpoint) if endpoint.status == Endpoint.Status.LIVE else None
+    if period is None:
+        return None
+    idle_since = endpoint_idle_since(endpoint)
+    stops_at = idle_since + period
+    warn_from = stops_at - min(timedelta(days=1), period / 2)
+    return IdleStopNotice(idle_since, stops_at) if (now or timezone.now()) >= warn_from else None
+
+
+def endpoints_stop_idle(*, now: datetime | None = None) -> int:
+    """Stop every live endpoint that served no invocation for its ``idle_stop_after`` (or
+    its target's default) and went live longer ago than that; how many it stopped. ``now``
+    is the clock's seam for tests."""
+    now = now or timezone.now()
     stopped = 0
-    idle_candidates = Endpoint.objects.filter(status=Endpoint.Status.LIVE, options__has_key="idle_stop_minutes")
-    for endpoint in idle_candidates:
-        minutes = int(endpoint.options["idle_stop_minutes"])
-        since = now - timedelta(minutes=minutes)
-        busy = LogLine.objects.filter(
-            endpoint=endpoint,
-            # The serving image's access lines: the runtime's locally, CloudWatch's on SageMaker.
-            source__in=[LogLine.Source.RUNTIME, LogLine.Source.ENDPOINT],
-            message__contains="/invocations",
-            created_at__gte=since,
-        ).exists()
-        recent = Deployment.objects.filter(endpoint=endpoint, finished_at__gte=since).exists()
-        if busy or recent:
+    for endpoint in Endpoint.objects.filter(status=Endpoint.Status.LIVE):
+        period = endpoint_idle_stop_after(endpoint)
+        if period is None:
+            continue
+        idle_since = endpoint_idle_since(endpoint)
+        if now - idle_since < period:
             continue
         try:
-            endpoint_stop(endpoint=endpoint)
+            deployment = endpoint_stop(endpoint=endpoint)
         except EndpointConflict:
             continue
+        # Why and since when, for the dashboard's "stopped: idle since ..." (docs/pipeline.md).
+        Deployment.objects.filter(pk=deployment.pk).update(
+            resources={**deployment.resources, "idle_since": idle_since.isoformat()}
+        )
         LogLine.objects.create(
             endpoint=endpoint,
             source=LogLine.Source.ENDPOINT,
-            message=f"Stopped after {minutes} minutes without an invocation (option idle_stop_minutes).",
+            message=f"Stopped: idle since {idle_since:%Y-%m-%d %H:%M} UTC, longer than its idle_stop_after "
+            f"({_period_text(period)}).",
         )
         stopped += 1
     return stopped
+
+
+def endpoint_stopped_idle_since(endpoint: Endpoint) -> datetime | None:
+    """Since when a stopped endpoint had been idle when the reconciler stopped it; None when
+    it is not stopped or a person stopped it."""
+    if endpoint.status != Endpoint.Status.STOPPED:
+        return None
+    stop = Deployment.objects.filter(endpoint=endpoint, kind=Deployment.Kind.STOP).order_by("-id").first()
+    idle_since = stop.resources.get("idle_since") if stop else None
+    return datetime.fromisoformat(idle_since) if idle_since else None
+
+
+def _period_text(period: timedelta) -> str:
+    minutes = int(period.total_seconds()) // 60
+    for unit, size in (("d", 24 * 60), ("h", 60)):
+        if minutes % size == 0:
+            return f"{minutes // size}{unit}"
+    return f"{minutes}m"
 
 
 def endpoint_delete(*, endpoint: Endpoint) -> Deployment | None:

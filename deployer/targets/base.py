@@ -71,6 +71,7 @@ from typing import Any, ClassVar
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from deployer.durations import idle_stop_after_parse
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
 
 # A step failing with transient errors this many times in a row fails the deployment.
@@ -85,22 +86,20 @@ class TargetOptionsError(ValueError):
 
 
 # Options of every target about stopping (docs/pipeline.md, "Stop and start").
-STOP_OPTIONS = frozenset({"wake_on_request", "idle_stop_minutes"})
-MAX_IDLE_STOP_MINUTES = 7 * 24 * 60
+STOP_OPTIONS = frozenset({"wake_on_request", "idle_stop_after"})
 
 
 def check_stop_options(options: Mapping[str, Any]) -> None:
-    """``wake_on_request``: a call to the stopped endpoint starts it. ``idle_stop_minutes``:
-    the reconciler stops the endpoint after that long without an invocation."""
+    """``wake_on_request``: a call to the stopped endpoint starts it. ``idle_stop_after``
+    ("72h", or "off" against the installation's default): the reconciler stops the endpoint
+    after that long without an invocation."""
     if not isinstance(options.get("wake_on_request", False), bool):
         raise TargetOptionsError("Option 'wake_on_request' must be true or false.")
-    idle = options.get("idle_stop_minutes")
-    if idle is not None and (
-        isinstance(idle, bool) or not isinstance(idle, int) or not 5 <= idle <= MAX_IDLE_STOP_MINUTES
-    ):
-        raise TargetOptionsError(
-            f"Option 'idle_stop_minutes' must be a whole number of minutes from 5 to {MAX_IDLE_STOP_MINUTES}."
-        )
+    if "idle_stop_after" in options:
+        try:
+            idle_stop_after_parse(options["idle_stop_after"])
+        except ValueError as error:
+            raise TargetOptionsError(f"Option {error}") from None
 
 
 class PermanentStepError(Exception):

@@ -21,10 +21,12 @@ from deployer.services.endpoints import (
     EndpointConflict,
     endpoint_create,
     endpoint_delete,
+    endpoint_idle_stop_notice,
     endpoint_invoke,
     endpoint_rollback,
     endpoint_start,
     endpoint_stop,
+    endpoint_stopped_idle_since,
     endpoint_update,
     endpoint_wake,
     endpoints_stop_idle,
@@ -256,7 +258,7 @@ def idle_endpoint(owner: User, name: str, *, idle_for: timedelta, last_call: tim
     now = timezone.now()
     version = make_model_version(owner, status="ready")
     endpoint = make_endpoint(
-        owner, name, status=Endpoint.Status.LIVE, model_version=version, options={"idle_stop_minutes": 30}
+        owner, name, status=Endpoint.Status.LIVE, model_version=version, options={"idle_stop_after": "30m"}
     )
     Deployment.objects.create(
         endpoint=endpoint,
@@ -273,25 +275,71 @@ def idle_endpoint(owner: User, name: str, *, idle_for: timedelta, last_call: tim
     return endpoint
 
 
-def test_the_reconciler_stops_an_endpoint_idle_for_its_idle_stop_minutes_and_no_other(owner: User) -> None:
+def test_the_reconciler_stops_an_endpoint_idle_for_its_idle_stop_after_and_no_other(owner: User) -> None:
     idle = idle_endpoint(owner, "idle", idle_for=timedelta(hours=2), last_call=timedelta(minutes=31))
     called = idle_endpoint(owner, "called", idle_for=timedelta(hours=2), last_call=timedelta(minutes=29))
     fresh = idle_endpoint(owner, "fresh", idle_for=timedelta(minutes=10), last_call=None)
     plain = make_endpoint(owner, "plain", status=Endpoint.Status.LIVE, model_version=make_model_version(owner))
+    Endpoint.objects.filter(pk=plain.pk).update(created_at=timezone.now() - timedelta(days=365))
 
     assert endpoints_stop_idle() == 1
 
     assert Endpoint.objects.get(pk=idle.pk).status == Endpoint.Status.STOPPING
     assert Deployment.objects.filter(endpoint=idle, kind=Deployment.Kind.STOP).count() == 1
-    assert LogLine.objects.filter(endpoint=idle, message__startswith="Stopped after 30 minutes").exists()
+    assert LogLine.objects.filter(endpoint=idle, message__contains="longer than its idle_stop_after (30m)").exists()
     for other in (called, fresh, plain):
         assert Endpoint.objects.get(pk=other.pk).status == Endpoint.Status.LIVE
     # Already stopping: a second pass starts nothing more.
     assert endpoints_stop_idle() == 0
+    # Once stopped, the page can say since when it was idle.
+    Endpoint.objects.filter(pk=idle.pk).update(status=Endpoint.Status.STOPPED)
+    idle.refresh_from_db()
+    last_call = LogLine.objects.get(endpoint=idle, message__contains="/invocations").created_at
+    assert endpoint_stopped_idle_since(idle) == last_call
 
 
-@pytest.mark.parametrize("value", [4, "30", True, 10**6])
-def test_idle_stop_minutes_is_a_whole_number_of_minutes_from_5(value: object) -> None:
+def test_an_endpoint_without_the_option_follows_its_targets_default_and_off_opts_out(
+    owner: User, settings: Any
+) -> None:
+    settings.IDLE_STOP_AFTER = {"local": timedelta(hours=1), "sagemaker": None}
+    defaulted = idle_endpoint(owner, "defaulted", idle_for=timedelta(hours=2), last_call=None)
+    opted_out = idle_endpoint(owner, "opted-out", idle_for=timedelta(hours=2), last_call=None)
+    Endpoint.objects.filter(pk=defaulted.pk).update(options={})
+    Endpoint.objects.filter(pk=opted_out.pk).update(options={"idle_stop_after": "off"})
+
+    assert endpoints_stop_idle() == 1
+    assert Endpoint.objects.get(pk=defaulted.pk).status == Endpoint.Status.STOPPING
+    assert Endpoint.objects.get(pk=opted_out.pk).status == Endpoint.Status.LIVE
+
+
+def test_the_idle_notice_shows_from_a_day_before_or_half_a_shorter_period(owner: User) -> None:
+    endpoint = idle_endpoint(owner, "warned", idle_for=timedelta(hours=2), last_call=timedelta(minutes=10))
+    now = timezone.now()
+    assert endpoint_idle_stop_notice(endpoint, now=now) is None
+    notice = endpoint_idle_stop_notice(endpoint, now=now + timedelta(minutes=6))
+    assert notice is not None
+    assert notice.stops_at - notice.idle_since == timedelta(minutes=30)
+    Endpoint.objects.filter(pk=endpoint.pk).update(options={"idle_stop_after": "3d"})
+    endpoint.refresh_from_db()
+    assert endpoint_idle_stop_notice(endpoint, now=now + timedelta(days=1, hours=23)) is None
+    assert endpoint_idle_stop_notice(endpoint, now=now + timedelta(days=2, hours=1)) is not None
+
+
+@pytest.mark.parametrize("value", ["4m", "30", 30, True, "31d", "1.5h", "72H", " 72h", "0h", None])
+def test_idle_stop_after_is_off_or_a_whole_number_of_minutes_hours_or_days(value: object) -> None:
     for target in ("local", "sagemaker"):
-        with pytest.raises(TargetOptionsError, match="'idle_stop_minutes' must be a whole number"):
-            get_target(target).validate_options({"idle_stop_minutes": value})
+        assert get_target(target).validate_options({"idle_stop_after": "72h"})["idle_stop_after"] == "72h"
+        with pytest.raises(TargetOptionsError, match="'idle_stop_after' must be \"off\" or a whole number"):
+            get_target(target).validate_options({"idle_stop_after": value})
+
+
+def test_a_bad_idle_stop_after_is_refused_with_400(owner: User, api_client_for: Any) -> None:
+    model = make_model_version(owner, status="ready")
+    response = api_client_for(owner).post(
+        "/api/v1/endpoints/",
+        {"name": "sleeper", "model": model.pk, "options": {"idle_stop_after": "3 days"}},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "idle_stop_after" in json.dumps(response.json())
+    assert not Endpoint.objects.filter(name="sleeper").exists()
