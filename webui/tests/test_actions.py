@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, override_settings
-from django.utils import timezone
 
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion
 from deployer.services.tokens import hash_secret
@@ -179,7 +178,9 @@ def test_rotating_the_key_shows_the_new_one_once(client: Client, owner: User) ->
 
 def test_chart_counts_invocations_and_mean_latency_per_minute_from_access_log_lines(owner: User) -> None:
     endpoint = live_endpoint(owner)
-    now = timezone.now()
+    # A fixed clock: with the real one, "5 seconds ago" falls in the previous minute's bucket
+    # during the first 5 seconds of a minute.
+    now = datetime(2026, 11, 25, 10, 0, 30, tzinfo=UTC)
     access = "25/Nov/2026:10:00:01.123 POST /invocations 200 4 ms (queued 0 ms)"
     lines = [
         LogLine(endpoint=endpoint, source="runtime", message=access),
