@@ -42,11 +42,13 @@ from deployer.services.endpoints import (
     EndpointConflict,
     endpoint_create,
     endpoint_delete,
+    endpoint_idle_stop_notice,
     endpoint_invoke,
     endpoint_rollback,
     endpoint_rotate_key,
     endpoint_start,
     endpoint_stop,
+    endpoint_stopped_idle_since,
     endpoint_update,
 )
 from deployer.services.model_intake import UPLOAD_FILE_FIELDS, model_version_upload
@@ -244,6 +246,8 @@ def _overview_context(request: DashboardRequest, endpoint: Endpoint) -> dict[str
         "deployment": endpoint.current_deployment,
         "steps": [(step, format_duration(step_duration(step, now))) for step in steps],
         "busy": selectors.endpoint_is_busy(endpoint),
+        "idle_notice": endpoint_idle_stop_notice(endpoint, now=now),
+        "stopped_idle_since": endpoint_stopped_idle_since(endpoint),
         "versions": selectors.model_versions_ready(user=request.user, name=serving.name if serving else None).exclude(
             pk=endpoint.model_version_id or 0
         ),
