@@ -6,6 +6,7 @@ Every write here records a ``Deployment`` and leaves the work to the pipeline
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
@@ -22,6 +24,8 @@ from django.utils import timezone
 from deployer import task_names
 from deployer.durations import idle_stop_after_parse
 from deployer.errors import DomainError
+from deployer.integrations.aws import cloudwatch
+from deployer.integrations.aws.client import AwsConfigurationError, AwsError
 from deployer.jobs import enqueue
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, name_validator
 from deployer.services import gateway
@@ -30,9 +34,15 @@ from deployer.services.quotas import quota_check
 from deployer.services.tokens import hash_secret
 from deployer.targets import get_target
 from deployer.targets.base import InvocationResult, TargetOptionsError
+from deployer.targets.sagemaker.names import endpoint_name
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
+
+logger = logging.getLogger(__name__)
+# How far back idle stop looks in CloudWatch: the retention of its 5-minute datapoints.
+IDLE_METRICS_WINDOW = timedelta(days=63)
+IDLE_METRICS_CHECK_SECONDS = 300
 
 API_KEY_PREFIX = "rdk_"
 MAX_RATE = 10_000
@@ -251,16 +261,25 @@ def endpoint_idle_stop_after(endpoint: Endpoint) -> timedelta | None:
     return settings.IDLE_STOP_AFTER.get(endpoint.target)
 
 
-def endpoint_idle_since(endpoint: Endpoint) -> datetime:
-    """The last invocation (the serving image's access lines: the runtime's locally,
-    CloudWatch's on SageMaker) or the end of the last deployment, whichever is later."""
-    last_call = LogLine.objects.filter(
-        endpoint=endpoint,
-        source__in=[LogLine.Source.RUNTIME, LogLine.Source.ENDPOINT],
-        message__contains="/invocations",
-    ).aggregate(at=Max("created_at"))["at"]
+def endpoint_idle_since(endpoint: Endpoint, *, now: datetime) -> datetime:
+    """The last invocation or the end of the last deployment, whichever is later (the
+    creation without either). Invocations: SageMaker's CloudWatch ``Invocations``, the local
+    runtime's access lines in the endpoint's log. Raises AwsError when CloudWatch fails."""
     last_deployment = Deployment.objects.filter(endpoint=endpoint).aggregate(at=Max("finished_at"))["at"]
-    return max(filter(None, [last_call, last_deployment]), default=endpoint.created_at)
+    floor = last_deployment or endpoint.created_at
+    if endpoint.target == Endpoint.Target.SAGEMAKER:
+        start = max(floor, now - IDLE_METRICS_WINDOW)
+        last_call = cloudwatch.last_invocation(
+            endpoint=str(endpoint.runtime.get("endpoint_name") or endpoint_name(endpoint)),
+            variant=str(endpoint.runtime.get("variant", "AllTraffic")),
+            start=start,
+            end=now,
+        )
+        return max(last_call or start, floor)
+    last_call = LogLine.objects.filter(
+        endpoint=endpoint, source=LogLine.Source.RUNTIME, message__contains="/invocations"
+    ).aggregate(at=Max("created_at"))["at"]
+    return max(last_call or floor, floor)
 
 
 @dataclass(frozen=True)
@@ -275,10 +294,14 @@ def endpoint_idle_stop_notice(endpoint: Endpoint, *, now: datetime | None = None
     period = endpoint_idle_stop_after(endpoint) if endpoint.status == Endpoint.Status.LIVE else None
     if period is None:
         return None
-    idle_since = endpoint_idle_since(endpoint)
+    now = now or timezone.now()
+    try:
+        idle_since = endpoint_idle_since(endpoint, now=now)
+    except (AwsError, AwsConfigurationError):
+        return None  # CloudWatch unreachable: no warning rather than no page
     stops_at = idle_since + period
     warn_from = stops_at - min(timedelta(days=1), period / 2)
-    return IdleStopNotice(idle_since, stops_at) if (now or timezone.now()) >= warn_from else None
+    return IdleStopNotice(idle_since, stops_at) if now >= warn_from else None
 
 
 def endpoints_stop_idle(*, now: datetime | None = None) -> int:
@@ -291,7 +314,13 @@ def endpoints_stop_idle(*, now: datetime | None = None) -> int:
         period = endpoint_idle_stop_after(endpoint)
         if period is None:
             continue
-        idle_since = endpoint_idle_since(endpoint)
+        if endpoint.target == Endpoint.Target.SAGEMAKER and not _cloudwatch_turn(endpoint):
+            continue
+        try:
+            idle_since = endpoint_idle_since(endpoint, now=now)
+        except (AwsError, AwsConfigurationError) as exc:
+            logger.warning("Idle stop skipped %s: CloudWatch did not answer (%s)", endpoint.name, exc)
+            continue
         if now - idle_since < period:
             continue
         try:
@@ -310,6 +339,16 @@ def endpoints_stop_idle(*, now: datetime | None = None) -> int:
         )
         stopped += 1
     return stopped
+
+
+def _cloudwatch_turn(endpoint: Endpoint) -> bool:
+    """Whether the reconciler (every few seconds) may ask CloudWatch about this endpoint
+    now: once per IDLE_METRICS_CHECK_SECONDS, since each GetMetricStatistics is billed."""
+    key = f"rdeploy:idle:cloudwatch:{endpoint.pk}:{endpoint.created_at.timestamp()}"
+    try:
+        return bool(cache.add(key, 1, timeout=IDLE_METRICS_CHECK_SECONDS))
+    except Exception:  # Redis down: ask now rather than never stop
+        return True
 
 
 def endpoint_stopped_idle_since(endpoint: Endpoint) -> datetime | None:

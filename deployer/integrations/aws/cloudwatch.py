@@ -4,7 +4,7 @@ during a blue/green update, rolling back when one fires, and its traffic (docs/c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from deployer.integrations.aws.client import (
@@ -111,3 +111,28 @@ def variant_traffic(*, endpoint: str, variant: str, start: datetime, end: dateti
         return invocations, None
     # ModelLatency is in microseconds; the mean is weighted by each period's samples.
     return invocations, sum(float(p["Average"]) * float(p["SampleCount"]) for p in latency) / samples / 1000
+
+
+# GetMetricStatistics answers at most this many datapoints per call.
+MAX_DATAPOINTS = 1440
+
+
+@raises_aws_error
+def last_invocation(*, endpoint: str, variant: str, start: datetime, end: datetime) -> datetime | None:
+    """The end of the latest period between ``start`` and ``end`` in which the variant's
+    ``Invocations`` sum was above zero (so never earlier than the call), or None when it
+    summed to zero over the whole window: how idle stop judges a SageMaker endpoint."""
+    seconds = int((end - start).total_seconds())
+    # One call: whole minutes, coarser for windows longer than a day of minutes.
+    period = max(60, -(-seconds // MAX_DATAPOINTS // 60) * 60)
+    answer = aws_client("cloudwatch").get_metric_statistics(
+        Namespace=NAMESPACE,
+        MetricName="Invocations",
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}],
+        StartTime=start,
+        EndTime=end,
+        Period=period,
+        Statistics=["Sum"],
+    )
+    called = [point["Timestamp"] for point in answer["Datapoints"] if float(point["Sum"]) > 0]
+    return min(max(called) + timedelta(seconds=period), end) if called else None
