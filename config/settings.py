@@ -394,6 +394,13 @@ IDLE_STOP_AFTER = {
     "local": _idle_stop_after("RDEPLOY_IDLE_STOP_AFTER_LOCAL", "off"),
     "sagemaker": _idle_stop_after("RDEPLOY_IDLE_STOP_AFTER_SAGEMAKER", "72h"),
 }
+# `rdeploy_gc` lists endpoints stopped for longer than this, with what they still cost.
+GC_STOPPED_AFTER_DAYS = env.integer("RDEPLOY_GC_STOPPED_AFTER_DAYS", 30, minimum=1)
+CELERY_BEAT_SCHEDULE["gc-report"] = {
+    "task": task_names.GC_REPORT,
+    "schedule": 24 * 3600.0,
+    "options": {"expires": 3600.0},
+}
 
 # --- Security (clean `manage.py check --deploy` with production values) ------------------
 # HTTPS is the production default. The local quick start serves plain HTTP on loopback

@@ -1,7 +1,11 @@
 """Tasks about the installation itself."""
 
+import io
+import logging
+
 from celery import shared_task
 from celery.app.task import Task
+from django.core.management import call_command
 
 from deployer import task_names
 from deployer.health import container_engine_report, worker_selfcheck
@@ -15,3 +19,12 @@ def worker_selfcheck_task(self: Task, nonce: str) -> None:
 @shared_task(name=task_names.CONTAINER_ENGINE_CHECK)
 def container_engine_check_task() -> dict[str, object]:
     return container_engine_report()
+
+
+@shared_task(name=task_names.GC_REPORT)
+def gc_report_task() -> str:
+    """Beat's daily `rdeploy_gc`, report only (deleting stays a person's decision)."""
+    out = io.StringIO()
+    call_command("rdeploy_gc", stdout=out)
+    logging.getLogger(__name__).info("rdeploy_gc report:\n%s", out.getvalue())
+    return out.getvalue()
