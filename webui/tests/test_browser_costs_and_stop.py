@@ -27,6 +27,7 @@ from webui.tests.test_actions import live_endpoint
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ENDPOINT = "iris-nap"
+# A stop, then a start running R again.
 ROLLOUT_TIMEOUT = 90_000
 
 
@@ -46,7 +47,7 @@ def aws() -> Iterator[MotoServer]:
 
 
 @pytest.fixture
-def cleanup() -> Iterator[None]:
+def nap_removed_afterwards() -> Iterator[None]:
     yield
     stop_everything([ENDPOINT])
 
@@ -74,7 +75,7 @@ def test_stop_then_start_buttons_on_a_real_local_endpoint(
     celery_worker: CeleryWorker,
     owner: User,
     iris_models: Path,
-    cleanup: None,
+    nap_removed_afterwards: None,
 ) -> None:
     issued = endpoint_create(owner=owner, name=ENDPOINT, model_version=iris_version(owner, iris_models, "v1"))
     assert drive(issued.endpoint.current_deployment).status == Deployment.Status.SUCCEEDED  # type: ignore[arg-type]
