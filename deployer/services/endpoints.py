@@ -6,6 +6,7 @@ Every write here records a ``Deployment`` and leaves the work to the pipeline
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Mapping
@@ -295,13 +296,32 @@ def endpoint_idle_stop_notice(endpoint: Endpoint, *, now: datetime | None = None
     if period is None:
         return None
     now = now or timezone.now()
-    try:
-        idle_since = endpoint_idle_since(endpoint, now=now)
-    except (AwsError, AwsConfigurationError):
-        return None  # CloudWatch unreachable: no warning rather than no page
+    idle_since = _idle_since_for_page(endpoint, now=now)
+    if idle_since is None:
+        return None
     stops_at = idle_since + period
     warn_from = stops_at - min(timedelta(days=1), period / 2)
     return IdleStopNotice(idle_since, stops_at) if now >= warn_from else None
+
+
+def _idle_since_for_page(endpoint: Endpoint, *, now: datetime) -> datetime | None:
+    """endpoint_idle_since, with CloudWatch's answer (or its failure: no warning rather than
+    a slow page) kept IDLE_METRICS_CHECK_SECONDS for a SageMaker endpoint's page views."""
+    if endpoint.target != Endpoint.Target.SAGEMAKER:
+        return endpoint_idle_since(endpoint, now=now)
+    key = f"rdeploy:idle:since:{endpoint.pk}:{endpoint.created_at.timestamp()}"
+    try:
+        cached = cache.get(key)
+    except Exception:  # Redis down: ask CloudWatch for this view only
+        cached = None
+    if not isinstance(cached, str):
+        try:
+            cached = endpoint_idle_since(endpoint, now=now).isoformat()
+        except (AwsError, AwsConfigurationError):
+            cached = ""
+        with contextlib.suppress(Exception):
+            cache.set(key, cached, timeout=IDLE_METRICS_CHECK_SECONDS)
+    return datetime.fromisoformat(cached) if cached else None
 
 
 def endpoints_stop_idle(*, now: datetime | None = None) -> int:
