@@ -266,8 +266,7 @@ def endpoint_idle_since(endpoint: Endpoint, *, now: datetime) -> datetime:
     """The last invocation or the end of the last deployment, whichever is later (the
     creation without either). Invocations: SageMaker's CloudWatch ``Invocations``, the local
     runtime's access lines in the endpoint's log. Raises AwsError when CloudWatch fails."""
-    last_deployment = Deployment.objects.filter(endpoint=endpoint).aggregate(at=Max("finished_at"))["at"]
-    floor = last_deployment or endpoint.created_at
+    floor = _idle_floor(endpoint)
     if endpoint.target == Endpoint.Target.SAGEMAKER:
         start = max(floor, now - IDLE_METRICS_WINDOW)
         last_call = cloudwatch.last_invocation(
@@ -283,6 +282,12 @@ def endpoint_idle_since(endpoint: Endpoint, *, now: datetime) -> datetime:
     return max(last_call or floor, floor)
 
 
+def _idle_floor(endpoint: Endpoint) -> datetime:
+    """Idle at most since then: the end of its last deployment, or its creation."""
+    last_deployment = Deployment.objects.filter(endpoint=endpoint).aggregate(at=Max("finished_at"))["at"]
+    return last_deployment or endpoint.created_at
+
+
 @dataclass(frozen=True)
 class IdleStopNotice:
     idle_since: datetime
@@ -296,12 +301,14 @@ def endpoint_idle_stop_notice(endpoint: Endpoint, *, now: datetime | None = None
     if period is None:
         return None
     now = now or timezone.now()
+    warning = min(timedelta(days=1), period / 2)
+    if now < _idle_floor(endpoint) + period - warning:
+        return None  # too soon to warn whatever the traffic: no need to count it
     idle_since = _idle_since_for_page(endpoint, now=now)
     if idle_since is None:
         return None
     stops_at = idle_since + period
-    warn_from = stops_at - min(timedelta(days=1), period / 2)
-    return IdleStopNotice(idle_since, stops_at) if now >= warn_from else None
+    return IdleStopNotice(idle_since, stops_at) if now >= stops_at - warning else None
 
 
 def _idle_since_for_page(endpoint: Endpoint, *, now: datetime) -> datetime | None:
@@ -334,6 +341,8 @@ def endpoints_stop_idle(*, now: datetime | None = None) -> int:
         period = endpoint_idle_stop_after(endpoint)
         if period is None:
             continue
+        if now - _idle_floor(endpoint) < period:
+            continue  # deployed or created within the period: not idle whatever the traffic
         if endpoint.target == Endpoint.Target.SAGEMAKER and not _cloudwatch_turn(endpoint):
             continue
         try:
