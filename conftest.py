@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from deployer.services.tokens import api_token_create
 from testsupport.factories import make_user
+from testsupport.moto import MotoServer
 from testsupport.services import CeleryWorker, RedisServer, WebServer, session_database_url
 
 # The models trained by R once per session (the `r_models` fixture).
@@ -67,6 +68,16 @@ def _no_runtime_outlives_the_session() -> Iterator[None]:
     # Every container this session started carries its installation label.
     for name in cli.container_names():
         cli.remove(name)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto server per session on the port AWS_ENDPOINT_URL names (testsupport.env):
+    every directory's tests share it, since the port can be held only once."""
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

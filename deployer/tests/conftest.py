@@ -33,15 +33,6 @@ def iris_models(r_models: Path) -> Path:
     return r_models / "iris_versions"
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    """One moto server per session on the port AWS_ENDPOINT_URL names (testsupport.env)."""
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def aws(moto_server: MotoServer) -> MotoServer:
     """An empty AWS account holding what an operator sets up once: the bucket and the roles."""

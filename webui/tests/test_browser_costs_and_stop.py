@@ -37,13 +37,11 @@ def iris_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def aws() -> Iterator[MotoServer]:
-    """moto's server on the port AWS_ENDPOINT_URL names: it has no Price List API, so the
-    bundled prices are used, as in deployer/tests/test_costs.py."""
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
+def aws(moto_server: MotoServer) -> MotoServer:
+    """The session's moto server, emptied: it has no Price List API, so the bundled prices
+    are used, as in deployer/tests/test_costs.py."""
+    moto_server.reset()
+    return moto_server
 
 
 @pytest.fixture
