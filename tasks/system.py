@@ -1,14 +1,13 @@
 """Tasks about the installation itself."""
 
-import io
 import logging
 
 from celery import shared_task
 from celery.app.task import Task
-from django.core.management import call_command
 
 from deployer import task_names
 from deployer.health import container_engine_report, worker_selfcheck
+from deployer.services.cloud_gc import cloud_orphans, gc_report
 
 
 @shared_task(bind=True, name=task_names.WORKER_SELFCHECK)
@@ -24,7 +23,6 @@ def container_engine_check_task() -> dict[str, object]:
 @shared_task(name=task_names.GC_REPORT)
 def gc_report_task() -> str:
     """Beat's daily `rdeploy_gc`, report only (deleting stays a person's decision)."""
-    out = io.StringIO()
-    call_command("rdeploy_gc", stdout=out)
-    logging.getLogger(__name__).info("rdeploy_gc report:\n%s", out.getvalue())
-    return out.getvalue()
+    report = "\n".join(gc_report(cloud_orphans()))
+    logging.getLogger(__name__).info("rdeploy_gc report:\n%s", report)
+    return report

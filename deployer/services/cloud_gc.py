@@ -7,6 +7,7 @@ collection")."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.utils import timezone
@@ -14,6 +15,7 @@ from django.utils import timezone
 from deployer.integrations.aws import tagging
 from deployer.integrations.aws.tagging import CloudResource
 from deployer.models import Endpoint, ExternalResource
+from deployer.services.forgotten import forgotten_report
 from deployer.targets.sagemaker.names import prefix
 from deployer.targets.sagemaker.ownership import ForeignResource
 from deployer.targets.sagemaker.teardown import delete_cloud_resource
@@ -83,3 +85,20 @@ def cloud_orphans_delete(orphans: list[CloudResource]) -> list[ForeignResource]:
             deleted_at=timezone.now()
         )
     return refused
+
+
+def gc_report(orphans: list[CloudResource]) -> list[str]:
+    """What `rdeploy_gc` and beat's daily report say: what still costs money although nobody
+    uses it (listed only, never deleted: a stopped endpoint is its owner's to delete), then
+    the orphans."""
+    lines = [
+        f"Still costs {item.monthly.quantize(Decimal('0.01'))} {item.currency}/month: {item.kind} "
+        f"{item.name} (since {item.since:%Y-%m-%d})"
+        for item in forgotten_report()
+    ]
+    for resource in orphans:
+        owner = f" (endpoint {resource.endpoint})" if resource.endpoint else ""
+        lines.append(f"{resource.kind} {resource.identifier}{owner}")
+    if not orphans:
+        lines.append("No orphaned resources.")
+    return lines

@@ -8,13 +8,11 @@ with the monthly cost each still has (docs/cost.md)."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from deployer.services.cloud_gc import cloud_orphans, cloud_orphans_delete
-from deployer.services.forgotten import forgotten_report
+from deployer.services.cloud_gc import cloud_orphans, cloud_orphans_delete, gc_report
 
 
 class Command(BaseCommand):
@@ -24,20 +22,12 @@ class Command(BaseCommand):
         parser.add_argument("--delete", action="store_true", help="delete what is listed")
 
     def handle(self, *args: Any, delete: bool = False, **options: Any) -> None:
-        # Listed only, never deleted: a stopped endpoint is its owner's to delete, and unused
-        # images past their grace period are among the orphans below.
-        for item in forgotten_report():
-            self.stdout.write(
-                f"Still costs {item.monthly.quantize(Decimal('0.01'))} {item.currency}/month: {item.kind} "
-                f"{item.name} (since {item.since:%Y-%m-%d})"
-            )
         orphans = cloud_orphans()
-        for resource in orphans:
-            owner = f" (endpoint {resource.endpoint})" if resource.endpoint else ""
-            self.stdout.write(f"{resource.kind} {resource.identifier}{owner}")
+        for line in gc_report(orphans):
+            self.stdout.write(line)
         if not orphans:
-            self.stdout.write("No orphaned resources.")
-        elif delete:
+            return
+        if delete:
             refused = cloud_orphans_delete(orphans)
             for refusal in refused:
                 self.stdout.write(f"Left alone: {refusal.message}")
