@@ -52,7 +52,8 @@ def train_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def r_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """<dir>/<case>/ for lm, glm_binomial, randomforest, ranger, rpart, svm, bundle_log_dose,
-    slow, slow_load and failing (model.rds, maybe predict.R and rdeploy.json, expected.json
-    with R's own predictions) and <dir>/iris_versions/ (v1.rds, v2.rds, expected.json)."""
+    """<dir>/<case>/ for lm, glm_binomial, randomforest, ranger, rpart, svm, svm_no_prob,
+    ranger_no_prob, bundle_log_dose, slow, slow_load and failing (model.rds, maybe predict.R
+    and rdeploy.json, expected.json with R's own predictions and a classifier's levels) and
+    <dir>/iris_versions/ (v1.rds, v2.rds, expected.json)."""
     return train_models(tmp_path_factory)

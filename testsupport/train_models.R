@@ -5,7 +5,8 @@
 #
 # Each case becomes <output dir>/<case>/ holding what `serve` reads (model.rds, maybe
 # predict.R and rdeploy.json) plus expected.json: the input rows, in the schema's column
-# order, and R's own predict() output for them (and class probabilities for the forest).
+# order, and R's own predict() output for them (and class probabilities for the forest; the
+# factor's levels, in the model's order, for a classifier).
 # <output dir>/iris_versions/ holds two iris classifiers for update and rollback tests:
 # v1.rds (the example model), v2.rds (trained on reversed species, so a client can tell
 # which version answered) and expected.json {rows, v1, v2}.
@@ -27,8 +28,10 @@ write_case <- function(name, model, rows, predictions, probabilities = NULL, pre
   if (!is.null(predict_r)) writeLines(predict_r, file.path(dir, "predict.R"))
   if (!is.null(config)) write_json(config, file.path(dir, "rdeploy.json"), auto_unbox = TRUE, pretty = TRUE)
   rownames(rows) <- NULL
+  levels <- levels(predictions)
   if (is.factor(predictions)) predictions <- as.character(predictions)
   expected <- list(rows = rows, predictions = unname(predictions))
+  if (!is.null(levels)) expected$levels <- levels
   if (!is.null(probabilities)) expected$probabilities <- as.data.frame(probabilities)
   write_json(expected, file.path(dir, "expected.json"), digits = NA, dataframe = "rows", factor = "string", na = "null")
 }
@@ -75,6 +78,16 @@ write_case("rpart", m, rpart_rows, predict(m, rpart_rows, type = "class"))
 m <- svm(Species ~ ., data = iris)
 svm_rows <- iris[c(3, 70, 140), 1:4]
 write_case("svm", m, svm_rows, predict(m, svm_rows))
+
+# Classifiers fitted without class probabilities, on species levels in a non-alphabetical
+# order, with rows that all predict setosa: only the model knows its other classes.
+reordered <- iris
+reordered$Species <- factor(reordered$Species, levels = c("virginica", "setosa", "versicolor"))
+one_class_rows <- iris[c(1, 20, 40), 1:4]
+m <- svm(Species ~ ., data = reordered)
+write_case("svm_no_prob", m, one_class_rows, predict(m, one_class_rows))
+m <- ranger(Species ~ ., data = reordered, num.trees = 50, probability = FALSE, seed = 1)
+write_case("ranger_no_prob", m, one_class_rows, predict(m, data = one_class_rows)$predictions)
 
 # A bundle whose predict.R preprocesses its input: the model was fitted on
 # log(dose), clients send dose.

@@ -160,6 +160,26 @@ if (is.null(schema)) {
   ))
 }
 
+# ---- Classes of a classifier without probabilities ------------------------------------
+# The example's answer names only the classes predicted for its rows, yet clients rebuild
+# a factor with every level (in the model's order) from the inspection. Without a
+# probability call to name them, they come from the factor predict() returns for the
+# same rows, parsed and predicted as rd_invocation() does, or, when a predict_fn answers
+# plain strings, from the levels the model's package keeps, if they cover those strings.
+class_levels <- function(payload, predicted) {
+  data <- if (is.null(hooks$input_fn)) {
+    rd_parse_input(payload, "application/json", bundle$schema, bundle$plan)
+  } else {
+    hooks$input_fn(payload, "application/json")
+  }
+  raw <- if (is.null(hooks$predict_fn)) bundle$plan$predictor(model, data) else hooks$predict_fn(model, data)
+  if (is.list(raw) && !is.data.frame(raw) && !is.null(raw$predictions)) raw <- raw$predictions
+  if (is.data.frame(raw) && ncol(raw) == 1) raw <- raw[[1]]
+  if (is.factor(raw)) return(levels(raw))
+  kept <- if (inherits(model, "svm")) model$levels else if (inherits(model, "ranger")) model$forest$levels
+  if (length(kept) && all(predicted %in% kept)) kept else NULL
+}
+
 # ---- Example request through the runtime's own request path ----------------------------
 example <- NULL
 prediction <- list(kind = "unknown")
@@ -198,6 +218,10 @@ if (!is.null(schema)) {
     if (!is.null(probabilities)) {
       prediction$classes <- I(names(fromJSON(probabilities$body, simplifyVector = TRUE)$predictions))
     }
+  }
+  if (kind == "class" && is.null(prediction$classes)) {
+    classes <- tryCatch(class_levels(payload, predictions), error = function(e) NULL)
+    if (length(classes)) prediction$classes <- I(classes)
   }
   example <- list(
     content_type = "application/json",

@@ -142,6 +142,51 @@ def test_the_glm_factor_levels_are_recorded_in_training_order(owner: User, train
     assert version.inspection["prediction"]["probabilities"] is True
 
 
+@pytest.mark.parametrize("case", ["svm_no_prob", "ranger_no_prob"])
+def test_a_classifier_without_probabilities_records_every_level_in_the_models_order(
+    owner: User, trained_models: Path, case: str
+) -> None:
+    wanted = expected(trained_models / case)
+    # The sample's rows all predict one class; the model's levels are not alphabetical.
+    assert set(wanted["predictions"]) == {"setosa"}
+    assert wanted["levels"] == ["virginica", "setosa", "versicolor"]
+
+    version = inspect(
+        upload(
+            owner,
+            case.replace("_", "-"),
+            (trained_models / case / "model.rds").read_bytes(),
+            sample=rows_csv(wanted["rows"]),
+        )
+    )
+
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    assert version.inspection["prediction"] == {"kind": "class", "probabilities": False, "classes": wanted["levels"]}
+    assert version.inspection["rdeploy_json"]["prediction"]["levels"] == wanted["levels"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "classes"),
+    [
+        ("as.character(predict(model, data))", ["virginica", "setosa", "versicolor"]),
+        # Labels the model does not know: its levels would not describe them.
+        ("toupper(as.character(predict(model, data)))", None),
+    ],
+)
+def test_a_predict_fn_answering_strings_takes_the_classes_the_svm_keeps_when_they_cover_its_answers(
+    owner: User, trained_models: Path, answer: str, classes: list[str] | None
+) -> None:
+    case_dir = trained_models / "svm_no_prob"
+    predict_r = f"predict_fn <- function(model, data) {answer}\n".encode()
+    bundle = tar_gz({"model.rds": (case_dir / "model.rds").read_bytes(), "predict.R": predict_r})
+
+    version = inspect(upload(owner, "svm-strings", bundle, sample=rows_csv(expected(case_dir)["rows"])))
+
+    assert version.status == ModelVersion.Status.READY, version.status_reason
+    assert version.inspection["prediction"]["kind"] == "class"
+    assert version.inspection["prediction"].get("classes") == classes
+
+
 def test_a_bundle_with_predict_r_takes_its_schema_from_the_sample(owner: User, trained_models: Path) -> None:
     case_dir = trained_models / "bundle_log_dose"
     wanted = expected(case_dir)
