@@ -430,6 +430,17 @@ if not HTTPS and set(ALLOWED_HOSTS) <= {"localhost", "127.0.0.1", "[::1]"}:
 if not SECURE_HSTS_PRELOAD:
     SILENCED_SYSTEM_CHECKS.append("security.W021")
 
+# --- Shadow rollout (deployer/services/shadows.py, docs/pipeline.md) ---------------------
+# Pairs kept per shadow (the oldest go first) and rows kept per answer: the comparison
+# covers the latest pairs, the counters every copy.
+SHADOW_MAX_PAIRS = env.integer("RDEPLOY_SHADOW_MAX_PAIRS", 5000, minimum=100)
+SHADOW_MAX_ROWS = env.integer("RDEPLOY_SHADOW_MAX_ROWS", 100, minimum=1)
+# Copies waiting in a web process for its sender; more are dropped (and counted), so a
+# slow shadow never holds a caller or grows memory.
+SHADOW_QUEUE_SIZE = env.integer("RDEPLOY_SHADOW_QUEUE_SIZE", 1000, minimum=1)
+# The longest a shadow may run before it ends itself.
+SHADOW_MAX_DURATION_HOURS = env.integer("RDEPLOY_SHADOW_MAX_DURATION_HOURS", 168, minimum=1)
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

@@ -149,6 +149,9 @@ class Endpoint(models.Model):
     # Target-specific facts about what serves traffic now (local: port and pid; SageMaker:
     # endpoint name, region); written only by the target through the pipeline.
     runtime = models.JSONField(default=dict, blank=True)
+    # Where copies of live requests go while a shadow runs ({} when none): the shadow's id,
+    # its sample percent and the target's facts for reaching it; written by the pipeline.
+    shadow_runtime = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
@@ -173,6 +176,11 @@ class Deployment(models.Model):
         # Remove what serves (and is billed) and keep the rest; start serves it again.
         STOP = "stop"
         START = "start"
+        # A shadow: a version started beside the live one, receiving copies of its
+        # requests; promote makes it live (no build or start), end_shadow removes it.
+        SHADOW = "shadow"
+        PROMOTE = "promote"
+        END_SHADOW = "end_shadow"
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -184,7 +192,11 @@ class Deployment(models.Model):
     # Not finished: at most one of these per endpoint runs at a time.
     ACTIVE = (Status.PENDING, Status.RUNNING)
     # Kinds that put a model version into service (delete is the other one).
-    ROLLOUT_KINDS = (Kind.CREATE, Kind.UPDATE, Kind.ROLLBACK)
+    ROLLOUT_KINDS = (Kind.CREATE, Kind.UPDATE, Kind.ROLLBACK, Kind.PROMOTE)
+    # Kinds after which the live version still serves, unchanged.
+    SHADOW_KINDS = (Kind.SHADOW, Kind.END_SHADOW)
+    # Kinds that run beside a live version: when one fails, that version still serves.
+    BESIDE_LIVE_KINDS = (Kind.UPDATE, Kind.ROLLBACK, Kind.PROMOTE, *SHADOW_KINDS)
 
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deployments")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")
@@ -361,6 +373,84 @@ class ExternalResource(models.Model):
         """This row read again and locked until the transaction ends: a writer that reads
         its details first (a log cursor) waits for another's commit instead of overwriting it."""
         return ExternalResource.objects.select_for_update().get(pk=self.pk)
+
+
+class Shadow(models.Model):
+    """A model version answering copies of an endpoint's live requests beside the live one.
+
+    Started, promoted and ended by deployments (``Deployment.Kind.SHADOW`` ...); callers
+    only ever get the live version's answers. See deployer/services/shadows.py.
+    """
+
+    class Status(models.TextChoices):
+        STARTING = "starting"
+        RUNNING = "running"
+        PROMOTING = "promoting"
+        ENDING = "ending"
+        PROMOTED = "promoted"
+        ENDED = "ended"
+        FAILED = "failed"
+
+    # At most one of these per endpoint (a partial unique constraint).
+    ACTIVE = (Status.STARTING, Status.RUNNING, Status.PROMOTING, Status.ENDING)
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="shadows")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    # The deployment that started it: the shadow's runtime is its resources.
+    deployment = models.OneToOneField(Deployment, on_delete=models.PROTECT, related_name="shadow")
+    sample_percent = models.PositiveSmallIntegerField()
+    duration = models.DurationField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING, db_index=True)
+    # Set when the shadow starts receiving copies: it ends itself at started_at + duration.
+    started_at = models.DateTimeField(null=True, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Why it ended (promoted, stopped by a user, its duration ran out, a failure).
+    outcome = models.TextField(blank=True)
+    # Requests copied to the shadow, and copies dropped because the senders were behind.
+    copies_sent = models.PositiveBigIntegerField(default=0)
+    copies_dropped = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                # Shadow.ACTIVE (the class's names are out of Meta's scope).
+                fields=["endpoint"],
+                condition=models.Q(status__in=["starting", "running", "promoting", "ending"]),
+                name="one_active_shadow_per_endpoint",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"shadow {self.model_version} on {self.endpoint}"
+
+
+class ShadowPair(models.Model):
+    """One request answered by both versions: the comparison is computed from these rows.
+
+    Bounded per shadow (``settings.SHADOW_MAX_PAIRS``, oldest removed first)."""
+
+    shadow = models.ForeignKey(Shadow, on_delete=models.CASCADE, related_name="pairs")
+    created_at = models.DateTimeField(auto_now_add=True)
+    live_status = models.PositiveSmallIntegerField()
+    # Null when the shadow gave no HTTP answer (timeout, connection refused).
+    shadow_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    live_ms = models.FloatField(null=True, blank=True)
+    shadow_ms = models.FloatField(null=True, blank=True)
+    # The answers' "predictions" (or whole JSON answer), truncated to SHADOW_MAX_ROWS rows.
+    live_output = models.JSONField(null=True, blank=True)
+    shadow_output = models.JSONField(null=True, blank=True)
+    # Why the shadow failed on this request, as its answer or the transport said.
+    shadow_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["shadow", "id"], name="shadowpair_recent")]
+
+    def __str__(self) -> str:
+        return f"pair {self.pk} of {self.shadow_id}"
 
 
 class ApiToken(models.Model):

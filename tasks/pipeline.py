@@ -4,7 +4,9 @@ from celery import shared_task
 
 from deployer import task_names
 from deployer.services.endpoints import endpoint_push_api_key, endpoint_wake, endpoints_stop_idle
-from deployer.services.pipeline import deployment_advance, pipeline_reconcile
+from deployer.services.pipeline import deployment_advance
+from deployer.services.reconciler import pipeline_reconcile
+from deployer.services.shadows import shadows_collect_pairs, shadows_end_expired
 
 
 @shared_task(name=task_names.DEPLOYMENT_ADVANCE)
@@ -16,7 +18,12 @@ def deployment_advance_task(deployment_id: int) -> None:
 def pipeline_reconcile_task() -> dict[str, int]:
     # After the reconciler has collected the live endpoints' logs, whose access lines say
     # when each was last called.
-    return {**pipeline_reconcile(), "stopped_idle": endpoints_stop_idle()}
+    return {
+        **pipeline_reconcile(),
+        "stopped_idle": endpoints_stop_idle(),
+        "shadows_ended": shadows_end_expired(),
+        "shadow_pairs": shadows_collect_pairs(),
+    }
 
 
 # Idempotent (it sets the hash the database holds now), so any failure is worth a retry;

@@ -28,7 +28,7 @@ from deployer.errors import DomainError
 from deployer.integrations.aws import cloudwatch
 from deployer.integrations.aws.client import AwsConfigurationError, AwsError
 from deployer.jobs import enqueue
-from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, name_validator
+from deployer.models import Deployment, Endpoint, LogLine, ModelVersion, Shadow, name_validator
 from deployer.services import gateway
 from deployer.services.pipeline import deployment_start
 from deployer.services.quotas import quota_check
@@ -91,7 +91,7 @@ def _validate_options(target: str, options: Mapping[str, Any]) -> dict[str, Any]
     return validated
 
 
-def _check_model(model_version: ModelVersion, owner: User) -> None:
+def model_version_check(model_version: ModelVersion, owner: User) -> None:
     if model_version.status != ModelVersion.Status.READY:
         raise ValidationError(
             {
@@ -119,7 +119,7 @@ def endpoint_create(
         raise ValidationError({"name": exc.messages}) from exc
     if target not in Endpoint.Target.values:
         raise ValidationError({"target": f"Unknown target {target!r}; use one of {', '.join(Endpoint.Target.values)}."})
-    _check_model(model_version, owner)
+    model_version_check(model_version, owner)
     validated = _validate_options(target, options or {})
     key, key_hash, key_prefix = _new_api_key() if public else (None, "", "")
     base = settings.PUBLIC_BASE_URL
@@ -162,7 +162,7 @@ def _lock_owner(owner: User) -> None:
     get_user_model().objects.select_for_update(no_key=True).filter(pk=owner.pk).first()
 
 
-def _locked(endpoint: Endpoint) -> Endpoint:
+def endpoint_locked(endpoint: Endpoint) -> Endpoint:
     """Re-read the endpoint under a write lock and refuse while a rollout is running."""
     locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     if locked.status in (Endpoint.Status.DELETING, Endpoint.Status.DELETED):
@@ -176,14 +176,21 @@ def _refuse_asleep(endpoint: Endpoint) -> None:
     """Update and rollback need a serving endpoint: a stopped one is started first."""
     if endpoint.status in (Endpoint.Status.STOPPING, *Endpoint.ASLEEP):
         raise EndpointConflict(f"Endpoint {endpoint.name} is {endpoint.status}; start it before changing its model.")
+    _refuse_shadowed(endpoint)
+
+
+def _refuse_shadowed(endpoint: Endpoint) -> None:
+    """While a shadow runs, the live version changes only by promoting or ending it."""
+    if Shadow.objects.filter(endpoint=endpoint, status__in=Shadow.ACTIVE).exists():
+        raise EndpointConflict(f"Endpoint {endpoint.name} has a shadow; promote it or stop it first.")
 
 
 def endpoint_update(*, endpoint: Endpoint, model_version: ModelVersion) -> Deployment:
     """Blue/green rollout of another version; the current one serves until the switch."""
-    _check_model(model_version, endpoint.owner)
+    model_version_check(model_version, endpoint.owner)
     with transaction.atomic():
         _lock_owner(endpoint.owner)
-        locked = _locked(endpoint)
+        locked = endpoint_locked(endpoint)
         _refuse_asleep(locked)
         # The limits may have shrunk since creation (staff, the allowed instance types).
         quota_check(owner=locked.owner, target=locked.target, options=locked.options, endpoint=locked)
@@ -195,7 +202,7 @@ def endpoint_update(*, endpoint: Endpoint, model_version: ModelVersion) -> Deplo
 def endpoint_rollback(*, endpoint: Endpoint) -> Deployment:
     """Roll back to the previously live version (again blue/green)."""
     with transaction.atomic():
-        locked = _locked(endpoint)
+        locked = endpoint_locked(endpoint)
         _refuse_asleep(locked)
         if locked.previous_model_version is None:
             raise EndpointConflict(f"Endpoint {locked.name} has no previous version to roll back to.")
@@ -208,7 +215,8 @@ def endpoint_rollback(*, endpoint: Endpoint) -> Deployment:
 
 def _pause_or_resume(*, endpoint: Endpoint, kind: str, source: str, interim: str, verb: str) -> Deployment:
     with transaction.atomic():
-        locked = _locked(endpoint)
+        locked = endpoint_locked(endpoint)
+        _refuse_shadowed(locked)
         if locked.status != source or locked.model_version is None:
             raise EndpointConflict(
                 f"Endpoint {locked.name} is {locked.status}; only a {source} endpoint can be {verb}."

@@ -20,6 +20,8 @@
   with option ``wake_on_request`` the call also enqueues its start (docs/pipeline.md).
 - A request that finds no runtime (it was replaced moments ago) re-reads the route from
   the database once and retries if the route changed.
+- While a shadow runs, a sample of answered requests is copied to it after the caller's
+  answer is ready, through a bounded queue (``deployer.services.shadow_copies``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -41,6 +43,7 @@ from redis.retry import Retry
 from deployer import task_names
 from deployer.jobs import enqueue
 from deployer.models import Endpoint
+from deployer.services.shadow_copies import shadow_copy_offer
 from deployer.services.tokens import api_token_authenticate, hash_secret
 from deployer.targets import get_target
 from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult, RuntimeUnavailable
@@ -69,6 +72,8 @@ class Route:
     rate: float
     burst: int
     wake_on_request: bool = False
+    # Endpoint.shadow_runtime: where copies go while a shadow runs ({} when none).
+    shadow: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def serving(self) -> bool:
@@ -84,7 +89,7 @@ _MAX_CACHED_ROUTES = 10_000
 def _load_route(name: str) -> Route | None:
     row = (
         Endpoint.objects.filter(name=name)
-        .values("id", "owner_id", "target", "status", "runtime", "public", "api_key_hash", "options")
+        .values("id", "owner_id", "target", "status", "runtime", "public", "api_key_hash", "options", "shadow_runtime")
         .first()
     )
     if row is None:
@@ -103,6 +108,7 @@ def _load_route(name: str) -> Route | None:
             rate=float(throttle.get("rate", settings.GATEWAY_DEFAULT_RATE)),
             burst=int(throttle.get("burst", settings.GATEWAY_DEFAULT_BURST)),
             wake_on_request=bool((row["options"] or {}).get("wake_on_request")),
+            shadow=row["shadow_runtime"] or {},
         )
     if len(_routes) >= _MAX_CACHED_ROUTES and name not in _routes:
         _routes.clear()
@@ -223,6 +229,10 @@ def _forward(*, route: Route, body: bytes, headers: Mapping[str, str]) -> Invoca
         except RuntimeUnavailable:
             return _error(503, f"Endpoint {route.name} is not answering; try again shortly.")
     elapsed_ms = (time.perf_counter() - started) * 1000
+    if route.shadow:
+        shadow_copy_offer(
+            target=route.target, shadow=route.shadow, body=body, headers=forwarded, live=result, live_ms=elapsed_ms
+        )
     return InvocationResult(
         status=result.status, body=result.body, headers={**result.headers, "X-Rdeploy-Runtime-Ms": f"{elapsed_ms:.2f}"}
     )

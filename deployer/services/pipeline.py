@@ -41,8 +41,8 @@ from django.utils import timezone
 
 from deployer import task_names
 from deployer.jobs import enqueue
-from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
-from deployer.services.endpoint_logs import endpoint_logs_collect
+from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
+from deployer.services.shadow_lifecycle import shadow_deployment_finished
 from deployer.targets import get_target
 from deployer.targets.base import (
     MAX_TRANSIENT_ATTEMPTS,
@@ -344,9 +344,13 @@ def _succeed(run: _Run, deployment: Deployment) -> None:
                 status=Endpoint.Status.STOPPED, runtime={}, error="", updated_at=now
             )
             message = "Endpoint stopped; start it to serve again."
+        elif deployment.kind in Deployment.SHADOW_KINDS:
+            Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.LIVE, error="", updated_at=now)
+            message = f"Shadow {deployment.model_version}: {deployment.kind.replace('_', ' ')} done."
         else:
             _serve(deployment, now=now, error="")
             message = f"{deployment.model_version} is live."
+        shadow_deployment_finished(deployment, now=now)
     _log(deployment, message)
 
 
@@ -419,7 +423,8 @@ def _fail(run: _Run, deployment: Deployment, step: DeploymentStep, message: str)
             status=Deployment.Status.FAILED, error=message, finished_at=now, lease_until=None
         )
         endpoint.refresh_from_db(fields=["model_version", "status"])
-        if deployment.kind in (Deployment.Kind.UPDATE, Deployment.Kind.ROLLBACK) and endpoint.model_version_id:
+        shadow_deployment_finished(deployment, now=now, error=message)
+        if deployment.kind in Deployment.BESIDE_LIVE_KINDS and endpoint.model_version_id:
             # The previous version still serves: the endpoint stays live and says what failed.
             status = Endpoint.Status.LIVE
             error = f"Deploying {deployment.model_version} failed; {endpoint.model_version} still serves. {message}"
@@ -456,45 +461,3 @@ def _log(deployment: Deployment, message: str, *, level: str = LogLine.Level.INF
         level=level,
         message=message,
     )
-
-
-def pipeline_reconcile() -> dict[str, int]:
-    """Periodic repair: resume deployments nobody advances, supervise live endpoints, reap
-    what runs for resources already removed."""
-    now = timezone.now()
-    resumed = 0
-    stale = Deployment.objects.filter(status__in=Deployment.ACTIVE).filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lt=now)
-    )
-    for deployment in stale:
-        step = deployment.steps.exclude(status__in=FINISHED_STEP).order_by("position").first()
-        if step is not None and step.next_check_at is not None and step.next_check_at > now - OVERDUE:
-            continue  # its poll is scheduled and not overdue
-        if deployment.status == Deployment.Status.PENDING and deployment.created_at > now - OVERDUE:
-            continue  # its first task is on its way
-        enqueue(task_names.DEPLOYMENT_ADVANCE, deployment.pk)
-        resumed += 1
-    checked = failed = 0
-    for endpoint in Endpoint.objects.filter(status__in=Endpoint.SERVING):
-        target = get_target(endpoint.target)
-        try:
-            endpoint_logs_collect(endpoint=endpoint)
-            target.check(endpoint)
-            checked += 1
-        except PermanentStepError as exc:
-            Endpoint.objects.filter(pk=endpoint.pk).update(
-                status=Endpoint.Status.FAILED, error=exc.message, updated_at=timezone.now()
-            )
-            LogLine.objects.create(
-                endpoint=endpoint, source=LogLine.Source.ENDPOINT, level=LogLine.Level.ERROR, message=exc.message
-            )
-            failed += 1
-        except Exception:
-            logger.exception("reconciling endpoint %s failed", endpoint.name)
-    reaped = 0
-    for target_name in ExternalResource.objects.values_list("target", flat=True).distinct():
-        try:
-            reaped += get_target(target_name).reap()
-        except Exception:
-            logger.exception("reaping orphans of target %s failed", target_name)
-    return {"resumed": resumed, "checked": checked, "failed": failed, "reaped": reaped}

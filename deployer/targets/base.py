@@ -59,6 +59,22 @@ Outside deployments:
 - ``collect_logs(endpoint)`` copies new runtime or cloud log lines into ``LogLine`` rows
   (source ``runtime`` / ``endpoint`` / ``build``); called by the reconciler and before a
   failure message is composed. Returns the number of lines stored.
+
+Shadows (docs/pipeline.md, "Shadow rollout"): three more deployment kinds.
+
+- ``shadow`` starts ``ctx.model_version`` beside the live version (the rollout's steps up
+  to, not including, the traffic switch) and ends with a step that calls
+  ``ctx.set_shadow_runtime(...)``: with a ``runtime`` fact (what ``invoke`` needs) the
+  gateway sends copies of the chosen share of live requests there itself; without one the
+  target copies requests on its own (SageMaker's shadow variants) and its
+  ``collect_shadow_pairs(shadow)`` (called by the reconciler) stores the pairs.
+  ``ctx.shadow`` is the ``Shadow`` row. The live version is never touched, so ``discard``
+  removes only what this deployment created.
+- ``promote`` makes the running shadow live without a build or a start: its steps take
+  over the shadow deployment's resources (``ctx.adopt_shadow_resources()``), switch
+  traffic to them (``switches_traffic_at``) and retire the previous version.
+- ``end_shadow`` stops the copies (``ctx.set_shadow_runtime()``), waits for copies in
+  flight, and removes the shadow deployment's resources.
 """
 
 from __future__ import annotations
@@ -72,7 +88,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from deployer.durations import idle_stop_after_parse
-from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion
+from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine, ModelVersion, Shadow
 
 # A step failing with transient errors this many times in a row fails the deployment.
 MAX_TRANSIENT_ATTEMPTS = 6
@@ -267,6 +283,37 @@ class StepContext:
         self.endpoint.runtime = facts
         Endpoint.objects.filter(pk=self.endpoint.pk).update(runtime=facts, updated_at=timezone.now())
 
+    @property
+    def shadow(self) -> Shadow | None:
+        """The endpoint's shadow a shadow, promote or end_shadow deployment is about."""
+        if self.deployment.kind == Deployment.Kind.SHADOW:
+            return Shadow.objects.filter(deployment=self.deployment).first()
+        return Shadow.objects.filter(endpoint=self.endpoint, status__in=Shadow.ACTIVE).first()
+
+    def set_shadow_runtime(self, **facts: Any) -> None:
+        """Route copies of live requests to the shadow (``facts``; with a ``runtime`` fact the
+        gateway sends them), or stop the copies (no facts)."""
+        shadow = self.shadow
+        value = {**facts, "shadow_id": shadow.pk, "sample_percent": shadow.sample_percent} if facts and shadow else {}
+        self.endpoint.shadow_runtime = value
+        Endpoint.objects.filter(pk=self.endpoint.pk).update(shadow_runtime=value, updated_at=timezone.now())
+
+    def adopt_shadow_resources(self) -> list[ExternalResource]:
+        """Promote: the running shadow's resources become this deployment's, recorded in
+        its ``resources`` as if it had created them; idempotent."""
+        shadow = self.shadow
+        if shadow is None:
+            raise PermanentStepError("The endpoint has no shadow to promote.")
+        adopted = list(self.deployment_resources(shadow.deployment)) + list(self.deployment_resources())
+        for resource in adopted:
+            if resource.deployment_id != self.deployment.pk:
+                resource.update_record(deployment=self.deployment)
+        merged = {**shadow.deployment.resources, **self.deployment.resources}
+        if merged != self.deployment.resources:
+            self.deployment.resources = merged
+            Deployment.objects.filter(pk=self.deployment.pk).update(resources=merged)
+        return adopted
+
     def set_public_url(self, url: str) -> None:
         """For a target that hosts its own public API (API Gateway); the default is rdeploy's."""
         self.endpoint.public_url = url
@@ -286,6 +333,7 @@ class Target(abc.ABC):
         Deployment.Kind.CREATE: "switch_traffic",
         Deployment.Kind.UPDATE: "switch_traffic",
         Deployment.Kind.ROLLBACK: "switch_traffic",
+        Deployment.Kind.PROMOTE: "switch_traffic",
     }
 
     @abc.abstractmethod
@@ -319,6 +367,11 @@ class Target(abc.ABC):
     def push_api_key(self, endpoint: Endpoint) -> None:  # noqa: B027 (optional hook; nothing to do by default)
         """After a key rotation: give ``endpoint.api_key_hash`` to a public API the target
         hosts itself (rdeploy's own gateway reads it from the database)."""
+
+    def collect_shadow_pairs(self, shadow: Shadow) -> int:
+        """For a target that copies requests to a shadow itself: store the answered pairs
+        found since the last call as ``ShadowPair`` rows; returns how many."""
+        return 0
 
     def reap(self) -> int:
         """Reconciler hook: stop what still runs though its ``ExternalResource`` was removed

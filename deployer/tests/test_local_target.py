@@ -15,7 +15,7 @@ from django.core.files.base import ContentFile
 from deployer.integrations.containers import cli, runtimes
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
-from deployer.services.pipeline import pipeline_reconcile
+from deployer.services.reconciler import pipeline_reconcile
 from deployer.targets.base import TargetOptionsError
 from deployer.targets.local import LocalTarget
 from deployer.targets.local.paths import container_name, endpoint_dir

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from deployer.integrations.containers import cli, runtimes
 from deployer.models import Endpoint, ExternalResource, LogLine, ModelVersion
-from deployer.services.pipeline import pipeline_reconcile
+from deployer.services.reconciler import pipeline_reconcile
 from deployer.tests.pipeline_support import container_running
 from testsupport.factories import make_endpoint, make_model_version
 

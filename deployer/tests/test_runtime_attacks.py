@@ -23,7 +23,7 @@ from django.core.files.base import ContentFile
 from deployer.integrations.containers import cli, runtimes
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke
-from deployer.services.pipeline import pipeline_reconcile
+from deployer.services.reconciler import pipeline_reconcile
 from deployer.tests.gateway_support import Echo, UnixHTTPServer
 from deployer.tests.intake_support import tar_gz
 from deployer.tests.pipeline_support import container_running, iris_version

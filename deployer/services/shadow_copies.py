@@ -1,0 +1,186 @@
+"""Copies of live requests to an endpoint's shadow, sent off the callers' path.
+
+The gateway answers the caller first; then ``shadow_copy_offer`` decides (the shadow's
+sample percent) whether this request is copied and puts it on a bounded in-process queue
+without waiting. One sender thread per web process sends each copy to the shadow's
+runtime, pairs the two answers and stores the pairs in batches (``ShadowPair``), so a
+slow or failing shadow costs callers nothing: a full queue drops the copy and counts it.
+Copies still queued when the process exits are lost (they are samples).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.db.models import F
+
+from deployer.models import Shadow, ShadowPair
+from deployer.targets import get_target
+from deployer.targets.base import InvocationResult, RuntimeUnavailable
+
+logger = logging.getLogger(__name__)
+
+# A batch of pairs is stored when it has this many, or when its first is this old.
+FLUSH_PAIRS = 50
+FLUSH_SECONDS = 0.5
+# Kept of a shadow's error answer.
+MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True)
+class _Copy:
+    shadow_id: int
+    target: str
+    runtime: Mapping[str, Any]
+    body: bytes
+    headers: Mapping[str, str]
+    live_status: int
+    live_body: bytes
+    live_ms: float
+
+
+_queue: queue.Queue[_Copy] | None = None
+_queue_lock = threading.Lock()
+# Dropped copies per shadow since the last flush (added to Shadow.copies_dropped there).
+_dropped: dict[int, int] = {}
+
+
+def _copies() -> queue.Queue[_Copy]:
+    """This process's queue, with its sender thread started on first use."""
+    global _queue
+    if _queue is None:
+        with _queue_lock:
+            if _queue is None:
+                made: queue.Queue[_Copy] = queue.Queue(maxsize=settings.SHADOW_QUEUE_SIZE)
+                threading.Thread(target=_send_forever, args=(made,), name="shadow-copies", daemon=True).start()
+                _queue = made
+    return _queue
+
+
+def shadow_copy_offer(
+    *,
+    target: str,
+    shadow: Mapping[str, Any],
+    body: bytes,
+    headers: Mapping[str, str],
+    live: InvocationResult,
+    live_ms: float,
+) -> None:
+    """After the caller's answer: queue a copy for the shadow (``Endpoint.shadow_runtime``)
+    if this request is in its sample; never blocks, never raises to the caller."""
+    runtime = shadow.get("runtime")
+    # Sampling only: nothing secret depends on the generator (hence the S311 waiver).
+    if not runtime or random.uniform(0, 100) >= float(shadow.get("sample_percent", 0)):  # noqa: S311
+        return
+    copy = _Copy(
+        shadow_id=int(shadow["shadow_id"]),
+        target=target,
+        runtime=runtime,
+        body=body,
+        headers=dict(headers),
+        live_status=live.status,
+        live_body=live.body,
+        live_ms=live_ms,
+    )
+    try:
+        _copies().put_nowait(copy)
+    except queue.Full:
+        with _queue_lock:
+            _dropped[copy.shadow_id] = _dropped.get(copy.shadow_id, 0) + 1
+
+
+def answer_output(body: bytes) -> Any:
+    """What a pair keeps of an answer: its ``predictions`` (or the whole JSON), at most
+    ``SHADOW_MAX_ROWS`` rows of it; None when the answer is not JSON."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(parsed, dict) and "predictions" in parsed:
+        parsed = parsed["predictions"]
+    if isinstance(parsed, list):
+        return parsed[: settings.SHADOW_MAX_ROWS]
+    return parsed
+
+
+def _pair(copy: _Copy) -> ShadowPair:
+    started = time.perf_counter()
+    try:
+        answer: InvocationResult | None = get_target(copy.target).invoke(copy.runtime, copy.body, copy.headers)
+        error = ""
+    except RuntimeUnavailable as exc:
+        answer, error = None, f"The shadow did not answer: {exc}"
+    except Exception as exc:  # a copy must never stop the sender
+        logger.exception("shadow %s: sending a copy failed", copy.shadow_id)
+        answer, error = None, f"Sending the copy failed: {type(exc).__name__}"
+    shadow_ms = (time.perf_counter() - started) * 1000
+    if answer is not None and answer.status != 200:
+        error = answer.body.decode("utf-8", "replace")[:MAX_ERROR_CHARS]
+    return ShadowPair(
+        shadow_id=copy.shadow_id,
+        live_status=copy.live_status,
+        shadow_status=answer.status if answer is not None else None,
+        live_ms=copy.live_ms,
+        shadow_ms=shadow_ms if answer is not None else None,
+        live_output=answer_output(copy.live_body) if copy.live_status == 200 else None,
+        shadow_output=answer_output(answer.body) if answer is not None and answer.status == 200 else None,
+        shadow_error=error,
+    )
+
+
+def _send_forever(copies: queue.Queue[_Copy]) -> None:
+    batch: list[ShadowPair] = []
+    first_at = 0.0
+    while True:
+        timeout = max(0.0, first_at + FLUSH_SECONDS - time.monotonic()) if batch else None
+        try:
+            copy = copies.get(timeout=timeout)
+        except queue.Empty:
+            copy = None
+        if copy is not None:
+            if not batch:
+                first_at = time.monotonic()
+            batch.append(_pair(copy))
+        if batch and (len(batch) >= FLUSH_PAIRS or time.monotonic() - first_at >= FLUSH_SECONDS):
+            shadow_pairs_store(batch)
+            batch = []
+
+
+def shadow_pairs_store(pairs: list[ShadowPair]) -> None:
+    """Store pairs (and this process's dropped counts), then trim each shadow's pairs to
+    ``SHADOW_MAX_PAIRS``; a database that does not answer loses the batch, not the sender."""
+    with _queue_lock:
+        dropped = dict(_dropped)
+        _dropped.clear()
+    sent: dict[int, int] = {}
+    for pair in pairs:
+        sent[pair.shadow_id] = sent.get(pair.shadow_id, 0) + 1
+    try:
+        close_old_connections()
+        # A shadow's row is gone when its endpoint was deleted meanwhile.
+        wanted = set(Shadow.objects.filter(pk__in={*sent, *dropped}).values_list("pk", flat=True))
+        ShadowPair.objects.bulk_create(pair for pair in pairs if pair.shadow_id in wanted)
+        for shadow_id in wanted:
+            Shadow.objects.filter(pk=shadow_id).update(
+                copies_sent=F("copies_sent") + sent.get(shadow_id, 0),
+                copies_dropped=F("copies_dropped") + dropped.get(shadow_id, 0),
+            )
+            oldest_kept = (
+                ShadowPair.objects.filter(shadow_id=shadow_id)
+                .order_by("-id")
+                .values_list("id", flat=True)[settings.SHADOW_MAX_PAIRS - 1 : settings.SHADOW_MAX_PAIRS]
+            )
+            if cutoff := list(oldest_kept):
+                ShadowPair.objects.filter(shadow_id=shadow_id, id__lt=cutoff[0]).delete()
+    except DatabaseError:
+        logger.exception("storing %d shadow pairs failed; they are lost", len(pairs))
