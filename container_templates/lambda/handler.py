@@ -8,7 +8,8 @@ The same function is the API's REQUEST authorizer: it accepts the endpoint's rde
 key (``x-api-key``) by comparing its SHA-256 with the one rdeploy keeps, and names the
 usage-plan key API Gateway meters and throttles against.
 
-Environment: ``SAGEMAKER_ENDPOINT_NAME``, ``RDEPLOY_API_KEY_SHA256``, ``RDEPLOY_USAGE_KEY``.
+Environment: ``SAGEMAKER_ENDPOINT_NAME``, ``RDEPLOY_ENDPOINT_NAME`` (the name callers know),
+``RDEPLOY_API_KEY_SHA256``, ``RDEPLOY_USAGE_KEY``.
 
 API Gateway gives an integration at most 29 seconds, so the SageMaker call is bounded
 below that: a slow prediction is answered 504 by this function, not dropped by the gateway.
@@ -21,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from typing import Any
 
 import boto3
@@ -30,6 +32,12 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError,
 _CLIENT: Any = None
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 THROTTLED = {"ThrottlingException", "TooManyRequestsException", "Throttling"}
+# InvokeEndpoint's answer for an endpoint that does not exist (AWS's wording, as botocore
+# reports it: "An error occurred (ValidationError) when calling the InvokeEndpoint
+# operation: Endpoint <name> of account <id> not found.").
+ENDPOINT_NOT_FOUND = re.compile(r"\AEndpoint \S+ of account \S+ not found\.?\Z")
+# The same wait rdeploy's gateway asks of callers of a stopped endpoint (STOPPED_RETRY_AFTER).
+STOPPED_RETRY_AFTER = 60
 
 
 def _client() -> Any:
@@ -56,6 +64,12 @@ def _response(status: int, body: bytes, content_type: str, extra: dict[str, str]
 
 def _error(status: int, message: str) -> dict[str, Any]:
     return _response(status, json.dumps({"error": message}).encode(), "application/json")
+
+
+def _stopped() -> dict[str, Any]:
+    name = os.environ.get("RDEPLOY_ENDPOINT_NAME") or os.environ["SAGEMAKER_ENDPOINT_NAME"]
+    body = {"message": f"Endpoint {name} is stopped; its owner can start it.", "reason": "endpoint is stopped"}
+    return _response(503, json.dumps(body).encode(), "application/json", {"Retry-After": str(STOPPED_RETRY_AFTER)})
 
 
 def authorize(event: dict[str, Any]) -> dict[str, Any]:
@@ -102,8 +116,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             return _response(int(error.response.get("OriginalStatusCode", 500)), original.encode(), "application/json")
         if code in THROTTLED:
             return _error(429, "the endpoint is busy; retry with backoff")
-        if code == "ValidationException":
-            return _error(400, message)
+        if code == "ValidationError":
+            # SageMaker Runtime's only code for a bad request; a missing endpoint is one.
+            return _stopped() if ENDPOINT_NOT_FOUND.match(message) else _error(400, message)
         return _error(502, f"the model endpoint failed: {code}")
     except (ConnectTimeoutError, ReadTimeoutError):
         return _error(504, "the model endpoint did not answer in time")

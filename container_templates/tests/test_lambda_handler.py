@@ -3,13 +3,14 @@
 Needs no Django. moto's invoke_endpoint answers what the test queued (it runs no
 container and queues only text): a model's own error (ModelError) and a binary answer
 cannot be produced by moto, so those two tests put a botocore Stubber on invoke_endpoint.
+moto also answers for an endpoint that does not exist; the stopped-endpoint tests go
+through testsupport.sagemaker_runtime, which answers AWS's "not found" over moto's state.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import io
 import json
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from botocore.stub import Stubber
 
 from testsupport.moto import MotoServer
 from testsupport.ports import free_port
+from testsupport.sagemaker_runtime import endpoint_checking_runtime, load_handler
 
 HANDLER = Path(__file__).resolve().parent.parent / "lambda" / "handler.py"
 
@@ -42,12 +44,8 @@ def handler(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("SAGEMAKER_ENDPOINT_NAME", "rdeploy-iris")
-    spec = importlib.util.spec_from_file_location("rdeploy_lambda_handler", HANDLER)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.setenv("RDEPLOY_ENDPOINT_NAME", "iris")
+    return load_handler(HANDLER)
 
 
 def proxy_event(body: str, *, headers: dict[str, str] | None = None, base64_encoded: bool = False) -> dict[str, Any]:
@@ -125,6 +123,43 @@ def test_handler_returns_binary_answers_base64_encoded(handler: ModuleType) -> N
 
     assert response["isBase64Encoded"] is True
     assert base64.b64decode(response["body"]) == b"\xff\xfe\x00"
+
+
+def test_moto_alone_answers_for_an_endpoint_that_does_not_exist(handler: ModuleType) -> None:
+    # Why the stopped-endpoint tests need EndpointCheckingRuntime: no endpoint exists here.
+    assert handler.handler(proxy_event("[{}]"), None)["statusCode"] == 200
+
+
+def test_handler_answers_a_stopped_endpoint_like_rdeploys_gateway(
+    handler: ModuleType, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with endpoint_checking_runtime(moto.url) as runtime:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", runtime.url)
+        response = handler.handler(proxy_event("[{}]"), None)
+
+    assert runtime.not_found == 1
+    assert response["statusCode"] == 503
+    assert response["headers"]["Retry-After"] == "60"
+    assert response["headers"]["Content-Type"] == "application/json"
+    assert json.loads(response["body"]) == {
+        "message": "Endpoint iris is stopped; its owner can start it.",
+        "reason": "endpoint is stopped",
+    }
+
+
+def test_handler_answers_any_other_validation_error_400_with_its_message(handler: ModuleType) -> None:
+    with Stubber(handler._client()) as stub:
+        stub.add_client_error(
+            "invoke_endpoint",
+            service_error_code="ValidationError",
+            service_message="1 validation error detected: Value at 'contentType' failed to satisfy constraint",
+            http_status_code=400,
+        )
+        response = handler.handler(proxy_event("[{}]"), None)
+
+    assert response["statusCode"] == 400
+    assert "contentType" in json.loads(response["body"])["error"]
+    assert "Retry-After" not in response["headers"]
 
 
 def authorizer_event(key: str | None) -> dict[str, Any]:

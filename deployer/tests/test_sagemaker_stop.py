@@ -1,10 +1,12 @@
 """Stopping and starting a SageMaker endpoint (issue 14) on moto: stop deletes only the
 billed endpoint (and its scalable target); start recreates it from the kept config, with
-no build, no upload and the same API key."""
+no build, no upload and the same API key. The public API's Lambda, run against moto
+with the environment rdeploy gave it, answers a stopped endpoint as rdeploy's gateway does."""
 
 from __future__ import annotations
 
 import json
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway, pipeline
 from deployer.services.endpoints import endpoint_start, endpoint_stop
 from deployer.targets.sagemaker.names import rollout_name
+from deployer.targets.sagemaker.public_api import HANDLER_FILE
 from deployer.tests.sagemaker_support import (
     ONE_PUBLIC_ENDPOINT,
     builds_started,
@@ -27,6 +30,7 @@ from deployer.tests.sagemaker_support import (
 )
 from deployer.tests.test_sagemaker_faults import run_with_a_kill_at_every_call
 from testsupport.moto import MotoServer
+from testsupport.sagemaker_runtime import endpoint_checking_runtime, load_handler
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_gateway_routes")]
 
@@ -91,6 +95,61 @@ def test_stop_deletes_only_the_endpoint_and_start_recreates_it_from_the_kept_con
     assert json.loads(answered.content) == ["setosa"]
     function = aws_client("lambda").get_function_configuration(FunctionName=named("iris-sm"))
     assert function["Environment"]["Variables"]["RDEPLOY_API_KEY_SHA256"] == endpoint.api_key_hash
+
+
+def deployed_lambda(function: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The public API's handler as Lambda would run it: the deployed function's environment
+    (read back from moto) and the code rdeploy zips, loaded fresh."""
+    variables = aws_client("lambda").get_function_configuration(FunctionName=function)["Environment"]["Variables"]
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    return load_handler(HANDLER_FILE)
+
+
+def invoke_lambda(handler: ModuleType) -> dict[str, Any]:
+    event = {
+        "httpMethod": "POST",
+        "path": "/invocations",
+        "headers": {"Content-Type": "application/json"},
+        "body": '[{"Sepal.Length": 5.1}]',
+        "isBase64Encoded": False,
+    }
+    return dict(handler.handler(event, None))
+
+
+def test_the_public_apis_lambda_answers_503_while_the_endpoint_is_stopped_and_200_after_start(
+    aws: MotoServer, owner: User, api_client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = create_public(owner, api_client_for)["api_key"]
+    assert drive(latest("iris-sm")).status == Deployment.Status.SUCCEEDED
+    client = api_client_for(owner)
+    with endpoint_checking_runtime(aws.url) as runtime:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", runtime.url)
+        handler = deployed_lambda(named("iris-sm"), monkeypatch)
+        aws.queue_endpoint_results({"Body": '["setosa"]', "ContentType": "application/json"})
+        assert invoke_lambda(handler)["statusCode"] == 200
+
+        client.post("/api/v1/endpoints/iris-sm/stop")
+        assert drive(latest("iris-sm")).status == Deployment.Status.SUCCEEDED
+        stopped = invoke_lambda(handler)
+        # What rdeploy's own route answers for the same stopped endpoint, word for word.
+        gateway_answer = call_public(key)
+
+        client.post("/api/v1/endpoints/iris-sm/start")
+        assert drive(latest("iris-sm")).status == Deployment.Status.SUCCEEDED
+        started = invoke_lambda(handler)
+
+    assert runtime.not_found == 1
+    assert stopped["statusCode"] == 503
+    assert stopped["headers"]["Retry-After"] == "60"
+    assert json.loads(stopped["body"]) == {
+        "message": "Endpoint iris-sm is stopped; its owner can start it.",
+        "reason": "endpoint is stopped",
+    }
+    assert (gateway_answer.status_code, gateway_answer.json()) == (503, json.loads(stopped["body"]))
+    assert gateway_answer["Retry-After"] == stopped["headers"]["Retry-After"]
+    assert started["statusCode"] == 200
+    assert json.loads(started["body"]) == ["setosa"]
 
 
 def test_a_stopped_sagemaker_endpoint_can_be_deleted_and_everything_goes(

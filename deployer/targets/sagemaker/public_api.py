@@ -62,6 +62,8 @@ def public_function(ctx: StepContext) -> StepOutcome:
     ctx.record_resource(ExternalResource.Kind.LAMBDA_FUNCTION, function)
     environment = {
         "SAGEMAKER_ENDPOINT_NAME": name,
+        # The name callers know, for the function's answer while the endpoint is stopped.
+        "RDEPLOY_ENDPOINT_NAME": endpoint.name,
         "RDEPLOY_API_KEY_SHA256": endpoint.api_key_hash,
         "RDEPLOY_USAGE_KEY": usage_key,
     }
