@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
+from django.utils import timezone
 
-from deployer.models import Endpoint, ModelVersion
+from deployer.models import Deployment, Endpoint, ModelVersion, Shadow
 
 
 def make_user(username: str, *, is_staff: bool = False) -> User:
@@ -37,3 +39,25 @@ def make_model_version(owner: User, name: str = "iris", **fields: Any) -> ModelV
 
 def make_endpoint(owner: User, name: str, **fields: Any) -> Endpoint:
     return Endpoint.objects.create(owner=owner, name=name, **fields)
+
+
+def make_shadow(endpoint: Endpoint, model_version: ModelVersion, **fields: Any) -> Shadow:
+    """A shadow of ``endpoint`` (running, 10 % for 2 hours unless ``fields`` say otherwise)
+    with the succeeded ``shadow`` deployment that started it; no runtime is started."""
+    deployment = Deployment.objects.create(
+        endpoint=endpoint,
+        model_version=model_version,
+        kind=Deployment.Kind.SHADOW,
+        status=Deployment.Status.SUCCEEDED,
+        finished_at=timezone.now(),
+    )
+    defaults: dict[str, Any] = {
+        "status": Shadow.Status.RUNNING,
+        "sample_percent": 10,
+        "duration": timedelta(hours=2),
+        "started_at": timezone.now(),
+    }
+    defaults |= fields
+    if defaults["started_at"] is not None and "ends_at" not in fields:
+        defaults["ends_at"] = defaults["started_at"] + defaults["duration"]
+    return Shadow.objects.create(endpoint=endpoint, model_version=model_version, deployment=deployment, **defaults)
