@@ -12,12 +12,9 @@ request. Goal: p95 <= 100 ms each.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,26 +32,12 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="rdeploy-dashboard-bench-"))
     sys.path.insert(0, str(ROOT))
-    from testsupport.installation import installation_env
+    from testsupport.installation import BenchmarkInstallation
 
-    installation_env(os.environ, data_dir, allowed_hosts="testserver")
     # Log polls throttle runtime-log collection through the cache: a real Redis, as in production.
-    from testsupport.ports import free_port
-
-    redis_port = free_port()
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-    from testsupport.services import RedisServer  # reads settings: after the environment is set
-
-    redis_server = RedisServer(redis_port, data_dir / "redis")
-    redis_server.start()
-    try:
-        return run(args, data_dir)
-    finally:
-        redis_server.stop()
-        if not args.keep:
-            shutil.rmtree(data_dir, ignore_errors=True)
+    with BenchmarkInstallation("dashboard", keep=args.keep, allowed_hosts="testserver") as installation:
+        return run(args, installation.data_dir)
 
 
 def run(args: argparse.Namespace, data_dir: Path) -> int:

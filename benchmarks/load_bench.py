@@ -27,9 +27,7 @@ import gzip
 import itertools
 import json
 import os
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,8 +40,7 @@ from pipeline_bench import _status, remove_containers
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
-from testsupport.installation import celery_worker_command, gunicorn_command, installation_env  # noqa: E402
-from testsupport.ports import free_port  # noqa: E402
+from testsupport.installation import BenchmarkInstallation, celery_worker_command  # noqa: E402
 from testsupport.postgres import PostgresServer  # noqa: E402
 from testsupport.traffic import Call, Request, TrafficClients, percentile, workers_rss_kib  # noqa: E402
 from testsupport.waiting import wait_for  # noqa: E402
@@ -76,94 +73,54 @@ def main() -> int:
     seconds = 10 if args.quick else args.seconds
 
     given_database = os.environ.get("DATABASE_URL", "")
-    data_dir = Path(tempfile.mkdtemp(prefix="rdeploy-load-bench-"))
-    redis_port, web_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{web_port}"
-    installation_env(
-        os.environ,
-        data_dir,
-        allowed_hosts="127.0.0.1",
-        redis_port=redis_port,
-        RDEPLOY_INSTALLATION_ID=f"load{secrets.token_hex(4)}",
-        RDEPLOY_PUBLIC_BASE_URL=base,
-        PYTHONUNBUFFERED="1",
-    )
-    if args.max_inflight:
-        os.environ["RDEPLOY_GATEWAY_MAX_INFLIGHT"] = str(args.max_inflight)
+    extra = {"RDEPLOY_GATEWAY_MAX_INFLIGHT": str(args.max_inflight)} if args.max_inflight else {}
     # A directory of its own: as root, the cluster runs as `postgres`, who owns it.
     postgres = None if given_database else PostgresServer(Path(tempfile.mkdtemp(prefix="rdeploy-load-bench-pg-")))
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    logs = data_dir / "logs"
-    logs.mkdir()
-
-    def spawn(name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        log = (logs / f"{name}.log").open("wb")
-        children[name] = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        return children[name]
-
     try:
         if postgres is not None:
             postgres.start()
-        os.environ["DATABASE_URL"] = given_database or (postgres.url() if postgres else "")
-        spawn("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""])
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
-        from django.contrib.auth.models import User
-
-        from deployer.services.tokens import api_token_create
-
-        user = User.objects.filter(username="load-bench").first() or User.objects.create_user("load-bench")
-        token = api_token_create(user=user).secret
-        # As `make run` starts them (scripts/run.sh).
-        worker = spawn("worker", celery_worker_command("-l", "INFO", "-n", f"load-bench-{os.getpid()}@%h"))
-        spawn(
-            "beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "INFO", "-s", str(data_dir / "beat")]
-        )
-        web = spawn("web", gunicorn_command("config.wsgi", web_port, workers=args.web_workers, threads=args.threads))
-        http = urllib3.PoolManager(maxsize=4)
-        auth = {"Authorization": f"Token {token}"}
-        wait_for(lambda: _status(http, f"{base}/healthz") == 200, timeout=60, what="the web server", interval=0.2)
-        model_dir = data_dir / "example"
-        subprocess.run(["Rscript", "--vanilla", str(ROOT / "examples/iris/train.R"), str(model_dir)], check=True)
-        rds = (model_dir / "iris-rf.rds").read_bytes()
-        sample = (model_dir / "sample.csv").read_bytes()
-        api_key = deploy(http, base, auth, rds, sample)
-
-        plan = workload(token, api_key, rds, sample, args.upload_every)
-        # The same load first, not counted: the start's memory is then a served process's,
-        # not a freshly imported one's.
-        with TrafficClients(web_port, args.clients, plan):
-            time.sleep(args.warmup)
-        memory_before = {"web": workers_rss_kib(web.pid), "worker": workers_rss_kib(worker.pid)}
-        load_before = os.getloadavg()[0]
-        with TrafficClients(web_port, args.clients, plan) as traffic:
-            time.sleep(seconds)
-            calls = traffic.stop()
-        memory_after = {"web": workers_rss_kib(web.pid), "worker": workers_rss_kib(worker.pid)}
-        # The figures depend on what else the machine runs: say how busy it was.
-        load_after = os.getloadavg()[0]
-        print(f"load average {load_before:.1f} at the start, {load_after:.1f} at the end ({os.cpu_count()} CPUs)")
-        report(calls, seconds, args, memory_before, memory_after)
-        return 0
+        with BenchmarkInstallation("load", keep=args.keep, cleanup=remove_containers, **extra) as installation:
+            os.environ["DATABASE_URL"] = given_database or (postgres.url() if postgres else "")
+            return run(installation, args, seconds)
     finally:
-        for child in reversed(children.values()):
-            child.terminate()
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        remove_containers()
         if postgres is not None:
             postgres.stop()
             shutil.rmtree(postgres.workdir, ignore_errors=True)
-        if not args.keep:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        else:
-            print(f"data kept in {data_dir}")
+
+
+def run(installation: BenchmarkInstallation, args: argparse.Namespace, seconds: float) -> int:
+    token = installation.api_token("load-bench")
+    # As `make run` starts them (scripts/run.sh).
+    worker = installation.spawn("worker", celery_worker_command("-l", "INFO", "-n", f"load-bench-{os.getpid()}@%h"))
+    beat = str(installation.data_dir / "beat")
+    installation.spawn("beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "INFO", "-s", beat])
+    web_port = installation.serve("web", "config.wsgi", workers=args.web_workers, threads=args.threads)
+    web = installation.children["web"]
+    base = f"http://127.0.0.1:{web_port}"
+    http = urllib3.PoolManager(maxsize=4)
+    auth = {"Authorization": f"Token {token}"}
+    wait_for(lambda: _status(http, f"{base}/healthz") == 200, timeout=60, what="the web server", interval=0.2)
+    model_dir = installation.train_example()
+    rds = (model_dir / "iris-rf.rds").read_bytes()
+    sample = (model_dir / "sample.csv").read_bytes()
+    api_key = deploy(http, base, auth, rds, sample)
+
+    plan = workload(token, api_key, rds, sample, args.upload_every)
+    # The same load first, not counted: the start's memory is then a served process's,
+    # not a freshly imported one's.
+    with TrafficClients(web_port, args.clients, plan):
+        time.sleep(args.warmup)
+    memory_before = {"web": workers_rss_kib(web.pid), "worker": workers_rss_kib(worker.pid)}
+    load_before = os.getloadavg()[0]
+    with TrafficClients(web_port, args.clients, plan) as traffic:
+        time.sleep(seconds)
+        calls = traffic.stop()
+    memory_after = {"web": workers_rss_kib(web.pid), "worker": workers_rss_kib(worker.pid)}
+    # The figures depend on what else the machine runs: say how busy it was.
+    load_after = os.getloadavg()[0]
+    print(f"load average {load_before:.1f} at the start, {load_after:.1f} at the end ({os.cpu_count()} CPUs)")
+    report(calls, seconds, args, memory_before, memory_after)
+    return 0
 
 
 def _json(http: urllib3.PoolManager, url: str, auth: dict[str, str]) -> dict[str, Any]:

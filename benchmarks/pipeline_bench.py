@@ -28,10 +28,7 @@ import argparse
 import http.client as http_client
 import json
 import os
-import secrets
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,8 +42,7 @@ from wrk import post_script, run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
-from testsupport.installation import celery_worker_command, gunicorn_command, installation_env  # noqa: E402
-from testsupport.ports import free_port  # noqa: E402
+from testsupport.installation import BenchmarkInstallation, celery_worker_command  # noqa: E402
 from testsupport.waiting import wait_for  # noqa: E402
 
 ROW = b"Sepal.Length,Sepal.Width,Petal.Length,Petal.Width\n5.1,3.5,1.4,0.2\n"
@@ -63,96 +59,53 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="rdeploy-pipeline-bench-"))
-    redis_port, web_port = free_port(), free_port()
+    with BenchmarkInstallation("pipeline", keep=args.keep, cleanup=remove_containers) as installation:
+        return run(installation, args)
+
+
+def run(installation: BenchmarkInstallation, args: argparse.Namespace) -> int:
+    token = installation.api_token("bench")
+    installation.spawn("worker", celery_worker_command("-l", "INFO", "-c", "2"))
+    # As `make run` serves (scripts/run.sh).
+    serve = partial(installation.serve, workers=args.web_workers, threads=8)
+    web_port = serve("web", "config.wsgi")
     base = f"http://127.0.0.1:{web_port}"
-    installation_env(
-        os.environ,
-        data_dir,
-        allowed_hosts="127.0.0.1",
-        redis_port=redis_port,
-        # Its own containers' names and labels: none shared with another installation here.
-        RDEPLOY_INSTALLATION_ID=f"bench{secrets.token_hex(4)}",
-        RDEPLOY_PUBLIC_BASE_URL=base,
-        PYTHONUNBUFFERED="1",
-    )
-    children: list[subprocess.Popen[bytes]] = []
-    logs = data_dir / "logs"
-    logs.mkdir()
-
-    def spawn(name: str, command: list[str]) -> None:
-        log = (logs / f"{name}.log").open("wb")
-        children.append(subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
-
-    try:
-        spawn("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""])
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
-        from django.contrib.auth.models import User
-
-        from deployer.services.tokens import api_token_create
-
-        token = api_token_create(user=User.objects.create_user("bench")).secret
-        spawn("worker", celery_worker_command("-l", "INFO", "-c", "2"))
-        # As `make run` serves (scripts/run.sh).
-        gunicorn = partial(gunicorn_command, workers=args.web_workers, threads=8)
-        spawn("web", gunicorn("config.wsgi", web_port))
-        # The same Django without the prediction fast path (deployer/api/fast_path.py), as
-        # the baseline the fast path is measured against.
-        django_only_port = free_port()
-        spawn("web-django-only", gunicorn("config.wsgi:django_application", django_only_port))
-        http = urllib3.PoolManager(maxsize=4)
-        auth = {"Authorization": f"Token {token}"}
-        wait_for(lambda: _status(http, f"{base}/healthz") == 200, timeout=60, what="the web server", interval=0.2)
-        model_dir = data_dir / "example"
-        subprocess.run(["Rscript", "--vanilla", str(ROOT / "examples/iris/train.R"), str(model_dir)], check=True)
-        report: dict[str, Any] = {}
-        name = deploy(http, base, auth, model_dir, report)
-        if args.deploy_only:
-            report.pop("api_key", None)
-            print(json.dumps(report, indent=2))
-            return 0
-
-        def spawn_floor(runtime_socket: str) -> int:
-            (data_dir / "bare_proxy.py").write_text(BARE_PROXY)
-            floor_port = free_port()
-            os.environ["RUNTIME_SOCKET"] = runtime_socket
-            spawn("bare", [*gunicorn("bare_proxy:app", floor_port), "--chdir", str(data_dir)])
-            return floor_port
-
-        wait_for(
-            lambda: _status(http, f"http://127.0.0.1:{django_only_port}/healthz") == 200,
-            timeout=60,
-            what="Django only",
-            interval=0.2,
-        )
-        measure(http, base, auth, name, report, args.requests, spawn_floor, django_only_port, args.wrk_seconds)
+    # The same Django without the prediction fast path (deployer/api/fast_path.py), as
+    # the baseline the fast path is measured against.
+    django_only_port = serve("web-django-only", "config.wsgi:django_application")
+    http = urllib3.PoolManager(maxsize=4)
+    auth = {"Authorization": f"Token {token}"}
+    wait_for(lambda: _status(http, f"{base}/healthz") == 200, timeout=60, what="the web server", interval=0.2)
+    model_dir = installation.train_example()
+    report: dict[str, Any] = {}
+    name = deploy(http, base, auth, model_dir, report)
+    if args.deploy_only:
+        report.pop("api_key", None)
         print(json.dumps(report, indent=2))
-        delete = http.request("DELETE", f"{base}/api/v1/endpoints/{name}/", headers=auth)
-        assert delete.status == 202, delete.data
-        wait_for(
-            lambda: _endpoint(http, base, auth, name)["status"] == "deleted",
-            timeout=60,
-            what="the endpoint to be deleted",
-            interval=0.02,
-        )
         return 0
-    finally:
-        for child in reversed(children):
-            child.terminate()
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        remove_containers()
-        if not args.keep:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        else:
-            print(f"data kept in {data_dir}")
+
+    def spawn_floor(runtime_socket: str) -> int:
+        (installation.data_dir / "bare_proxy.py").write_text(BARE_PROXY)
+        os.environ["RUNTIME_SOCKET"] = runtime_socket
+        return serve("bare", "bare_proxy:app", options=("--chdir", str(installation.data_dir)))
+
+    wait_for(
+        lambda: _status(http, f"http://127.0.0.1:{django_only_port}/healthz") == 200,
+        timeout=60,
+        what="Django only",
+        interval=0.2,
+    )
+    measure(http, base, auth, name, report, args.requests, spawn_floor, django_only_port, args.wrk_seconds)
+    print(json.dumps(report, indent=2))
+    delete = http.request("DELETE", f"{base}/api/v1/endpoints/{name}/", headers=auth)
+    assert delete.status == 202, delete.data
+    wait_for(
+        lambda: _endpoint(http, base, auth, name)["status"] == "deleted",
+        timeout=60,
+        what="the endpoint to be deleted",
+        interval=0.02,
+    )
+    return 0
 
 
 def remove_containers() -> None:
