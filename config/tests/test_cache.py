@@ -1,6 +1,8 @@
-"""The Django cache stores JSON, never pickle (issue 12, finding 8; config/cache.py): a
-pickle planted in Redis by whoever holds its password is not run by the web process."""
+"""The Django cache stores signed JSON, never pickle (issue 12, finding 8; config/cache.py):
+a pickle planted in Redis by whoever holds its password is not run by the web process, and
+a value rdeploy did not sign is not believed."""
 
+import json
 import pickle
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.core.cache import cache
+from django.test import override_settings
 
 from deployer.health import ENGINE_REPORT_KEY, system_health
 
@@ -66,3 +69,31 @@ def test_values_json_cannot_hold_are_refused_when_stored() -> None:
         cache.set("object", object(), timeout=30)
     with pytest.raises(ValueError, match="not JSON compliant"):
         cache.set("nan", float("nan"), timeout=30)
+
+
+@pytest.mark.django_db
+def test_planted_json_without_the_installations_signature_reads_as_a_miss() -> None:
+    # Redis write access is not enough to make the web process trust a value: a well-formed
+    # report that says the engine is fine, planted as plain JSON, is not believed.
+    plant(ENGINE_REPORT_KEY, json.dumps({"ok": True, "checked_at": 1.0}).encode())
+    engine = system_health()["container_engine"]
+    assert engine["ok"] is False
+    assert "no worker reported on the container engine" in engine["error"]
+
+
+def test_a_value_signed_with_another_secret_key_reads_as_a_miss() -> None:
+    with override_settings(SECRET_KEY="another installation's key " + "x" * 40):
+        cache.set("foreign", "<script>alert(1)</script>", timeout=30)
+    assert cache.get("foreign") is None
+    cache.set("own", "<svg>chart</svg>", timeout=30)
+    assert cache.get("own") == "<svg>chart</svg>"
+    cache.delete_many(["foreign", "own"])
+
+
+def test_values_signed_before_a_key_rotation_still_read() -> None:
+    old_key = "the key before rotation " + "y" * 40
+    with override_settings(SECRET_KEY=old_key):
+        cache.set("rotated", {"kept": True}, timeout=30)
+    with override_settings(SECRET_KEY="the key after rotation " + "z" * 40, SECRET_KEY_FALLBACKS=[old_key]):
+        assert cache.get("rotated") == {"kept": True}
+    cache.delete("rotated")
