@@ -1,0 +1,328 @@
+"""How a shadow answered compared with the live version, computed from its stored pairs.
+
+A pure read: ``shadow_comparison`` streams the shadow's ``ShadowPair`` rows once (a few
+thousand, each at most ``SHADOW_MAX_ROWS`` rows of predictions) and adds up
+
+- the requests: pairs whose live answer was not 200 are left out and counted (the request
+  itself was refused, so there is nothing to compare); of the rest, those the shadow did
+  not answer with 200 are its errors, grouped by message;
+- the rows of the requests both answered, row by row (the n-th prediction of one with the
+  n-th of the other). What is compared depends on what the live version predicts:
+  ``class`` (labels: strings, R's logicals as TRUE/FALSE, NA) gives the agreement rate and
+  a confusion table; ``numeric`` the mean and maximum absolute difference and a histogram
+  of the differences (shadow minus live); ``probabilities`` (one object of named numbers
+  per row) compares the most probable labels as ``class`` does, plus the maximum absolute
+  difference of any probability; anything else (``other``) exact agreement. A row one
+  answer lacks, or whose values are not of that kind, is "unmatched": it never agrees and
+  has no difference;
+- both versions' latency (p50 and p99, nearest rank).
+
+The kind is the one most of the live rows have, so one odd answer does not change it.
+The REST API and the dashboard show the same figures (deployer/api/endpoints.py,
+webui/templates/webui/_shadow.html).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from itertools import zip_longest
+from typing import Any
+
+from deployer.models import Endpoint, Shadow, ShadowPair
+
+CLASS = "class"
+NUMERIC = "numeric"
+PROBABILITIES = "probabilities"
+OTHER = "other"
+
+# The confusion table's axes: the labels either version answered most often (the others
+# are added up in one last row and column).
+CONFUSION_LABELS = 10
+HISTOGRAM_BINS = 10
+TOP_ERRORS = 10
+# Pairs read from the database per round trip.
+CHUNK = 500
+
+# A row that one of the two answers does not have.
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class ConfusionTable:
+    """``counts[i][j]``: rows the live version labelled ``labels[i]`` and the shadow
+    ``labels[j]``. Labels are sorted; when ``others``, a last row and column count every
+    label beyond the ``CONFUSION_LABELS`` most frequent."""
+
+    labels: tuple[str, ...]
+    others: bool
+    counts: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """``counts[i]``: differences in [edges[i], edges[i + 1]) (the last bin includes its end)."""
+
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ErrorCount:
+    message: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds; None without a measurement."""
+
+    p50: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True)
+class ShadowComparison:
+    # CLASS, NUMERIC, PROBABILITIES or OTHER; "" until a row was compared.
+    kind: str
+    # Pairs stored (the oldest are removed beyond SHADOW_MAX_PAIRS) whose live answer was 200.
+    requests: int
+    # Pairs left out because the live answer was not 200.
+    live_failed: int
+    # Requests both versions answered with 200, and their rows.
+    compared_requests: int
+    rows_compared: int
+    rows_unmatched: int
+    # From the Shadow row: every copy sent, and those dropped because the senders were behind.
+    copies_sent: int
+    copies_dropped: int
+    # class, probabilities, other: rows with the same answer (label), and their share.
+    agreed: int | None
+    agreement_rate: float | None
+    confusion: ConfusionTable | None
+    # numeric: of the predictions; probabilities: max only, of any class's probability.
+    mean_abs_difference: float | None
+    max_abs_difference: float | None
+    histogram: Histogram | None
+    # Requests the shadow did not answer with 200, of ``requests``.
+    shadow_errors: int
+    error_rate: float | None
+    errors: tuple[ErrorCount, ...]
+    live_latency: Latency
+    shadow_latency: Latency
+
+
+def shadow_latest(endpoint: Endpoint) -> Shadow | None:
+    """The endpoint's active shadow, else its latest one; None if it never had one."""
+    shadows = Shadow.objects.filter(endpoint=endpoint).select_related("model_version", "deployment")
+    return shadows.filter(status__in=Shadow.ACTIVE).first() or shadows.first()
+
+
+def _label(value: Any) -> str | None:
+    """A class label as R names it, or None if ``value`` is not one."""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if value is None:
+        return "NA"
+    return value if isinstance(value, str) else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _probabilities(value: Any) -> dict[str, float] | None:
+    if not isinstance(value, dict) or not value:
+        return None
+    numbers = {str(key): _number(item) for key, item in value.items()}
+    if any(number is None for number in numbers.values()):
+        return None
+    return numbers  # type: ignore[return-value]  # no None left
+
+
+def _row_kind(value: Any) -> str | None:
+    """What a live row's value is; None (NA) says nothing."""
+    if value is None:
+        return None
+    if _label(value) is not None:
+        return CLASS
+    if _number(value) is not None:
+        return NUMERIC
+    if _probabilities(value) is not None:
+        return PROBABILITIES
+    return OTHER
+
+
+def _argmax(probabilities: dict[str, float]) -> str:
+    # Ties go to the first label in sorted order, the same for both versions.
+    return max(sorted(probabilities), key=lambda label: probabilities[label])
+
+
+def _rows(output: Any) -> list[Any]:
+    return output if isinstance(output, list) else [output]
+
+
+class _Tally:
+    """Every kind's figures for every row, until the kind is known (at the end)."""
+
+    def __init__(self) -> None:
+        self.kinds: Counter[str] = Counter()
+        self.rows = 0
+        self.missing = 0
+        self.equal = 0
+        self.labels: Counter[tuple[str, str]] = Counter()
+        self.differences: list[float] = []
+        self.argmax: Counter[tuple[str, str]] = Counter()
+        self.probability_max = 0.0
+
+    def add(self, live: Any, shadow: Any) -> None:
+        self.rows += 1
+        if live is _MISSING or shadow is _MISSING:
+            self.missing += 1
+            return
+        if kind := _row_kind(live):
+            self.kinds[kind] += 1
+        self.equal += live == shadow
+        live_label, shadow_label = _label(live), _label(shadow)
+        if live_label is not None and shadow_label is not None:
+            self.labels[live_label, shadow_label] += 1
+        live_number, shadow_number = _number(live), _number(shadow)
+        if live_number is not None and shadow_number is not None:
+            self.differences.append(shadow_number - live_number)
+        live_probabilities, shadow_probabilities = _probabilities(live), _probabilities(shadow)
+        if live_probabilities is not None and shadow_probabilities is not None:
+            self.argmax[_argmax(live_probabilities), _argmax(shadow_probabilities)] += 1
+            for label in live_probabilities.keys() | shadow_probabilities.keys():
+                difference = abs(live_probabilities.get(label, 0.0) - shadow_probabilities.get(label, 0.0))
+                self.probability_max = max(self.probability_max, difference)
+
+    def kind(self) -> str:
+        if not self.rows:
+            return ""
+        # The most common; ties in a fixed order.
+        order = (CLASS, PROBABILITIES, NUMERIC, OTHER)
+        return max(order, key=lambda kind: (self.kinds[kind], -order.index(kind))) if self.kinds else OTHER
+
+
+def _confusion(labels: Counter[tuple[str, str]]) -> ConfusionTable:
+    frequency: Counter[str] = Counter()
+    for (live, shadow), count in labels.items():
+        frequency[live] += count
+        frequency[shadow] += count
+    top = sorted(sorted(frequency, key=lambda label: (-frequency[label], label))[:CONFUSION_LABELS])
+    index = {label: position for position, label in enumerate(top)}
+    others = len(frequency) > len(top)
+    size = len(top) + others
+    counts = [[0] * size for _ in range(size)]
+    for (live, shadow), count in labels.items():
+        counts[index.get(live, size - 1)][index.get(shadow, size - 1)] += count
+    return ConfusionTable(labels=tuple(top), others=others, counts=tuple(tuple(row) for row in counts))
+
+
+def _histogram(differences: list[float]) -> Histogram:
+    low, high = min(differences), max(differences)
+    if low == high:  # all the same: bins of 0.1 from 0.5 below it to 0.5 above
+        low, high = low - HISTOGRAM_BINS / 20, high + HISTOGRAM_BINS / 20
+    width = (high - low) / HISTOGRAM_BINS
+    counts = [0] * HISTOGRAM_BINS
+    for difference in differences:
+        counts[min(int((difference - low) / width), HISTOGRAM_BINS - 1)] += 1
+    edges = (*(low + width * position for position in range(HISTOGRAM_BINS)), high)
+    return Histogram(edges=edges, counts=tuple(counts))
+
+
+def _percentile(values: list[float], percent: int) -> float | None:
+    """Nearest rank: the smallest value with at least ``percent`` % of them at or below it."""
+    if not values:
+        return None
+    return values[max(math.ceil(percent / 100 * len(values)), 1) - 1]
+
+
+def _latency(values: list[float]) -> Latency:
+    values.sort()
+    return Latency(p50=_percentile(values, 50), p99=_percentile(values, 99))
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def shadow_comparison(shadow: Shadow) -> ShadowComparison:
+    """The comparison of ``shadow``'s stored pairs (see the module's docstring)."""
+    tally = _Tally()
+    requests = live_failed = compared_requests = 0
+    errors: Counter[str] = Counter()
+    live_ms: list[float] = []
+    shadow_ms: list[float] = []
+    pairs = ShadowPair.objects.filter(shadow=shadow).values_list(
+        "live_status", "shadow_status", "live_ms", "shadow_ms", "live_output", "shadow_output", "shadow_error"
+    )
+    for live_status, shadow_status, live_time, shadow_time, live_output, shadow_output, error in pairs.iterator(
+        chunk_size=CHUNK
+    ):
+        if live_time is not None:
+            live_ms.append(live_time)
+        if shadow_time is not None:
+            shadow_ms.append(shadow_time)
+        if live_status != 200:
+            live_failed += 1
+            continue
+        requests += 1
+        if shadow_status != 200:
+            errors[error.strip() or (f"HTTP {shadow_status}" if shadow_status else "No answer")] += 1
+            continue
+        compared_requests += 1
+        for live, answer in zip_longest(_rows(live_output), _rows(shadow_output), fillvalue=_MISSING):
+            tally.add(live, answer)
+
+    kind = tally.kind()
+    agreed: int | None = None
+    confusion = histogram = None
+    mean_abs = max_abs = None
+    matched = tally.rows
+    if kind == CLASS:
+        matched = sum(tally.labels.values())
+        agreed = sum(count for (live, answer), count in tally.labels.items() if live == answer)
+        confusion = _confusion(tally.labels)
+    elif kind == PROBABILITIES:
+        matched = sum(tally.argmax.values())
+        agreed = sum(count for (live, answer), count in tally.argmax.items() if live == answer)
+        confusion = _confusion(tally.argmax)
+        max_abs = tally.probability_max if matched else None
+    elif kind == NUMERIC:
+        matched = len(tally.differences)
+        if matched:
+            absolute = [abs(difference) for difference in tally.differences]
+            mean_abs, max_abs = sum(absolute) / matched, max(absolute)
+            histogram = _histogram(tally.differences)
+    elif kind == OTHER:
+        agreed = tally.equal
+        matched = tally.rows - tally.missing
+    shadow_errors = sum(errors.values())
+    return ShadowComparison(
+        kind=kind,
+        requests=requests,
+        live_failed=live_failed,
+        compared_requests=compared_requests,
+        rows_compared=tally.rows,
+        rows_unmatched=tally.rows - matched,
+        copies_sent=shadow.copies_sent,
+        copies_dropped=shadow.copies_dropped,
+        agreed=agreed,
+        agreement_rate=_rate(agreed, tally.rows) if agreed is not None else None,
+        confusion=confusion,
+        mean_abs_difference=mean_abs,
+        max_abs_difference=max_abs,
+        histogram=histogram,
+        shadow_errors=shadow_errors,
+        error_rate=_rate(shadow_errors, requests),
+        errors=tuple(
+            ErrorCount(message, count)
+            for message, count in sorted(errors.items(), key=lambda item: (-item[1], item[0]))[:TOP_ERRORS]
+        ),
+        live_latency=_latency(live_ms),
+        shadow_latency=_latency(shadow_ms),
+    )

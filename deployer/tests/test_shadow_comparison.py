@@ -1,0 +1,211 @@
+"""The shadow comparison on small pair sets whose figures are worked out by hand here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from deployer.models import Endpoint, Shadow, ShadowPair
+from deployer.services.shadow_comparison import (
+    CONFUSION_LABELS,
+    ConfusionTable,
+    ErrorCount,
+    Histogram,
+    Latency,
+    shadow_comparison,
+    shadow_latest,
+)
+from testsupport.factories import make_endpoint, make_model_version, make_shadow
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def shadow(owner: User) -> Shadow:
+    live = make_model_version(owner)
+    endpoint = make_endpoint(owner, "iris", model_version=live, status=Endpoint.Status.LIVE)
+    return make_shadow(endpoint, make_model_version(owner), copies_sent=9, copies_dropped=2)
+
+
+def pair(live: Any, answer: Any, **fields: Any) -> dict[str, Any]:
+    return {"live_output": live, "shadow_output": answer, "live_status": 200, "shadow_status": 200} | fields
+
+
+def store(shadow: Shadow, *pairs: dict[str, Any]) -> None:
+    ShadowPair.objects.bulk_create(ShadowPair(shadow=shadow, **fields) for fields in pairs)
+
+
+def test_classes_give_agreement_a_confusion_table_errors_and_latency(shadow: Shadow) -> None:
+    store(
+        shadow,
+        pair(["setosa", "setosa", "versicolor"], ["setosa", "versicolor", "versicolor"], live_ms=10, shadow_ms=15),
+        pair(["virginica"], ["virginica"], live_ms=20, shadow_ms=25),
+        # The live version refused this request: left out of everything but its latency.
+        pair(None, None, live_status=400, live_ms=30, shadow_ms=35, shadow_status=400, shadow_error="bad"),
+        pair(["setosa"], None, shadow_status=500, shadow_error="predict() failed: x", live_ms=40, shadow_ms=45),
+        pair(["setosa"], None, shadow_status=None, shadow_error="The shadow did not answer: timeout", live_ms=50),
+        pair(["setosa"], None, shadow_status=500, shadow_error="predict() failed: x\n", live_ms=60, shadow_ms=65),
+    )
+
+    comparison = shadow_comparison(shadow)
+
+    assert comparison.kind == "class"
+    # 6 pairs, 1 refused by the live version; of the 5 left the shadow answered 2.
+    assert (comparison.requests, comparison.live_failed, comparison.compared_requests) == (5, 1, 2)
+    assert (comparison.rows_compared, comparison.rows_unmatched) == (4, 0)
+    assert (comparison.copies_sent, comparison.copies_dropped) == (9, 2)
+    # Rows: setosa/setosa, setosa/versicolor, versicolor/versicolor, virginica/virginica: 3 of 4.
+    assert (comparison.agreed, comparison.agreement_rate) == (3, 0.75)
+    assert comparison.confusion == ConfusionTable(
+        labels=("setosa", "versicolor", "virginica"),
+        others=False,
+        counts=((1, 1, 0), (0, 1, 0), (0, 0, 1)),
+    )
+    assert comparison.mean_abs_difference is None
+    assert comparison.histogram is None
+    # 3 shadow errors of 5 requests; the same message (trailing newline aside) counted once.
+    assert (comparison.shadow_errors, comparison.error_rate) == (3, 0.6)
+    assert comparison.errors == (
+        ErrorCount("predict() failed: x", 2),
+        ErrorCount("The shadow did not answer: timeout", 1),
+    )
+    # Nearest rank. Live: 10..60 (6 values): p50 the 3rd (30), p99 the 6th (60). Shadow:
+    # 15, 25, 35, 45, 65 (5 values, one pair without an answer): the 3rd and the 5th.
+    assert comparison.live_latency == Latency(p50=30, p99=60)
+    assert comparison.shadow_latency == Latency(p50=35, p99=65)
+
+
+def test_numbers_give_differences_and_a_histogram(shadow: Shadow) -> None:
+    store(
+        shadow,
+        pair([1.0, 2.0, 3.0], [1.75, 2.0, 2.0]),  # differences 0.75, 0, -1
+        pair([10], [14]),  # 4
+        pair([5.0, 6.0], [5.0]),  # 0, and a row the shadow lacks
+        pair([7.0, None], [7.0, 3.0]),  # 0, and an NA that has no difference
+    )
+
+    comparison = shadow_comparison(shadow)
+
+    assert comparison.kind == "numeric"
+    assert (comparison.rows_compared, comparison.rows_unmatched) == (8, 2)
+    # |0.75| + 0 + |-1| + 4 + 0 + 0 = 5.75 over 6 differences.
+    assert comparison.mean_abs_difference == pytest.approx(5.75 / 6)
+    assert comparison.max_abs_difference == 4
+    assert comparison.agreement_rate is None
+    assert comparison.confusion is None
+    # From -1 to 4 in 10 bins of 0.5: -1 in the first, the three zeros in [0, 0.5), 0.75 in
+    # [0.5, 1), and 4 (the end) in the last.
+    assert comparison.histogram == Histogram(
+        edges=(-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0),
+        counts=(1, 0, 3, 1, 0, 0, 0, 0, 0, 1),
+    )
+
+
+def test_identical_numbers_give_one_bin_around_zero(shadow: Shadow) -> None:
+    store(shadow, pair([1.5, 2.5], [1.5, 2.5]))
+
+    comparison = shadow_comparison(shadow)
+
+    assert (comparison.mean_abs_difference, comparison.max_abs_difference) == (0, 0)
+    assert comparison.histogram is not None
+    assert comparison.histogram.edges[0] == pytest.approx(-0.5)
+    assert comparison.histogram.edges[-1] == pytest.approx(0.5)
+    # 0 is in [0.0, 0.1), the 6th bin.
+    assert comparison.histogram.counts == (0, 0, 0, 0, 0, 2, 0, 0, 0, 0)
+
+
+def test_probabilities_compare_the_most_probable_labels_and_every_probability(shadow: Shadow) -> None:
+    store(
+        shadow,
+        # setosa against versicolor; the largest difference is 0.9 - 0.4 = 0.5.
+        pair([{"setosa": 0.9, "versicolor": 0.1}], [{"setosa": 0.4, "versicolor": 0.6}]),
+        # versicolor both; differences 0.125.
+        pair([{"setosa": 0.25, "versicolor": 0.75}], [{"setosa": 0.125, "versicolor": 0.875}]),
+    )
+
+    comparison = shadow_comparison(shadow)
+
+    assert comparison.kind == "probabilities"
+    assert (comparison.agreed, comparison.agreement_rate) == (1, 0.5)
+    assert comparison.confusion == ConfusionTable(
+        labels=("setosa", "versicolor"), others=False, counts=((0, 1), (0, 1))
+    )
+    assert comparison.max_abs_difference == pytest.approx(0.5)
+    assert comparison.mean_abs_difference is None
+
+
+def test_other_answers_are_compared_exactly(shadow: Shadow) -> None:
+    store(
+        shadow,
+        pair([[1, 2], [3, 4]], [[1, 2], [3, 5]]),  # the second row differs
+        pair(None, None),  # neither answer was JSON: one row each, the same
+    )
+
+    comparison = shadow_comparison(shadow)
+
+    assert comparison.kind == "other"
+    assert (comparison.rows_compared, comparison.agreed) == (3, 2)
+    assert comparison.agreement_rate == pytest.approx(2 / 3)
+    assert comparison.confusion is None
+
+
+def test_the_kind_is_what_most_live_rows_are_and_odd_rows_never_agree(shadow: Shadow) -> None:
+    # Two labels and one number (equal on both sides): a class comparison with an unmatched row.
+    store(shadow, pair(["a", "b", 3], ["a", "b", 3]), pair([True, False], [True, True]))
+
+    comparison = shadow_comparison(shadow)
+
+    assert comparison.kind == "class"
+    assert (comparison.rows_compared, comparison.rows_unmatched, comparison.agreed) == (5, 1, 3)
+    assert comparison.agreement_rate == pytest.approx(3 / 5)
+    # R's logicals are the labels TRUE and FALSE.
+    assert comparison.confusion is not None
+    assert comparison.confusion.labels == ("FALSE", "TRUE", "a", "b")
+    assert comparison.confusion.counts[0] == (0, 1, 0, 0)
+
+
+def test_the_confusion_table_keeps_the_most_frequent_labels_and_adds_up_the_others(shadow: Shadow) -> None:
+    # Label i answered 12 - i times by both: l10 (twice) and l11 (once) are the least frequent.
+    labels = [f"l{i:02d}" for i in range(12) for _ in range(12 - i)]
+    store(shadow, pair(labels, labels))
+
+    confusion = shadow_comparison(shadow).confusion
+
+    assert confusion is not None
+    assert confusion.labels == tuple(f"l{i:02d}" for i in range(CONFUSION_LABELS))
+    assert confusion.others
+    # The diagonal: 12, 11, ..., 3, then the others' 2 + 1.
+    assert [confusion.counts[i][i] for i in range(CONFUSION_LABELS + 1)] == [*range(12, 2, -1), 3]
+    assert sum(map(sum, confusion.counts)) == len(labels)
+
+
+def test_a_shadow_without_pairs_has_no_figures_yet(shadow: Shadow) -> None:
+    comparison = shadow_comparison(shadow)
+
+    assert comparison.kind == ""
+    assert (comparison.requests, comparison.rows_compared, comparison.copies_sent) == (0, 0, 9)
+    assert comparison.agreement_rate is None
+    assert comparison.error_rate is None
+    assert comparison.live_latency == Latency(None, None)
+
+
+def test_the_pairs_are_read_in_one_streamed_query(shadow: Shadow, django_assert_num_queries: Any) -> None:
+    store(shadow, *(pair(["setosa"] * 100, ["setosa"] * 99 + ["virginica"], live_ms=i) for i in range(1200)))
+
+    with django_assert_num_queries(1):
+        comparison = shadow_comparison(shadow)
+
+    assert (comparison.requests, comparison.rows_compared, comparison.agreed) == (1200, 120_000, 118_800)
+    assert comparison.confusion is not None
+    assert comparison.confusion.counts == ((118_800, 1200), (0, 0))
+
+
+def test_the_latest_shadow_is_the_active_one_or_else_the_newest(shadow: Shadow, owner: User) -> None:
+    endpoint = shadow.endpoint
+    assert shadow_latest(endpoint) == shadow
+    Shadow.objects.filter(pk=shadow.pk).update(status=Shadow.Status.ENDED)
+    later = make_shadow(endpoint, make_model_version(owner), status=Shadow.Status.FAILED)
+    assert shadow_latest(endpoint) == later
+    assert shadow_latest(make_endpoint(owner, "never")) is None
