@@ -5,6 +5,7 @@ deployer/services/model_inspection.py."""
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -127,7 +128,7 @@ def model_version_upload(
     sample_extension = _check_sample(sample) if sample is not None else None
 
     storage = _artifact_storage()
-    base = f"models/{owner.pk}/{name}/{sha256}"
+    base = _stored_name(owner.pk, name, sha256)
     stored: list[str] = []
     try:
         file.seek(0)
@@ -150,12 +151,20 @@ def model_version_upload(
             storage.delete(stored_name)
         raise
     if not created:
-        # Another request stored the same bytes first: keep its files, drop ours. Ours may
-        # have the same name as its: Django moves a temporary upload by checking the name is
-        # free and then renaming, which overwrites a file another request moved there meanwhile.
-        for stored_name in set(stored) - {model_version.artifact.name, model_version.sample.name}:
+        # Another request stored the same bytes first: keep its files, drop ours.
+        for stored_name in stored:
             storage.delete(stored_name)
     return UploadOutcome(model_version, created=created)
+
+
+def _stored_name(owner_id: int, name: str, sha256: str) -> str:
+    """Where one request stores a version's files (without the extension): a name no other
+    request writes, so a request never overwrites nor, cleaning up, deletes a file another
+    request's row references. A name derived from the bytes alone would be shared by two
+    uploads of the same bytes at once: Django moves a temporary upload by checking that the
+    name is free and then renaming (S3 simply overwrites), so the second sample replaced
+    the first's, and a failed request's cleanup deleted the model the other's row held."""
+    return f"models/{owner_id}/{name}/{sha256}-{secrets.token_hex(8)}"
 
 
 def _retry_invalid(model_version: ModelVersion, *, sample: UploadedFile | None, requested: list[str]) -> ModelVersion:
@@ -166,7 +175,8 @@ def _retry_invalid(model_version: ModelVersion, *, sample: UploadedFile | None, 
         extension = _check_sample(sample)
         sample.seek(0)
         new_sample = storage.save(
-            f"models/{model_version.owner_id}/{model_version.name}/{model_version.sha256}.sample.{extension}", sample
+            f"{_stored_name(model_version.owner_id, model_version.name, model_version.sha256)}.sample.{extension}",
+            sample,
         )
     try:
         with transaction.atomic():

@@ -3,18 +3,25 @@ Celery worker taking an upload to `ready`."""
 
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
+from django.db import OperationalError
 from rest_framework.test import APIClient
 
 from deployer.models import Endpoint, ModelVersion
+from deployer.services import model_intake
+from deployer.services.model_intake import UploadOutcome, model_version_upload
 from deployer.tests.intake_support import MODELS_URL, tar_gz, wait_for_verdict, zip_bytes
 from testsupport.factories import make_endpoint
 from testsupport.r_models import expected, rows_csv
@@ -212,6 +219,89 @@ def test_a_sample_is_stored_beside_the_model(owner: User, api_client_for: Any, l
 
     assert response.status_code == 201
     assert ModelVersion.objects.get(pk=response.json()["id"]).sample.read() == b"wt\n2.5\n3.1\n"
+
+
+def temporary_upload(name: str, content: bytes) -> TemporaryUploadedFile:
+    """An upload as the doors' handler leaves it: a temporary file the storage moves into place."""
+    upload = TemporaryUploadedFile(name, "application/octet-stream", len(content), None)
+    upload.write(content)
+    upload.seek(0)
+    return upload
+
+
+def upload(owner: User, model: bytes, sample: bytes) -> UploadOutcome:
+    files = temporary_upload("model.rds", model), temporary_upload("rows.csv", sample)
+    try:
+        return model_version_upload(owner=owner, name="cars", file=files[0], sample=files[1])
+    finally:
+        for file in files:
+            file.close()
+
+
+@contextmanager
+def meanwhile(suffix: str, other: Callable[[], Any]) -> Iterator[list[Any]]:
+    """Runs ``other`` once, when this request moves a file whose name ends in ``suffix``
+    into the storage, after the name was found free and before the rename: where two
+    requests saving the same name meet. Yields [what ``other`` returned] once it ran."""
+    rename = os.rename
+    ran: list[Any] = []
+
+    def placing(source: Any, destination: Any) -> None:
+        if not ran and str(destination).endswith(suffix):
+            ran.append(None)
+            ran[0] = other()
+        rename(source, destination)
+
+    with mock.patch("django.core.files.move.os.rename", placing):
+        yield ran
+    assert ran, f"nothing was moved to a name ending in {suffix}"
+
+
+@pytest.mark.django_db
+def test_the_same_bytes_uploaded_twice_at_once_keep_the_first_rows_sample(
+    owner: User, lm_rds: bytes, new_files: Any
+) -> None:
+    with meanwhile(".csv", lambda: upload(owner, lm_rds, b"wt\n2.5\n")) as first:
+        second = upload(owner, lm_rds, b"wt\n9.9\n")
+
+    assert first[0].created
+    assert not second.created
+    assert second.model_version == first[0].model_version
+    kept = ModelVersion.objects.get(owner=owner, name="cars")
+    assert kept.sample.read() == b"wt\n2.5\n"
+    assert kept.artifact.read() == lm_rds
+    # The second request's files are gone; the first's stay.
+    assert new_files() == {Path(kept.artifact.path), Path(kept.sample.path)}
+
+
+@pytest.mark.django_db
+def test_a_failed_upload_cleans_up_only_its_own_files_never_another_rows(
+    owner: User, lm_rds: bytes, new_files: Any
+) -> None:
+    create_row = model_intake._create_row
+    first_done: list[bool] = []
+
+    def failing_after_the_first(**arguments: Any) -> Any:
+        if first_done:
+            raise OperationalError("the database went away")
+        return create_row(**arguments)
+
+    def first_upload() -> UploadOutcome:
+        outcome = upload(owner, lm_rds, b"wt\n2.5\n")
+        first_done.append(True)
+        return outcome
+
+    with (
+        mock.patch.object(model_intake, "_create_row", failing_after_the_first),
+        meanwhile(".rds", first_upload),
+        pytest.raises(OperationalError),
+    ):
+        upload(owner, lm_rds, b"wt\n9.9\n")
+
+    kept = ModelVersion.objects.get(owner=owner, name="cars")
+    assert kept.artifact.read() == lm_rds
+    assert kept.sample.read() == b"wt\n2.5\n"
+    assert new_files() == {Path(kept.artifact.path), Path(kept.sample.path)}
 
 
 @pytest.mark.django_db
