@@ -1,5 +1,5 @@
 """Fixtures for the R serving runtime: models trained by real R at test time (testsupport/r_models.py), and `serve`
-started on a free port.
+started on a free port (another one when HAProxy could not bind it: see PORT_ATTEMPTS).
 
 Nothing here needs Django: run these tests with `pytest -p no:django container_templates` too.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from testsupport.ports import free_port
+from testsupport.ports import PORT_ATTEMPTS, free_port
 from testsupport.r_models import expected as expected_of
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
@@ -94,6 +94,39 @@ def stop(server: Server) -> None:
             server.process.wait()
 
 
+def launch(model_dir: Path, port: int, log_path: Path, env: dict[str, str]) -> Server:
+    full_env = {
+        **os.environ,
+        "RDEPLOY_MODEL_DIR": str(model_dir),
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "RDEPLOY_BIND": "127.0.0.1",
+        **env,
+    }
+    with log_path.open("wb") as log:
+        # A process group of its own, so a failed test can still kill everything.
+        process = subprocess.Popen(
+            [str(SERVE)], env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Server(port, process, log_path, env)
+
+
+def listens(server: Server, timeout: float = 30) -> bool:
+    """Whether serve's HAProxy bound the port (it answers 503 until the model is loaded);
+    False when another process took the port first (serve then exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = server.log()
+        if "cannot bind socket" in log:
+            stop(server)
+            return False
+        if "Loading success." in log:
+            return True
+        if server.process.poll() is not None:
+            raise RuntimeError(f"serve exited with {server.process.returncode}:\n{log}")
+        time.sleep(0.05)
+    raise TimeoutError(f"serve's HAProxy did not start within {timeout} s:\n{server.log()}")
+
+
 @pytest.fixture(scope="session")
 def models(r_models: Path) -> Path:
     """Directory of trained model directories, one per case of testsupport/train_models.R."""
@@ -106,22 +139,14 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     started: list[Server] = []
 
     def start(model_dir: Path, wait: bool = True, **env: str) -> Server:
-        port = free_port()
-        log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-        full_env = {
-            **os.environ,
-            "RDEPLOY_MODEL_DIR": str(model_dir),
-            "SAGEMAKER_BIND_TO_PORT": str(port),
-            "RDEPLOY_BIND": "127.0.0.1",
-            **env,
-        }
-        with log_path.open("wb") as log:
-            # A process group of its own, so a failed test can still kill everything.
-            process = subprocess.Popen(
-                [str(SERVE)], env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        server = Server(port, process, log_path, env)
-        started.append(server)
+        # HAProxy cannot bind port 0 and say which it got: a free port, another if taken.
+        for _ in range(PORT_ATTEMPTS):
+            server = launch(model_dir, free_port(), tmp_path_factory.mktemp("serve") / "serve.log", env)
+            started.append(server)
+            if listens(server):
+                break
+        else:
+            raise RuntimeError(f"serve found no free port:\n{server.log()}")
         if wait:
             wait_until_ready(server)
         return server

@@ -19,7 +19,6 @@ import pytest
 from container_templates.tests.conftest import Response
 from deployer.integrations.containers import cli
 from deployer.services.images import serving_image_ensure
-from testsupport.ports import free_port
 
 # The packages of every model in testsupport/train_models.R (lm and glm need none).
 TEST_MODEL_PACKAGES = ["randomForest", "ranger", "rpart", "e1071"]
@@ -66,24 +65,28 @@ def serve() -> Iterator[Any]:
     started: list[str] = []
 
     def start(image: str, model_dir: Path, timeout: float = 60) -> ServingContainer:
-        container = ServingContainer(f"rdeploy-test-serving-{uuid.uuid4().hex[:8]}", free_port())
-        started.append(container.name)
-        # SageMaker's `docker run <image> serve`; the name and labels only let the session find it.
+        name = f"rdeploy-test-serving-{uuid.uuid4().hex[:8]}"
+        started.append(name)
+        # SageMaker's `docker run <image> serve`; the name and labels only let the session
+        # find it. No host port given: the engine binds one it finds free (none can take it
+        # between a pick and the bind) and `port` says which.
         cli.check(
             [
                 "run",
                 "--detach",
                 "--name",
-                container.name,
+                name,
                 *cli.installation_labels("test-serving"),
                 "--volume",
                 f"{model_dir}:/opt/ml/model:ro",
                 "--publish",
-                f"127.0.0.1:{container.port}:8080",
+                "127.0.0.1::8080",
                 image,
                 "serve",
             ]
         )
+        published = cli.check(["port", name, "8080/tcp"]).split()[0]
+        container = ServingContainer(name, int(published.rsplit(":", 1)[1]))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

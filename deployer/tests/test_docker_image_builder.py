@@ -2,7 +2,7 @@
 one pushed for SageMaker, by the real engine (podman here) into a real registry.
 
 ECR's API is moto; the push and pull go to `docker-registry` (Debian's OCI registry) on a
-free port, plain HTTP, which podman reaches through a registries.conf entry marking it
+port it could bind, plain HTTP, which podman reaches through a registries.conf entry marking it
 insecure (CONTAINERS_REGISTRIES_CONF; production ECR is HTTPS and needs none). The
 `registry_as_ecr` fixture makes the ECR module name that registry: the repository URI and
 the login's registry, and an image "exists" in ECR once moto or the registry has it.
@@ -11,13 +11,9 @@ the login's registry, and an image "exists" in ECR once moto or the registry has
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,55 +34,34 @@ from deployer.targets.sagemaker.names import rollout_name
 from deployer.tests.image_support import make_cran_repository, nothing_installs
 from deployer.tests.sagemaker_support import builds_started, drive, latest, push_image, stub_model
 from testsupport.moto import MotoServer
-from testsupport.ports import free_port
+from testsupport.services import OciRegistry
 from testsupport.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 
-@dataclass(frozen=True)
-class Registry:
-    address: str
-
-    def tags(self, repository: str) -> list[str]:
-        try:
-            with urllib.request.urlopen(f"http://{self.address}/v2/{repository}/tags/list", timeout=5) as response:
-                return list(json.load(response).get("tags") or [])
-        except urllib.error.HTTPError as error:
-            if error.code == 404:
-                return []
-            raise
-
-
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A real OCI registry (docker-registry) with its storage in a temporary directory."""
-    directory = tmp_path_factory.mktemp("registry")
-    address = f"127.0.0.1:{free_port()}"
-    config = directory / "config.yml"
-    config.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {directory / 'storage'}\nhttp:\n  addr: {address}\n"
-    )
-    (directory / "registries.conf").write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
-    with (directory / "registry.log").open("wb") as log:
-        server = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"http://{address}/v2/", timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, (directory / "registry.log").read_text()
-            time.sleep(0.1)
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    """A real OCI registry (docker-registry) with its storage in a temporary directory, on a
+    port it could bind (testsupport/services.py)."""
+    registry = OciRegistry(tmp_path_factory.mktemp("registry"))
+    registry.start()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CONTAINERS_REGISTRIES_CONF", str(directory / "registries.conf"))
-        yield Registry(address)
-    server.terminate()
-    server.wait(timeout=10)
+        patch.setenv("CONTAINERS_REGISTRIES_CONF", str(registry.registries_conf))
+        yield registry
+    registry.stop()
+
+
+def pushed_tags(registry: OciRegistry, repository: str) -> list[str]:
+    tags = registry.tags(repository)
+    assert tags is not None, "the registry does not answer"
+    return tags
 
 
 @pytest.fixture
-def registry_as_ecr(aws: MotoServer, registry: Registry, monkeypatch: pytest.MonkeyPatch, settings: Any) -> Registry:
+def registry_as_ecr(
+    aws: MotoServer, registry: OciRegistry, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> OciRegistry:
     settings.RDEPLOY_IMAGE_BUILDER = "docker"
     ensure_repository, image_exists = ecr.ensure_repository, ecr.image_exists
 
@@ -104,7 +79,9 @@ def registry_as_ecr(aws: MotoServer, registry: Registry, monkeypatch: pytest.Mon
     monkeypatch.setattr(ecr, "ensure_repository", repository_in_registry)
     monkeypatch.setattr(ecr, "docker_login", login_to_registry)
     monkeypatch.setattr(
-        ecr, "image_exists", lambda repository, tag: image_exists(repository, tag) or tag in registry.tags(repository)
+        ecr,
+        "image_exists",
+        lambda repository, tag: image_exists(repository, tag) or tag in (registry.tags(repository) or []),
     )
     return registry
 
@@ -156,7 +133,7 @@ def remove_image(image: str) -> None:
 
 
 def test_the_image_built_on_this_machine_is_the_one_pushed_and_pulled_back_byte_for_byte(
-    registry_as_ecr: Registry, owner: User, api_client_for: Any, monkeypatch: pytest.MonkeyPatch
+    registry_as_ecr: OciRegistry, owner: User, api_client_for: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = stub_model(owner)
     local = serving_image_ensure(packages=["randomForest"])
@@ -175,7 +152,7 @@ def test_the_image_built_on_this_machine_is_the_one_pushed_and_pulled_back_byte_
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
     tag = image_build_context(model).tag
     pushed = f"{registry_as_ecr.address}/rdeploy-runtime:{tag}"
-    assert tag in registry_as_ecr.tags("rdeploy-runtime")
+    assert tag in pushed_tags(registry_as_ecr, "rdeploy-runtime")
     assert not any(command[0] == "build" for command in commands)  # nothing was built: it was there
     # The login's password went on stdin, into a config private to the build, deleted with it.
     token = aws_client("ecr").get_authorization_token()["authorizationData"][0]["authorizationToken"]
@@ -196,7 +173,7 @@ def test_the_image_built_on_this_machine_is_the_one_pushed_and_pulled_back_byte_
 
 
 def test_a_package_set_without_a_local_image_is_built_detached_for_sagemakers_platform_then_pushed(
-    registry_as_ecr: Registry, owner: User, api_client_for: Any
+    registry_as_ecr: OciRegistry, owner: User, api_client_for: Any
 ) -> None:
     model = stub_model(owner, packages={"required": [{"name": "rpart"}, {"name": "e1071"}]})
     context = image_build_context(model)
@@ -207,7 +184,7 @@ def test_a_package_set_without_a_local_image_is_built_detached_for_sagemakers_pl
     assert deployment.status == Deployment.Status.SUCCEEDED, deployment.error
     # Two detached jobs, the build then the push, whose lines reached the log.
     assert deployment.steps.get(name="build_image").intent["docker"]["phase"] == "push"
-    assert context.tag in registry_as_ecr.tags("rdeploy-runtime")
+    assert context.tag in pushed_tags(registry_as_ecr, "rdeploy-runtime")
     lines = build_lines(deployment)
     assert f"STEP 1/11: FROM {context.base_image}" in lines
     # Tagged with the local name too: local endpoints and inspection reuse it.
@@ -219,7 +196,7 @@ def test_a_package_set_without_a_local_image_is_built_detached_for_sagemakers_pl
 
 
 def test_a_failing_build_fails_the_step_with_its_last_lines(
-    registry_as_ecr: Registry, owner: User, api_client_for: Any
+    registry_as_ecr: OciRegistry, owner: User, api_client_for: Any
 ) -> None:
     model = stub_model(owner, packages={"required": [{"name": "rdeploynosuchpackage"}]})
 
@@ -230,11 +207,11 @@ def test_a_failing_build_fails_the_step_with_its_last_lines(
     assert message.startswith("The image build failed: podman build exited with status ")
     assert "not in Debian (as r-cran-*) and RDEPLOY_CRAN_REPO is not set: rdeploynosuchpackage" in message
     assert not docker_build_dir(deployment.resources[ExternalResource.Kind.DOCKER_BUILD]).exists()
-    assert image_build_context(model).tag not in registry_as_ecr.tags("rdeploy-runtime")
+    assert image_build_context(model).tag not in pushed_tags(registry_as_ecr, "rdeploy-runtime")
 
 
 def test_an_image_already_in_ecr_starts_no_build_and_no_push(
-    registry_as_ecr: Registry, owner: User, api_client_for: Any
+    registry_as_ecr: OciRegistry, owner: User, api_client_for: Any
 ) -> None:
     model = stub_model(owner)
     aws_client("ecr").create_repository(repositoryName="rdeploy-runtime")
@@ -263,7 +240,7 @@ def test_the_docker_builder_without_an_engine_command_fails_naming_the_setting(
 
 @pytest.fixture
 def held_build(
-    registry_as_ecr: Registry, owner: User, api_client_for: Any, settings: Any, tmp_path: Path
+    registry_as_ecr: OciRegistry, owner: User, api_client_for: Any, settings: Any, tmp_path: Path
 ) -> tuple[Deployment, str]:
     """A rollout whose build runs in the background for a minute (its one package sleeps
     while R installs it), and the build job's process marker."""
