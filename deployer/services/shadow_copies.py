@@ -2,16 +2,28 @@
 
 The gateway answers the caller first; then ``shadow_copy_offer`` decides (the shadow's
 sample percent) whether this request is copied and puts it on a bounded in-process queue
-without waiting. One sender thread per web process sends each copy to the shadow's
-runtime, pairs the two answers and stores the pairs in batches (``ShadowPair``), so a
-slow or failing shadow costs callers nothing: a full queue drops the copy and counts it.
-Copies still queued when the process exits are lost (they are samples).
+without waiting. ``SENDERS`` threads per web process send each copy to the shadow's
+runtime, pair the two answers and store the pairs in batches (``ShadowPair``), so a slow
+or failing shadow costs callers nothing: a full queue drops the copy and counts it.
+
+A hung shadow holds a sender for the deadline its runtime facts give (``timeout``, the
+local target's 5 s) instead of the live route's minute, and a copy that waited longer than
+``queue_seconds`` for a sender is dropped (counted) rather than sent late: copies stay
+recent, and a shadow's end only waits that long for those in flight. Two senders, so one
+copy waiting on that deadline does not stop the others.
+
+Each sender has its own database connection (Django's are per thread): closed after an
+error so the next batch reconnects (a database restart loses the batch, not the
+sender), and re-made after a fork (a queue made before gunicorn forked its workers has
+no sender there, so each process makes its own). Copies still queued when the process
+exits are lost (they are samples).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import random
 import threading
@@ -21,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from django.db.models import F
 
 from deployer.models import Shadow, ShadowPair
@@ -35,6 +47,13 @@ FLUSH_PAIRS = 50
 FLUSH_SECONDS = 0.5
 # Kept of a shadow's error answer.
 MAX_ERROR_CHARS = 500
+SENDERS = 2
+# Request and answer bytes queued per process at most (besides SHADOW_QUEUE_SIZE copies):
+# answers may be megabytes each.
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+# A copy's deadlines when the runtime facts give none.
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_QUEUE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -47,24 +66,41 @@ class _Copy:
     live_status: int
     live_body: bytes
     live_ms: float
+    queued_at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.live_body)
 
 
 _queue: queue.Queue[_Copy] | None = None
+# The process that made _queue and its senders: a forked child makes its own.
+_queue_pid = 0
 _queue_lock = threading.Lock()
+_queued_bytes = 0
 # Dropped copies per shadow since the last flush (added to Shadow.copies_dropped there).
 _dropped: dict[int, int] = {}
 
 
 def _copies() -> queue.Queue[_Copy]:
-    """This process's queue, with its sender thread started on first use."""
-    global _queue
-    if _queue is None:
+    """This process's queue, with its sender threads started on first use."""
+    global _queue, _queue_pid, _queued_bytes
+    if _queue is None or _queue_pid != os.getpid():
         with _queue_lock:
-            if _queue is None:
+            if _queue is None or _queue_pid != os.getpid():
                 made: queue.Queue[_Copy] = queue.Queue(maxsize=settings.SHADOW_QUEUE_SIZE)
-                threading.Thread(target=_send_forever, args=(made,), name="shadow-copies", daemon=True).start()
-                _queue = made
+                for number in range(SENDERS):
+                    threading.Thread(
+                        target=_send_forever, args=(made,), name=f"shadow-copies-{number}", daemon=True
+                    ).start()
+                _queue, _queue_pid, _queued_bytes = made, os.getpid(), 0
+                _dropped.clear()
     return _queue
+
+
+def _drop(shadow_id: int) -> None:
+    with _queue_lock:
+        _dropped[shadow_id] = _dropped.get(shadow_id, 0) + 1
 
 
 def shadow_copy_offer(
@@ -91,12 +127,23 @@ def shadow_copy_offer(
         live_status=live.status,
         live_body=live.body,
         live_ms=live_ms,
+        queued_at=time.monotonic(),
     )
+    global _queued_bytes
+    copies = _copies()
+    with _queue_lock:
+        fits = _queued_bytes + copy.size <= MAX_QUEUED_BYTES
+        if fits:
+            _queued_bytes += copy.size
+    if not fits:
+        _drop(copy.shadow_id)
+        return
     try:
-        _copies().put_nowait(copy)
+        copies.put_nowait(copy)
     except queue.Full:
         with _queue_lock:
-            _dropped[copy.shadow_id] = _dropped.get(copy.shadow_id, 0) + 1
+            _queued_bytes -= copy.size
+        _drop(copy.shadow_id)
 
 
 def answer_output(body: bytes) -> Any:
@@ -113,10 +160,16 @@ def answer_output(body: bytes) -> Any:
     return parsed
 
 
-def _pair(copy: _Copy) -> ShadowPair:
+def _pair(copy: _Copy) -> ShadowPair | None:
+    """Send the copy and pair the answers; None (and counted as dropped) when it waited too
+    long for a sender."""
+    if time.monotonic() - copy.queued_at > float(copy.runtime.get("queue_seconds", DEFAULT_QUEUE_SECONDS)):
+        _drop(copy.shadow_id)
+        return None
     started = time.perf_counter()
     try:
-        answer: InvocationResult | None = get_target(copy.target).invoke(copy.runtime, copy.body, copy.headers)
+        runtime = {"timeout": DEFAULT_TIMEOUT, **copy.runtime}
+        answer: InvocationResult | None = get_target(copy.target).invoke(runtime, copy.body, copy.headers)
         error = ""
     except RuntimeUnavailable as exc:
         answer, error = None, f"The shadow did not answer: {exc}"
@@ -139,21 +192,30 @@ def _pair(copy: _Copy) -> ShadowPair:
 
 
 def _send_forever(copies: queue.Queue[_Copy]) -> None:
+    global _queued_bytes
     batch: list[ShadowPair] = []
-    first_at = 0.0
+    # When the pairs (and dropped counts) gathered since the last store are stored.
+    flush_at: float | None = None
     while True:
-        timeout = max(0.0, first_at + FLUSH_SECONDS - time.monotonic()) if batch else None
+        timeout = None if flush_at is None else max(0.0, flush_at - time.monotonic())
         try:
             copy = copies.get(timeout=timeout)
         except queue.Empty:
             copy = None
-        if copy is not None:
-            if not batch:
-                first_at = time.monotonic()
-            batch.append(_pair(copy))
-        if batch and (len(batch) >= FLUSH_PAIRS or time.monotonic() - first_at >= FLUSH_SECONDS):
-            shadow_pairs_store(batch)
-            batch = []
+        try:
+            if copy is not None:
+                with _queue_lock:
+                    _queued_bytes -= copy.size
+                if (pair := _pair(copy)) is not None:
+                    batch.append(pair)
+                if flush_at is None:
+                    flush_at = time.monotonic() + FLUSH_SECONDS
+            if flush_at is not None and (len(batch) >= FLUSH_PAIRS or time.monotonic() >= flush_at):
+                shadow_pairs_store(batch)
+                batch, flush_at = [], None
+        except Exception:  # nothing may end a sender: its process would copy no more
+            logger.exception("the shadow copy sender failed; %d pairs lost", len(batch))
+            batch, flush_at = [], None
 
 
 def shadow_pairs_store(pairs: list[ShadowPair]) -> None:
@@ -184,3 +246,5 @@ def shadow_pairs_store(pairs: list[ShadowPair]) -> None:
                 ShadowPair.objects.filter(shadow_id=shadow_id, id__lt=cutoff[0]).delete()
     except DatabaseError:
         logger.exception("storing %d shadow pairs failed; they are lost", len(pairs))
+        # A connection a database restart cut: the next batch opens a new one.
+        connection.close()

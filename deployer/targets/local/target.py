@@ -1,6 +1,6 @@
-"""The ``local`` target's operations: options, the rollout and teardown steps (``STEPS``),
-invocation through the runtime's socket, supervision (restarts with backoff), reaping and
-log collection. See the package's docstring for the design."""
+"""The ``local`` target's operations: options, the rollout, shadow and teardown steps
+(``STEPS``), invocation through the runtime's socket, supervision (restarts with backoff),
+reaping and log collection. See the package's docstring for the design."""
 
 from __future__ import annotations
 
@@ -34,7 +34,14 @@ from deployer.targets.base import (
 )
 from deployer.targets.local.image import runtime_image
 from deployer.targets.local.logs import keep_last_logs, last_lines
-from deployer.targets.local.paths import IMAGE_BUILD_DIR, container_name, endpoint_dir, rollout_dir, socket_dir
+from deployer.targets.local.paths import (
+    IMAGE_BUILD_DIR,
+    container_name,
+    endpoint_dir,
+    rollout_dir,
+    socket_dir,
+    socket_pool_key,
+)
 from deployer.targets.local.runtime import (
     DEFAULT_MEMORY_MB,
     DEFAULT_OPTIONS,
@@ -55,6 +62,14 @@ logger = logging.getLogger(__name__)
 # The previous runtime stops this long after the switch: every web process has seen the
 # new route by then, and requests already sent to the old runtime have had time to finish.
 DRAIN_SECONDS = ROUTE_CACHE_SECONDS + 1.5
+# A copy to a shadow must answer within this (the live route has 65 s): a hung shadow
+# holds a web process's sender for seconds, not a minute (deployer/services/shadow_copies.py
+# also drops a copy that waited longer than SHADOW_QUEUE_SECONDS for a sender).
+SHADOW_INVOKE_SECONDS = 5.0
+SHADOW_QUEUE_SECONDS = 2.0
+# A shadow's runtime is removed this long after copies stopped going to it: every web
+# process has seen that, and every copy already queued has been sent or dropped.
+SHADOW_DRAIN_SECONDS = DRAIN_SECONDS + SHADOW_QUEUE_SECONDS + SHADOW_INVOKE_SECONDS
 # Crash supervision: restart with exponential backoff; fail after this many crashes
 # within CRASH_WINDOW seconds.
 MAX_CRASHES = 5
@@ -64,6 +79,49 @@ CRASH_WINDOW = 600
 def _gateway_error(status: int, message: str) -> InvocationResult:
     """An answer of the gateway's own, shaped as its other errors (deployer/services/gateway.py)."""
     return InvocationResult(status, json.dumps({"message": message}).encode(), {"Content-Type": "application/json"})
+
+
+class _Route:
+    """Where a supervised container's socket is routed: the live route or the shadow's.
+    Each write holds only while the route still names that container (a switch or an
+    end_shadow may have moved it since the reconciler read the endpoint)."""
+
+    # How its messages name the runtime.
+    runtime_name = "The R runtime"
+
+    def __init__(self, endpoint: Endpoint, container: str) -> None:
+        self.endpoint, self.container = endpoint, container
+
+    def socket(self) -> str | None:
+        return self.endpoint.runtime.get("socket")
+
+    def set_socket(self, socket_path: str | None) -> None:
+        runtime = {**self.endpoint.runtime, "socket": socket_path}
+        Endpoint.objects.filter(pk=self.endpoint.pk, runtime__container=self.container).update(
+            runtime=runtime, updated_at=timezone.now()
+        )
+        self.endpoint.runtime = runtime
+
+
+class _ShadowRoute(_Route):
+    runtime_name = "The shadow's R runtime"
+
+    def socket(self) -> str | None:
+        return (self.endpoint.shadow_runtime.get("runtime") or {}).get("socket")
+
+    def set_socket(self, socket_path: str | None) -> None:
+        facts = self.endpoint.shadow_runtime
+        value = {**facts, "runtime": {**facts["runtime"], "socket": socket_path}}
+        self._write(value)
+
+    def stop_copies(self) -> None:
+        self._write({})
+
+    def _write(self, value: dict[str, Any]) -> None:
+        Endpoint.objects.filter(pk=self.endpoint.pk, shadow_runtime__runtime__container=self.container).update(
+            shadow_runtime=value, updated_at=timezone.now()
+        )
+        self.endpoint.shadow_runtime = value
 
 
 class LocalTarget(Target):
@@ -110,6 +168,12 @@ class LocalTarget(Target):
             return ["stop_runtime"]
         if kind == Deployment.Kind.START:
             return ["resume_runtime", "wait_healthy", "smoke_test", "switch_traffic"]
+        if kind == Deployment.Kind.SHADOW:
+            return ["prepare_model_dir", "start_runtime", "wait_healthy", "smoke_test", "route_shadow"]
+        if kind == Deployment.Kind.PROMOTE:
+            return ["adopt_shadow", "switch_traffic", "stop_previous"]
+        if kind == Deployment.Kind.END_SHADOW:
+            return ["unroute_shadow", "stop_shadow"]
         return ["prepare_model_dir", "start_runtime", "wait_healthy", "smoke_test", "switch_traffic", "stop_previous"]
 
     def run_step(self, name: str, ctx: StepContext) -> StepOutcome:
@@ -153,7 +217,8 @@ class LocalTarget(Target):
             if served is not None
             else None
         )
-        directory = rollout_dir(served) if served is not None else None
+        # The kept container's own directory: a promoted shadow's is its shadow rollout's.
+        directory = Path(kept.details["directory"]) if kept is not None else None
         if kept is None or directory is None or not (directory / ".model-complete").exists():
             raise PermanentStepError(
                 "What this endpoint served before is gone (its image or model directory); deploy a version again."
@@ -263,6 +328,73 @@ class LocalTarget(Target):
             self._remove(ctx, resource)
         return StepOutcome.done("Stopped the previous runtime.")
 
+    # --- shadow steps -----------------------------------------------------------------
+    def _route_shadow(self, ctx: StepContext) -> StepOutcome:
+        resource = self._container(ctx)
+        runtime = {
+            "container": resource.identifier,
+            "socket": resource.details["socket"],
+            "timeout": SHADOW_INVOKE_SECONDS,
+            "queue_seconds": SHADOW_QUEUE_SECONDS,
+            # Its own connection pool: the live runtime's is not closed by each copy.
+            "pool": "shadow",
+        }
+        if ctx.endpoint.shadow_runtime.get("runtime") != runtime:
+            ctx.set_shadow_runtime(runtime=runtime)
+        return StepOutcome.done(f"Copies of live requests go to {ctx.model_version} in {resource.identifier}.")
+
+    def _adopt_shadow(self, ctx: StepContext) -> StepOutcome:
+        ctx.adopt_shadow_resources()
+        # The shadow's runtime becomes the live one: no copies to it from now on.
+        if ctx.endpoint.shadow_runtime:
+            ctx.set_shadow_runtime()
+        resource = self._container(ctx)
+        name = resource.identifier
+        current = runtimes.state(name)
+        if current is None or not current.running:
+            raise PermanentStepError(
+                f"The shadow's runtime {name} is not running{oom_note(current)}, so it cannot take over; "
+                f"{ctx.endpoint.model_version} still serves. Its last log lines:\n{last_lines(name)}"
+            )
+        socket_path = resource.details.get("socket")
+        if not socket_path or not ping(socket_path):
+            raise TransientStepError(f"The shadow's runtime {name} does not answer /ping yet.")
+        return StepOutcome.done(f"Took over the shadow's runtime {name}: nothing is started again.")
+
+    def _unroute_shadow(self, ctx: StepContext) -> StepOutcome:
+        if ctx.endpoint.shadow_runtime:
+            ctx.set_shadow_runtime()
+        if "unrouted_at" not in ctx.intent:
+            ctx.intent["unrouted_at"] = time.time()
+            ctx.save_intent()
+        return StepOutcome.done("Copies of live requests no longer go to the shadow.")
+
+    def _stop_shadow(self, ctx: StepContext) -> StepOutcome:
+        shadow = self._shadow_resources(ctx)
+        if not shadow:
+            return StepOutcome.skipped("The shadow's runtime is already removed.")
+        unrouted_at = ctx.deployment.steps.get(name="unroute_shadow").intent.get("unrouted_at", 0)
+        remaining = unrouted_at + SHADOW_DRAIN_SECONDS - time.time()
+        if remaining > 0:
+            return StepOutcome.wait(remaining, "Letting the copies already sent to the shadow finish.")
+        for resource in reversed(shadow):
+            self._remove(ctx, resource)
+        return StepOutcome.done("Removed the shadow's runtime and its model directory.")
+
+    def _shadow_resources(self, ctx: StepContext) -> list[ExternalResource]:
+        """The container and model directory of the shadow an end_shadow deployment ends,
+        never what serves."""
+        shadow = ctx.shadow
+        if shadow is None:
+            return []
+        serving = ctx.endpoint.runtime.get("container")
+        return [
+            resource
+            for resource in ctx.deployment_resources(shadow.deployment)
+            if resource.kind in (ExternalResource.Kind.CONTAINER, ExternalResource.Kind.MODEL_DIR)
+            and resource.identifier != serving
+        ]
+
     def _remove(self, ctx: StepContext, resource: ExternalResource) -> None:
         if resource.kind == ExternalResource.Kind.CONTAINER:
             # Its last lines go with the container: keep them first.
@@ -276,13 +408,23 @@ class LocalTarget(Target):
 
     def discard(self, ctx: StepContext) -> None:
         serving = ctx.endpoint.runtime.get("container")
-        for resource in reversed(list(ctx.deployment_resources())):
+        resources = list(ctx.deployment_resources())
+        if ctx.deployment.kind in (*Deployment.SHADOW_KINDS, Deployment.Kind.PROMOTE):
+            # Whatever failed, the shadow is over: no copy goes to what is removed here.
+            if ctx.endpoint.shadow_runtime:
+                ctx.set_shadow_runtime()
+            if ctx.deployment.kind == Deployment.Kind.END_SHADOW:
+                resources = self._shadow_resources(ctx)
+        for resource in reversed(resources):
             if resource.identifier != serving:
                 self._remove(ctx, resource)
 
     # --- teardown ---------------------------------------------------------------------
     def _stop_runtime(self, ctx: StepContext) -> StepOutcome:
         ctx.set_runtime()
+        # A shadow's container is one of the endpoint's too, removed below.
+        if ctx.endpoint.shadow_runtime:
+            ctx.set_shadow_runtime()
         for resource in ctx.live_resources().filter(kind=ExternalResource.Kind.CONTAINER):
             self._remove(ctx, resource)
         return StepOutcome.done("Stopped the runtime.")
@@ -302,20 +444,31 @@ class LocalTarget(Target):
         "smoke_test": _smoke_test,
         "switch_traffic": _switch_traffic,
         "stop_previous": _stop_previous,
+        "route_shadow": _route_shadow,
+        "adopt_shadow": _adopt_shadow,
+        "unroute_shadow": _unroute_shadow,
+        "stop_shadow": _stop_shadow,
         "stop_runtime": _stop_runtime,
         "remove_files": _remove_files,
     }
 
     # --- serving ----------------------------------------------------------------------
     def invoke(self, runtime: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> InvocationResult:
+        """``runtime``: the live route's facts, or a shadow's (route_shadow), which add its
+        own deadline (``timeout``) and connection pool (``pool``)."""
         socket_path = runtime.get("socket")
         if not socket_path:
             raise RuntimeUnavailable("the endpoint has no running runtime")
+        seconds = float(runtime.get("timeout") or runtime_http.INVOCATION_SECONDS)
+        pool_key = socket_pool_key(str(socket_path))
+        if pool := runtime.get("pool"):
+            pool_key = f"{pool_key}#{pool}"
         try:
-            response = runtime_request(str(socket_path), "POST", "/invocations", body=body, headers=headers)
+            response = runtime_http.request(
+                str(socket_path), "POST", "/invocations", body=body, headers=headers, timeout=seconds, pool_key=pool_key
+            )
         except runtime_http.DeadlineExceeded:
-            seconds = runtime_http.INVOCATION_SECONDS
-            return _gateway_error(504, f"The model did not answer within {seconds:.0f} seconds.")
+            return _gateway_error(504, f"The model did not answer within {seconds:g} seconds.")
         except runtime_http.ResponseTooLarge:
             return _gateway_error(502, f"The model's answer is larger than {runtime_http.MAX_RESPONSE_BYTES} bytes.")
         except runtime_http.RuntimeHTTPError as exc:
@@ -332,7 +485,9 @@ class LocalTarget(Target):
 
     def check(self, endpoint: Endpoint) -> None:
         """Restart a runtime whose container stopped (a crash, the engine restarted), with
-        backoff; route traffic to the restarted one once its socket is locked and checked."""
+        backoff; route traffic to the restarted one once its socket is locked and checked.
+        A shadow's runtime is supervised the same way, except that crashing too often
+        stops the copies to it (the live version is fine) instead of failing the endpoint."""
         if legacy := endpoint.runtime.get("process"):
             # Started by an rdeploy that ran runtimes as host processes: stop it, never serve
             # model code outside a container again.
@@ -341,33 +496,44 @@ class LocalTarget(Target):
                 "This endpoint's runtime ran as a process on the server, which rdeploy no longer does; it was "
                 "stopped. Deploy the model again: it will run in a container."
             )
-        name = endpoint.runtime.get("container")
-        if not name:
-            return
+        if name := endpoint.runtime.get("container"):
+            self._supervise(endpoint, _Route(endpoint, name))
+        if name := (endpoint.shadow_runtime.get("runtime") or {}).get("container"):
+            try:
+                self._supervise(endpoint, _ShadowRoute(endpoint, name))
+            except PermanentStepError as exc:
+                _ShadowRoute(endpoint, name).stop_copies()
+                LogLine.objects.create(
+                    endpoint=endpoint,
+                    source=LogLine.Source.ENDPOINT,
+                    level=LogLine.Level.WARNING,
+                    message=f"Copies to the shadow stopped; stop or promote it. {exc.message}",
+                )
+
+    def _supervise(self, endpoint: Endpoint, route: _Route) -> None:
+        name = route.container
         resource = ExternalResource.objects.live().named(self.name, ExternalResource.Kind.CONTAINER, name).first()
         if resource is None:
             return
         details = dict(resource.details)
         current = runtimes.state(name)
         if current is not None and current.running:
-            if not endpoint.runtime.get("socket"):
-                self._route_to_restarted(endpoint, resource, wait=0)
+            if not route.socket():
+                self._route_to_restarted(route, resource, wait=0)
             return
         now = time.time()
         crashes = [t for t in details.get("crashes", []) if now - t < CRASH_WINDOW]
         if len(crashes) >= MAX_CRASHES:
             raise PermanentStepError(
-                f"The R runtime crashed {len(crashes)} times in {CRASH_WINDOW // 60} minutes and was not restarted "
-                f"again{oom_note(current)}. Its last log lines:\n{last_lines(name)}"
+                f"{route.runtime_name} crashed {len(crashes)} times in {CRASH_WINDOW // 60} minutes and was not "
+                f"restarted again{oom_note(current)}. Its last log lines:\n{last_lines(name)}"
             )
         if crashes and now - crashes[-1] < min(2 ** len(crashes), 60):
             return  # backing off; the next reconciler run restarts it
         keep_last_logs(endpoint, resource)
         start = int(details.get("start", 0)) + 1
         # No route while the new container's socket is unchecked.
-        Endpoint.objects.filter(pk=endpoint.pk).update(
-            runtime={**endpoint.runtime, "socket": None}, updated_at=timezone.now()
-        )
+        route.set_socket(None)
         directory = Path(details["directory"])
         shutil.rmtree(socket_dir(directory, start - 1), ignore_errors=True)
         assert resource.deployment is not None  # a container is recorded by its rollout
@@ -387,18 +553,19 @@ class LocalTarget(Target):
             endpoint=endpoint,
             source=LogLine.Source.ENDPOINT,
             level=LogLine.Level.WARNING,
-            message=f"The R runtime had stopped{oom_note(current)}; restarted it (restart {len(crashes) + 1}).",
+            message=(
+                f"{route.runtime_name} had stopped{oom_note(current)}; restarted it (restart {len(crashes) + 1})."
+            ),
         )
-        self._route_to_restarted(endpoint, resource, wait=RESTART_SOCKET_WAIT)
+        self._route_to_restarted(route, resource, wait=RESTART_SOCKET_WAIT)
 
-    def _route_to_restarted(self, endpoint: Endpoint, resource: ExternalResource, *, wait: float) -> None:
+    def _route_to_restarted(self, route: _Route, resource: ExternalResource, *, wait: float) -> None:
         directory = socket_dir(Path(resource.details["directory"]), int(resource.details["start"]))
         socket_path = lock_when_made(directory, resource, wait=wait)
         if socket_path is None:
             return  # still starting: the next reconciler run looks again
         resource.merge_details(socket=socket_path)
-        runtime = {**endpoint.runtime, "container": resource.identifier, "socket": socket_path}
-        Endpoint.objects.filter(pk=endpoint.pk).update(runtime=runtime, updated_at=timezone.now())
+        route.set_socket(socket_path)
 
     def reap(self) -> int:
         """Remove runtime containers whose resource was removed but which still exist: one
