@@ -26,9 +26,9 @@ from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from deployer.models import ApiToken, Deployment, Endpoint, ModelVersion
+from deployer.models import ApiToken, Deployment, Endpoint, ModelVersion, Shadow
 from deployer.services.tokens import api_token_create
-from testsupport.factories import make_endpoint, make_model_version
+from testsupport.factories import make_endpoint, make_model_version, make_shadow
 
 ROLES = ("anonymous", "owner", "colleague", "staff")
 # The dashboard's polling fragments answer 286 (htmx: stop polling) once nothing is in progress.
@@ -92,6 +92,12 @@ TABLE: dict[tuple[str, str, str], Row] = {
     ("endpoint-stop", "", "POST"): row(401, 202, 404, 202),
     # The endpoint is live: only a stopped one starts (409), but the caller was let through.
     ("endpoint-start", "", "POST"): row(401, 409, 404, 409),
+    # The endpoint's shadow has ended: it is shown, a new one starts, and there is none to
+    # promote or stop (409, but the caller was let through).
+    ("endpoint-shadow", "", "GET"): row(401, 200, 404, 200),
+    ("endpoint-shadow", "", "POST"): row(401, 202, 404, 202, data="shadow"),
+    ("endpoint-shadow-promote", "", "POST"): row(401, 409, 404, 409),
+    ("endpoint-shadow-stop", "", "POST"): row(401, 409, 404, 409),
     # No runtime answers in this test: the gateway's 503 means the request was let through.
     ("endpoint-invocations", "", "POST"): row(401, 503, 404, 503, data="csv"),
     # The public route knows API keys, not users: without the key, 403 for everyone.
@@ -140,7 +146,8 @@ class Owned:
 def owned(owner: User) -> Owned:
     model = make_model_version(owner, status=ModelVersion.Status.READY)
     other_version = make_model_version(owner, status=ModelVersion.Status.READY)
-    # Public, live, with a finished rollout and an earlier version: every action applies.
+    # Public, live, with a finished rollout, an earlier version and a shadow that ended:
+    # every action applies.
     endpoint = make_endpoint(
         owner, "owned", model_version=model, previous_model_version=other_version, status=Endpoint.Status.LIVE
     )
@@ -149,6 +156,7 @@ def owned(owner: User) -> Owned:
         endpoint=endpoint, model_version=model, kind=Deployment.Kind.CREATE, status=Deployment.Status.SUCCEEDED
     )
     endpoint.save()
+    make_shadow(endpoint, other_version, status=Shadow.Status.ENDED)
     spare = make_model_version(owner, "spare", status=ModelVersion.Status.READY)
     return Owned(model, spare, other_version, endpoint, api_token_create(user=owner, name="owned").token)
 
@@ -165,6 +173,7 @@ def _bodies(owned: Owned) -> dict[str, dict[str, Any]]:
         "deploy": {"name": "brand-new", "target": "local", "options": "{}"},
         "invoke": {"payload": "a,b\n1,2\n", "content_type": "text/csv"},
         "update": {"model_version": owned.other_version.pk},
+        "shadow": {"model": owned.other_version.pk, "sample_percent": 10, "duration": "2h"},
     }
 
 

@@ -1,4 +1,5 @@
-"""`/api/v1/endpoints/`: create, list, show, update, roll back, stop, start, tail logs, delete; invoke.
+"""`/api/v1/endpoints/`: create, list, show, update, roll back, stop, start, shadow, tail logs,
+delete; invoke.
 
 Also the public route `/e/<name>/invocations` (mounted in config/urls.py). The two
 invocation views are plain Django views, not DRF: they run for every prediction, and
@@ -8,6 +9,7 @@ the gateway service keeps that path lean (see deployer/services/gateway.py).
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
@@ -27,11 +29,13 @@ from deployer import selectors
 from deployer.api.costs import CostSerializer
 from deployer.api.schema import CONFLICT, NameField
 from deployer.authentication import token_refusal
-from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion
+from deployer.models import Deployment, DeploymentStep, Endpoint, LogLine, ModelVersion, Shadow
 from deployer.services import endpoints as services
+from deployer.services import shadows
 from deployer.services.costs import endpoint_cost_estimate
 from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.services.gateway import MAX_BODY_BYTES, gateway_public_invoke, token_principal
+from deployer.services.shadow_comparison import shadow_comparison, shadow_latest
 from deployer.targets.base import InvocationResult
 
 
@@ -139,6 +143,93 @@ class ApiKeySerializer(serializers.Serializer[Any]):
     api_key = serializers.CharField(help_text="Shown once; the previous key stops working.")
 
 
+class ShadowRequestSerializer(serializers.Serializer[Any]):
+    model = serializers.IntegerField(help_text="The model version to run beside the live one.")
+    sample_percent = serializers.IntegerField(
+        min_value=1, max_value=100, help_text="The share of live requests copied to it."
+    )
+    duration = serializers.CharField(
+        max_length=16, help_text='How long it runs before it stops itself: "30m", "2h", "1d".'
+    )
+
+
+class ConfusionSerializer(serializers.Serializer[Any]):
+    labels = serializers.ListField(child=serializers.CharField(), help_text="Sorted; the most frequent.")
+    others = serializers.BooleanField(help_text="When true, a last row and column add up every other label.")
+    counts = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField()),
+        help_text="counts[i][j]: rows the live version labelled i and the shadow j.",
+    )
+
+
+class HistogramSerializer(serializers.Serializer[Any]):
+    edges = serializers.ListField(child=serializers.FloatField(), help_text="Bin edges, one more than counts.")
+    counts = serializers.ListField(child=serializers.IntegerField(), help_text="Differences (shadow - live) per bin.")
+
+
+class ErrorCountSerializer(serializers.Serializer[Any]):
+    message = serializers.CharField()
+    count = serializers.IntegerField()
+
+
+class LatencySerializer(serializers.Serializer[Any]):
+    p50 = serializers.FloatField(allow_null=True, help_text="Milliseconds.")
+    p99 = serializers.FloatField(allow_null=True, help_text="Milliseconds.")
+
+
+class ShadowComparisonSerializer(serializers.Serializer[Any]):
+    """deployer/services/shadow_comparison.py says what each figure is."""
+
+    kind = serializers.ChoiceField(choices=["", "class", "numeric", "probabilities", "other"])
+    requests = serializers.IntegerField(help_text="Paired requests whose live answer was 200.")
+    live_failed = serializers.IntegerField(help_text="Pairs left out: the live answer was not 200.")
+    compared_requests = serializers.IntegerField()
+    rows_compared = serializers.IntegerField()
+    rows_unmatched = serializers.IntegerField()
+    copies_sent = serializers.IntegerField()
+    copies_dropped = serializers.IntegerField()
+    agreed = serializers.IntegerField(allow_null=True)
+    agreement_rate = serializers.FloatField(allow_null=True)
+    confusion = ConfusionSerializer(allow_null=True)
+    mean_abs_difference = serializers.FloatField(allow_null=True)
+    max_abs_difference = serializers.FloatField(allow_null=True)
+    histogram = HistogramSerializer(allow_null=True)
+    shadow_errors = serializers.IntegerField()
+    error_rate = serializers.FloatField(allow_null=True)
+    top_errors = ErrorCountSerializer(many=True, help_text="Shadow errors by message, the most frequent first.")
+    live_latency = LatencySerializer()
+    shadow_latency = LatencySerializer()
+
+
+class ShadowSerializer(serializers.ModelSerializer[Shadow]):
+    model = ModelRefSerializer(source="model_version", read_only=True)
+    deployment = DeploymentSerializer(read_only=True)
+    comparison = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Shadow
+        fields = [
+            "id",
+            "model",
+            "status",
+            "sample_percent",
+            "duration",
+            "started_at",
+            "ends_at",
+            "finished_at",
+            "outcome",
+            "copies_sent",
+            "copies_dropped",
+            "created_at",
+            "deployment",
+            "comparison",
+        ]
+
+    @extend_schema_field(ShadowComparisonSerializer)
+    def get_comparison(self, shadow: Shadow) -> dict[str, Any]:
+        return dict(ShadowComparisonSerializer(asdict(shadow_comparison(shadow))).data)
+
+
 class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Endpoint]):
     serializer_class = EndpointSerializer
     lookup_field = "name"
@@ -220,6 +311,42 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         endpoint = self.get_object()
         services.endpoint_start(endpoint=endpoint)
         return Response(self._fresh(endpoint), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(methods=["GET"], request=None, responses={200: ShadowSerializer})
+    @extend_schema(methods=["POST"], request=ShadowRequestSerializer, responses={202: ShadowSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["get", "post"])
+    def shadow(self, request: Request, name: str) -> Response:
+        """GET: the active shadow (else the latest) with its comparison to the live version.
+        POST: start a model version beside the live one, answering copies of live requests."""
+        endpoint = self.get_object()
+        if request.method == "POST":
+            data = ShadowRequestSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            started = shadows.shadow_start(
+                endpoint=endpoint,
+                model_version=self._model(data.validated_data["model"]),
+                sample_percent=data.validated_data["sample_percent"],
+                duration=data.validated_data["duration"],
+            )
+            return Response(ShadowSerializer(started).data, status=status.HTTP_202_ACCEPTED)
+        latest = shadow_latest(endpoint)
+        if latest is None:
+            raise exceptions.NotFound(f"Endpoint {endpoint.name} never had a shadow.")
+        return Response(ShadowSerializer(latest).data)
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"], url_path="shadow/promote")
+    def shadow_promote(self, request: Request, name: str) -> Response:
+        """Make the running shadow live through the blue/green switch (nothing is rebuilt)."""
+        deployment = shadows.shadow_promote(endpoint=self.get_object())
+        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"], url_path="shadow/stop")
+    def shadow_stop(self, request: Request, name: str) -> Response:
+        """Stop the copies and remove the shadow; the live version is not touched."""
+        deployment = shadows.shadow_end(endpoint=self.get_object())
+        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int, description="Cursor: the last line id seen (0 for all).")],

@@ -108,7 +108,7 @@ class ShadowComparison:
     # Requests the shadow did not answer with 200, of ``requests``.
     shadow_errors: int
     error_rate: float | None
-    errors: tuple[ErrorCount, ...]
+    top_errors: tuple[ErrorCount, ...]
     live_latency: Latency
     shadow_latency: Latency
 
@@ -319,7 +319,7 @@ def shadow_comparison(shadow: Shadow) -> ShadowComparison:
         histogram=histogram,
         shadow_errors=shadow_errors,
         error_rate=_rate(shadow_errors, requests),
-        errors=tuple(
+        top_errors=tuple(
             ErrorCount(message, count)
             for message, count in sorted(errors.items(), key=lambda item: (-item[1], item[0]))[:TOP_ERRORS]
         ),

@@ -67,7 +67,7 @@ def test_classes_give_agreement_a_confusion_table_errors_and_latency(shadow: Sha
     assert comparison.histogram is None
     # 3 shadow errors of 5 requests; the same message (trailing newline aside) counted once.
     assert (comparison.shadow_errors, comparison.error_rate) == (3, 0.6)
-    assert comparison.errors == (
+    assert comparison.top_errors == (
         ErrorCount("predict() failed: x", 2),
         ErrorCount("The shadow did not answer: timeout", 1),
     )
