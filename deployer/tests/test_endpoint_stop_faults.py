@@ -1,7 +1,7 @@
-"""Fault tests for stop and start (issue 14): the Celery worker is SIGKILLed inside a stop
-step and inside start's steps (it says it is inside: testsupport.pipeline.kill_inside_step);
-the reconciler its own beat runs resumes the deployment, the killed step runs again, and
-exactly one runtime serves afterwards (none while stopped)."""
+"""Fault tests for stop and start (issue 14): the Celery worker is SIGKILLed inside the stop
+step and inside each of start's steps (it says it is inside: testsupport.pipeline.kill_inside_step);
+the reconciler its own beat runs resumes the deployment, the killed step runs again in the
+restarted worker, and exactly one runtime serves afterwards (none while stopped)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_invoke, endpoint_start, endpoint_stop
 from deployer.tests.pipeline_support import FaultyWorker, finish, iris_version
-from testsupport.pipeline import kill_inside_step
+from testsupport.pipeline import kill_inside_step, reconciled
 from testsupport.r_models import expected, rows_csv
 
 pytestmark = [
@@ -33,7 +33,22 @@ def live_containers(endpoint: Endpoint) -> list[str]:
     )
 
 
-@pytest.mark.parametrize("start_step", ["resume_runtime", "switch_traffic"])
+def kill_and_see_the_step_rerun(worker: FaultyWorker, deployment: Deployment, step: str) -> Deployment:
+    """Kill ``worker`` inside ``step``'s first run and wait for the deployment to finish;
+    asserts the step's second run was the restarted worker's, after its beat's reconciler ran."""
+    assert worker.process is not None
+    killed = worker.process.pid
+    kill_inside_step(worker, deployment, step)
+    assert worker.process.pid != killed
+    deployment = finish(deployment)
+    rerun = f"fault pause: deployment {deployment.pk} step {step} attempt 2 run pid {worker.process.pid}\n"
+    assert rerun in worker.logfile.read_bytes()[worker.logged :].decode(errors="replace")
+    assert reconciled(worker, since=worker.logged) >= 1
+    assert deployment.steps.get(name=step).attempts == 2
+    return deployment
+
+
+@pytest.mark.parametrize("start_step", ["resume_runtime", "wait_healthy", "smoke_test", "switch_traffic"])
 def test_a_worker_killed_inside_stop_and_inside_start_still_stops_and_starts_once(
     owner: User, iris_models: Path, faulty_worker: FaultyWorker, start_step: str
 ) -> None:
@@ -41,23 +56,17 @@ def test_a_worker_killed_inside_stop_and_inside_start_still_stops_and_starts_onc
     issued = endpoint_create(owner=owner, name="tough-nap", model_version=iris_version(owner, iris_models, "v1"))
     assert finish(issued.endpoint.current_deployment).status == Deployment.Status.SUCCEEDED  # type: ignore[arg-type]
 
-    stop = endpoint_stop(endpoint=issued.endpoint)
-    kill_inside_step(faulty_worker, stop, "stop_runtime")
-    stop = finish(stop)
+    stop = kill_and_see_the_step_rerun(faulty_worker, endpoint_stop(endpoint=issued.endpoint), "stop_runtime")
 
     assert stop.status == Deployment.Status.SUCCEEDED, stop.error
-    assert stop.steps.get(name="stop_runtime").attempts == 2
     endpoint = Endpoint.objects.get(name="tough-nap")
     assert endpoint.status == Endpoint.Status.STOPPED
     assert live_containers(endpoint) == []
     assert runtimes.names(endpoint="tough-nap") == []
 
-    start = endpoint_start(endpoint=endpoint)
-    kill_inside_step(faulty_worker, start, start_step)
-    start = finish(start)
+    start = kill_and_see_the_step_rerun(faulty_worker, endpoint_start(endpoint=endpoint), start_step)
 
     assert start.status == Deployment.Status.SUCCEEDED, start.error
-    assert start.steps.get(name=start_step).attempts == 2
     endpoint.refresh_from_db()
     assert endpoint.status == Endpoint.Status.LIVE
     # One runtime: the killed run's container was found again, not started twice.
