@@ -129,12 +129,26 @@ test_that("each test model's kind predicts as locally, as blue/green updates of 
   expect_identical(dimnames(probabilities), dimnames(predict(tree, newdata)))
   expect_equal(probabilities, predict(tree, newdata))
 
-  # e1071's svm: a factor with the model's levels.
-  machine <- e1071::svm(Species ~ ., data = iris)
+  # e1071's svm, fitted without probabilities on species levels in a non-alphabetical
+  # order: a factor with every level in the model's order, even when the rows all predict
+  # one class (no probability call can name the others).
+  reordered <- transform(iris, Species = factor(Species, levels = c("virginica", "setosa", "versicolor")))
+  machine <- e1071::svm(Species ~ ., data = reordered)
   endpoint <- rdeploy_deploy(machine, name)
   expect_identical(predict(endpoint, newdata), predict(machine, newdata))
+  only_setosa <- predict(endpoint, iris[1:3, ])
+  expect_identical(levels(only_setosa), levels(reordered$Species))
+  expect_identical(only_setosa, predict(machine, iris[1:3, ]))
   # Without probability = TRUE it has no probabilities: the API's reason, as a condition.
   expect_error(predict(endpoint, newdata, type = "prob"), "probability = TRUE", class = "rdeploy_http_400")
+
+  # ranger classification with probability = FALSE: the same, from its $predictions.
+  classifier <- ranger::ranger(Species ~ ., data = reordered, num.trees = 50, probability = FALSE, seed = 1)
+  endpoint <- rdeploy_deploy(classifier, name)
+  expect_identical(predict(endpoint, newdata), predict(classifier, data = newdata)$predictions)
+  only_setosa <- predict(endpoint, iris[1:3, ])
+  expect_identical(levels(only_setosa), levels(reordered$Species))
+  expect_identical(only_setosa, predict(classifier, data = iris[1:3, ])$predictions)
 
   # rdeploy_logs(follow = TRUE) prints a runtime line that arrives while it follows: a
   # bundle whose predict_fn logs each call, invoked by another R process a moment later.
@@ -153,7 +167,7 @@ test_that("each test model's kind predicts as locally, as blue/green updates of 
   utils::tar(tarball, files = c("model.rds", "predict.R"), compression = "gzip", tar = "internal")
   setwd(here)
   endpoint <- rdeploy_deploy(tarball, name)
-  expect_identical(endpoint$model$version, 5L)
+  expect_identical(endpoint$model$version, 6L)
   cursor <- max(0L, rdeploy_logs(endpoint)$id)
   caller <- paste0(
     "Sys.sleep(2); library(rdeploy); rdeploy_connect(Sys.getenv('RDEPLOY_URL'), Sys.getenv('RDEPLOY_TOKEN'));",
