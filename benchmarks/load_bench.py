@@ -66,14 +66,21 @@ def main() -> int:
         "--max-inflight",
         type=int,
         help="RDEPLOY_GATEWAY_MAX_INFLIGHT, the requests per endpoint in progress in a web process (default: "
-        "the installation's, 4); more get 503 at once, and the benchmark counts them as errors",
+        "the installation's, 4)",
+    )
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        help="RDEPLOY_GATEWAY_MAX_QUEUED, the requests per endpoint waiting for one of those slots in a web "
+        "process (default: the installation's, 2); more get 503 at once, and the benchmark counts them as errors",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args()
     seconds = 10 if args.quick else args.seconds
 
     given_database = os.environ.get("DATABASE_URL", "")
-    extra = {"RDEPLOY_GATEWAY_MAX_INFLIGHT": str(args.max_inflight)} if args.max_inflight else {}
+    bounds = {"RDEPLOY_GATEWAY_MAX_INFLIGHT": args.max_inflight, "RDEPLOY_GATEWAY_MAX_QUEUED": args.max_queued}
+    extra = {name: str(value) for name, value in bounds.items() if value is not None}
     # A directory of its own: as root, the cluster runs as `postgres`, who owns it.
     postgres = None if given_database else PostgresServer(Path(tempfile.mkdtemp(prefix="rdeploy-load-bench-pg-")))
     try:
@@ -194,7 +201,8 @@ def report(
     print(
         f"{len(calls)} requests from {args.clients} clients in {seconds:.0f} s: {len(calls) / seconds:.0f} requests/s; "
         f"gunicorn {args.web_workers} x {args.threads} threads, "
-        f"at most {os.environ.get('RDEPLOY_GATEWAY_MAX_INFLIGHT', 4)} requests per endpoint in progress per process"
+        f"at most {os.environ.get('RDEPLOY_GATEWAY_MAX_INFLIGHT', 4)} requests per endpoint in progress and "
+        f"{os.environ.get('RDEPLOY_GATEWAY_MAX_QUEUED', 2)} waiting per process"
     )
     print(f"{'kind':8} {'count':>7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for kind in (*KINDS, "upload"):

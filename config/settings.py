@@ -338,9 +338,14 @@ PIPELINE_FAULT_PAUSE_SECONDS = env.integer("RDEPLOY_PIPELINE_FAULT_PAUSE_MS", 0,
 # options give none (API Gateway usage-plan semantics: steady rate per second and burst).
 GATEWAY_DEFAULT_RATE = env.integer("RDEPLOY_GATEWAY_RATE", 100, minimum=1)
 GATEWAY_DEFAULT_BURST = env.integer("RDEPLOY_GATEWAY_BURST", 200, minimum=1)
-# Requests one endpoint may have in progress in a web process at once; more get 503 at
-# once. Below the process's threads (compose: 8), so one slow model never holds them all.
+# Requests one endpoint may have in progress in a web process at once; up to
+# GATEWAY_MAX_QUEUED more wait for a slot, each for GATEWAY_QUEUE_SECONDS at most, so a
+# short burst is served late instead of refused; the rest get 503 at once. A waiter holds a
+# thread too: keep both together below the process's threads (make run, compose: 8, so
+# 4 + 2 leaves 2), so one slow model never holds them all (deployer/services/gateway.py).
 GATEWAY_MAX_INFLIGHT = env.integer("RDEPLOY_GATEWAY_MAX_INFLIGHT", 4, minimum=1)
+GATEWAY_MAX_QUEUED = env.integer("RDEPLOY_GATEWAY_MAX_QUEUED", 2, minimum=0)
+GATEWAY_QUEUE_SECONDS = env.integer("RDEPLOY_GATEWAY_QUEUE_MS", 2000, minimum=0) / 1000
 # What an owner may give one local endpoint: its container's memory and CPU cores (one
 # per R worker); options above are refused.
 LOCAL_MAX_MEMORY_MB = env.integer("RDEPLOY_LOCAL_MAX_MEMORY_MB", 4096, minimum=256)

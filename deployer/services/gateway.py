@@ -11,9 +11,12 @@
   ``LEASE_SECONDS``); bodies above SageMaker's 6 MiB get 413. When Redis does not
   answer, the route fails closed: 503 with Retry-After, never an unthrottled call.
 - Every route: at most ``GATEWAY_MAX_INFLIGHT`` requests per endpoint in progress in a
-  web process, more get 503 with Retry-After at once, so one tenant's slow model cannot
-  hold every thread; the target bounds each request's time and answer (local: 504 after
-  65 s in all, 502 for an answer above SageMaker's 6 MiB).
+  web process; up to ``GATEWAY_MAX_QUEUED`` more wait for a slot, each at most
+  ``GATEWAY_QUEUE_SECONDS``, so a short burst above the cap is served late rather than
+  refused; the rest, and a waiter whose time ran out, get 503 with Retry-After. Waiters
+  hold threads too: together both bounds keep one tenant's slow model from holding every
+  thread. The target bounds each request's time and answer (local: 504 after 65 s in
+  all, 502 for an answer above SageMaker's 6 MiB).
 - REST tokens on the invocations route are checked through the same kind of cache, so
   a revoked token stops working within ``ROUTE_CACHE_SECONDS`` everywhere.
 - A stopped endpoint answers 503 with Retry-After and ``"reason": "endpoint is stopped"``;
@@ -182,10 +185,16 @@ def _asleep(route: Route) -> InvocationResult:
     )
 
 
-# Requests in progress per endpoint in this process (GATEWAY_MAX_INFLIGHT at most each):
-# a slow model holds at most that many of the process's threads, never all of them.
+# Requests per endpoint in this process: in progress (GATEWAY_MAX_INFLIGHT at most each)
+# and waiting for one of those slots (GATEWAY_MAX_QUEUED at most, GATEWAY_QUEUE_SECONDS
+# each at most): a slow model holds at most the two together of the process's threads,
+# never all of them.
 _inflight: dict[int, int] = {}
+_waiting: dict[int, int] = {}
 _inflight_lock = threading.Lock()
+# One condition per endpoint with waiters (all on _inflight_lock): a finished request
+# wakes one waiter of its own endpoint, not every waiter of the process.
+_slot_freed: dict[int, threading.Condition] = {}
 
 
 def gateway_forward(*, route: Route, body: bytes, headers: Mapping[str, str]) -> InvocationResult:
@@ -194,24 +203,50 @@ def gateway_forward(*, route: Route, body: bytes, headers: Mapping[str, str]) ->
         return _asleep(route)
     if not route.serving:
         return _error(503, f"Endpoint {route.name} is not serving (status {route.status}).")
-    limit = settings.GATEWAY_MAX_INFLIGHT
-    with _inflight_lock:
-        busy = _inflight.get(route.endpoint_id, 0)
-        if busy >= limit:
-            return _error(
-                503,
-                f"Endpoint {route.name} already has {limit} requests in progress here; try again shortly.",
-                **{"Retry-After": "1"},
-            )
-        _inflight[route.endpoint_id] = busy + 1
+    if not _take_slot(route.endpoint_id):
+        return _error(
+            503,
+            f"Endpoint {route.name} already has {settings.GATEWAY_MAX_INFLIGHT} requests in progress here; "
+            "try again shortly.",
+            **{"Retry-After": "1"},
+        )
     try:
         return _forward(route=route, body=body, headers=headers)
     finally:
-        with _inflight_lock:
-            if (left := _inflight[route.endpoint_id] - 1) > 0:
-                _inflight[route.endpoint_id] = left
-            else:
-                del _inflight[route.endpoint_id]
+        _release_slot(route.endpoint_id)
+
+
+def _take_slot(endpoint_id: int) -> bool:
+    """A slot for one request to the endpoint, waiting for one when all are taken and
+    fewer than GATEWAY_MAX_QUEUED requests wait already; False when none came in time."""
+    limit = settings.GATEWAY_MAX_INFLIGHT
+    with _inflight_lock:
+        if _inflight.get(endpoint_id, 0) >= limit:
+            if _waiting.get(endpoint_id, 0) >= settings.GATEWAY_MAX_QUEUED:
+                return False
+            freed = _slot_freed.setdefault(endpoint_id, threading.Condition(_inflight_lock))
+            _waiting[endpoint_id] = _waiting.get(endpoint_id, 0) + 1
+            try:
+                got = freed.wait_for(lambda: _inflight.get(endpoint_id, 0) < limit, settings.GATEWAY_QUEUE_SECONDS)
+            finally:
+                if (still := _waiting[endpoint_id] - 1) > 0:
+                    _waiting[endpoint_id] = still
+                else:
+                    del _waiting[endpoint_id], _slot_freed[endpoint_id]
+            if not got:
+                return False
+        _inflight[endpoint_id] = _inflight.get(endpoint_id, 0) + 1
+        return True
+
+
+def _release_slot(endpoint_id: int) -> None:
+    with _inflight_lock:
+        if (left := _inflight[endpoint_id] - 1) > 0:
+            _inflight[endpoint_id] = left
+        else:
+            del _inflight[endpoint_id]
+        if (freed := _slot_freed.get(endpoint_id)) is not None:
+            freed.notify()
 
 
 def _forward(*, route: Route, body: bytes, headers: Mapping[str, str]) -> InvocationResult:

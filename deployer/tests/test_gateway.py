@@ -22,10 +22,12 @@ from deployer.integrations.containers import runtime_http
 from deployer.models import Endpoint, ModelVersion
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_rotate_key
+from deployer.targets.base import InvocationResult
 from deployer.targets.local import LocalTarget
 from deployer.targets.local.paths import endpoint_dir, socket_dir
 from deployer.tests.gateway_support import Echo, UnixHTTPServer, echo_socket, live_public
 from testsupport.factories import make_model_version
+from testsupport.waiting import wait_for
 
 __all__ = ["echo_socket"]  # a fixture: pytest finds it in this module's namespace
 
@@ -269,6 +271,7 @@ def flood_socket(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def held_socket(tmp_path: Path) -> Iterator[str]:
     Held.release.clear()
+    Held.arrived = threading.Semaphore(0)
     yield from stand_in(tmp_path / "held.sock", Held)
     Held.release.set()
 
@@ -311,41 +314,110 @@ def test_an_answer_above_sagemakers_6_mib_is_a_502_and_is_not_read_whole(
     assert call("flood", key, body=b"again")[0] == 502  # a new connection, not the unread rest
 
 
-def test_an_endpoint_gets_at_most_its_share_of_a_web_process_and_the_rest_get_503_at_once(
-    owner: User, held_socket: str, echo_socket: str, settings: Any
-) -> None:
-    settings.GATEWAY_MAX_INFLIGHT = 2
+@pytest.fixture
+def slow_and_other(owner: User, held_socket: str, echo_socket: str) -> tuple[gateway.Route, gateway.Route]:
+    """Routes of an endpoint whose answers wait for Held.release and of one answering at once."""
     live_public(owner, "slow", held_socket)
     live_public(owner, "other", echo_socket)
     slow, other = gateway.route_for("slow"), gateway.route_for("other")
     assert slow is not None
     assert other is not None
-    answers: list[int] = []
+    return slow, other
+
+
+def forwarding(route: gateway.Route, answers: list[InvocationResult]) -> threading.Thread:
+    """A started thread forwarding one request to ``route``, its answer appended to ``answers``."""
 
     def forward() -> None:
-        answers.append(gateway.gateway_forward(route=slow, body=b"x", headers={}).status)
+        answers.append(gateway.gateway_forward(route=route, body=b"x", headers={}))
 
-    held = [threading.Thread(target=forward) for _ in range(2)]
-    for thread in held:
-        thread.start()
-    for _ in held:
+    thread = threading.Thread(target=forward)
+    thread.start()
+    return thread
+
+
+def holding(route: gateway.Route, count: int, answers: list[InvocationResult]) -> list[threading.Thread]:
+    """``count`` requests to ``route`` started, once every one that got a slot reached the runtime."""
+    threads = [forwarding(route, answers) for _ in range(count)]
+    for _ in range(min(count, settings.GATEWAY_MAX_INFLIGHT)):
         assert Held.arrived.acquire(timeout=10)
+    return threads
 
-    refused = gateway.gateway_forward(route=slow, body=b"x", headers={})
-    # Refused while both held requests are still in progress: not queued behind them.
-    assert all(thread.is_alive() for thread in held)
-    assert refused.status == 503
-    assert refused.headers["Retry-After"] == "1"
-    assert "2 requests in progress" in json.loads(refused.body)["message"]
+
+def release(threads: list[threading.Thread]) -> None:
+    """The held answers go; ``threads`` are done."""
+    Held.release.set()
+    for thread in threads:
+        thread.join(10)
+
+
+def statuses(answers: list[InvocationResult]) -> list[int]:
+    return [answer.status for answer in answers]
+
+
+def waiting(route: gateway.Route, count: int) -> None:
+    wait_for(lambda: gateway._waiting.get(route.endpoint_id, 0) == count, timeout=10, what=f"{count} waiting")
+
+
+def test_an_endpoint_gets_at_most_its_share_of_a_web_process_and_the_rest_get_503_at_once(
+    slow_and_other: tuple[gateway.Route, gateway.Route], settings: Any
+) -> None:
+    settings.GATEWAY_MAX_INFLIGHT, settings.GATEWAY_MAX_QUEUED, settings.GATEWAY_QUEUE_SECONDS = 2, 1, 60
+    slow, other = slow_and_other
+    answers: list[InvocationResult] = []
+    held = holding(slow, 2, answers)
+    queued = forwarding(slow, answers)
+    waiting(slow, 1)
+
+    refused: list[InvocationResult] = []
+    # Past both bounds: answered at once, not after the waiter's 60 s. A generous join so
+    # that a request waiting behind the others fails here instead of hanging the test.
+    forwarding(slow, refused).join(10)
+    assert statuses(refused) == [503]
+    assert refused[0].headers["Retry-After"] == "1"
+    assert "2 requests in progress" in json.loads(refused[0].body)["message"]
+    assert all(thread.is_alive() for thread in [*held, queued])
+    assert gateway._waiting == {slow.endpoint_id: 1}
     # Another endpoint is not affected.
     assert gateway.gateway_forward(route=other, body=b"x", headers={}).status == 200
 
-    Held.release.set()
-    for thread in held:
-        thread.join(10)
-    assert answers == [200, 200]
+    release([*held, queued])
+    assert statuses(answers) == [200, 200, 200]  # the waiter got a slot once one was free
     assert gateway.gateway_forward(route=slow, body=b"x", headers={}).status == 200
-    assert gateway._inflight == {}
+    assert (gateway._inflight, gateway._waiting, gateway._slot_freed) == ({}, {}, {})
+
+
+def test_a_short_burst_above_the_cap_waits_for_slots_and_every_request_succeeds(
+    slow_and_other: tuple[gateway.Route, gateway.Route], settings: Any
+) -> None:
+    settings.GATEWAY_MAX_INFLIGHT, settings.GATEWAY_MAX_QUEUED, settings.GATEWAY_QUEUE_SECONDS = 2, 2, 60
+    slow, _ = slow_and_other
+    answers: list[InvocationResult] = []
+    burst = holding(slow, 4, answers)
+    waiting(slow, 2)
+    assert answers == []  # two in progress, two waiting: none refused
+
+    release(burst)
+    assert statuses(answers) == [200, 200, 200, 200]
+    assert (gateway._inflight, gateway._waiting, gateway._slot_freed) == ({}, {}, {})
+
+
+def test_a_request_that_waited_its_time_without_a_slot_gets_503(
+    slow_and_other: tuple[gateway.Route, gateway.Route], settings: Any
+) -> None:
+    settings.GATEWAY_MAX_INFLIGHT, settings.GATEWAY_MAX_QUEUED, settings.GATEWAY_QUEUE_SECONDS = 1, 1, 0.05
+    slow, _ = slow_and_other
+    answers: list[InvocationResult] = []
+    (held,) = holding(slow, 1, answers)
+
+    late = gateway.gateway_forward(route=slow, body=b"x", headers={})
+
+    assert late.status == 503
+    assert late.headers["Retry-After"] == "1"
+    assert held.is_alive()  # no slot was freed while it waited
+    assert gateway._waiting == {}
+    release([held])
+    assert statuses(answers) == [200]
 
 
 def rollout_socket(endpoint: str, deployment: int, start: int = 0) -> Path:
