@@ -50,3 +50,9 @@ class InvokeForm(forms.Form):
 
     payload = forms.CharField(strip=False, max_length=6 * 1024 * 1024)
     content_type = forms.ChoiceField(choices=CONTENT_TYPES)
+
+
+class ShadowForm(forms.Form):
+    model_version = forms.IntegerField(label="Shadow version")
+    sample_percent = forms.IntegerField(label="Sample percent", min_value=1, max_value=100, initial=10)
+    duration = forms.CharField(label="Duration", max_length=16, initial="2h")

@@ -1,4 +1,5 @@
-"""What the pages show, computed from rows: inspection summaries, durations, code snippets."""
+"""What the pages show, computed from rows: inspection summaries, durations, code snippets,
+the invocation chart and the shadow panel."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from deployer.models import DeploymentStep, Endpoint, ModelVersion
+from deployer.services.shadow_comparison import ShadowComparison
 
 
 def _text(value: Any) -> str:
@@ -296,3 +298,64 @@ def invocation_chart(lines: Iterable[tuple[datetime, str]], *, now: datetime, mi
             points.append(f"{bucket.x + chart.bar_width / 2:.1f},{bucket.latency_y:.1f}")
     chart.latency_points = " ".join(points)
     return chart
+
+
+# The confusion table's last row and column when it adds up the less frequent labels.
+OTHER_LABELS = "other labels"
+
+
+@dataclass(frozen=True)
+class ConfusionCell:
+    count: int
+    agreed: bool  # the same label from both versions
+
+
+@dataclass(frozen=True)
+class HistogramBar:
+    low: str
+    high: str
+    count: int
+    width: float  # percent of the widest bar
+
+
+@dataclass(frozen=True)
+class ShadowPanel:
+    """A comparison as the endpoint page's shadow panel shows it."""
+
+    comparison: ShadowComparison
+    agreement: str  # "75.0 %", "" when the kind has none
+    error_rate: str
+    columns: list[str]  # the confusion table's labels
+    rows: list[tuple[str, list[ConfusionCell]]]
+    bars: list[HistogramBar]
+
+
+def _percent(rate: float | None) -> str:
+    return "" if rate is None else f"{rate * 100:.1f} %"
+
+
+def shadow_panel(comparison: ShadowComparison) -> ShadowPanel:
+    columns: list[str] = []
+    rows: list[tuple[str, list[ConfusionCell]]] = []
+    if table := comparison.confusion:
+        columns = [*table.labels, *([OTHER_LABELS] if table.others else [])]
+        # Labels beyond the table's are all "other": that cell is not an agreement.
+        rows = [
+            (label, [ConfusionCell(count, i == j and i < len(table.labels)) for j, count in enumerate(counts)])
+            for i, (label, counts) in enumerate(zip(columns, table.counts, strict=True))
+        ]
+    bars: list[HistogramBar] = []
+    if histogram := comparison.histogram:
+        widest = max(histogram.counts) or 1
+        bars = [
+            HistogramBar(f"{low:.4g}", f"{high:.4g}", count, round(count / widest * 100, 1))
+            for low, high, count in zip(histogram.edges, histogram.edges[1:], histogram.counts, strict=False)
+        ]
+    return ShadowPanel(
+        comparison=comparison,
+        agreement=_percent(comparison.agreement_rate),
+        error_rate=_percent(comparison.error_rate),
+        columns=columns,
+        rows=rows,
+        bars=bars,
+    )

@@ -35,7 +35,7 @@ from deployer import selectors
 from deployer.artifacts import ArtifactRejected, ArtifactTooLarge
 from deployer.artifacts.uploads import HashingUploadHandler
 from deployer.errors import DomainError
-from deployer.models import ApiToken, Endpoint, LogLine, ModelVersion
+from deployer.models import ApiToken, Endpoint, LogLine, ModelVersion, Shadow
 from deployer.services.costs import cost_summary, endpoint_costs
 from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.services.endpoints import (
@@ -52,13 +52,16 @@ from deployer.services.endpoints import (
     endpoint_update,
 )
 from deployer.services.model_intake import UPLOAD_FILE_FIELDS, model_version_upload
+from deployer.services.shadow_comparison import shadow_comparison, shadow_latest
+from deployer.services.shadows import shadow_end, shadow_promote, shadow_start
 from deployer.services.tokens import api_token_create, api_token_revoke
-from webui.forms import DeployForm, InvokeForm, UploadForm
+from webui.forms import DeployForm, InvokeForm, ShadowForm, UploadForm
 from webui.presentation import (
     format_duration,
     inspection_summary,
     invocation_chart,
     invoke_snippets,
+    shadow_panel,
     step_duration,
 )
 
@@ -254,8 +257,24 @@ def _overview_context(request: DashboardRequest, endpoint: Endpoint) -> dict[str
     }
 
 
+def _shadow_context(endpoint: Endpoint) -> dict[str, Any]:
+    """The shadow panel: the active or latest shadow with its comparison, and the start
+    form's choices (the endpoint owner's ready versions: only those can serve it)."""
+    shadow = shadow_latest(endpoint)
+    return {
+        "endpoint": endpoint,
+        "shadow": shadow,
+        "shadow_active": shadow is not None and shadow.status in Shadow.ACTIVE,
+        "panel": shadow_panel(shadow_comparison(shadow)) if shadow else None,
+        "shadow_form": ShadowForm(),
+        "shadow_versions": selectors.model_versions_ready(user=endpoint.owner)
+        .filter(owner=endpoint.owner)
+        .exclude(pk=endpoint.model_version_id or 0),
+    }
+
+
 def _endpoint_page_context(request: DashboardRequest, endpoint: Endpoint) -> dict[str, Any]:
-    context = _overview_context(request, endpoint)
+    context = _overview_context(request, endpoint) | _shadow_context(endpoint)
     lines = selectors.log_lines_tail(endpoint=endpoint, limit=LOG_LINES_PER_POLL)
     serving = endpoint.model_version or (
         endpoint.current_deployment.model_version if endpoint.current_deployment else None
@@ -285,6 +304,9 @@ def endpoint_detail(request: DashboardRequest, name: str) -> HttpResponse:
         )
     if fragment == "chart":
         return HttpResponse(_chart_html(request, endpoint))
+    if fragment == "shadow":
+        context = _shadow_context(endpoint)
+        return _stop_polling_unless(bool(context["shadow_active"]), render(request, "webui/_shadow.html", context))
     return render(request, "webui/endpoint_detail.html", _endpoint_page_context(request, endpoint))
 
 
@@ -413,7 +435,7 @@ def endpoint_rollback_form(request: DashboardRequest, name: str) -> HttpResponse
     return redirect("webui:endpoint_detail", name=endpoint.name)
 
 
-def _stop_or_start(request: DashboardRequest, name: str, *, action: Any, done: str) -> HttpResponse:
+def _endpoint_action(request: DashboardRequest, name: str, *, action: Any, done: str) -> HttpResponse:
     endpoint = _endpoint_for(request, name)
     try:
         action(endpoint=endpoint)
@@ -428,13 +450,57 @@ def _stop_or_start(request: DashboardRequest, name: str, *, action: Any, done: s
 @require_POST
 def endpoint_stop_form(request: DashboardRequest, name: str) -> HttpResponse:
     done = "Stopping {name}: what serves it is removed, the rest is kept."
-    return _stop_or_start(request, name, action=endpoint_stop, done=done)
+    return _endpoint_action(request, name, action=endpoint_stop, done=done)
 
 
 @login_required
 @require_POST
 def endpoint_start_form(request: DashboardRequest, name: str) -> HttpResponse:
-    return _stop_or_start(request, name, action=endpoint_start, done="Starting {name} from what its stop kept.")
+    return _endpoint_action(request, name, action=endpoint_start, done="Starting {name} from what its stop kept.")
+
+
+@login_required
+@require_POST
+def endpoint_shadow_start_form(request: DashboardRequest, name: str) -> HttpResponse:
+    endpoint = _endpoint_for(request, name)
+    form = ShadowForm(request.POST)
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            messages.error(request, f"{form.fields[field].label or field}: {' '.join(map(str, errors))}")
+        return redirect("webui:endpoint_detail", name=endpoint.name)
+    model_version = get_object_or_404(
+        selectors.model_versions_ready(user=request.user), pk=form.cleaned_data["model_version"]
+    )
+    try:
+        shadow = shadow_start(
+            endpoint=endpoint,
+            model_version=model_version,
+            sample_percent=form.cleaned_data["sample_percent"],
+            duration=form.cleaned_data["duration"],
+        )
+    except (DomainError, ValidationError) as exc:
+        messages.error(request, _message(exc))
+    else:
+        messages.success(
+            request,
+            f"Starting {model_version} beside {endpoint.model_version}: it answers copies of "
+            f"{shadow.sample_percent} % of live requests; callers get only the live answers.",
+        )
+    return redirect("webui:endpoint_detail", name=endpoint.name)
+
+
+@login_required
+@require_POST
+def endpoint_shadow_promote_form(request: DashboardRequest, name: str) -> HttpResponse:
+    done = "Promoting the shadow of {name}: it takes over through the blue/green switch."
+    return _endpoint_action(request, name, action=shadow_promote, done=done)
+
+
+@login_required
+@require_POST
+def endpoint_shadow_stop_form(request: DashboardRequest, name: str) -> HttpResponse:
+    done = "Stopping the shadow of {name}; the live version is not touched."
+    return _endpoint_action(request, name, action=shadow_end, done=done)
 
 
 @login_required

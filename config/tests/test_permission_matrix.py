@@ -122,6 +122,12 @@ TABLE: dict[tuple[str, str, str], Row] = {
     ("webui:endpoint_rollback", "", "POST"): row(302, 302, 404, 302),
     ("webui:endpoint_stop", "", "POST"): row(302, 302, 404, 302),
     ("webui:endpoint_start", "", "POST"): row(302, 302, 404, 302),
+    # The shadow ended: the panel answers 286; a new one starts; promote and stop say there
+    # is no shadow (a message, then back to the page).
+    ("webui:endpoint_detail", "shadow", "GET"): row(302, STOP, 404, STOP),
+    ("webui:endpoint_shadow", "", "POST"): row(302, 302, 404, 302, data="shadow_form"),
+    ("webui:endpoint_shadow_promote", "", "POST"): row(302, 302, 404, 302),
+    ("webui:endpoint_shadow_stop", "", "POST"): row(302, 302, 404, 302),
     ("webui:endpoint_delete", "", "GET"): row(302, 200, 404, 200),
     ("webui:endpoint_delete", "", "POST"): row(302, 302, 404, 302),
     ("webui:endpoint_rotate_key", "", "POST"): row(302, 200, 404, 200),
@@ -174,6 +180,7 @@ def _bodies(owned: Owned) -> dict[str, dict[str, Any]]:
         "invoke": {"payload": "a,b\n1,2\n", "content_type": "text/csv"},
         "update": {"model_version": owned.other_version.pk},
         "shadow": {"model": owned.other_version.pk, "sample_percent": 10, "duration": "2h"},
+        "shadow_form": {"model_version": owned.other_version.pk, "sample_percent": 10, "duration": "2h"},
     }
 
 
