@@ -212,6 +212,8 @@ class Deployment(models.Model):
     # When the rollout's version started serving traffic (its target's switch step
     # succeeded): a later failure rolls forward instead of discarding what now serves.
     traffic_switched_at = models.DateTimeField(null=True, blank=True)
+    # A stop the idle stop made: since when the endpoint had served no invocation.
+    idle_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -365,9 +365,8 @@ def endpoints_stop_idle(*, now: datetime | None = None) -> int:
         except EndpointConflict:
             continue
         # Why and since when, for the dashboard's "stopped: idle since ..." (docs/pipeline.md).
-        Deployment.objects.filter(pk=deployment.pk).update(
-            resources={**deployment.resources, "idle_since": idle_since.isoformat()}
-        )
+        # Its own column: the worker may already be recording the stop's resources.
+        Deployment.objects.filter(pk=deployment.pk).update(idle_since=idle_since)
         LogLine.objects.create(
             endpoint=endpoint,
             source=LogLine.Source.ENDPOINT,
@@ -394,8 +393,7 @@ def endpoint_stopped_idle_since(endpoint: Endpoint) -> datetime | None:
     if endpoint.status != Endpoint.Status.STOPPED:
         return None
     stop = Deployment.objects.filter(endpoint=endpoint, kind=Deployment.Kind.STOP).order_by("-id").first()
-    idle_since = stop.resources.get("idle_since") if stop else None
-    return datetime.fromisoformat(idle_since) if idle_since else None
+    return stop.idle_since if stop else None
 
 
 def _period_text(period: timedelta) -> str:

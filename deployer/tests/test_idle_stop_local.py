@@ -65,7 +65,7 @@ def test_a_local_endpoint_is_stopped_30_minutes_after_its_last_real_invocation(o
     # 30 minutes after it: stopped, and the stop says since when.
     assert endpoints_stop_idle(now=last_call + timedelta(minutes=30)) == 1
     stop = Deployment.objects.get(endpoint=endpoint, kind=Deployment.Kind.STOP)
-    assert stop.resources["idle_since"] == last_call.isoformat()
+    assert stop.idle_since == last_call
     assert drive(stop).status == Deployment.Status.SUCCEEDED, stop.error
     assert Endpoint.objects.get(pk=endpoint.pk).status == Endpoint.Status.STOPPED
     assert runtimes.names(endpoint="dozy") == []

@@ -3,7 +3,7 @@ the metric summed over the idle window, not copied log lines."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -63,7 +63,8 @@ def test_a_sagemaker_endpoint_is_stopped_when_cloudwatch_counts_no_invocation_in
     stop = Deployment.objects.get(endpoint=idle, kind=Deployment.Kind.STOP)
     # Idle since the end of the metric period (2 minutes over a 2-day window) of its last
     # invocation, three hours ago.
-    idle_since = datetime.fromisoformat(stop.resources["idle_since"])
+    idle_since = stop.idle_since
+    assert idle_since is not None
     assert timedelta(hours=2, minutes=55) <= timezone.now() - idle_since <= timedelta(hours=3)
     # The called one is warned: more than half its 2h period has passed since its last invocation.
     notice = endpoint_idle_stop_notice(called)
