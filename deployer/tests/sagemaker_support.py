@@ -121,3 +121,24 @@ def tagged() -> list[tagging.CloudResource]:
             repository="no-images-are-pushed-by-moto-codebuild",
         )
     )
+
+
+class SentRequests:
+    """The parameters rdeploy passes to one AWS operation, as boto3 receives them: for
+    what moto accepts and then drops (``ShadowProductionVariants`` is not kept on moto's
+    endpoint configs, so describing them does not show it)."""
+
+    def __init__(self, service: str, operation: str) -> None:
+        self.client = aws_client(service)
+        self.event = f"provide-client-params.{service}.{operation}"
+        self.calls: list[dict[str, Any]] = []
+
+    def _record(self, params: dict[str, Any], **kwargs: Any) -> None:
+        self.calls.append(json.loads(json.dumps(params, default=str)))
+
+    def __enter__(self) -> SentRequests:
+        self.client.meta.events.register(self.event, self._record, unique_id="rdeploy-sent-requests")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.meta.events.unregister(self.event, unique_id="rdeploy-sent-requests")

@@ -61,13 +61,26 @@ def delete_model(name: str) -> None:
 
 
 @raises_aws_error
-def create_endpoint_config(name: str, *, variant: dict[str, Any], tags: dict[str, str]) -> None:
+def create_endpoint_config(
+    name: str,
+    *,
+    variant: dict[str, Any],
+    tags: dict[str, str],
+    shadow_variant: dict[str, Any] | None = None,
+    data_capture: dict[str, Any] | None = None,
+) -> None:
+    """One production variant; with ``shadow_variant`` SageMaker copies requests to it
+    (an endpoint with a shadow has exactly one of each), with ``data_capture`` it writes
+    requests and answers to S3 (``DataCaptureConfig``)."""
     if endpoint_config_exists(name):
         return
+    arguments: dict[str, Any] = {"EndpointConfigName": name, "ProductionVariants": [variant], "Tags": tag_list(tags)}
+    if shadow_variant is not None:
+        arguments["ShadowProductionVariants"] = [shadow_variant]
+    if data_capture is not None:
+        arguments["DataCaptureConfig"] = data_capture
     with ok_if_exists():
-        aws_client("sagemaker").create_endpoint_config(
-            EndpointConfigName=name, ProductionVariants=[variant], Tags=tag_list(tags)
-        )
+        aws_client("sagemaker").create_endpoint_config(**arguments)
 
 
 @raises_aws_error

@@ -42,7 +42,8 @@ def create_model(ctx: StepContext) -> StepOutcome:
     return StepOutcome.done(f"SageMaker model {name} ({image}).")
 
 
-def _variant(ctx: StepContext, model: str) -> dict[str, Any]:
+def production_variant(ctx: StepContext, model: str) -> dict[str, Any]:
+    """The production variant serving ``model`` with the endpoint's options."""
     options = ctx.options
     variant: dict[str, Any] = {"VariantName": VARIANT, "ModelName": model}
     if options.get("serverless"):
@@ -73,7 +74,7 @@ def deploy_endpoint(ctx: StepContext) -> StepOutcome:
     ensure_ours(ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG, config)
     ensure_ours(ExternalResource.Kind.SAGEMAKER_ENDPOINT, name)
     ctx.record_resource(ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG, config)
-    sagemaker.create_endpoint_config(config, variant=_variant(ctx, model), tags=step_tags(ctx))
+    sagemaker.create_endpoint_config(config, variant=production_variant(ctx, model), tags=step_tags(ctx))
     ctx.record_resource(ExternalResource.Kind.SAGEMAKER_ENDPOINT, name)
     # Made before the endpoint, so SageMaker writes into a tagged group with a retention.
     ensure_log_group(ctx, endpoint_log_group(ctx.endpoint))

@@ -21,6 +21,8 @@ from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.targets.base import PermanentStepError, StepContext
 
 VARIANT = "main"
+# The variant SageMaker copies live requests to while a shadow runs.
+SHADOW_VARIANT = "shadow"
 STAGE = "v1"
 
 # Resources that belong to the endpoint (reused across rollouts) rather than to one rollout.
@@ -61,6 +63,13 @@ def endpoint_name(endpoint: Endpoint) -> str:
 def rollout_name(deployment: Deployment) -> str:
     """The SageMaker model and endpoint config of one rollout."""
     return join_name(prefix(), deployment.endpoint.name, f"d{deployment.pk}")
+
+
+def capture_key_prefix(config: str) -> str:
+    """Where SageMaker's data capture writes for the shadow endpoint config ``config``
+    (it adds ``/<endpoint>/<variant>/yyyy/mm/dd/hh/<file>.jsonl``); derived from the
+    config's name so deleting the config anywhere (teardown, gc) finds its captures."""
+    return f"{prefix()}/shadow-capture/{config}"
 
 
 def api_name(endpoint: Endpoint) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from deployer.integrations.aws import sagemaker
 from deployer.integrations.aws.client import AwsConfigurationError, AwsError, AwsUnreachable
-from deployer.models import Deployment, Endpoint
+from deployer.models import Deployment, Endpoint, Shadow
 from deployer.targets.base import (
     InvocationResult,
     PermanentStepError,
@@ -18,7 +18,16 @@ from deployer.targets.base import (
     Target,
     TransientStepError,
 )
-from deployer.targets.sagemaker import cloud_logs, image, model_data, pause, public_api, teardown
+from deployer.targets.sagemaker import (
+    cloud_logs,
+    image,
+    model_data,
+    pause,
+    public_api,
+    shadow,
+    shadow_capture,
+    teardown,
+)
 from deployer.targets.sagemaker import endpoint as endpoint_steps
 from deployer.targets.sagemaker import options as endpoint_options
 from deployer.targets.sagemaker.names import endpoint_name
@@ -43,7 +52,19 @@ STEPS: dict[str, Callable[[StepContext], StepOutcome]] = {
     "release_artifacts": teardown.release_artifacts,
     "recreate_endpoint": pause.recreate_endpoint,
     "wait_restarted": pause.wait_restarted,
+    "check_shadow": shadow.check_shadow,
+    "deploy_shadow": shadow.deploy_shadow,
+    "wait_shadow": shadow.wait_shadow,
+    "start_copies": shadow.start_copies,
+    "adopt_shadow": shadow.adopt_shadow,
+    "retire_shadow_config": shadow.retire_shadow_config,
+    "stop_copies": shadow.stop_copies,
+    "restore_live": shadow.restore_live,
+    "wait_live": shadow.wait_live,
+    "remove_shadow": shadow.remove_shadow,
 }
+# The rollout's steps that build the version and make its SageMaker model (a shadow's too).
+MODEL_STEPS = ["upload_model_data", "build_image", "create_model"]
 
 
 class SageMakerTarget(Target):
@@ -52,7 +73,12 @@ class SageMakerTarget(Target):
     # CloudWatch's FilterLogEvents allows only a few calls per second per account.
     log_collect_seconds = 10
     # An update changes the endpoint in place: InService on the new config, it serves.
-    switches_traffic_at = {"create": "switch_traffic", "update": "wait_in_service", "rollback": "wait_in_service"}
+    switches_traffic_at = {
+        "create": "switch_traffic",
+        "update": "wait_in_service",
+        "rollback": "wait_in_service",
+        "promote": "wait_in_service",
+    }
 
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         return endpoint_options.validate_options(options)
@@ -72,18 +98,15 @@ class SageMakerTarget(Target):
             return ["remove_autoscaling", "remove_endpoint"]
         if kind == Deployment.Kind.START:
             return ["recreate_endpoint", "wait_restarted", "autoscaling", "switch_traffic"]
+        if kind == Deployment.Kind.SHADOW:
+            return ["check_shadow", *MODEL_STEPS, "deploy_shadow", "wait_shadow", "autoscaling", "start_copies"]
+        if kind == Deployment.Kind.END_SHADOW:
+            return ["stop_copies", "restore_live", "wait_live", "autoscaling", "remove_shadow"]
         public_steps = ["public_function", "public_api"] if public else []
-        return [
-            "upload_model_data",
-            "build_image",
-            "create_model",
-            "deploy_endpoint",
-            "wait_in_service",
-            "autoscaling",
-            *public_steps,
-            "switch_traffic",
-            "retire_previous",
-        ]
+        serving_steps = ["deploy_endpoint", "wait_in_service", "autoscaling", *public_steps, "switch_traffic"]
+        if kind == Deployment.Kind.PROMOTE:
+            return ["adopt_shadow", *serving_steps, "retire_previous", "retire_shadow_config"]
+        return [*MODEL_STEPS, *serving_steps, "retire_previous"]
 
     def run_step(self, name: str, ctx: StepContext) -> StepOutcome:
         step = STEPS.get(name)
@@ -103,6 +126,8 @@ class SageMakerTarget(Target):
     def discard(self, ctx: StepContext) -> None:
         if ctx.deployment.kind == Deployment.Kind.START:
             pause.discard_start(ctx)
+        elif ctx.deployment.kind in (*Deployment.SHADOW_KINDS, Deployment.Kind.PROMOTE):
+            shadow.discard(ctx)
         else:
             teardown.discard(ctx)
 
@@ -152,3 +177,6 @@ class SageMakerTarget(Target):
 
     def collect_logs(self, endpoint: Endpoint) -> int:
         return cloud_logs.collect_logs(endpoint)
+
+    def collect_shadow_pairs(self, shadow: Shadow) -> int:
+        return shadow_capture.collect_shadow_pairs(shadow)

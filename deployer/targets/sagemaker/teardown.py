@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
 from django.utils import timezone
 
 from deployer.integrations.aws import apigateway, autoscaling, cloudwatch, ecr, iam, lambda_, logs, s3, sagemaker
@@ -24,6 +25,7 @@ from deployer.targets.sagemaker.image import docker_build_dir
 from deployer.targets.sagemaker.names import (
     PER_ENDPOINT_KINDS,
     SHARED_KINDS,
+    capture_key_prefix,
     endpoint_log_group,
     function_log_group,
     s3_location,
@@ -33,6 +35,14 @@ from deployer.targets.sagemaker.ownership import ForeignResource, ensure_ours
 
 def _delete_s3_object(uri: str) -> None:
     s3.delete_object(*s3_location(uri))
+
+
+def _delete_endpoint_config(name: str) -> None:
+    # A shadow's config has data capture files under a prefix named after it: they go
+    # first, so a rerun after a crash in between still finds the config and them.
+    if settings.RDEPLOY_S3_BUCKET:
+        s3.delete_prefix(str(settings.RDEPLOY_S3_BUCKET), f"{capture_key_prefix(name)}/")
+    sagemaker.delete_endpoint_config(name)
 
 
 def _disable_autoscaling(identifier: str) -> None:
@@ -55,7 +65,7 @@ DELETERS: dict[str, Callable[[str], None]] = {
     ExternalResource.Kind.MODEL_DATA: _delete_s3_object,
     ExternalResource.Kind.BUILD_CONTEXT: _delete_s3_object,
     ExternalResource.Kind.SAGEMAKER_MODEL: sagemaker.delete_model,
-    ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG: sagemaker.delete_endpoint_config,
+    ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG: _delete_endpoint_config,
     ExternalResource.Kind.SAGEMAKER_ENDPOINT: sagemaker.delete_endpoint,
     ExternalResource.Kind.AUTOSCALING_TARGET: _disable_autoscaling,
     ExternalResource.Kind.IAM_ROLE: iam.delete_role,
@@ -104,12 +114,12 @@ def retire_previous(ctx: StepContext) -> StepOutcome:
             continue
         if resource.kind in SHARED_KINDS and ctx.deployment.resources.get(resource.kind) == resource.identifier:
             continue
-        _remove(ctx, resource)
+        remove_resource(ctx, resource)
         removed += 1
     return StepOutcome.done(f"Removed {removed} resource(s) of the previous version.")
 
 
-def _remove(ctx: StepContext, resource: ExternalResource) -> None:
+def remove_resource(ctx: StepContext, resource: ExternalResource) -> None:
     """Delete one resource (already gone counts as done) and record that it is gone."""
     kind, identifier = resource.kind, resource.identifier
     if kind in SHARED_KINDS:
@@ -146,7 +156,7 @@ def _remove_kinds(ctx: StepContext, kinds: tuple[str, ...]) -> int:
     resources = [r for r in ctx.live_resources() if r.kind in kinds]
     resources.sort(key=lambda r: (kinds.index(r.kind), -r.pk))
     for resource in resources:
-        _remove(ctx, resource)
+        remove_resource(ctx, resource)
     return len(resources)
 
 
@@ -226,11 +236,13 @@ def release_artifacts(ctx: StepContext) -> StepOutcome:
     return StepOutcome.done(f"Released {count} artifact(s); images stay for reuse until rdeploy_gc removes them.")
 
 
-def discard(ctx: StepContext) -> None:
+def discard(ctx: StepContext, created_by: Deployment | None = None) -> None:
+    """Remove what ``created_by`` (default: the failed deployment) created, except what the
+    live version uses too."""
     live = ctx.previous if ctx.previous is not None and ctx.previous.pk != ctx.deployment.pk else None
     # Newest first, log groups after whatever writes to them.
     resources = sorted(
-        ctx.deployment_resources().order_by("-id"), key=lambda r: r.kind == ExternalResource.Kind.LOG_GROUP
+        ctx.deployment_resources(created_by).order_by("-id"), key=lambda r: r.kind == ExternalResource.Kind.LOG_GROUP
     )
     for resource in resources:
         if live is not None and resource.kind in PER_ENDPOINT_KINDS:
@@ -239,4 +251,4 @@ def discard(ctx: StepContext) -> None:
             # The live version uses the same image or model data: it keeps the record.
             ctx.hand_over_resource(resource, live)
             continue
-        _remove(ctx, resource)
+        remove_resource(ctx, resource)

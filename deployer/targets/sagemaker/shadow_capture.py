@@ -1,0 +1,202 @@
+"""A SageMaker shadow's pairs, read back from data capture (docs/shadow.md).
+
+While a shadow runs, SageMaker copies the sampled share of live requests to the shadow
+variant and its data capture writes each variant's requests and answers to S3 as JSON
+Lines, ``<capture uri>/<endpoint>/<variant>/yyyy/mm/dd/hh/<file>.jsonl``, one event per
+line: ``captureData.endpointOutput`` (``observedContentType``, ``mode``, ``data``,
+``encoding``) and ``eventMetadata`` (``eventId``, ``inferenceTime``). rdeploy pairs a
+production event with the shadow event of the same ``eventId`` (assumed, not documented:
+docs/shadow.md) and stores one ``ShadowPair`` per request, keeping of each answer what
+the gateway's copies keep.
+
+The files are the model's output: untrusted input to this privileged reader. Each
+collection reads a bounded number of files, at most ``MAX_FILE_BYTES`` of each (a ranged
+GET), skips lines longer than ``MAX_LINE_BYTES`` and JSON nested deeper than
+``MAX_JSON_DEPTH``, and keeps at most ``MAX_PENDING`` events per variant waiting for their
+other half. Per variant, a cursor (the last key read) and the waiting events live on the
+shadow endpoint config's record, stored in the transaction that stores the pairs, with the
+row locked meanwhile: a rerun or a concurrent collection never stores a pair twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+
+from deployer.integrations.aws import s3
+from deployer.models import Endpoint, ExternalResource, Shadow, ShadowPair
+from deployer.targets.sagemaker.names import SHADOW_VARIANT, VARIANT, endpoint_name, rollout_name, s3_location
+
+MAX_FILES_PER_VARIANT = 50
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_LINE_BYTES = 2 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+MAX_PENDING = 500
+MAX_ERROR_CHARS = 500
+# The capture records no HTTP status: an answer carrying "error" (the runtime's error
+# body) counts as this one.
+ERROR_STATUS = 500
+
+
+@dataclass(frozen=True)
+class CapturedAnswer:
+    event_id: str
+    output: Any
+    error: str
+
+    def as_json(self) -> list[Any]:
+        return [self.event_id, self.output, self.error]
+
+
+def _within_depth(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return True
+
+
+def _bounded_json(text: bytes | str) -> Any:
+    """Parsed JSON, or None when it is not JSON, too long or too deep."""
+    if len(text) > MAX_LINE_BYTES:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if _within_depth(value, MAX_JSON_DEPTH) else None
+
+
+def _kept(answer: Any) -> Any:
+    """What a pair keeps of an answer, as the gateway's copies do (deployer.services.
+    shadow_copies.answer_output, which this layer may not import): its "predictions" (or
+    the whole answer), at most SHADOW_MAX_ROWS rows."""
+    if isinstance(answer, dict) and "predictions" in answer:
+        answer = answer["predictions"]
+    return answer[: settings.SHADOW_MAX_ROWS] if isinstance(answer, list) else answer
+
+
+def _body(output: Any) -> bytes | None:
+    """The answer's bytes as captured: text for JSON and CSV, base64 otherwise."""
+    if not isinstance(output, dict) or not isinstance(output.get("data"), str):
+        return None
+    if output.get("encoding") == "BASE64":
+        try:
+            return base64.b64decode(output["data"], validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    return str(output["data"]).encode()
+
+
+def captured_answer(line: bytes) -> CapturedAnswer | None:
+    """One capture event's answer, or None for a line that is not one."""
+    event = _bounded_json(line)
+    if not isinstance(event, dict):
+        return None
+    metadata, capture = event.get("eventMetadata"), event.get("captureData")
+    if not isinstance(metadata, dict) or not isinstance(capture, dict) or not metadata.get("eventId"):
+        return None
+    event_id = str(metadata["eventId"])[:200]
+    body = _body(capture.get("endpointOutput"))
+    if body is None:
+        return CapturedAnswer(event_id, None, "SageMaker captured no answer for this request.")
+    parsed = _bounded_json(body)
+    if isinstance(parsed, dict) and "error" in parsed and "predictions" not in parsed:
+        return CapturedAnswer(event_id, None, str(parsed["error"])[:MAX_ERROR_CHARS] or "error")
+    return CapturedAnswer(event_id, _kept(parsed), "")
+
+
+def _answers(bucket: str, key: str) -> list[CapturedAnswer]:
+    data = s3.read_start(bucket, key, max_bytes=MAX_FILE_BYTES)
+    lines = data.split(b"\n")
+    if len(data) >= MAX_FILE_BYTES:
+        lines = lines[:-1]  # cut off by the cap: its last line is incomplete
+    return [answer for line in lines if line.strip() and (answer := captured_answer(line)) is not None]
+
+
+def _pair(shadow: Shadow, live: CapturedAnswer, copy: CapturedAnswer) -> ShadowPair:
+    return ShadowPair(
+        shadow=shadow,
+        live_status=ERROR_STATUS if live.error else 200,
+        shadow_status=ERROR_STATUS if copy.error else 200,
+        # Data capture records no latency (CloudWatch's ModelLatency is per variant only).
+        live_ms=None,
+        shadow_ms=None,
+        live_output=live.output,
+        shadow_output=copy.output,
+        shadow_error=copy.error,
+    )
+
+
+def _store(shadow: Shadow, pairs: list[ShadowPair], copies: int) -> None:
+    ShadowPair.objects.bulk_create(pairs)
+    Shadow.objects.filter(pk=shadow.pk).update(copies_sent=F("copies_sent") + copies)
+    newest = ShadowPair.objects.filter(shadow=shadow).order_by("-id").values_list("id", flat=True)
+    beyond = list(newest[settings.SHADOW_MAX_PAIRS : settings.SHADOW_MAX_PAIRS + 1])
+    if beyond:
+        ShadowPair.objects.filter(shadow=shadow, id__lte=beyond[0]).delete()
+
+
+def shadow_config_record(shadow: Shadow) -> ExternalResource | None:
+    """The live record of the shadow's endpoint config (it carries the capture's place)."""
+    return (
+        ExternalResource.objects.live()
+        .named(
+            Endpoint.Target.SAGEMAKER,
+            ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG,
+            rollout_name(shadow.deployment),
+        )
+        .first()
+    )
+
+
+def collect_shadow_pairs(shadow: Shadow) -> int:
+    """Store the pairs of the capture files written since the last collection; returns how many."""
+    record = shadow_config_record(shadow)
+    if record is None or not record.details.get("capture_uri"):
+        return 0
+    bucket, key_prefix = s3_location(str(record.details["capture_uri"]))
+    with transaction.atomic():
+        resource = record.locked()
+        cursors: dict[str, str] = dict(resource.details.get("capture_cursors", {}))
+        waiting: dict[str, dict[str, CapturedAnswer]] = {
+            variant: {
+                item[0]: CapturedAnswer(*item) for item in resource.details.get("capture_waiting", {}).get(variant, [])
+            }
+            for variant in (VARIANT, SHADOW_VARIANT)
+        }
+        copies = 0
+        for variant in (VARIANT, SHADOW_VARIANT):
+            folder = f"{key_prefix}/{endpoint_name(shadow.endpoint)}/{variant}/"
+            found = s3.objects_after(bucket, folder, start_after=cursors.get(variant, ""), limit=MAX_FILES_PER_VARIANT)
+            for stored in found:
+                for answer in _answers(bucket, stored.key):
+                    waiting[variant][answer.event_id] = answer
+                    copies += variant == SHADOW_VARIANT
+            if found:
+                cursors[variant] = found[-1].key
+        pairs = []
+        for event_id in [event_id for event_id in waiting[SHADOW_VARIANT] if event_id in waiting[VARIANT]]:
+            pairs.append(_pair(shadow, waiting[VARIANT].pop(event_id), waiting[SHADOW_VARIANT].pop(event_id)))
+        _store(shadow, pairs, copies)
+        resource.merge_details(
+            capture_cursors=cursors,
+            # The newest of each side wait for their other half (a list: JSON keeps its order).
+            capture_waiting={
+                variant: [answer.as_json() for answer in list(answers.values())[-MAX_PENDING:]]
+                for variant, answers in waiting.items()
+            },
+        )
+    return len(pairs)
