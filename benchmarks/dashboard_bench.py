@@ -123,8 +123,8 @@ def seed(database: Path, owner_id: int, version_id: int, args: argparse.Namespac
     with connection:
         connection.executemany(
             "INSERT INTO deployer_endpoint (name, owner_id, target, options, status, model_version_id, invoke_url,"
-            " public_url, public, api_key_hash, api_key_prefix, runtime, error, created_at, updated_at)"
-            " VALUES (?, ?, 'local', '{}', ?, ?, ?, '', 0, '', '', '{}', '', ?, ?)",
+            " public_url, public, api_key_hash, api_key_prefix, runtime, shadow_runtime, error, created_at,"
+            " updated_at) VALUES (?, ?, 'local', '{}', ?, ?, ?, '', 0, '', '', '{}', '{}', '', ?, ?)",
             (
                 (
                     f"endpoint-{i:05d}",
