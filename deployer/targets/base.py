@@ -82,6 +82,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 from django.db.models import QuerySet
@@ -367,6 +368,13 @@ class Target(abc.ABC):
     def push_api_key(self, endpoint: Endpoint) -> None:  # noqa: B027 (optional hook; nothing to do by default)
         """After a key rotation: give ``endpoint.api_key_hash`` to a public API the target
         hosts itself (rdeploy's own gateway reads it from the database)."""
+
+    def public_calls_since(self, endpoint: Endpoint, since: datetime) -> int | None:
+        """For a stopped endpoint with ``wake_on_request``: how many calls its public route
+        answered "stopped" since ``since``, for a route that cannot start the endpoint itself
+        (the reconciler starts it when there were any). None: the route wakes the endpoint
+        on its own, as rdeploy's gateway does, or the endpoint has no such route."""
+        return None
 
     def collect_shadow_pairs(self, shadow: Shadow) -> int:
         """For a target that copies requests to a shadow itself: store the answered pairs
