@@ -176,7 +176,8 @@ def test_an_endpoint_at_its_in_flight_limit_gets_the_same_503_on_both_routes_and
     token = api_token_create(user=owner, name="ci").secret
     # As if GATEWAY_MAX_INFLIGHT requests to it were in progress in this process.
     monkeypatch.setitem(gateway._inflight, Endpoint.objects.get(name="busy").pk, 4)
-    with override_settings(GATEWAY_MAX_INFLIGHT=4):
+    # No waiting for a slot: the refusal this test is about comes at once.
+    with override_settings(GATEWAY_MAX_INFLIGHT=4, GATEWAY_MAX_QUEUED=0):
         cases: list[tuple[str, dict[str, Any]]] = [
             ("/e/busy/invocations", {"HTTP_X_API_KEY": key}),
             ("/api/v1/endpoints/busy/invocations", {"HTTP_AUTHORIZATION": f"Token {token}"}),

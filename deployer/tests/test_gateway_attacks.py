@@ -52,7 +52,8 @@ def narrow_web_server(django_db_blocker: object) -> Iterator[WebServer]:
         Path(settings.DATA_DIR) / "narrow-web.log",
         workers=1,
         threads=3,
-        env={"RDEPLOY_GATEWAY_MAX_INFLIGHT": "2"},
+        # No waiters: with 3 threads, 2 in progress + 2 queued could take them all.
+        env={"RDEPLOY_GATEWAY_MAX_INFLIGHT": "2", "RDEPLOY_GATEWAY_MAX_QUEUED": "0"},
     )
     server.start()
     yield server
