@@ -202,6 +202,7 @@ def test_a_shadow_runs_as_a_shadow_variant_with_data_capture_and_builds_nothing(
     # SageMaker copies the requests: the gateway is given nothing to send.
     assert "runtime" not in endpoint.shadow_runtime
     assert endpoint.shadow_runtime["copies"] == "sagemaker"
+    assert endpoint.shadow_runtime["capture_prefix"] == capture["DestinationS3Uri"]
     assert endpoint.runtime["deployment"] == creation.pk
 
 
@@ -218,10 +219,13 @@ def test_pairs_are_what_the_capture_files_say_collected_once_each(
             capture_event("e2", b'{"predictions": [1.5, 2.5]}'),
             capture_event("e3", b'{"predictions": ["virginica"]}'),
             capture_event("e6", b'{"predictions": ["setosa"]}'),
+            capture_event("e7", b'{"predictions": ["setosa"]}'),
         ],
     )
     # Model output is untrusted: an answer nested deeper than rdeploy reads keeps nothing.
     too_deep = b'{"predictions": ' + b"[" * 100 + b"1" + b"]" * 100 + b"}"
+    # ... and a line longer than rdeploy reads is skipped (e7 stays unpaired).
+    too_long = json.dumps({"predictions": ["setosa"] * 300_000}).encode()
     write_capture(
         shadow,
         "shadow",
@@ -233,6 +237,7 @@ def test_pairs_are_what_the_capture_files_say_collected_once_each(
             capture_event("e2", b'{"predictions": [1.5, 3.0]}'),
             capture_event("e3", b'{"error": "object \'Petal.Width\' not found"}'),
             capture_event("e6", too_deep),
+            capture_event("e7", too_long),
         ],
     )
 

@@ -128,7 +128,7 @@ def start_copies(ctx: StepContext) -> StepOutcome:
     # No "runtime" fact: the gateway sends nothing, SageMaker copies and the reconciler
     # collects the pairs (collect_shadow_pairs).
     ctx.set_shadow_runtime(
-        copies="sagemaker", endpoint_name=endpoint_name(ctx.endpoint), variant=SHADOW_VARIANT, capture_uri=uri
+        copies="sagemaker", endpoint_name=endpoint_name(ctx.endpoint), variant=SHADOW_VARIANT, capture_prefix=uri
     )
     return StepOutcome.done(f"SageMaker copies {_shadow(ctx).sample_percent}% of the live requests to the shadow.")
 
