@@ -437,3 +437,22 @@ def test_the_documented_execution_role_writes_this_installations_captures_only()
     with override_settings(INSTALLATION_ID=f"{settings.INSTALLATION_ID}x"):
         theirs = capture_object()
     assert not any(fnmatchcase(theirs, pattern) for pattern in writes)
+
+
+@override_settings(SHADOW_MAX_PAIRS=2, SHADOW_MAX_ROWS=2)
+def test_a_shadow_keeps_its_newest_pairs_and_the_first_rows_of_each_answer(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    shadow = start_shadow(owner, live_endpoint(owner, api_client_for), sample_percent=100)
+
+    def answer(number: int) -> bytes:
+        return json.dumps({"predictions": [number] * 3}).encode()
+
+    write_capture(shadow, "main", "21-10-05-123-a.jsonl", [capture_event(f"e{n}", answer(n)) for n in (1, 2, 3)])
+    write_capture(shadow, "shadow", "21-10-05-456-b.jsonl", [capture_event(f"e{n}", answer(n * 10)) for n in (1, 2, 3)])
+
+    assert shadows_collect_pairs() == 3
+
+    assert pairs(shadow) == [(200, 200, [2, 2], [20, 20], "", None), (200, 200, [3, 3], [30, 30], "", None)]
+    shadow.refresh_from_db()
+    assert shadow.copies_sent == 3
