@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
 
 from deployer.models import Endpoint, Shadow, ShadowPair
@@ -209,3 +211,50 @@ def test_the_latest_shadow_is_the_active_one_or_else_the_newest(shadow: Shadow, 
     later = make_shadow(endpoint, make_model_version(owner), status=Shadow.Status.FAILED)
     assert shadow_latest(endpoint) == later
     assert shadow_latest(make_endpoint(owner, "never")) is None
+
+
+def test_differences_too_large_for_a_float_are_unmatched(shadow: Shadow) -> None:
+    # 1e308 - (-1e308) overflows: neither the mean nor the histogram may see an infinity.
+    store(shadow, pair([1e308, 1.0], [-1e308, 1.5]), pair([2], [3]))
+
+    comparison = shadow_comparison(shadow)
+
+    assert (comparison.kind, comparison.rows_compared, comparison.rows_unmatched) == ("numeric", 3, 1)
+    assert (comparison.mean_abs_difference, comparison.max_abs_difference) == (0.75, 1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["class", "numeric"])
+def test_a_full_shadow_is_compared_in_one_pass_and_its_time_printed(shadow: Shadow, kind: str) -> None:
+    """The largest comparison the default settings keep (5000 pairs of 100 rows); prints the
+    time, asserts only the figures. -s shows it."""
+    pairs, rows = settings.SHADOW_MAX_PAIRS, settings.SHADOW_MAX_ROWS
+    labels = ["setosa", "versicolor", "virginica"]
+
+    def value(request: int, row: int, version: int) -> Any:
+        # Every value distinct for numbers (the slowest case); labels agree when version 1's
+        # and 2's index are the same modulo 3, i.e. when `request` is a multiple of 3.
+        index = request * version + row
+        return labels[index % 3] if kind == "class" else index / 7 + version
+
+    ShadowPair.objects.bulk_create(
+        ShadowPair(
+            shadow=shadow, live_status=200, shadow_status=200, live_ms=1, shadow_ms=2,
+            live_output=[value(request, row, 1) for row in range(rows)],
+            shadow_output=[value(request, row, 2) for row in range(rows)],
+        )
+        for request in range(pairs)
+    )  # fmt: skip
+
+    started, cpu = time.perf_counter(), time.process_time()
+    comparison = shadow_comparison(shadow)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+
+    # The CPU time of this process too: on a loaded machine the wall time is mostly waiting.
+    print(f"\nshadow_comparison, {kind}, {pairs} pairs x {rows} rows: {elapsed * 1000:.0f} ms", end=" ")
+    print(f"({cpu * 1000:.0f} ms CPU)")
+    assert comparison.rows_compared == pairs * rows
+    if kind == "class":
+        assert comparison.agreed == len(range(0, pairs, 3)) * rows
+    else:
+        assert comparison.rows_unmatched == 0

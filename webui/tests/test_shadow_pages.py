@@ -65,7 +65,7 @@ def test_starting_through_the_form_records_the_shadow_and_its_deployment(client:
     assert (shadow.status, shadow.deployment.kind) == (Shadow.Status.STARTING, Deployment.Kind.SHADOW)
     html = response.content.decode()
     assert f"Starting {v2} beside {endpoint.model_version}" in html
-    assert 'hx-trigger="every 2s"' in panel(html), "the panel polls while the shadow starts"
+    assert 'hx-trigger="every 5s"' in panel(html), "the panel polls while the shadow starts"
     assert ">Start shadow</button>" not in panel(html)
 
 
@@ -146,7 +146,7 @@ def test_the_panel_polls_while_the_shadow_runs_and_answers_286_once_it_ended(cli
 
     running = client.get(FRAGMENT, headers=HTMX)
     assert running.status_code == 200
-    assert 'hx-trigger="every 2s"' in running.content.decode()
+    assert 'hx-trigger="every 5s"' in running.content.decode()
 
     Shadow.objects.filter(pk=shadow.pk).update(status=Shadow.Status.ENDED, outcome="Stopped by its owner.")
     ended = client.get(FRAGMENT, headers=HTMX)
