@@ -3,7 +3,12 @@
 from celery import shared_task
 
 from deployer import task_names
-from deployer.services.endpoints import endpoint_push_api_key, endpoint_wake, endpoints_stop_idle
+from deployer.services.endpoints import (
+    endpoint_push_api_key,
+    endpoint_wake,
+    endpoints_stop_idle,
+    endpoints_wake_called,
+)
 from deployer.services.pipeline import deployment_advance
 from deployer.services.reconciler import pipeline_reconcile
 from deployer.services.shadows import shadows_collect_pairs, shadows_end_expired
@@ -21,6 +26,8 @@ def pipeline_reconcile_task() -> dict[str, int]:
     return {
         **pipeline_reconcile(),
         "stopped_idle": endpoints_stop_idle(),
+        # Calls to a stopped endpoint's own public API (SageMaker's API Gateway URL).
+        "woken": endpoints_wake_called(),
         "shadows_ended": shadows_end_expired(),
         "shadow_pairs": shadows_collect_pairs(),
     }

@@ -9,7 +9,12 @@ key (``x-api-key``) by comparing its SHA-256 with the one rdeploy keeps, and nam
 usage-plan key API Gateway meters and throttles against.
 
 Environment: ``SAGEMAKER_ENDPOINT_NAME``, ``RDEPLOY_ENDPOINT_NAME`` (the name callers know),
-``RDEPLOY_API_KEY_SHA256``, ``RDEPLOY_USAGE_KEY``.
+``RDEPLOY_API_KEY_SHA256``, ``RDEPLOY_USAGE_KEY``, ``RDEPLOY_WAKE_ON_REQUEST`` ("true" when
+the endpoint has ``wake_on_request``).
+
+The function cannot start a stopped endpoint (rdeploy is not reachable from AWS in
+general): rdeploy's reconciler sees its 503 answers in API Gateway's ``5XXError`` metric
+and starts the endpoint (docs/sagemaker.md, "A stopped endpoint's public API").
 
 API Gateway gives an integration at most 29 seconds, so the SageMaker call is bounded
 below that: a slow prediction is answered 504 by this function, not dropped by the gateway.
@@ -68,7 +73,14 @@ def _error(status: int, message: str) -> dict[str, Any]:
 
 def _stopped() -> dict[str, Any]:
     name = os.environ.get("RDEPLOY_ENDPOINT_NAME") or os.environ["SAGEMAKER_ENDPOINT_NAME"]
-    body = {"message": f"Endpoint {name} is stopped; its owner can start it.", "reason": "endpoint is stopped"}
+    if os.environ.get("RDEPLOY_WAKE_ON_REQUEST") == "true":
+        # Still 60 s, not the 5 s of rdeploy's own route: rdeploy learns of this call from
+        # CloudWatch minutes later, and the endpoint takes minutes more to come up; every
+        # retry meanwhile is billed and counts against the key's daily quota.
+        message = f"Endpoint {name} is stopped and is being started; this takes several minutes."
+    else:
+        message = f"Endpoint {name} is stopped; its owner can start it."
+    body = {"message": message, "reason": "endpoint is stopped"}
     return _response(503, json.dumps(body).encode(), "application/json", {"Retry-After": str(STOPPED_RETRY_AFTER)})
 
 

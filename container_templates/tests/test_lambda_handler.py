@@ -130,19 +130,40 @@ def test_moto_alone_answers_for_an_endpoint_that_does_not_exist(handler: ModuleT
     assert handler.handler(proxy_event("[{}]"), None)["statusCode"] == 200
 
 
-def test_handler_answers_a_stopped_endpoint_like_rdeploys_gateway(
-    handler: ModuleType, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def answer_for_a_stopped_endpoint(handler: ModuleType, moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
     with endpoint_checking_runtime(moto.url) as runtime:
         monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", runtime.url)
         response = handler.handler(proxy_event("[{}]"), None)
-
     assert runtime.not_found == 1
+    return response
+
+
+def test_handler_answers_a_stopped_endpoint_like_rdeploys_gateway(
+    handler: ModuleType, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    response = answer_for_a_stopped_endpoint(handler, moto, monkeypatch)
+
     assert response["statusCode"] == 503
     assert response["headers"]["Retry-After"] == "60"
     assert response["headers"]["Content-Type"] == "application/json"
     assert json.loads(response["body"]) == {
         "message": "Endpoint iris is stopped; its owner can start it.",
+        "reason": "endpoint is stopped",
+    }
+
+
+def test_handler_says_a_stopped_endpoint_with_wake_on_request_is_being_started(
+    handler: ModuleType, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RDEPLOY_WAKE_ON_REQUEST", "true")
+
+    response = answer_for_a_stopped_endpoint(handler, moto, monkeypatch)
+
+    assert response["statusCode"] == 503
+    # Not 5 s: rdeploy learns of the call from CloudWatch minutes later (docs/sagemaker.md).
+    assert response["headers"]["Retry-After"] == "60"
+    assert json.loads(response["body"]) == {
+        "message": "Endpoint iris is stopped and is being started; this takes several minutes.",
         "reason": "endpoint is stopped",
     }
 

@@ -377,14 +377,41 @@ def endpoints_stop_idle(*, now: datetime | None = None) -> int:
     return stopped
 
 
-def _cloudwatch_turn(endpoint: Endpoint) -> bool:
+def _cloudwatch_turn(endpoint: Endpoint, purpose: str = "idle") -> bool:
     """Whether the reconciler (every few seconds) may ask CloudWatch about this endpoint
-    now: once per IDLE_METRICS_CHECK_SECONDS, since each GetMetricStatistics is billed."""
-    key = f"rdeploy:idle:cloudwatch:{endpoint.pk}:{endpoint.created_at.timestamp()}"
+    for ``purpose`` now: once per IDLE_METRICS_CHECK_SECONDS, since each GetMetricStatistics
+    is billed."""
+    key = f"rdeploy:{purpose}:cloudwatch:{endpoint.pk}:{endpoint.created_at.timestamp()}"
     try:
         return bool(cache.add(key, 1, timeout=IDLE_METRICS_CHECK_SECONDS))
     except Exception:  # Redis down: ask now rather than never stop
         return True
+
+
+def endpoints_wake_called() -> int:
+    """Start every stopped endpoint with ``wake_on_request`` whose public route answered
+    calls since it stopped, where that route cannot start it itself (the target's
+    ``public_calls_since``: a SageMaker endpoint's API Gateway URL, seen through
+    CloudWatch); how many it started. Since it stopped: since its last deployment ended,
+    the stop or a failed start, so calls that started it once do not start it again."""
+    woken = 0
+    for endpoint in Endpoint.objects.filter(status=Endpoint.Status.STOPPED, options__wake_on_request=True):
+        if not _cloudwatch_turn(endpoint, "wake"):
+            continue
+        try:
+            calls = get_target(endpoint.target).public_calls_since(endpoint, _idle_floor(endpoint))
+        except (AwsError, AwsConfigurationError) as exc:
+            logger.warning("Wake check skipped %s: CloudWatch did not answer (%s)", endpoint.name, exc)
+            continue
+        if not calls or endpoint_wake(endpoint_id=endpoint.pk) is None:
+            continue
+        LogLine.objects.create(
+            endpoint=endpoint,
+            source=LogLine.Source.ENDPOINT,
+            message=f"Starting: its public API answered {calls} call(s) while it was stopped (wake_on_request).",
+        )
+        woken += 1
+    return woken
 
 
 def endpoint_stopped_idle_since(endpoint: Endpoint) -> datetime | None:

@@ -1,5 +1,6 @@
 """CloudWatch: the metric alarms on an endpoint's variant that SageMaker watches
-during a blue/green update, rolling back when one fires, and its traffic (docs/cost.md)."""
+during a blue/green update, rolling back when one fires, its traffic (docs/cost.md), and
+the server errors of a public API (a stopped endpoint's calls, docs/sagemaker.md)."""
 
 from __future__ import annotations
 
@@ -136,3 +137,21 @@ def last_invocation(*, endpoint: str, variant: str, start: datetime, end: dateti
     )
     called = [point["Timestamp"] for point in answer["Datapoints"] if float(point["Sum"]) > 0]
     return min(max(called) + timedelta(seconds=period), end) if called else None
+
+
+@raises_aws_error
+def api_server_errors(*, api: str, stage: str, start: datetime, end: datetime) -> int:
+    """How many calls to the stage of the REST API named ``api`` API Gateway answered with a
+    5xx status between ``start`` and ``end``: its ``5XXError`` metric, summed over one period.
+    (CloudWatch rounds ``start`` down to the minute, 5 minutes beyond 15 days ago.)"""
+    seconds = max(60, -(-int((end - start).total_seconds()) // 60) * 60)
+    answer = aws_client("cloudwatch").get_metric_statistics(
+        Namespace="AWS/ApiGateway",
+        MetricName="5XXError",
+        Dimensions=[{"Name": "ApiName", "Value": api}, {"Name": "Stage", "Value": stage}],
+        StartTime=start,
+        EndTime=end,
+        Period=seconds,
+        Statistics=["Sum"],
+    )
+    return round(sum(float(point["Sum"]) for point in answer["Datapoints"]))

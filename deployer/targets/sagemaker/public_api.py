@@ -1,16 +1,19 @@
 """Steps ``public_function`` and ``public_api`` (public endpoints only): a Lambda function
 in front of the SageMaker endpoint behind an API Gateway REST API whose authorizer checks
-the endpoint's rdeploy API key; and handing that API a rotated key."""
+the endpoint's rdeploy API key; handing that API a rotated key; and counting the calls it
+answered while the endpoint was stopped (``wake_on_request``)."""
 
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
-from deployer.integrations.aws import apigateway, iam, lambda_
+from deployer.integrations.aws import apigateway, cloudwatch, iam, lambda_
 from deployer.integrations.aws.client import AwsError
 from deployer.models import Endpoint, ExternalResource
 from deployer.targets.base import StepContext, StepOutcome, TransientStepError
@@ -32,6 +35,9 @@ from deployer.targets.sagemaker.ownership import ensure_ours
 HANDLER_FILE = Path(settings.BASE_DIR) / "container_templates" / "lambda" / "handler.py"
 # API Gateway gives a REST integration at most 29 s; the function gets the same.
 LAMBDA_TIMEOUT = 29
+# How far back calls to a stopped endpoint's API are counted: CloudWatch keeps 1-minute
+# datapoints 15 days and rounds an older start to 5 minutes, which could reach before the stop.
+WAKE_LOOKBACK = timedelta(days=14)
 
 
 def public_function(ctx: StepContext) -> StepOutcome:
@@ -66,6 +72,8 @@ def public_function(ctx: StepContext) -> StepOutcome:
         "RDEPLOY_ENDPOINT_NAME": endpoint.name,
         "RDEPLOY_API_KEY_SHA256": endpoint.api_key_hash,
         "RDEPLOY_USAGE_KEY": usage_key,
+        # Options never change after creation, so this is set once, here.
+        "RDEPLOY_WAKE_ON_REQUEST": "true" if ctx.options.get("wake_on_request") else "false",
     }
     try:
         arn = lambda_.create_function(
@@ -175,3 +183,22 @@ def sync_public_key(endpoint: Endpoint) -> bool:
     apigateway.flush_authorizer_cache(str(api.details["id"]), STAGE)
     api.merge_details(authorizer_flushed_for=key_hash)
     return True
+
+
+def public_calls_since(endpoint: Endpoint, since: datetime) -> int | None:
+    """Calls the endpoint's API Gateway API answered with a server error since ``since``
+    (None without a public API). While the endpoint is stopped that is every call that
+    passed the key check and the throttle: the Lambda answers them 503. API Gateway's
+    ``5XXError``, not the function's ``Invocations``: the function is the API's authorizer
+    too, so its invocations count calls with a wrong key, which must not start the endpoint."""
+    api = ExternalResource.objects.live().of_endpoint(endpoint, ExternalResource.Kind.APIGATEWAY_REST_API).first()
+    if api is None:
+        return None
+    now = timezone.now()
+    # A datapoint covers its whole minute, so the minute ``since`` falls in may hold calls
+    # answered before it (a model's own 500 before the stop): count from the next one.
+    minute = since.replace(second=0, microsecond=0)
+    start = max(minute if minute == since else minute + timedelta(minutes=1), now - WAKE_LOOKBACK)
+    if start >= now:
+        return 0
+    return cloudwatch.api_server_errors(api=api.identifier, stage=STAGE, start=start, end=now)
