@@ -24,6 +24,7 @@ from django.test import override_settings
 
 from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, ModelVersion, Shadow, ShadowPair
+from deployer.services.cloud_gc import cloud_orphans, cloud_orphans_delete
 from deployer.services.shadows import shadow_end, shadow_promote, shadow_start, shadows_collect_pairs
 from deployer.targets.sagemaker.names import capture_key_prefix, endpoint_name, rollout_name
 from deployer.tests.sagemaker_support import (
@@ -456,3 +457,20 @@ def test_a_shadow_keeps_its_newest_pairs_and_the_first_rows_of_each_answer(
     assert pairs(shadow) == [(200, 200, [2, 2], [20, 20], "", None), (200, 200, [3, 3], [30, 30], "", None)]
     shadow.refresh_from_db()
     assert shadow.copies_sent == 3
+
+
+def test_rdeploy_gc_deleting_a_forgotten_shadow_config_deletes_its_capture_files(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    shadow = start_shadow(owner, live_endpoint(owner, api_client_for))
+    write_capture(shadow, "shadow", "21-10-05-456-b.jsonl", [capture_event("e1", b'{"predictions": ["setosa"]}')])
+    config = rollout_name(shadow.deployment)
+    # As if rdeploy's record of the config were lost (a restored database backup).
+    ExternalResource.objects.filter(kind=ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG, identifier=config).delete()
+
+    orphans = cloud_orphans()
+    assert [(o.kind, o.identifier) for o in orphans] == [(ExternalResource.Kind.SAGEMAKER_ENDPOINT_CONFIG, config)]
+    cloud_orphans_delete(orphans)
+
+    assert config not in configs()
+    assert capture_keys() == []
