@@ -42,15 +42,16 @@ def latest(name: str) -> Deployment:
     return Deployment.objects.filter(endpoint__name=name).order_by("-id").first()  # type: ignore[return-value]
 
 
-def push_image(tag_or_uri: str) -> None:
-    """What the CodeBuild buildspec's `docker push` does (moto's CodeBuild runs nothing)."""
+def push_image(tag_or_uri: str, *, size: int = 1) -> None:
+    """What the CodeBuild buildspec's `docker push` does (moto's CodeBuild runs nothing).
+    moto answers the config's size as the image's ``imageSizeInBytes``."""
     repository, tag = tag_or_uri.rsplit("/", 1)[-1].split(":")
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
         "config": {
             "mediaType": "application/vnd.docker.container.image.v1+json",
-            "size": 1,
+            "size": size,
             "digest": "sha256:" + "0" * 64,
         },
         "layers": [],

@@ -142,7 +142,8 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
     create_public(owner, api_client_for, rollback_alarms=["iris-sm-5xx"])
     first = drive(latest("iris-sm"))
     assert builds_started() == 1
-    push_image(first.resources[ExternalResource.Kind.ECR_IMAGE])
+    image_bytes = 734_003_200
+    push_image(first.resources[ExternalResource.Kind.ECR_IMAGE], size=image_bytes)
     second_model = stub_model(owner, content=b"model-2")
 
     response = api_client_for(owner).post(
@@ -182,6 +183,9 @@ def test_a_second_model_version_with_the_same_packages_starts_no_build(
     assert builds_started() == 1
     assert update.steps.get(name="build_image").status == DeploymentStep.Status.SKIPPED
     assert update.resources[ExternalResource.Kind.ECR_IMAGE] == first.resources[ExternalResource.Kind.ECR_IMAGE]
+    # The reused image's size, as ECR reports it, is what the cost estimate counts for storage.
+    image = ExternalResource.objects.get(kind=ExternalResource.Kind.ECR_IMAGE)
+    assert image.details["size_bytes"] == image_bytes
     # The update made a new endpoint config and retired the first rollout's model and config.
     configs = {c["EndpointConfigName"] for c in aws_client("sagemaker").list_endpoint_configs()["EndpointConfigs"]}
     assert configs == {rollout_name(update)}

@@ -54,6 +54,16 @@ def image_exists(repository: str, tag: str) -> bool:
 
 
 @raises_aws_error
+def image_size(repository: str, tag: str) -> int | None:
+    """The image's size as ECR bills its storage (``imageSizeInBytes``); None when missing."""
+    with ok_if_missing():
+        details = aws_client("ecr").describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+        sizes = [image.get("imageSizeInBytes") for image in details["imageDetails"]]
+        return int(sizes[0]) if sizes and isinstance(sizes[0], int) else None
+    return None
+
+
+@raises_aws_error
 def image_tags(repository: str) -> list[str]:
     """Every tag in the repository (empty when the repository does not exist)."""
     paginator = aws_client("ecr").get_paginator("list_images")

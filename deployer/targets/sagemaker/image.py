@@ -70,6 +70,18 @@ def context_zip(context: BuildContext, destination: Path) -> None:
 
 
 def build_image(ctx: StepContext) -> StepOutcome:
+    outcome = _build_image(ctx)
+    if outcome.kind != StepOutcome.WAIT:
+        # What the cost estimate counts for the image's storage (deployer/services/costs.py).
+        resource = ctx.resource(ExternalResource.Kind.ECR_IMAGE)
+        repository, _, tag = resource.identifier.rpartition(":")
+        size = ecr.image_size(repository, tag)
+        if size is not None and resource.details.get("size_bytes") != size:
+            ctx.update_resource_details(resource, size_bytes=size)
+    return outcome
+
+
+def _build_image(ctx: StepContext) -> StepOutcome:
     repository = str(settings.RDEPLOY_ECR_REPOSITORY)
     context: BuildContext | None = None
     tag = ctx.intent.get("tag")
