@@ -325,6 +325,8 @@ class ShadowPanel:
     comparison: ShadowComparison
     agreement: str  # "75.0 %", "" when the kind has none
     error_rate: str
+    mean_difference: str  # 4 significant digits, "" when the kind has none
+    max_difference: str
     columns: list[str]  # the confusion table's labels
     rows: list[tuple[str, list[ConfusionCell]]]
     bars: list[HistogramBar]
@@ -332,6 +334,10 @@ class ShadowPanel:
 
 def _percent(rate: float | None) -> str:
     return "" if rate is None else f"{rate * 100:.1f} %"
+
+
+def _significant(number: float | None) -> str:
+    return "" if number is None else f"{number:.4g}"
 
 
 def shadow_panel(comparison: ShadowComparison) -> ShadowPanel:
@@ -355,6 +361,8 @@ def shadow_panel(comparison: ShadowComparison) -> ShadowPanel:
         comparison=comparison,
         agreement=_percent(comparison.agreement_rate),
         error_rate=_percent(comparison.error_rate),
+        mean_difference=_significant(comparison.mean_abs_difference),
+        max_difference=_significant(comparison.max_abs_difference),
         columns=columns,
         rows=rows,
         bars=bars,

@@ -22,7 +22,7 @@ from testsupport.pipeline import drive
 from testsupport.r_models import expected
 from testsupport.services import CeleryWorker
 from testsupport.waiting import wait_for
-from webui.tests.browser import check_page, log_in
+from webui.tests.browser import PHONE, check_page, log_in, no_horizontal_scroll
 from webui.tests.test_actions import live_endpoint, ready_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -30,6 +30,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ENDPOINT = "iris-shadowed"
 # A shadow deployment starts an R runtime; ending it removes one.
 ROLLOUT_TIMEOUT = 90_000
+# The panel polls every 5 s: a change shows within two polls.
+POLL_TIMEOUT = 11_000
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +79,43 @@ def test_the_panel_shows_the_agreement_follows_new_pairs_and_stops_polling_when_
 
     # Two more rows that disagree: the polled panel shows 3 of 6.
     store(shadow, ["setosa", "setosa"], ["virginica", "virginica"])
-    expect(agreement).to_have_text("50.0 %")
+    expect(agreement).to_have_text("50.0 %", timeout=POLL_TIMEOUT)
     expect(panel).to_contain_text("(3 of 6 rows)")
 
     Shadow.objects.filter(pk=shadow.pk).update(status=Shadow.Status.ENDED, outcome="Ended: its duration is over.")
-    expect(panel).to_contain_text("Ended: its duration is over.")
+    expect(panel).to_contain_text("Ended: its duration is over.", timeout=POLL_TIMEOUT)
     expect(panel.get_by_role("button", name="Start shadow")).to_be_visible()
     # The 286 answer stopped htmx: no poll in the next two poll periods.
     seen = len(polls)
-    page.wait_for_timeout(11_000)
+    page.wait_for_timeout(POLL_TIMEOUT)
     assert len(polls) == seen
     expect(agreement).to_have_text("50.0 %")
+
+
+def test_a_numeric_shadow_shows_its_differences_as_bars_that_fit_a_phone(
+    page: Page, live_server: LiveServer, owner: User
+) -> None:
+    endpoint = live_endpoint(owner)
+    shadow = make_shadow(endpoint, ready_version(owner))
+    # Differences 0.6, 0.6, -1.5 and 2.5: mean (0.6 + 0.6 + 1.5 + 2.5) / 4 = 1.3.
+    ShadowPair.objects.create(
+        shadow=shadow, live_status=200, shadow_status=200, live_ms=5, shadow_ms=7,
+        live_output=[1.0, 2.0, 3.0, 4.0], shadow_output=[1.6, 2.6, 1.5, 6.5],
+    )  # fmt: skip
+    log_in(page, live_server.url, owner)
+    page.set_viewport_size(PHONE)
+    page.goto(f"{live_server.url}/endpoints/iris/")
+    panel = page.get_by_role("region", name="Shadow")
+
+    expect(panel.locator("#shadow-mean-difference")).to_have_text("1.3")
+    expect(panel.locator("#shadow-max-difference")).to_have_text("2.5")
+    bars = panel.get_by_role("list", name="Histogram of differences").get_by_role("listitem")
+    expect(bars).to_have_count(10)
+    # From -1.5 to 2.5 in bins of 0.4: both 0.6s in the 6th, [0.5, 0.9).
+    expect(bars.nth(5).locator(".bin")).to_have_text("0.5 to 0.9")
+    expect(bars.nth(5).locator(".bin-count")).to_have_text("2")
+    assert no_horizontal_scroll(page)
+    check_page(page, "endpoint-shadow-numeric")
 
 
 def test_a_shadow_started_through_the_form_runs_answers_copies_and_stops(
@@ -124,7 +152,7 @@ def test_a_shadow_started_through_the_form_runs_answers_copies_and_stops(
     wait_for(invoke_and_pair, timeout=30, interval=1, what="a paired request")
     truth = expected(iris_models)
     agreed = sum(live == answer for live, answer in zip(truth["v1"][:2], truth["v2"][:2], strict=True))
-    expect(panel.locator("#shadow-agreement")).to_have_text(f"{agreed / 2 * 100:.1f} %")
+    expect(panel.locator("#shadow-agreement")).to_have_text(f"{agreed / 2 * 100:.1f} %", timeout=POLL_TIMEOUT)
 
     panel.get_by_role("button", name="Stop shadow").click()
     expect(panel.locator("#shadow-state .badge")).to_have_text("ended", timeout=ROLLOUT_TIMEOUT)
