@@ -21,6 +21,7 @@ exits are lost (they are samples).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -43,11 +44,16 @@ from deployer.targets.base import InvocationResult, RuntimeUnavailable
 logger = logging.getLogger(__name__)
 
 # A batch of pairs is stored when it has this many, or when its first is this old.
-FLUSH_PAIRS = 50
-FLUSH_SECONDS = 0.5
+FLUSH_PAIRS = 100
+FLUSH_SECONDS = 1.0
+# A shadow's pairs are trimmed once this process stored this share of SHADOW_MAX_PAIRS
+# since the last trim: finding the cutoff reads that many index entries, too many to read
+# with every batch.
+TRIM_SHARE = 0.1
 # Kept of a shadow's error answer.
 MAX_ERROR_CHARS = 500
 SENDERS = 2
+SENDER_NICE = 19
 # Request and answer bytes queued per process at most (besides SHADOW_QUEUE_SIZE copies):
 # answers may be megabytes each.
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
@@ -80,6 +86,8 @@ _queue_lock = threading.Lock()
 _queued_bytes = 0
 # Dropped copies per shadow since the last flush (added to Shadow.copies_dropped there).
 _dropped: dict[int, int] = {}
+# Pairs this process stored per shadow since it last trimmed that shadow's.
+_stored_since_trim: dict[int, int] = {}
 
 
 def _copies() -> queue.Queue[_Copy]:
@@ -193,6 +201,10 @@ def _pair(copy: _Copy) -> ShadowPair | None:
 
 def _send_forever(copies: queue.Queue[_Copy]) -> None:
     global _queued_bytes
+    # Linux schedules threads on their own: the copies get the CPU only when the process's
+    # request threads leave it.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SENDER_NICE)
     batch: list[ShadowPair] = []
     # When the pairs (and dropped counts) gathered since the last store are stored.
     flush_at: float | None = None
@@ -213,14 +225,19 @@ def _send_forever(copies: queue.Queue[_Copy]) -> None:
             if flush_at is not None and (len(batch) >= FLUSH_PAIRS or time.monotonic() >= flush_at):
                 shadow_pairs_store(batch)
                 batch, flush_at = [], None
+                if copies.empty():
+                    # Idle: no connection held for nothing (and none left on the database).
+                    connection.close()
         except Exception:  # nothing may end a sender: its process would copy no more
             logger.exception("the shadow copy sender failed; %d pairs lost", len(batch))
             batch, flush_at = [], None
 
 
 def shadow_pairs_store(pairs: list[ShadowPair]) -> None:
-    """Store pairs (and this process's dropped counts), then trim each shadow's pairs to
-    ``SHADOW_MAX_PAIRS``; a database that does not answer loses the batch, not the sender."""
+    """Store pairs (and this process's dropped counts); trim a shadow's pairs to
+    ``SHADOW_MAX_PAIRS`` after each ``TRIM_SHARE`` of that this process stored (between
+    trims a shadow keeps at most that share more per sender). A database that does not
+    answer loses the batch, not the sender."""
     with _queue_lock:
         dropped = dict(_dropped)
         _dropped.clear()
@@ -229,22 +246,35 @@ def shadow_pairs_store(pairs: list[ShadowPair]) -> None:
         sent[pair.shadow_id] = sent.get(pair.shadow_id, 0) + 1
     try:
         close_old_connections()
-        # A shadow's row is gone when its endpoint was deleted meanwhile.
-        wanted = set(Shadow.objects.filter(pk__in={*sent, *dropped}).values_list("pk", flat=True))
-        ShadowPair.objects.bulk_create(pair for pair in pairs if pair.shadow_id in wanted)
-        for shadow_id in wanted:
-            Shadow.objects.filter(pk=shadow_id).update(
+        # Counted first: a shadow whose row is gone (its endpoint deleted meanwhile) counts
+        # nothing and gets no pairs.
+        wanted = {
+            shadow_id
+            for shadow_id in {*sent, *dropped}
+            if Shadow.objects.filter(pk=shadow_id).update(
                 copies_sent=F("copies_sent") + sent.get(shadow_id, 0),
                 copies_dropped=F("copies_dropped") + dropped.get(shadow_id, 0),
             )
-            oldest_kept = (
-                ShadowPair.objects.filter(shadow_id=shadow_id)
-                .order_by("-id")
-                .values_list("id", flat=True)[settings.SHADOW_MAX_PAIRS - 1 : settings.SHADOW_MAX_PAIRS]
-            )
-            if cutoff := list(oldest_kept):
-                ShadowPair.objects.filter(shadow_id=shadow_id, id__lt=cutoff[0]).delete()
+        }
+        ShadowPair.objects.bulk_create(pair for pair in pairs if pair.shadow_id in wanted)
+        for shadow_id in wanted & set(sent):
+            _trim(shadow_id, sent[shadow_id])
     except DatabaseError:
         logger.exception("storing %d shadow pairs failed; they are lost", len(pairs))
         # A connection a database restart cut: the next batch opens a new one.
         connection.close()
+
+
+def _trim(shadow_id: int, stored: int) -> None:
+    keep = settings.SHADOW_MAX_PAIRS
+    with _queue_lock:
+        since = _stored_since_trim.get(shadow_id, 0) + stored
+        due = since >= keep * TRIM_SHARE
+        _stored_since_trim[shadow_id] = 0 if due else since
+    if not due:
+        return
+    oldest_kept = (
+        ShadowPair.objects.filter(shadow_id=shadow_id).order_by("-id").values_list("id", flat=True)[keep - 1 : keep]
+    )
+    if cutoff := list(oldest_kept):
+        ShadowPair.objects.filter(shadow_id=shadow_id, id__lt=cutoff[0]).delete()

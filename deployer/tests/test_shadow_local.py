@@ -9,9 +9,12 @@ comparison's figures (deployer/services/shadow_comparison.py) follow from those.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
 import tarfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.test import override_settings
 from django.utils import timezone
 
 from deployer.integrations.containers import cli
@@ -31,11 +35,13 @@ from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoi
 from deployer.services.images import serving_image_ensure
 from deployer.services.reconciler import pipeline_reconcile
 from deployer.services.shadow_comparison import shadow_comparison
+from deployer.services.shadow_copies import SENDERS, shadow_copy_offer, shadow_pairs_store
 from deployer.services.shadows import shadow_end, shadow_promote, shadow_start
 from deployer.services.tokens import api_token_create
-from deployer.targets.base import ROUTE_CACHE_SECONDS
+from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult
 from deployer.tests.pipeline_support import finish, kill_runtime, running_containers
 from tasks.pipeline import pipeline_reconcile_task
+from testsupport.factories import make_endpoint, make_shadow
 from testsupport.pipeline import ready_model
 from testsupport.r_models import rows_csv
 from testsupport.services import WebServer, session_database_url
@@ -360,3 +366,81 @@ def test_a_crashed_shadow_runtime_is_restarted_and_deleting_the_endpoint_removes
     shadow.refresh_from_db()
     assert shadow.status == Shadow.Status.ENDED
     assert Endpoint.objects.get(pk=endpoint.pk).shadow_runtime == {}
+
+
+# --- the copy senders, without a runtime ---------------------------------------------
+
+
+def test_a_shadows_pairs_are_trimmed_to_the_newest_max_pairs_and_a_deleted_shadow_gets_none(owner: User) -> None:
+    live = ready_model(owner, b"live")
+    endpoint = make_endpoint(owner, "trimmed", model_version=live)
+    shadow = make_shadow(endpoint, ready_model(owner, b"shadow"))
+    gone = make_shadow(make_endpoint(owner, "gone", model_version=live), ready_model(owner, b"other"))
+    gone_id = gone.pk
+    Shadow.objects.filter(pk=gone_id).delete()
+
+    def batch(count: int, shadow_id: int) -> list[ShadowPair]:
+        return [ShadowPair(shadow_id=shadow_id, live_status=200, live_output=[n]) for n in range(count)]
+
+    with override_settings(SHADOW_MAX_PAIRS=100):
+        for _ in range(3):
+            shadow_pairs_store([*batch(60, shadow.pk), *batch(5, gone_id)])
+
+    shadow.refresh_from_db()
+    assert shadow.copies_sent == 180
+    kept = list(shadow.pairs.order_by("id").values_list("id", flat=True))
+    assert len(kept) == 100
+    # The newest: the last 100 stored.
+    assert kept == list(ShadowPair.objects.filter(shadow=shadow).order_by("-id").values_list("id", flat=True))[::-1]
+    assert not ShadowPair.objects.filter(shadow_id=gone_id).exists()
+
+
+class HungRuntime:
+    """A Unix socket that accepts connections and reads requests but never answers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(64)
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.held.append(self.server.accept()[0])
+
+    def close(self) -> None:
+        for connection in self.held:
+            connection.close()
+        self.server.close()
+
+
+def test_a_hung_shadow_holds_the_senders_only_for_its_deadline_and_copies_that_waited_too_long_are_dropped(
+    owner: User, tmp_path: Path
+) -> None:
+    live = ready_model(owner, b"live")
+    shadow = make_shadow(make_endpoint(owner, "hung", model_version=live), ready_model(owner, b"shadow"))
+    hung = HungRuntime(tmp_path / "runtime.sock")
+    runtime = {"socket": str(hung.path), "timeout": 3.0, "queue_seconds": 1.0, "pool": "shadow"}
+    route = {"runtime": runtime, "shadow_id": shadow.pk, "sample_percent": 100}
+    answer = InvocationResult(200, b'{"predictions": [1]}')
+    try:
+        for _ in range(10):
+            shadow_copy_offer(target="local", shadow=route, body=b"x", headers={}, live=answer, live_ms=1.0)
+
+        wait_for(
+            lambda: sum(Shadow.objects.filter(pk=shadow.pk).values_list("copies_sent", "copies_dropped").get()) == 10,
+            what="every copy sent or dropped",
+        )
+    finally:
+        hung.close()
+
+    shadow.refresh_from_db()
+    # Both senders took one copy each and waited out its deadline; the others waited longer
+    # than queue_seconds for a sender, and were dropped rather than sent late.
+    assert (shadow.copies_sent, shadow.copies_dropped) == (SENDERS, 10 - SENDERS)
+    assert {(pair.shadow_status, pair.shadow_error) for pair in shadow.pairs.all()} == {
+        (504, '{"message": "The model did not answer within 3 seconds."}')
+    }
