@@ -1,6 +1,7 @@
 """`docker compose up` cannot run here (its images come from Docker Hub, unreachable), so
 the compose file and Dockerfile are checked by structure; scripts/compose_secrets.py runs."""
 
+import re
 import stat
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def test_compose_runs_secrets_web_worker_beat_redis_and_postgres() -> None:
     assert "--requirepass" in " ".join(services["redis"]["command"])
     assert "/secrets/redis_password" in " ".join(services["redis"]["command"])
     assert "REDISCLI_AUTH" in " ".join(services["redis"]["healthcheck"]["test"])
+
+
+def test_compose_web_processes_have_as_many_threads_as_make_runs() -> None:
+    # The gateway's default bounds are sized against these threads (config/settings.py,
+    # GATEWAY_MAX_INFLIGHT): one number for both ways of running rdeploy.
+    threads = re.findall(r"--threads (\d+)", _compose()["services"]["web"]["command"])
+    assert threads == re.findall(r"--threads (\d+)", (BASE_DIR / "scripts" / "run.sh").read_text())
+    assert len(threads) == 1
 
 
 def test_only_the_worker_reaches_the_container_engine() -> None:
