@@ -249,6 +249,8 @@ def _overview_context(request: DashboardRequest, endpoint: Endpoint) -> dict[str
         "deployment": endpoint.current_deployment,
         "steps": [(step, format_duration(step_duration(step, now))) for step in steps],
         "busy": selectors.endpoint_is_busy(endpoint),
+        # While a shadow runs the live version changes only by promoting or stopping it.
+        "shadowed": Shadow.objects.filter(endpoint=endpoint, status__in=Shadow.ACTIVE).exists(),
         "idle_notice": endpoint_idle_stop_notice(endpoint, now=now),
         "stopped_idle_since": endpoint_stopped_idle_since(endpoint),
         "versions": selectors.model_versions_ready(user=request.user, name=serving.name if serving else None).exclude(

@@ -196,3 +196,18 @@ def test_another_user_gets_404_for_the_panel_and_its_forms(client: Client, owner
     shadow.refresh_from_db()
     assert shadow.status == Shadow.Status.RUNNING
     assert Endpoint.objects.get(pk=endpoint.pk).current_deployment == endpoint.current_deployment
+
+
+def test_update_roll_back_and_stop_wait_while_a_shadow_runs(client: Client, owner: User) -> None:
+    endpoint = live_endpoint(owner, previous_model_version=ready_version(owner))
+    client = logged_in(client, owner)
+
+    def disabled(html: str) -> list[str]:
+        actions = html[html.index('<section id="actions"') :]
+        return re.findall(r"<button type=\"submit\"[^>]* disabled[^>]*>([^<]+)</button>", actions)
+
+    assert disabled(client.get("/endpoints/iris/").content.decode()) == []
+    make_shadow(endpoint, ready_version(owner))
+    html = client.get("/endpoints/iris/").content.decode()
+    assert disabled(html) == ["Update model", "Roll back", "Stop"]
+    assert "a shadow runs: promote it or stop it first" in html
