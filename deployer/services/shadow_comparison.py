@@ -15,7 +15,8 @@ thousand, each at most ``SHADOW_MAX_ROWS`` rows of predictions) and adds up
   difference of any probability; anything else (``other``) exact agreement. A row one
   answer lacks, or whose values are not of that kind, is "unmatched": it never agrees and
   has no difference;
-- both versions' latency (p50 and p99, nearest rank).
+- both versions' latency (p50 and p99, nearest rank) over every pair that measured one
+  (the live version's refusals were answered too, so they count).
 
 The kind is the one most of the live rows have, so one odd answer does not change it.
 The REST API and the dashboard show the same figures (deployer/api/endpoints.py,
