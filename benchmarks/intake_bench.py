@@ -18,14 +18,10 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import shutil
-import signal
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
-from testsupport.installation import celery_worker_command, gunicorn_command, installation_env  # noqa: E402
-from testsupport.ports import free_port, listening  # noqa: E402
-from testsupport.waiting import wait_for  # noqa: E402
+from testsupport.installation import BenchmarkInstallation, celery_worker_command  # noqa: E402
 
-PYTHON = sys.executable
 BOUNDARY = "rdeploy-bench-boundary"
 GOAL_SECONDS = 3.0
 
@@ -138,123 +131,86 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="rdeploy-intake-bench-"))
-    redis_port, web_port = free_port(), free_port()
-    env = installation_env(
-        dict(os.environ),
-        data_dir,
+    with BenchmarkInstallation(
+        "intake",
+        keep=args.keep,
         allowed_hosts="127.0.0.1,localhost",
-        redis_port=redis_port,
         RDEPLOY_MAX_UPLOAD_BYTES=str(max(2 * 1024**3, (args.size_mib + 16) * 1024**2)),
-        PYTHONUNBUFFERED="1",
+    ) as installation:
+        return run(installation, args)
+
+
+def run(installation: BenchmarkInstallation, args: argparse.Namespace) -> int:
+    token = installation.api_token("bench")
+    web_port = installation.serve("web", "config.wsgi", workers=1, options=("--timeout", "600"))
+    time.sleep(0.5)
+    worker_pid = children(installation.children["web"].pid)[0]
+    before_kib = kib("VmRSS", worker_pid)
+
+    size = args.size_mib * 1024**2
+    status, body, seconds = post_streaming(web_port, token, {"name": "big"}, size)
+    peak_kib = kib("VmHWM", worker_pid)
+    print(f"upload: {args.size_mib} MiB in {seconds:.2f} s = {args.size_mib / seconds:.0f} MiB/s (HTTP {status})")
+    print(
+        f"web worker memory: {before_kib / 1024:.0f} MiB resident before, peak {peak_kib / 1024:.0f} MiB "
+        f"(+{(peak_kib - before_kib) / 1024:.0f} MiB for a {args.size_mib} MiB upload)"
     )
-    processes: list[subprocess.Popen[bytes]] = []
+    if status != 201:
+        print(f"unexpected answer: {body}")
+        return 1
+    # Only filler after the header: drop it so the worker's queue starts with the forest.
+    connection = http.client.HTTPConnection("127.0.0.1", web_port, timeout=60)
+    connection.request("DELETE", f"/api/v1/models/{body['id']}/", headers={"Authorization": f"Token {token}"})
+    assert connection.getresponse().status == 204
 
-    def start(command: list[str], log: str) -> subprocess.Popen[bytes]:
-        handle = (data_dir / log).open("wb")
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    installation.spawn("worker", celery_worker_command("-P", "solo", "-Q", "rdeploy", "-l", "INFO", "--without-mingle"))
+    model_dir = installation.data_dir / "trained"
+    model_dir.mkdir()
+    subprocess.run(
+        [
+            "Rscript",
+            "--vanilla",
+            "-e",
+            "library(randomForest); set.seed(1); "
+            f"saveRDS(randomForest(Species ~ ., data = iris, ntree = 200), '{model_dir}/rf.rds'); "
+            f"write.csv(iris[c(1, 51, 101, 2, 52), 1:4], '{model_dir}/sample.csv', row.names = FALSE)",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    model = (model_dir / "rf.rds").read_bytes()
+    sample = (model_dir / "sample.csv").read_bytes()
+    # The clock starts once the worker is consuming, as on a running installation.
+    deadline = time.monotonic() + 60
+    while b" ready." not in (installation.logs / "worker.log").read_bytes():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Celery worker did not start; see {installation.logs / 'worker.log'}")
+        time.sleep(0.1)
+    totals: list[float] = []
+    for number in range(1, args.runs + 1):
+        started = time.monotonic()
+        status, created = post_files(
+            web_port, token, {"name": f"iris-{number}"}, {"file": ("rf.rds", model), "sample": ("s.csv", sample)}
         )
-        processes.append(process)
-        return process
-
-    try:
-        subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-        subprocess.run(
-            [PYTHON, "manage.py", "shell", "-c", "from testsupport.factories import make_user; make_user('bench')"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-        )
-        token = (
-            subprocess.run(
-                [PYTHON, "manage.py", "create_api_token", "bench"], cwd=ROOT, env=env, check=True, capture_output=True
-            )
-            .stdout.decode()
-            .strip()
-        )
-        start(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"], "redis.log")
-        wait_for(lambda: listening(redis_port), timeout=30, what="Redis")
-        web = start([*gunicorn_command("config.wsgi", web_port, workers=1), "--timeout", "600"], "web.log")
-        wait_for(lambda: listening(web_port), timeout=30, what="gunicorn")
-        time.sleep(0.5)
-        worker_pid = children(web.pid)[0]
-        before_kib = kib("VmRSS", worker_pid)
-
-        size = args.size_mib * 1024**2
-        status, body, seconds = post_streaming(web_port, token, {"name": "big"}, size)
-        peak_kib = kib("VmHWM", worker_pid)
-        print(f"upload: {args.size_mib} MiB in {seconds:.2f} s = {args.size_mib / seconds:.0f} MiB/s (HTTP {status})")
+        while True:
+            body = get(web_port, token, f"/api/v1/models/{created['id']}/")
+            if body["status"] != "inspecting":
+                break
+            time.sleep(0.02)
+        total = time.monotonic() - started
+        totals.append(total)
+        timings = body["inspection"].get("timings", {})
+        r_side = timings.get("r_script", {})
         print(
-            f"web worker memory: {before_kib / 1024:.0f} MiB resident before, peak {peak_kib / 1024:.0f} MiB "
-            f"(+{(peak_kib - before_kib) / 1024:.0f} MiB for a {args.size_mib} MiB upload)"
+            f"randomForest run {number}: {body['status']} {total:.2f} s after upload "
+            f"(container {timings.get('container', 0):.2f} s, R in it: load {r_side.get('load', 0):.2f} s, "
+            f"predict {r_side.get('predict', 0):.2f} s)"
         )
-        if status != 201:
-            print(f"unexpected answer: {body}")
-            return 1
-        # Only filler after the header: drop it so the worker's queue starts with the forest.
-        connection = http.client.HTTPConnection("127.0.0.1", web_port, timeout=60)
-        connection.request("DELETE", f"/api/v1/models/{body['id']}/", headers={"Authorization": f"Token {token}"})
-        assert connection.getresponse().status == 204
-
-        start(celery_worker_command("-P", "solo", "-Q", "rdeploy", "-l", "INFO", "--without-mingle"), "worker.log")
-        model_dir = data_dir / "trained"
-        model_dir.mkdir()
-        subprocess.run(
-            [
-                "Rscript",
-                "--vanilla",
-                "-e",
-                "library(randomForest); set.seed(1); "
-                f"saveRDS(randomForest(Species ~ ., data = iris, ntree = 200), '{model_dir}/rf.rds'); "
-                f"write.csv(iris[c(1, 51, 101, 2, 52), 1:4], '{model_dir}/sample.csv', row.names = FALSE)",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        model = (model_dir / "rf.rds").read_bytes()
-        sample = (model_dir / "sample.csv").read_bytes()
-        # The clock starts once the worker is consuming, as on a running installation.
-        deadline = time.monotonic() + 60
-        while b" ready." not in (data_dir / "worker.log").read_bytes():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Celery worker did not start; see {data_dir / 'worker.log'}")
-            time.sleep(0.1)
-        totals: list[float] = []
-        for run in range(args.runs):
-            started = time.monotonic()
-            status, created = post_files(
-                web_port, token, {"name": f"iris-{run}"}, {"file": ("rf.rds", model), "sample": ("s.csv", sample)}
-            )
-            while True:
-                body = get(web_port, token, f"/api/v1/models/{created['id']}/")
-                if body["status"] != "inspecting":
-                    break
-                time.sleep(0.02)
-            total = time.monotonic() - started
-            totals.append(total)
-            timings = body["inspection"].get("timings", {})
-            r_side = timings.get("r_script", {})
-            print(
-                f"randomForest run {run + 1}: {body['status']} {total:.2f} s after upload "
-                f"(container {timings.get('container', 0):.2f} s, R in it: load {r_side.get('load', 0):.2f} s, "
-                f"predict {r_side.get('predict', 0):.2f} s)"
-            )
-        print(
-            f"randomForest upload -> ready: median {statistics.median(totals):.2f} s, best {min(totals):.2f} s "
-            f"(goal <= {GOAL_SECONDS:.0f} s: {'met' if statistics.median(totals) <= GOAL_SECONDS else 'MISSED'})"
-        )
-        return 0
-    finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-        if not args.keep:
-            shutil.rmtree(data_dir, ignore_errors=True)
+    print(
+        f"randomForest upload -> ready: median {statistics.median(totals):.2f} s, best {min(totals):.2f} s "
+        f"(goal <= {GOAL_SECONDS:.0f} s: {'met' if statistics.median(totals) <= GOAL_SECONDS else 'MISSED'})"
+    )
+    return 0
 
 
 if __name__ == "__main__":

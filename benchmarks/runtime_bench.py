@@ -24,14 +24,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from wrk import post_script, run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository root: testsupport/ serves tests and benchmarks alike
-from testsupport.ports import free_port  # noqa: E402
+from testsupport.ports import PORT_ATTEMPTS, free_port  # noqa: E402
 
 SERVE = Path(__file__).resolve().parent.parent / "container_templates" / "runtime" / "serve"
 ROW_CSV = "Sepal.Length,Sepal.Width,Petal.Length,Petal.Width\n5.1,3.5,1.4,0.2\n"
@@ -95,6 +96,38 @@ def wait_for_ping(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing answers /ping on port {port}")
 
 
+Server = TypeVar("Server")
+
+
+def serve_on_a_free_port(
+    launch: Callable[[int], Server], exited: Callable[[Server], bool], stop: Callable[[Server], None]
+) -> tuple[Server, int]:
+    """``launch(port)`` on a free port, and its port once it answers /ping. None of these
+    servers can bind port 0 and say which it got, so one that exits before answering (its
+    port was taken after the pick: HAProxy, httpuv give up) starts again on another free
+    port, PORT_ATTEMPTS times."""
+    for _ in range(PORT_ATTEMPTS):
+        port = free_port()
+        server = launch(port)
+        deadline = time.monotonic() + 60
+        while not exited(server):
+            if pings(port):
+                return server, port
+            if time.monotonic() > deadline:
+                stop(server)
+                raise TimeoutError(f"nothing answers /ping on port {port}")
+            time.sleep(0.2)
+        stop(server)
+    raise RuntimeError(f"each server exited before answering, on {PORT_ATTEMPTS} free ports (the last: {port})")
+
+
+def pings(port: int) -> bool:
+    try:
+        return http_status(port, "GET", "/ping", timeout=2) == 200
+    except OSError:
+        return False
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median rate (its own p50 and p99), errors if any run had them
     (a non-2xx answer or a broken connection)."""
@@ -130,6 +163,10 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         )
 
 
+def exited(process: subprocess.Popen[bytes]) -> bool:
+    return process.poll() is not None
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     try:
@@ -155,21 +192,25 @@ def main() -> None:
 
         bare_before, read_predict_10k = bare_predict(work, 5)
 
-        ours_port, plumber_port = free_port(), free_port()
-        ours = start(
-            [str(SERVE)],
-            {
+        def serve(port: int) -> subprocess.Popen[bytes]:
+            env = {
                 "RDEPLOY_MODEL_DIR": str(work / "model"),
-                "SAGEMAKER_BIND_TO_PORT": str(ours_port),
+                "SAGEMAKER_BIND_TO_PORT": str(port),
                 "RDEPLOY_BIND": "127.0.0.1",
-            },
-            work / "serve.log",
-        )
-        (work / "plumber.R").write_text(PLUMBER_R.format(model=work / "model" / "model.rds", port=plumber_port))
-        plumber = start(["Rscript", str(work / "plumber.R")], {}, work / "plumber.log")
+            }
+            return start([str(SERVE)], env, work / "serve.log")
+
+        def plumber_server(port: int) -> subprocess.Popen[bytes]:
+            (work / "plumber.R").write_text(PLUMBER_R.format(model=work / "model" / "model.rds", port=port))
+            return start(["Rscript", str(work / "plumber.R")], {}, work / "plumber.log")
+
+        ours, ours_port = serve_on_a_free_port(serve, exited, stop)
         try:
-            wait_for_ping(ours_port)
-            wait_for_ping(plumber_port)
+            plumber, plumber_port = serve_on_a_free_port(plumber_server, exited, stop)
+        except BaseException:
+            stop(ours)
+            raise
+        try:
             runs: dict[str, list[dict[str, Any]]] = {}
             for port in (ours_port, plumber_port):
                 run_wrk(f"http://127.0.0.1:{port}/invocations", lua, 1, 2)  # warm up: fork, compile, page in

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from testsupport.ports import PORT_ATTEMPTS, free_port, listening
 from testsupport.waiting import wait_for
@@ -121,9 +123,11 @@ class BenchmarkInstallation:
             self.children[name] = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         return self.children[name]
 
-    def serve(self, name: str, app: str, *, workers: int, threads: int, options: tuple[str, ...] = ()) -> int:
-        """gunicorn serving ``app`` (gthread workers, as `make run`) on a port it binds
-        itself; that port, once it accepts connections."""
+    def serve(
+        self, name: str, app: str, *, workers: int, threads: int | None = None, options: tuple[str, ...] = ()
+    ) -> int:
+        """gunicorn serving ``app`` on a port it binds itself (with ``threads``, gthread
+        workers, as `make run`; else sync ones); that port, once it accepts connections."""
         log = self.logs / f"{name}.log"
         process = self.spawn(name, [*gunicorn_command(app, 0, workers=workers, threads=threads), *options])
 
@@ -181,7 +185,9 @@ class BenchmarkInstallation:
 
 def redis_serves(process: subprocess.Popen[bytes], port: int, timeout: float = 10) -> bool:
     """Whether ``process`` serves ``port``; False when it exited (the port was taken)."""
-    client = redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.5)
+    # One try per round (redis-py retries thrice by default): whoever holds the port may
+    # accept and never answer, and ours may have exited meanwhile.
+    client = redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
     deadline = time.monotonic() + timeout
     while process.poll() is None:
         try:

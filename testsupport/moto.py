@@ -1,7 +1,8 @@
 """moto in server mode: a real HTTP endpoint for every AWS call the tests make.
 
-The port comes from testsupport.env (``AWS_ENDPOINT_URL`` already points at it), so the
-test process and every worker it starts talk to the same server. Also a small
+The session's server listens on the port testsupport.env picked (``AWS_ENDPOINT_URL``
+already points at it), so the test process and every worker it starts talk to the same
+server; a server of a test's own binds port 0 and reads back which port it got. Also a small
 fault-injecting HTTP proxy that answers the first N matching requests with an AWS
 throttling error and forwards everything else to moto, so botocore's real retry logic
 is exercised end to end; and, for moto's gaps, a Stubber limited to one operation and a
@@ -43,24 +44,32 @@ class _ThreadedMoto(ThreadedMotoServer):
 
 
 class MotoServer:
+    """moto on ``port``; None: the session's (RDEPLOY_TEST_MOTO_PORT); 0: a port it binds
+    itself, read back by start() (``port`` and ``url`` name it from then on)."""
+
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or int(os.environ["RDEPLOY_TEST_MOTO_PORT"])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = int(os.environ["RDEPLOY_TEST_MOTO_PORT"]) if port is None else port
         self._server = _ThreadedMoto(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         # One access-log line per AWS call would drown the test output.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        # The port is fixed (AWS_ENDPOINT_URL names it to every worker): when another
-        # process holds it for a moment (a free-port probe), try again, then say so.
-        for _ in range(PORT_ATTEMPTS):
+        # Port 0 is bound by the server itself, so nothing can take it first. A fixed port
+        # (AWS_ENDPOINT_URL names it to every worker) another process may hold for a moment
+        # (a free-port probe): try again, then say so.
+        for _ in range(1 if self.port == 0 else PORT_ATTEMPTS):
             self._server = _ThreadedMoto(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()
             if self._server.bind_error is None:
+                self.port = self._server.get_host_and_port()[1]
                 self.configure()
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"moto could not listen on 127.0.0.1:{self.port}, which AWS_ENDPOINT_URL names")
+        raise RuntimeError(f"moto could not listen on 127.0.0.1:{self.port}") from self._server.bind_error
 
     def stop(self) -> None:
         self._server.stop()

@@ -15,11 +15,10 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
-import redis
 from django.conf import settings
 
 from config.settings import BASE_DIR
-from testsupport.installation import celery_worker_command, gunicorn_command
+from testsupport.installation import celery_worker_command, gunicorn_command, redis_serves
 from testsupport.ports import PORT_ATTEMPTS, free_port, listening
 
 
@@ -68,19 +67,12 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while self.process.poll() is None:
-            try:
-                # Ours, not whoever may hold the port: then ours exits, unable to bind.
-                if client.info("server")["process_id"] == self.process.pid:
-                    return True
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
-            time.sleep(0.05)
+        try:
+            if redis_serves(self.process, self.port):
+                return True
+        except RuntimeError:
+            self.stop()
+            raise
         self.process = None
         return False
 
