@@ -6,25 +6,34 @@ is SIGKILLed inside the first run of every step in turn (kill_inside_step proves
 kill landed there: the worker logged that it was inside that step, and the step's row is
 still running on its first attempt); its beat's reconciler resumes the deployment, never
 the test. Afterwards each step ran exactly twice, one runtime per version exists, and the
-endpoint serves the version it should."""
+endpoint serves the version it should. And PostgreSQL restarted under a gunicorn whose
+copy senders are storing pairs: none is lost after it."""
 
 from __future__ import annotations
 
 import json
+import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection, connections
 
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, Shadow
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_invoke
 from deployer.services.shadows import shadow_end, shadow_promote, shadow_start
+from deployer.services.tokens import api_token_create
 from deployer.targets.local import LocalTarget
 from deployer.tests.pipeline_support import FaultyWorker, finish, iris_version, running_containers
+from deployer.tests.test_fault_recovery import session_postgres
 from testsupport.pipeline import kill_inside_step
 from testsupport.r_models import expected, rows_csv
+from testsupport.services import WebServer, session_database_url
+from testsupport.traffic import Plan, Request, TrafficClients
+from testsupport.waiting import wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -125,3 +134,57 @@ def test_a_worker_killed_inside_every_end_shadow_step_leaves_v1_untouched_and_no
     assert running_containers("calm") == [live_container]
     assert not ExternalResource.objects.live().filter(deployment=shadow.deployment).exists()
     assert answers(owner, "calm", truth) == truth["v1"]
+
+
+def postmaster_start() -> datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_postmaster_start_time()")
+        started: datetime = cursor.fetchone()[0]
+    return started
+
+
+def copied_calls(web: WebServer, plan: Plan, shadow: Shadow, *, ok_before: int, count: int) -> int:
+    """``count`` answered calls at least; once each one's copy is stored, the answered
+    calls in all (``ok_before`` and these)."""
+    with TrafficClients(web.port, 2, plan, keep_alive=False) as traffic:
+        wait_for(lambda: sum(call.ok for call in traffic.calls) >= count, what=f"{count} answered calls")
+    answered = ok_before + sum(call.ok for call in traffic.stop())
+    wait_for(
+        lambda: sum(Shadow.objects.filter(pk=shadow.pk).values_list("copies_sent", "copies_dropped").get()) >= answered,
+        what="every answered call's copy",
+    )
+    shadow.refresh_from_db()
+    assert (shadow.copies_sent, shadow.copies_dropped) == (answered, 0)
+    assert shadow.pairs.count() == answered
+    return answered
+
+
+@pytest.mark.skipif(
+    os.environ.get("RDEPLOY_TEST_DATABASE") != "postgres", reason="restarts the session's PostgreSQL cluster"
+)
+def test_the_copy_senders_of_a_gunicorn_store_every_pair_again_after_postgresql_restarted(
+    owner: User, iris_models: Path, faulty_worker: FaultyWorker, tmp_path: Path
+) -> None:
+    truth = expected(iris_models)
+    endpoint = live_v1(owner, iris_models, "steadfast")
+    shadow = shadow_start(
+        endpoint=endpoint, model_version=iris_version(owner, iris_models, "v2"), sample_percent=100, duration="2h"
+    )
+    assert finish(shadow.deployment).status == Deployment.Status.SUCCEEDED
+    headers = {"Content-Type": "text/csv", "Authorization": f"Token {api_token_create(user=owner).secret}"}
+    call = Request("call", "POST", "/api/v1/endpoints/steadfast/invocations", rows_csv(truth["rows"]), headers)
+    web = WebServer(session_database_url(), tmp_path / "web.log", workers=2, threads=2)
+    web.start()
+    try:
+        answered = copied_calls(web, lambda client, sequence: call, shadow, ok_before=0, count=20)
+        started = postmaster_start()
+        server = session_postgres()
+        server.stop()  # every connection is cut: the senders' and the web threads'
+        server.start()
+        connections.close_all()  # this process's, cut too
+        assert postmaster_start() > started
+
+        copied_calls(web, lambda client, sequence: call, shadow, ok_before=answered, count=20)
+    finally:
+        web.stop()
+    assert {pair.shadow_output == truth["v2"] for pair in shadow.pairs.all()} == {True}
