@@ -10,9 +10,12 @@ comparison's figures (deployer/services/shadow_comparison.py) follow from those.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import json
+import shutil
 import socket
+import socketserver
 import tarfile
 import threading
 import time
@@ -29,6 +32,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from deployer.integrations.containers import cli
+from deployer.integrations.containers.runtimes import SOCKET_NAME
 from deployer.models import Deployment, Endpoint, ExternalResource, LogLine, ModelVersion, Shadow, ShadowPair
 from deployer.services import gateway
 from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_start, endpoint_stop
@@ -39,6 +43,8 @@ from deployer.services.shadow_copies import SENDERS, shadow_copy_offer, shadow_p
 from deployer.services.shadows import shadow_end, shadow_promote, shadow_start
 from deployer.services.tokens import api_token_create
 from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult
+from deployer.targets.local import LocalTarget
+from deployer.targets.local.paths import endpoint_dir
 from deployer.tests.pipeline_support import finish, kill_runtime, running_containers
 from tasks.pipeline import pipeline_reconcile_task
 from testsupport.factories import make_endpoint, make_shadow
@@ -444,3 +450,52 @@ def test_a_hung_shadow_holds_the_senders_only_for_its_deadline_and_copies_that_w
     assert {(pair.shadow_status, pair.shadow_error) for pair in shadow.pairs.all()} == {
         (504, '{"message": "The model did not answer within 3 seconds."}')
     }
+
+
+class CountingRuntime(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """A runtime's socket answering every POST at once over keep-alive HTTP/1.1, counting
+    the connections it was given."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True)
+        self.connections = 0
+        super().__init__(str(path), _Answer)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections += 1
+        super().process_request(request, client_address)
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"] or 0))
+        body = b'{"predictions": [1]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_copies_to_a_shadow_leave_the_live_runtimes_kept_alive_connection_open() -> None:
+    # Two rollouts of one endpoint, as the local target lays out their sockets.
+    live_path, shadow_path = (endpoint_dir("pooled") / rollout / "socket-0" / SOCKET_NAME for rollout in ("1", "2"))
+    live, shadow = CountingRuntime(live_path), CountingRuntime(shadow_path)
+    try:
+        for _ in range(3):
+            assert LocalTarget().invoke({"socket": str(live_path)}, b"x", {}).status == 200
+            assert LocalTarget().invoke({"socket": str(shadow_path), "pool": "shadow"}, b"x", {}).status == 200
+    finally:
+        live.shutdown()
+        shadow.shutdown()
+        shutil.rmtree(endpoint_dir("pooled"))
+
+    assert (live.connections, shadow.connections) == (1, 1)
