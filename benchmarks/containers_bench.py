@@ -31,13 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime_bench import ROW_CSV, load_average, median_run, stop, wait_for_ping
+from runtime_bench import ROW_CSV, exited, load_average, median_run, serve_on_a_free_port, stop, wait_for_ping
 from wrk import post_script, run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from testsupport.ports import free_port  # noqa: E402
-
+sys.path.insert(0, str(ROOT))  # the repository root, for Django's apps
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 # Its containers are labelled apart from any installation's on this machine.
@@ -89,23 +87,24 @@ def serving_image() -> tuple[str, dict[str, float]]:
 def cold_start_as_sagemaker(image: str, model_dir: Path) -> float:
     """Seconds from `run IMAGE serve` (port 8080 published) to the first /ping 200."""
     name = f"{NAME_PREFIX}-cold-{os.getpid()}"
-    port = free_port()
     started = time.perf_counter()
     try:
+        # No host port given: the engine binds one it finds free and `port` says which.
         engine(
             "run",
             "--detach",
             "--name",
             name,
             "--publish",
-            f"127.0.0.1:{port}:8080",
+            "127.0.0.1::8080",
             "--volume",
             f"{model_dir}:/opt/ml/model:ro",
             image,
             "serve",
             timeout=60,
         )
-        wait_for_ping(port, timeout=60)
+        published = engine("port", name, "8080/tcp").split()[0]
+        wait_for_ping(int(published.rsplit(":", 1)[1]), timeout=60)
         return time.perf_counter() - started
     finally:
         engine("rm", "--force", name, check=False)
@@ -141,8 +140,9 @@ def cold_start_as_local_endpoint(image: str, model_dir: Path, work: Path) -> flo
 
 
 def start_container(image: str, model_dir: Path, port: int) -> str:
+    """`serve` in a container on the host's network, as the bare process is, on ``port``."""
     name = f"{NAME_PREFIX}-serve-{os.getpid()}"
-    engine("rm", "--force", name, check=False)
+    remove_container(name)
     engine(
         "run",
         "--detach",
@@ -162,9 +162,17 @@ def start_container(image: str, model_dir: Path, port: int) -> str:
     return name
 
 
-def start_bare(image: str, model_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The image's own `serve`, R and packages as a host process: chroot into the mounted image."""
-    root = engine("image", "mount", image)
+def remove_container(name: str) -> None:
+    engine("rm", "--force", name, check=False)
+
+
+def container_exited(name: str) -> bool:
+    return engine("container", "inspect", "--format", "{{.State.Running}}", name) != "true"
+
+
+def start_bare(root: str, model_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """The image's own `serve`, R and packages as a host process: chroot into the image
+    mounted at ``root``."""
     # The paths are inside the mounted image, in a mount namespace of their own.
     script = (
         f"mount --bind /proc {root}/proc && mount --rbind /dev {root}/dev && mount -t tmpfs tmpfs {root}/tmp "  # noqa: S108
@@ -179,7 +187,7 @@ def start_bare(image: str, model_dir: Path, port: int, log: Path) -> tuple[subpr
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return process, root
+    return process
 
 
 def pipeline_figures() -> dict[str, Any]:
@@ -217,26 +225,31 @@ def main() -> None:
         starts_sagemaker = [cold_start_as_sagemaker(image, model_dir) for _ in range(3)]
         starts_local = [cold_start_as_local_endpoint(image, model_dir, work) for _ in range(3)]
 
-        container_port, bare_port = free_port(), free_port()
-        container = start_container(image, model_dir, container_port)
-        bare, mounted_root = start_bare(image, model_dir, bare_port, work / "bare.log")
+        root = engine("image", "mount", image)
         runs: dict[str, list[dict[str, Any]]] = {}
         try:
-            wait_for_ping(container_port)
-            wait_for_ping(bare_port)
-            for port in (container_port, bare_port):
-                run_wrk(f"http://127.0.0.1:{port}/invocations", lua, 1, 2)  # warm up: fork, compile, page in
-            for _ in range(args.rounds):
-                for name, port in (("container", container_port), ("bare", bare_port)):
-                    for connections in (1, 4):
-                        runs.setdefault(f"{name} c{connections}", []).append(
-                            run_wrk(f"http://127.0.0.1:{port}/invocations", lua, connections, args.seconds)
-                        )
+            container, container_port = serve_on_a_free_port(
+                lambda port: start_container(image, model_dir, port), container_exited, remove_container
+            )
+            try:
+                bare, bare_port = serve_on_a_free_port(
+                    lambda port: start_bare(root, model_dir, port, work / "bare.log"), exited, stop
+                )
+                try:
+                    for port in (container_port, bare_port):
+                        run_wrk(f"http://127.0.0.1:{port}/invocations", lua, 1, 2)  # warm up: fork, compile, page in
+                    for _ in range(args.rounds):
+                        for name, port in (("container", container_port), ("bare", bare_port)):
+                            for connections in (1, 4):
+                                runs.setdefault(f"{name} c{connections}", []).append(
+                                    run_wrk(f"http://127.0.0.1:{port}/invocations", lua, connections, args.seconds)
+                                )
+                finally:
+                    stop(bare)
+            finally:
+                remove_container(container)
         finally:
-            engine("rm", "--force", container, check=False)
-            stop(bare)
             engine("image", "unmount", image, check=False)
-        del mounted_root
     results = {name: median_run(r) for name, r in runs.items()}
     pipeline = {} if args.skip_pipeline else pipeline_figures()
 
