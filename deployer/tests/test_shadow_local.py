@@ -45,7 +45,7 @@ from deployer.services.tokens import api_token_create
 from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult
 from deployer.targets.local import LocalTarget
 from deployer.targets.local.paths import endpoint_dir
-from deployer.tests.pipeline_support import finish, kill_runtime, running_containers
+from deployer.tests.pipeline_support import broken_model, finish, kill_runtime, running_containers
 from tasks.pipeline import pipeline_reconcile_task
 from testsupport.factories import make_endpoint, make_shadow
 from testsupport.pipeline import ready_model
@@ -372,6 +372,35 @@ def test_a_crashed_shadow_runtime_is_restarted_and_deleting_the_endpoint_removes
     shadow.refresh_from_db()
     assert shadow.status == Shadow.Status.ENDED
     assert Endpoint.objects.get(pk=endpoint.pk).shadow_runtime == {}
+
+
+def test_a_shadow_that_cannot_start_fails_removing_only_its_own_runtime_and_v1_serves_on(
+    owner: User, iris_models: Path, truth: dict[str, Any]
+) -> None:
+    rows = truth["iris"]
+    endpoint = go_live(owner, "sturdy", version(owner, (iris_models / "v1.rds").read_bytes(), rows[:2]))
+    live_container = endpoint.runtime["container"]
+    live_engine_id = engine_id(live_container)
+
+    shadow = shadow_start(
+        endpoint=endpoint, model_version=broken_model(owner, iris_models), sample_percent=100, duration="2h"
+    )
+    failed = finish(shadow.deployment)
+
+    assert failed.status == Deployment.Status.FAILED
+    assert "rdeployNoSuchPackage" in failed.error
+    shadow.refresh_from_db()
+    assert shadow.status == Shadow.Status.FAILED
+    assert shadow.outcome.startswith("Starting the shadow failed")
+    endpoint.refresh_from_db()
+    assert (endpoint.status, endpoint.runtime["container"], endpoint.shadow_runtime) == ("live", live_container, {})
+    assert running_containers("sturdy") == [live_container]
+    assert engine_id(live_container) == live_engine_id
+    assert not ExternalResource.objects.live().filter(deployment=shadow.deployment).exists()
+    gateway._routes.clear()
+    result = endpoint_invoke(user=owner, name="sturdy", body=rows_csv(rows[:3]), headers={"Content-Type": "text/csv"})
+    assert result is not None
+    assert (result.status, json.loads(result.body)["predictions"]) == (200, truth["iris_v1"][:3])
 
 
 # --- the copy senders, without a runtime ---------------------------------------------
