@@ -55,6 +55,8 @@ def shadow_start(*, endpoint: Endpoint, model_version: ModelVersion, sample_perc
         locked = endpoint_locked(endpoint)
         if locked.status != Endpoint.Status.LIVE or locked.model_version is None:
             raise EndpointConflict(f"Endpoint {locked.name} is {locked.status}; a shadow needs a live endpoint.")
+        if Shadow.objects.filter(endpoint=locked, status__in=Shadow.ACTIVE).exists():
+            raise EndpointConflict(f"Endpoint {locked.name} already has a shadow; promote it or stop it first.")
         if locked.model_version_id == model_version.pk:
             raise ShadowInvalid(f"{model_version} already serves {locked.name}; choose another version.", field="model")
         deployment = deployment_start(endpoint=locked, model_version=model_version, kind=Deployment.Kind.SHADOW)

@@ -159,11 +159,6 @@ def test_a_shadow_needs_a_live_endpoint(
     assert "needs a live endpoint" in response.json()["detail"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shadow_start checks no running shadow: the unique constraint answers (IntegrityError, a 500); "
-    "reported to deployer/services/shadows.py's owner",
-)
 def test_a_second_shadow_while_one_runs_is_a_409(
     owner: User, live: Endpoint, v2: ModelVersion, api_client_for: ClientFor
 ) -> None:
@@ -171,6 +166,7 @@ def test_a_second_shadow_while_one_runs_is_a_409(
     v3 = make_model_version(owner, status=ModelVersion.Status.READY)
     response = start(api_client_for(owner), live, model=v3.pk, sample_percent=10, duration="1h")
     assert response.status_code == 409
+    assert "already has a shadow" in response.json()["detail"]
     assert list(Shadow.objects.values_list("pk", flat=True)) == [running.pk]
 
 
