@@ -5,7 +5,8 @@ thousand, each at most ``SHADOW_MAX_ROWS`` rows of predictions) and adds up
 
 - the requests: pairs whose live answer was not 200 are left out and counted (the request
   itself was refused, so there is nothing to compare); of the rest, those the shadow did
-  not answer with 200 are its errors, grouped by message;
+  not answer with 200 are its errors, grouped by message, and so are those whose answers
+  were not kept (too large, or not strict JSON: deployer/shadow_answers.py) with the reason;
 - the rows of the requests both answered, row by row (the n-th prediction of one with the
   n-th of the other). What is compared depends on what the live version predicts:
   ``class`` (labels: strings, R's logicals as TRUE/FALSE, NA) gives the agreement rate and
@@ -47,6 +48,8 @@ HISTOGRAM_BINS = 10
 TOP_ERRORS = 10
 # Pairs read from the database per round trip.
 CHUNK = 500
+# A label longer than this is compared and shown by its start (an answer may be any text).
+MAX_LABEL_CHARS = 200
 
 # A row that one of the two answers does not have.
 _MISSING = object()
@@ -128,13 +131,17 @@ def _label(value: Any) -> str | None:
         return "TRUE" if value else "FALSE"
     if value is None:
         return "NA"
-    return value if isinstance(value, str) else None
+    return value[:MAX_LABEL_CHARS] if isinstance(value, str) else None
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an int no float holds
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _probabilities(value: Any) -> dict[str, float] | None:
@@ -229,7 +236,8 @@ class _Tally:
             self.argmax[_argmax(live_probabilities), _argmax(shadow_probabilities)] += count
             for label in live_probabilities.keys() | shadow_probabilities.keys():
                 difference = abs(live_probabilities.get(label, 0.0) - shadow_probabilities.get(label, 0.0))
-                self.probability_max = max(self.probability_max, difference)
+                if math.isfinite(difference):  # huge "probabilities" of opposite signs: left out
+                    self.probability_max = max(self.probability_max, difference)
 
     def kind(self) -> str:
         if not self.rows:
@@ -261,8 +269,16 @@ def _histogram(differences: list[float]) -> Histogram:
     low, high = ordered[0], ordered[-1]
     if low == high:  # all the same: bins of 0.1 from 0.5 below it to 0.5 above
         low, high = low - HISTOGRAM_BINS / 20, high + HISTOGRAM_BINS / 20
-    width = (high - low) / HISTOGRAM_BINS
-    edges = (*(low + width * position for position in range(HISTOGRAM_BINS)), high)
+    if math.isfinite(width := (high - low) / HISTOGRAM_BINS):
+        edges = (*(low + width * position for position in range(HISTOGRAM_BINS)), high)
+    else:  # a range wider than a float holds: weighted so that no term is wider
+        edges = (
+            *(
+                low * (1 - position / HISTOGRAM_BINS) + high * (position / HISTOGRAM_BINS)
+                for position in range(HISTOGRAM_BINS)
+            ),
+            high,
+        )
     starts = [bisect.bisect_left(ordered, edge) for edge in edges[:-1]]
     ends = [*starts[1:], len(ordered)]
     return Histogram(edges=edges, counts=tuple(end - start for start, end in zip(starts, ends, strict=True)))
@@ -305,7 +321,7 @@ def shadow_comparison(shadow: Shadow) -> ShadowComparison:
             live_failed += 1
             continue
         requests += 1
-        if shadow_status != 200:
+        if shadow_status != 200 or error:
             errors[error.strip() or (f"HTTP {shadow_status}" if shadow_status else "No answer")] += 1
             continue
         compared_requests += 1
@@ -330,6 +346,8 @@ def shadow_comparison(shadow: Shadow) -> ShadowComparison:
         matched = len(tally.differences)
         if matched:
             mean_abs = sum(map(abs, tally.differences)) / matched
+            if not math.isfinite(mean_abs):  # the sum went beyond a float: each share first
+                mean_abs = math.fsum(abs(difference) / matched for difference in tally.differences)
             max_abs = max(map(abs, tally.differences))
             histogram = _histogram(tally.differences)
     elif kind == OTHER:

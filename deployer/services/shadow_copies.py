@@ -22,7 +22,6 @@ exits are lost (they are samples).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -38,6 +37,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.db.models import F
 
 from deployer.models import Shadow, ShadowPair
+from deployer.shadow_answers import KeptAnswer, answer_kept, shadow_pairs_insert
 from deployer.targets import get_target
 from deployer.targets.base import InvocationResult, RuntimeUnavailable
 
@@ -154,20 +154,6 @@ def shadow_copy_offer(
         _drop(copy.shadow_id)
 
 
-def answer_output(body: bytes) -> Any:
-    """What a pair keeps of an answer: its ``predictions`` (or the whole JSON), at most
-    ``SHADOW_MAX_ROWS`` rows of it; None when the answer is not JSON."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if isinstance(parsed, dict) and "predictions" in parsed:
-        parsed = parsed["predictions"]
-    if isinstance(parsed, list):
-        return parsed[: settings.SHADOW_MAX_ROWS]
-    return parsed
-
-
 def _pair(copy: _Copy) -> ShadowPair | None:
     """Send the copy and pair the answers; None (and counted as dropped) when it waited too
     long for a sender."""
@@ -185,16 +171,23 @@ def _pair(copy: _Copy) -> ShadowPair | None:
         logger.exception("shadow %s: sending a copy failed", copy.shadow_id)
         answer, error = None, f"Sending the copy failed: {type(exc).__name__}"
     shadow_ms = (time.perf_counter() - started) * 1000
+    live = answer_kept(copy.live_body) if copy.live_status == 200 else KeptAnswer(None)
+    shadow = KeptAnswer(None)
     if answer is not None and answer.status != 200:
-        error = answer.body.decode("utf-8", "replace")[:MAX_ERROR_CHARS]
+        # NUL too: PostgreSQL's text refuses it.
+        error = answer.body.decode("utf-8", "replace").replace("\x00", "")[:MAX_ERROR_CHARS]
+    elif answer is not None:
+        shadow = answer_kept(answer.body)
+    # An answer kept as nothing for a reason is not compared: the reason shows with the errors.
+    error = error or shadow.reason or (live.reason and f"Live: {live.reason}")
     return ShadowPair(
         shadow_id=copy.shadow_id,
         live_status=copy.live_status,
         shadow_status=answer.status if answer is not None else None,
         live_ms=copy.live_ms,
         shadow_ms=shadow_ms if answer is not None else None,
-        live_output=answer_output(copy.live_body) if copy.live_status == 200 else None,
-        shadow_output=answer_output(answer.body) if answer is not None and answer.status == 200 else None,
+        live_output=live.output,
+        shadow_output=shadow.output,
         shadow_error=error,
     )
 
@@ -256,7 +249,7 @@ def shadow_pairs_store(pairs: list[ShadowPair]) -> None:
                 copies_dropped=F("copies_dropped") + dropped.get(shadow_id, 0),
             )
         }
-        ShadowPair.objects.bulk_create(pair for pair in pairs if pair.shadow_id in wanted)
+        shadow_pairs_insert([pair for pair in pairs if pair.shadow_id in wanted])
         for shadow_id in wanted & set(sent):
             _trim(shadow_id, sent[shadow_id])
     except DatabaseError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from django.contrib.auth.models import User
 from deployer.models import Endpoint, Shadow, ShadowPair
 from deployer.services.shadow_comparison import (
     CONFUSION_LABELS,
+    MAX_LABEL_CHARS,
     ConfusionTable,
     ErrorCount,
     Histogram,
@@ -258,3 +260,61 @@ def test_a_full_shadow_is_compared_in_one_pass_and_its_time_printed(shadow: Shad
         assert comparison.agreed == len(range(0, pairs, 3)) * rows
     else:
         assert comparison.rows_unmatched == 0
+
+
+def test_sums_and_ranges_beyond_a_float_still_give_finite_figures(shadow: Shadow) -> None:
+    # Each difference holds in a float (1.6e308), their sum and the histogram's range do not.
+    store(shadow, pair([-8e307, -8e307], [8e307, 8e307]), pair([8e307], [-8e307]))
+
+    comparison = shadow_comparison(shadow)
+
+    assert comparison.mean_abs_difference == pytest.approx(1.6e308)
+    assert comparison.max_abs_difference == pytest.approx(1.6e308)
+    assert comparison.histogram is not None
+    assert all(map(math.isfinite, comparison.histogram.edges))
+    assert sum(comparison.histogram.counts) == 3
+
+
+def test_an_integer_no_float_holds_is_unmatched_not_an_error(shadow: Shadow) -> None:
+    store(shadow, pair([10**400, 1, 3], [1, 2, 3]))
+
+    comparison = shadow_comparison(shadow)
+
+    assert (comparison.kind, comparison.rows_compared, comparison.rows_unmatched) == ("numeric", 3, 1)
+    assert comparison.mean_abs_difference == 0.5
+
+
+def test_probabilities_of_opposite_huge_values_leave_the_max_difference_finite(shadow: Shadow) -> None:
+    store(shadow, pair([{"a": 1e308, "b": 0.0}], [{"a": -1e308, "b": 0.5}]), pair([{"a": 1.0}], [{"a": 0.75}]))
+
+    comparison = shadow_comparison(shadow)
+
+    assert comparison.kind == "probabilities"
+    assert comparison.max_abs_difference == 0.5
+
+
+def test_long_labels_are_compared_and_shown_by_their_start(shadow: Shadow) -> None:
+    long_label = "x" * (MAX_LABEL_CHARS + 1000)
+    store(shadow, pair([long_label, long_label + "y"], [long_label, long_label]))
+
+    comparison = shadow_comparison(shadow)
+
+    assert comparison.confusion is not None
+    assert comparison.confusion.labels == ("x" * MAX_LABEL_CHARS,)
+    assert comparison.agreed == 2
+
+
+def test_answers_kept_as_a_reason_count_with_the_errors_not_as_unmatched_rows(shadow: Shadow) -> None:
+    too_large = "The answer is too large to compare (2000000 bytes, more than 1048576)."
+    store(
+        shadow,
+        pair(["setosa"], ["setosa"]),
+        pair(["setosa"], None, shadow_error=too_large),
+        pair(None, ["setosa"], shadow_error=f"Live: {too_large}"),
+    )
+
+    comparison = shadow_comparison(shadow)
+
+    assert (comparison.requests, comparison.compared_requests, comparison.rows_compared) == (3, 1, 1)
+    assert comparison.top_errors == (ErrorCount(f"Live: {too_large}", 1), ErrorCount(too_large, 1))
+    assert comparison.shadow_errors == 2

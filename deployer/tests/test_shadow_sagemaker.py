@@ -247,7 +247,7 @@ def test_pairs_are_what_the_capture_files_say_collected_once_each(
         (200, 200, ["setosa"], ["setosa"], "", None),
         (200, 200, [1.5, 2.5], [1.5, 3.0], "", None),
         (200, 500, ["virginica"], None, "object 'Petal.Width' not found", None),
-        (200, 200, ["setosa"], None, "", None),
+        (200, 200, ["setosa"], None, "The answer is not comparable JSON (nested more than 64 deep).", None),
     ]
     # The files already read are not read again.
     assert shadows_collect_pairs() == 0
@@ -438,6 +438,28 @@ def test_the_documented_execution_role_writes_this_installations_captures_only()
     with override_settings(INSTALLATION_ID=f"{settings.INSTALLATION_ID}x"):
         theirs = capture_object()
     assert not any(fnmatchcase(theirs, pattern) for pattern in writes)
+
+
+def test_answers_a_database_cannot_hold_are_stored_as_reasons_and_the_files_read_once(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    """NaN, infinities and NUL characters (which PostgreSQL's jsonb refuses) in the model's
+    answers and in event ids: a refusal there rolled back the whole collection, cursors
+    included, so the same files failed at every collection."""
+    shadow = start_shadow(owner, live_endpoint(owner, api_client_for), sample_percent=100)
+    live = [capture_event(f"e{n}\u0000", b'{"predictions": ["setosa"]}') for n in (1, 2, 3)]
+    write_capture(shadow, "main", "21-10-05-123-a.jsonl", [json.dumps(event) for event in live])
+    answers = [b'{"predictions": [NaN]}', b'{"predictions": [1e999]}', b'{"predictions": ["set\\u0000osa"]}']
+    copies = [capture_event(f"e{n}\u0000", answer) for n, answer in zip((1, 2, 3), answers, strict=True)]
+    write_capture(shadow, "shadow", "21-10-05-456-b.jsonl", [json.dumps(event) for event in copies])
+
+    assert shadows_collect_pairs() == 3
+    assert [pair[1:] for pair in pairs(shadow)] == [
+        (200, ["setosa"], None, "The answer is not comparable JSON (NaN is not a number JSON has).", None),
+        (200, ["setosa"], None, "The answer is not comparable JSON (1e999 is larger than a number can be).", None),
+        (200, ["setosa"], ["setosa"], "", None),
+    ]
+    assert shadows_collect_pairs() == 0
 
 
 @override_settings(SHADOW_MAX_PAIRS=2, SHADOW_MAX_ROWS=2)

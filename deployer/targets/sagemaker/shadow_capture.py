@@ -32,6 +32,7 @@ from django.db.models import F
 
 from deployer.integrations.aws import s3
 from deployer.models import Endpoint, ExternalResource, Shadow, ShadowPair
+from deployer.shadow_answers import answer_kept, shadow_pairs_insert
 from deployer.targets.sagemaker.names import SHADOW_VARIANT, VARIANT, endpoint_name, rollout_name, s3_location
 
 MAX_FILES_PER_VARIANT = 50
@@ -49,10 +50,13 @@ ERROR_STATUS = 500
 class CapturedAnswer:
     event_id: str
     output: Any
+    # The runtime's error: the request failed.
     error: str
+    # Why an answer (not an error) is not kept (deployer.shadow_answers).
+    reason: str = ""
 
     def as_json(self) -> list[Any]:
-        return [self.event_id, self.output, self.error]
+        return [self.event_id, self.output, self.error, self.reason]
 
 
 def _within_depth(value: Any, limit: int) -> bool:
@@ -79,15 +83,6 @@ def _bounded_json(text: bytes | str) -> Any:
     return value if _within_depth(value, MAX_JSON_DEPTH) else None
 
 
-def _kept(answer: Any) -> Any:
-    """What a pair keeps of an answer, as the gateway's copies do (deployer.services.
-    shadow_copies.answer_output, which this layer may not import): its "predictions" (or
-    the whole answer), at most SHADOW_MAX_ROWS rows."""
-    if isinstance(answer, dict) and "predictions" in answer:
-        answer = answer["predictions"]
-    return answer[: settings.SHADOW_MAX_ROWS] if isinstance(answer, list) else answer
-
-
 def _body(output: Any) -> bytes | None:
     """The answer's bytes as captured: text for JSON and CSV, base64 otherwise."""
     if not isinstance(output, dict) or not isinstance(output.get("data"), str):
@@ -108,14 +103,16 @@ def captured_answer(line: bytes) -> CapturedAnswer | None:
     metadata, capture = event.get("eventMetadata"), event.get("captureData")
     if not isinstance(metadata, dict) or not isinstance(capture, dict) or not metadata.get("eventId"):
         return None
-    event_id = str(metadata["eventId"])[:200]
+    # Stored with the waiting events: PostgreSQL's jsonb refuses NUL.
+    event_id = str(metadata["eventId"]).replace("\x00", "")[:200]
     body = _body(capture.get("endpointOutput"))
     if body is None:
         return CapturedAnswer(event_id, None, "SageMaker captured no answer for this request.")
-    parsed = _bounded_json(body)
-    if isinstance(parsed, dict) and "error" in parsed and "predictions" not in parsed:
-        return CapturedAnswer(event_id, None, str(parsed["error"])[:MAX_ERROR_CHARS] or "error")
-    return CapturedAnswer(event_id, _kept(parsed), "")
+    kept = answer_kept(body)
+    # An error body has no "predictions", so it is kept whole.
+    if isinstance(kept.output, dict) and "error" in kept.output:
+        return CapturedAnswer(event_id, None, str(kept.output["error"])[:MAX_ERROR_CHARS] or "error")
+    return CapturedAnswer(event_id, kept.output, "", kept.reason)
 
 
 def _answers(bucket: str, key: str) -> list[CapturedAnswer]:
@@ -136,12 +133,14 @@ def _pair(shadow: Shadow, live: CapturedAnswer, copy: CapturedAnswer) -> ShadowP
         shadow_ms=None,
         live_output=live.output,
         shadow_output=copy.output,
-        shadow_error=copy.error,
+        # An answer kept as nothing for a reason is not compared: the reason shows with the errors.
+        shadow_error=copy.error or copy.reason or (live.reason and f"Live: {live.reason}"),
     )
 
 
 def _store(shadow: Shadow, pairs: list[ShadowPair], copies: int) -> None:
-    ShadowPair.objects.bulk_create(pairs)
+    # A pair the database refuses is left out alone: the cursors still move past its file.
+    shadow_pairs_insert(pairs)
     Shadow.objects.filter(pk=shadow.pk).update(copies_sent=F("copies_sent") + copies)
     newest = ShadowPair.objects.filter(shadow=shadow).order_by("-id").values_list("id", flat=True)
     beyond = list(newest[settings.SHADOW_MAX_PAIRS : settings.SHADOW_MAX_PAIRS + 1])
