@@ -121,9 +121,17 @@ def _check(subjects: list[str]) -> None:
         locks = cache.get_many([f"{KEY_PREFIX}:lock:{subject}" for subject in subjects])
     except redis.RedisError as exc:
         raise ThrottleUnavailable from exc
-    if locks:  # a lock lasts as long as its key (Redis expires it); its value says until when
-        until = max(int(value) for value in locks.values())
-        raise SignInLocked(min(settings.LOGIN_LOCKOUT_SECONDS, max(1, math.ceil(until - now))))
+    # A lock's value says until when (Redis also expires its key then). Only a deadline
+    # within one lockout from now counts: anything else in a lock's key is not one this
+    # module wrote (a value read as a miss, a planted string, a deadline in the past or far
+    # ahead, a key without expiry) and must neither fail the sign-in nor lock it for good.
+    deadlines = [
+        value
+        for value in locks.values()
+        if type(value) is int and now < value <= now + settings.LOGIN_LOCKOUT_SECONDS + 1
+    ]
+    if deadlines:
+        raise SignInLocked(min(settings.LOGIN_LOCKOUT_SECONDS, max(1, math.ceil(max(deadlines) - now))))
 
 
 def _count(subject: str, limit: int) -> None:

@@ -15,10 +15,11 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
-from deployer.services.login_throttle import KEY_PREFIX
+from deployer.services.login_throttle import KEY_PREFIX, _username_subject
 from deployer.services.tokens import api_token_create
 
 pytestmark = pytest.mark.django_db
@@ -190,3 +191,39 @@ def test_a_token_lock_ends_after_its_time(owner: User) -> None:
     assert client.get("/api/v1/tokens/").status_code == 429
     time.sleep(1.2)  # past the 1 s lock
     assert client.get("/api/v1/tokens/").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        pytest.param(b"not signed by this installation", id="unsigned-bytes"),
+        pytest.param("a signed string", id="signed-string"),
+        pytest.param(lambda: int(time.time()) + 10**6, id="deadline-far-ahead"),
+        pytest.param(lambda: int(time.time()) - 60, id="deadline-past-without-expiry"),
+    ],
+)
+def test_a_lock_key_holding_what_the_throttle_never_writes_neither_fails_nor_locks_the_sign_in(
+    owner: User, planted: Any
+) -> None:
+    """Anyone with Redis's password can write a lock's key: such a value is ignored (it
+    answered 500, or locked the account for as long as the key lived, without expiry)."""
+    key = f"{KEY_PREFIX}:lock:{_username_subject('owner')}"
+    value = planted() if callable(planted) else planted
+    if isinstance(value, bytes):
+        redis.Redis.from_url(settings.REDIS_URL).set(cache.make_and_validate_key(key), value)
+    else:
+        cache.set(key, value, timeout=None)
+    assert key in cache.get_many([key]), "the planted value must be there for the sign-in to read"
+
+    assert signed_in(sign_in("owner", "owner-password-123"))
+
+
+@override_settings(LOGIN_LOCKOUT_SECONDS=60)
+def test_a_lock_the_throttle_wrote_still_locks_with_its_time_left(owner: User) -> None:
+    key = f"{KEY_PREFIX}:lock:{_username_subject('owner')}"
+    cache.set(key, int(time.time()) + 30, timeout=60)
+
+    refused = sign_in("owner", "owner-password-123")
+
+    assert refused.status_code == 429
+    assert 29 <= int(refused["Retry-After"]) <= 31
