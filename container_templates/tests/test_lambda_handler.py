@@ -23,7 +23,6 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from testsupport.moto import MotoServer
-from testsupport.ports import free_port
 from testsupport.sagemaker_runtime import endpoint_checking_runtime, load_handler
 
 HANDLER = Path(__file__).resolve().parent.parent / "lambda" / "handler.py"
@@ -31,7 +30,7 @@ HANDLER = Path(__file__).resolve().parent.parent / "lambda" / "handler.py"
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
-    server = MotoServer(port=free_port())
+    server = MotoServer(port=0)
     server.start()
     yield server
     server.stop()
