@@ -6,6 +6,9 @@ here; the end-to-end tests put the real R runtime behind the same route."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -469,3 +472,132 @@ def test_idle_connections_and_pools_are_closed_after_a_while_and_pools_are_bound
     assert idle_connections() == 1
     for server in servers:
         next(server, None)
+
+
+# --- kept-alive connections the runtime closed -------------------------------------------
+class Forgetful(Echo):
+    """A runtime that counts the connections it accepted and closes them when told, as
+    HAProxy closes those idle for its keep-alive (``forget``). ``then`` says how it answers
+    the requests after: "echo"; "nothing" (closed unanswered); "half" (a few bytes of an
+    answer, then closed with the request's body unread, which the gateway reads as a reset)."""
+
+    lock = threading.Lock()
+    accepted = 0
+    posts = 0
+    connections: list[socket.socket] = []
+    then = "echo"
+    # Holds each answer until as many requests have arrived (several pooled connections).
+    together: threading.Barrier | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        with self.lock:
+            Forgetful.accepted += 1
+            self.connections.append(self.connection)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.connections.remove(self.connection)
+        super().finish()
+
+    def do_POST(self) -> None:
+        with self.lock:
+            Forgetful.posts += 1
+        if self.then == "half":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+            os.close(self.connection.detach())
+            self.close_connection = True
+        elif self.then == "nothing":
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.close_connection = True
+        else:
+            if self.together is not None:
+                self.together.wait(timeout=30)
+            super().do_POST()
+
+    @classmethod
+    def forget(cls) -> None:
+        """Closes every connection, and returns once the server has."""
+        with cls.lock:
+            for connection in cls.connections:
+                connection.shutdown(socket.SHUT_RDWR)
+        wait_for(lambda: not cls.connections, timeout=10, interval=0.01, what="the runtime to close its connections")
+
+
+@pytest.fixture
+def forgetful_socket(tmp_path: Path) -> Iterator[str]:
+    Forgetful.accepted, Forgetful.posts, Forgetful.connections, Forgetful.then = 0, 0, [], "echo"
+    Forgetful.together = None
+    yield from stand_in(tmp_path / "forgetful.sock", Forgetful)
+
+
+def post(socket_path: str, body: bytes = b"{}") -> runtime_http.Response:
+    return runtime_http.request(socket_path, "POST", "/invocations", body=body, timeout=10)
+
+
+def test_connections_the_runtime_closed_while_idle_cost_one_new_connection_not_an_error(
+    forgetful_socket: str,
+) -> None:
+    Forgetful.together = threading.Barrier(2)
+    both = [threading.Thread(target=post, args=(forgetful_socket,)) for _ in range(2)]
+    for thread in both:
+        thread.start()
+    for thread in both:
+        thread.join()
+    assert (Forgetful.accepted, idle_connections()) == (2, 2)
+    Forgetful.together = None
+
+    Forgetful.forget()  # both pooled connections, as HAProxy after its keep-alive
+
+    assert post(forgetful_socket).status == 200
+    assert Forgetful.accepted == 3  # the retry went to a new connection, not the other pooled one
+
+
+def test_a_new_connections_failure_is_not_retried(forgetful_socket: str) -> None:
+    Forgetful.then = "nothing"
+    with pytest.raises(runtime_http.RuntimeHTTPError):
+        post(forgetful_socket)
+    assert Forgetful.accepted == 1
+
+    Forgetful.then = "echo"
+    post(forgetful_socket)
+    Forgetful.forget()
+    Forgetful.then = "nothing"
+    with pytest.raises(runtime_http.RuntimeHTTPError):
+        post(forgetful_socket)
+    assert Forgetful.accepted == 3  # the pooled one, then one new one: no third
+
+
+def test_a_request_the_runtime_began_to_answer_is_not_sent_again(forgetful_socket: str) -> None:
+    post(forgetful_socket)
+    Forgetful.then = "half"
+
+    # Above the server's 8 KiB read buffer, so it closes with some unread (a reset); in one
+    # write to the socket, so the gateway's send never fails.
+    with pytest.raises(runtime_http.RuntimeHTTPError, match="reset"):
+        post(forgetful_socket, body=b"x" * 16 * 1024)
+
+    assert (Forgetful.accepted, Forgetful.posts) == (1, 2)
+
+
+def test_a_connection_idle_for_idle_seconds_is_closed_not_reused(
+    forgetful_socket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = runtime_http._Connections(forgetful_socket)
+    for _ in range(2):
+        pool.request("POST", "/invocations", b"{}", {}, deadline=time.monotonic() + 10, max_bytes=1000)
+    assert Forgetful.accepted == 1
+    monkeypatch.setattr(runtime_http, "IDLE_SECONDS", 0.0)  # as if that long had gone by
+
+    pool.request("POST", "/invocations", b"{}", {}, deadline=time.monotonic() + 10, max_bytes=1000)
+
+    assert Forgetful.accepted == 2
+    wait_for(lambda: len(Forgetful.connections) == 1, timeout=10, interval=0.01, what="the idle connection to close")
+    pool.close()
+
+
+def test_the_gateway_stops_reusing_a_connection_well_before_the_runtimes_keep_alive_ends() -> None:
+    config = (Path(settings.RUNTIME_DIR) / "haproxy.cfg").read_text()
+    (keep_alive,) = re.findall(r"^\s*timeout http-keep-alive (\d+)s$", config, re.MULTILINE)
+    assert float(keep_alive) == runtime_http.RUNTIME_KEEP_ALIVE_SECONDS
+    assert runtime_http.IDLE_SECONDS <= runtime_http.RUNTIME_KEEP_ALIVE_SECONDS - 5

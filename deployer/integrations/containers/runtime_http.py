@@ -6,6 +6,10 @@ Pools follow rollouts: a caller names the pool key its socket belongs to (the lo
 target: the endpoint, whose every rollout and restart has a new socket path), so the
 key's previous pool is closed once a request goes to a new path of it; idle connections
 and pools are closed after IDLE_SECONDS, and the least recently used pools beyond MAX_POOLS.
+
+The runtime's HAProxy closes a connection idle for its keep-alive, so a connection idle
+for IDLE_SECONDS (shorter) is never reused; a request that fails on a reused connection
+before a byte of the answer arrived is sent once more, on a new connection.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ from typing import Any
 INVOCATION_SECONDS = 65.0
 # SageMaker's limit on a real-time endpoint's response; the gateway reads no more.
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024
+# The runtime's HAProxy closes a kept-alive connection idle this long (its `timeout
+# http-keep-alive` in container_templates/runtime/haproxy.cfg: keep the two equal).
+RUNTIME_KEEP_ALIVE_SECONDS = 15.0
+# A connection idle this long is not reused, and a pool unused as long is closed: clearly
+# before the runtime closes it, so no request goes out on a connection the runtime is closing
+# (its clock starts when it has sent an answer, ours once the answer is read).
+IDLE_SECONDS = RUNTIME_KEEP_ALIVE_SECONDS - 5.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ class _DeadlineSocket(socket.socket):
 
     deadline: float | None = None
     wait = INVOCATION_SECONDS
+    # Bytes received since the current request began.
+    received = 0
 
     def remaining(self) -> float:
         if self.deadline is None:
@@ -64,7 +77,9 @@ class _DeadlineSocket(socket.socket):
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         self.settimeout(self.remaining())
-        return super().recv_into(buffer, nbytes, flags)
+        count = super().recv_into(buffer, nbytes, flags)
+        self.received += count
+        return count
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         self.settimeout(self.remaining())
@@ -158,15 +173,14 @@ class _Connections:
         deadline: float,
         max_bytes: int,
     ) -> Response:
-        for attempt in range(2):
-            with self.lock:
-                conn = self.idle.pop()[0] if self.idle else None
-            reused = conn is not None
+        conn = self._take()
+        while True:
             if conn is None:
                 conn = UnixHTTPConnection(self.path)
             conn.deadline = deadline
-            if conn.sock is not None:
-                conn.sock.deadline = deadline
+            kept = conn.sock  # a reused connection's; a new one connects in conn.request
+            if kept is not None:
+                kept.deadline, kept.received = deadline, 0
             try:
                 conn.request(method, path, body=body, headers=dict(headers))
                 response = conn.getresponse()
@@ -179,8 +193,13 @@ class _Connections:
                 raise DeadlineExceeded("the runtime did not answer in time") from exc
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
-                if reused and attempt == 0:
-                    continue  # the runtime closed an idle keep-alive connection: use a new one
+                if kept is not None and kept.received == 0:
+                    # The runtime closed a kept-alive connection before answering a byte (as
+                    # it closes those idle for its keep-alive): nothing of this POST was
+                    # served, so once more, within the deadline, on a new connection (another
+                    # idle one may be just as closed); a new connection's failure is final.
+                    conn = None
+                    continue
                 raise RuntimeHTTPError(f"the runtime did not answer: {exc}") from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
@@ -196,7 +215,18 @@ class _Connections:
                     conn.close()
             headers = {name.lower(): value for name, value in response.getheaders()}
             return Response(status=response.status, data=data, headers=headers)
-        raise AssertionError("unreachable")
+
+    def _take(self) -> UnixHTTPConnection | None:
+        """The most recently used idle connection, unless it has been idle IDLE_SECONDS
+        (then all are, and are closed): None, open a new one."""
+        reusable_after = time.monotonic() - IDLE_SECONDS
+        with self.lock:
+            if self.idle and self.idle[-1][1] > reusable_after:
+                return self.idle.pop()[0]
+            closing, self.idle = self.idle, []
+        for conn, _ in closing:
+            conn.close()
+        return None
 
     def close_idle(self, *, older_than: float | None = None) -> None:
         """Close the idle connections last used before ``older_than`` (all without it)."""
@@ -218,15 +248,13 @@ class _Connections:
 
 # A web process keeps a pool per socket path. Each rollout and each restart of a runtime
 # has a new path, so pools are dropped: that of a pool key's previous path once a request
-# goes to its new one; idle connections unused for IDLE_SECONDS and pools unused as long
-# (the runtime's HAProxy closes an idle connection at 75 s anyway); the least recently
-# used pools beyond MAX_POOLS.
+# goes to its new one; idle connections unused for IDLE_SECONDS and pools unused as long;
+# the least recently used pools beyond MAX_POOLS.
 _connections: dict[str, _Connections] = {}
 # The socket path each pool key's requests went to last.
 _current_paths: dict[str, str] = {}
 _connections_lock = threading.Lock()
 MAX_POOLS = 256
-IDLE_SECONDS = 30.0
 _next_sweep = 0.0
 
 
