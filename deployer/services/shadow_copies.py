@@ -9,8 +9,10 @@ or failing shadow costs callers nothing: a full queue drops the copy and counts 
 A hung shadow holds a sender for the deadline its runtime facts give (``timeout``, the
 local target's 5 s) instead of the live route's minute, and a copy that waited longer than
 ``queue_seconds`` for a sender is dropped (counted) rather than sent late: copies stay
-recent, and a shadow's end only waits that long for those in flight. Two senders, so one
-copy waiting on that deadline does not stop the others.
+recent, and a shadow's end only waits that long for those in flight. A shadow has one
+copy in flight per process at most (``MAX_IN_FLIGHT_PER_SHADOW``), and a sender takes the
+oldest copy of a shadow with none: a slow shadow holds one sender while the other serves
+the installation's other shadows, whose copies would otherwise wait out its deadlines.
 
 Each sender has its own database connection (Django's are per thread): closed after an
 error so the next batch reconnects (a database restart loses the batch, not the
@@ -24,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +62,10 @@ MAX_QUEUED_BYTES = 64 * 1024 * 1024
 # A copy's deadlines when the runtime facts give none.
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_QUEUE_SECONDS = 2.0
+# Copies of one shadow sent at once per process: more would let a slow or hung shadow hold
+# every sender for its deadline, and every other shadow's copies would wait past their
+# queue_seconds and be dropped (red-team finding F5).
+MAX_IN_FLIGHT_PER_SHADOW = 1
 
 
 @dataclass(frozen=True)
@@ -78,30 +84,113 @@ class _Copy:
     def size(self) -> int:
         return len(self.body) + len(self.live_body)
 
+    def stale(self, now: float) -> bool:
+        """Waited longer than its shadow's ``queue_seconds`` for a sender."""
+        return now - self.queued_at > float(self.runtime.get("queue_seconds", DEFAULT_QUEUE_SECONDS))
 
-_queue: queue.Queue[_Copy] | None = None
+
+class _Queue:
+    """Copies queued per shadow, oldest first, bounded in count and bytes; senders take
+    the oldest copy of a shadow with fewer than ``MAX_IN_FLIGHT_PER_SHADOW`` in flight."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.changed = threading.Condition(threading.Lock())
+        self.waiting: dict[int, deque[_Copy]] = {}
+        self.in_flight: dict[int, int] = {}
+        self.count = 0
+        self.bytes = 0
+
+    def put(self, copy: _Copy) -> bool:
+        """Queued, unless the queue is full; never waits for a sender."""
+        with self.changed:
+            if self.count >= self.size or self.bytes + copy.size > MAX_QUEUED_BYTES:
+                return False
+            self.waiting.setdefault(copy.shadow_id, deque()).append(copy)
+            self.count += 1
+            self.bytes += copy.size
+            self.changed.notify()
+        return True
+
+    def take(self, timeout: float | None) -> tuple[_Copy | None, bool]:
+        """The oldest copy a sender may send now (in flight until ``done``), or None after
+        timeout or as soon as stale copies were dropped (so their counts get stored); and
+        whether any were."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.changed:
+            while True:
+                copy, dropped = self._next()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if copy is not None or dropped or (remaining is not None and remaining <= 0):
+                    return copy, dropped
+                self.changed.wait(remaining)
+
+    def _next(self) -> tuple[_Copy | None, bool]:
+        now = time.monotonic()
+        oldest: deque[_Copy] | None = None
+        dropped = False
+        for shadow_id, copies in list(self.waiting.items()):
+            # Oldest first: the stale ones lead.
+            while copies and copies[0].stale(now):
+                self._remove(copies.popleft())
+                _drop(shadow_id)
+                dropped = True
+            if not copies:
+                del self.waiting[shadow_id]
+                continue
+            if self.in_flight.get(shadow_id, 0) < MAX_IN_FLIGHT_PER_SHADOW and (
+                oldest is None or copies[0].queued_at < oldest[0].queued_at
+            ):
+                oldest = copies
+        if oldest is None:
+            return None, dropped
+        copy = oldest.popleft()
+        self._remove(copy)
+        if not oldest:
+            del self.waiting[copy.shadow_id]
+        self.in_flight[copy.shadow_id] = self.in_flight.get(copy.shadow_id, 0) + 1
+        return copy, dropped
+
+    def _remove(self, copy: _Copy) -> None:
+        self.count -= 1
+        self.bytes -= copy.size
+
+    def done(self, copy: _Copy) -> None:
+        """The copy's send ended: its shadow's next copy may go."""
+        with self.changed:
+            if self.in_flight[copy.shadow_id] == 1:
+                del self.in_flight[copy.shadow_id]
+            else:
+                self.in_flight[copy.shadow_id] -= 1
+            self.changed.notify()
+
+    def empty(self) -> bool:
+        with self.changed:
+            return self.count == 0
+
+
+_queue: _Queue | None = None
 # The process that made _queue and its senders: a forked child makes its own.
 _queue_pid = 0
 _queue_lock = threading.Lock()
-_queued_bytes = 0
 # Dropped copies per shadow since the last flush (added to Shadow.copies_dropped there).
 _dropped: dict[int, int] = {}
 # Pairs this process stored per shadow since it last trimmed that shadow's.
 _stored_since_trim: dict[int, int] = {}
 
 
-def _copies() -> queue.Queue[_Copy]:
+def _copies() -> _Queue:
     """This process's queue, with its sender threads started on first use."""
-    global _queue, _queue_pid, _queued_bytes
+    global _queue, _queue_pid
     if _queue is None or _queue_pid != os.getpid():
         with _queue_lock:
             if _queue is None or _queue_pid != os.getpid():
-                made: queue.Queue[_Copy] = queue.Queue(maxsize=settings.SHADOW_QUEUE_SIZE)
+                made = _Queue(settings.SHADOW_QUEUE_SIZE)
                 for number in range(SENDERS):
                     threading.Thread(
                         target=_send_forever, args=(made,), name=f"shadow-copies-{number}", daemon=True
                     ).start()
-                _queue, _queue_pid, _queued_bytes = made, os.getpid(), 0
+                _queue, _queue_pid = made, os.getpid()
                 _dropped.clear()
     return _queue
 
@@ -137,29 +226,12 @@ def shadow_copy_offer(
         live_ms=live_ms,
         queued_at=time.monotonic(),
     )
-    global _queued_bytes
-    copies = _copies()
-    with _queue_lock:
-        fits = _queued_bytes + copy.size <= MAX_QUEUED_BYTES
-        if fits:
-            _queued_bytes += copy.size
-    if not fits:
-        _drop(copy.shadow_id)
-        return
-    try:
-        copies.put_nowait(copy)
-    except queue.Full:
-        with _queue_lock:
-            _queued_bytes -= copy.size
+    if not _copies().put(copy):
         _drop(copy.shadow_id)
 
 
-def _pair(copy: _Copy) -> ShadowPair | None:
-    """Send the copy and pair the answers; None (and counted as dropped) when it waited too
-    long for a sender."""
-    if time.monotonic() - copy.queued_at > float(copy.runtime.get("queue_seconds", DEFAULT_QUEUE_SECONDS)):
-        _drop(copy.shadow_id)
-        return None
+def _pair(copy: _Copy) -> ShadowPair:
+    """Send the copy and pair the answers."""
     started = time.perf_counter()
     try:
         runtime = {"timeout": DEFAULT_TIMEOUT, **copy.runtime}
@@ -192,8 +264,7 @@ def _pair(copy: _Copy) -> ShadowPair | None:
     )
 
 
-def _send_forever(copies: queue.Queue[_Copy]) -> None:
-    global _queued_bytes
+def _send_forever(copies: _Queue) -> None:
     # Linux schedules threads on their own: the copies get the CPU only when the process's
     # request threads leave it.
     with contextlib.suppress(OSError, AttributeError):
@@ -203,18 +274,15 @@ def _send_forever(copies: queue.Queue[_Copy]) -> None:
     flush_at: float | None = None
     while True:
         timeout = None if flush_at is None else max(0.0, flush_at - time.monotonic())
-        try:
-            copy = copies.get(timeout=timeout)
-        except queue.Empty:
-            copy = None
+        copy, dropped = copies.take(timeout)
         try:
             if copy is not None:
-                with _queue_lock:
-                    _queued_bytes -= copy.size
-                if (pair := _pair(copy)) is not None:
-                    batch.append(pair)
-                if flush_at is None:
-                    flush_at = time.monotonic() + FLUSH_SECONDS
+                try:
+                    batch.append(_pair(copy))
+                finally:
+                    copies.done(copy)
+            if flush_at is None and (copy is not None or dropped):
+                flush_at = time.monotonic() + FLUSH_SECONDS
             if flush_at is not None and (len(batch) >= FLUSH_PAIRS or time.monotonic() >= flush_at):
                 shadow_pairs_store(batch)
                 batch, flush_at = [], None

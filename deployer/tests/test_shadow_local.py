@@ -39,7 +39,7 @@ from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoi
 from deployer.services.images import serving_image_ensure
 from deployer.services.reconciler import pipeline_reconcile
 from deployer.services.shadow_comparison import shadow_comparison
-from deployer.services.shadow_copies import SENDERS, shadow_copy_offer, shadow_pairs_store
+from deployer.services.shadow_copies import MAX_IN_FLIGHT_PER_SHADOW, shadow_copy_offer, shadow_pairs_store
 from deployer.services.shadows import shadow_end, shadow_promote, shadow_start
 from deployer.services.tokens import api_token_create
 from deployer.targets.base import ROUTE_CACHE_SECONDS, InvocationResult
@@ -460,7 +460,7 @@ class HungRuntime:
         self.server.close()
 
 
-def test_a_hung_shadow_holds_the_senders_only_for_its_deadline_and_copies_that_waited_too_long_are_dropped(
+def test_a_hung_shadow_holds_one_sender_only_for_its_deadline_and_copies_that_waited_too_long_are_dropped(
     owner: User, tmp_path: Path
 ) -> None:
     live = ready_model(owner, b"live")
@@ -481,9 +481,9 @@ def test_a_hung_shadow_holds_the_senders_only_for_its_deadline_and_copies_that_w
         hung.close()
 
     shadow.refresh_from_db()
-    # Both senders took one copy each and waited out its deadline; the others waited longer
-    # than queue_seconds for a sender, and were dropped rather than sent late.
-    assert (shadow.copies_sent, shadow.copies_dropped) == (SENDERS, 10 - SENDERS)
+    # One sender took one copy (a shadow has one in flight) and waited out its deadline; the
+    # others waited longer than queue_seconds for it, and were dropped rather than sent late.
+    assert (shadow.copies_sent, shadow.copies_dropped) == (MAX_IN_FLIGHT_PER_SHADOW, 10 - MAX_IN_FLIGHT_PER_SHADOW)
     assert {(pair.shadow_status, pair.shadow_error) for pair in shadow.pairs.all()} == {
         (504, '{"message": "The model did not answer within 3 seconds."}')
     }
@@ -520,6 +520,45 @@ class _Answer(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+def test_a_hung_shadow_does_not_starve_another_shadows_copies(owner: User, tmp_path: Path) -> None:
+    live = ready_model(owner, b"live")
+    hung_shadow = make_shadow(make_endpoint(owner, "stuck", model_version=live), ready_model(owner, b"stuck"))
+    fast_shadow = make_shadow(make_endpoint(owner, "brisk", model_version=live), ready_model(owner, b"brisk"))
+    fast_path = tmp_path / "fast" / "runtime.sock"
+    hung, fast = HungRuntime(tmp_path / "hung.sock"), CountingRuntime(fast_path)
+    # The fast shadow's copies may wait less than the hung one's deadline: without one copy
+    # in flight per shadow, both senders wait that out on the hung shadow's copies.
+    hung_route = {
+        "runtime": {"socket": str(hung.path), "timeout": 4.0, "queue_seconds": 1.0, "pool": "shadow"},
+        "shadow_id": hung_shadow.pk,
+        "sample_percent": 100,
+    }
+    fast_route = {
+        "runtime": {"socket": str(fast_path), "timeout": 4.0, "queue_seconds": 2.0, "pool": "shadow"},
+        "shadow_id": fast_shadow.pk,
+        "sample_percent": 100,
+    }
+    answer = InvocationResult(200, b'{"predictions": [1]}')
+
+    def copies(shadow: Shadow) -> tuple[int, int]:
+        return Shadow.objects.filter(pk=shadow.pk).values_list("copies_sent", "copies_dropped").get()
+
+    try:
+        # The hung shadow's copies first: the oldest queued.
+        for route in [hung_route] * 10 + [fast_route] * 10:
+            shadow_copy_offer(target="local", shadow=route, body=b"x", headers={}, live=answer, live_ms=1.0)
+
+        wait_for(lambda: sum(copies(hung_shadow)) == sum(copies(fast_shadow)) == 10, what="every copy sent or dropped")
+    finally:
+        hung.close()
+        fast.shutdown()
+
+    assert copies(fast_shadow) == (10, 0)
+    assert ShadowPair.objects.filter(shadow=fast_shadow, shadow_status=200, shadow_error="").count() == 10
+    assert copies(hung_shadow) == (MAX_IN_FLIGHT_PER_SHADOW, 10 - MAX_IN_FLIGHT_PER_SHADOW)
+    assert ShadowPair.objects.filter(shadow=hung_shadow, shadow_status=504).count() == MAX_IN_FLIGHT_PER_SHADOW
 
 
 def test_copies_to_a_shadow_leave_the_live_runtimes_kept_alive_connection_open() -> None:
