@@ -55,6 +55,23 @@ def test_nul_characters_are_removed_from_labels_and_keys() -> None:
     assert kept == KeptAnswer(["setosa", {"ab": 1.0}])
 
 
+def test_lone_surrogates_become_question_marks_in_labels_and_keys() -> None:
+    # JSON may escape half of a UTF-16 pair; UTF-8 (PostgreSQL's text and jsonb) cannot hold it.
+    kept = answer_kept(b'{"predictions": ["\\ud800x", {"\\udfff": 1.0}, "caf\\u00e9"]}')
+
+    assert kept == KeptAnswer(["?x", {"?": 1.0}, "caf\u00e9"])
+
+
+def test_numbers_count_as_many_bytes_as_postgresql_writes_them() -> None:
+    # 1e308 is 6 bytes here and 309 digits in jsonb: 2,600 of them are not 16 KiB but 800 KiB.
+    huge = answer_kept(json.dumps([[1e308] * 26] * 100).encode())
+    assert huge.output is None
+    assert "too large to compare" in huge.reason
+
+    ordinary = [[0.25, 1e-5, 123456.5] * 8] * 100
+    assert answer_kept(json.dumps(ordinary).encode()) == KeptAnswer(ordinary)
+
+
 def test_answers_too_large_to_read_or_to_keep_are_kept_as_their_reason() -> None:
     unread = answer_kept(b"[" + b"1," * (MAX_READ_BYTES // 2) + b"1]")
     assert unread.output is None
@@ -90,3 +107,13 @@ def test_a_pair_the_database_refuses_costs_only_itself_not_its_batch(shadow: Sha
     assert list(kept) == [["a"], ["c"]]
     shadow.refresh_from_db()
     assert shadow.copies_sent == 3
+
+
+def test_a_pair_whose_text_utf8_cannot_encode_costs_only_itself(shadow: Shadow) -> None:
+    def stored_pair(error: str) -> ShadowPair:
+        return ShadowPair(shadow_id=shadow.pk, live_status=200, shadow_status=500, shadow_error=error)
+
+    shadow_pairs_store([stored_pair("a"), stored_pair("b\ud800"), stored_pair("c")])
+
+    kept = ShadowPair.objects.filter(shadow=shadow).order_by("id").values_list("shadow_error", flat=True)
+    assert list(kept) == ["a", "c"]

@@ -26,7 +26,9 @@ from deployer.integrations.aws.client import aws_client
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, ModelVersion, Shadow, ShadowPair
 from deployer.services.cloud_gc import cloud_orphans, cloud_orphans_delete
 from deployer.services.shadows import shadow_end, shadow_promote, shadow_start, shadows_collect_pairs
+from deployer.targets.sagemaker import shadow_capture
 from deployer.targets.sagemaker.names import capture_key_prefix, endpoint_name, rollout_name
+from deployer.targets.sagemaker.shadow_capture import CapturedAnswer, shadow_config_record
 from deployer.tests.sagemaker_support import (
     ONE_PUBLIC_ENDPOINT,
     SentRequests,
@@ -460,6 +462,66 @@ def test_answers_a_database_cannot_hold_are_stored_as_reasons_and_the_files_read
         (200, ["setosa"], ["setosa"], "", None),
     ]
     assert shadows_collect_pairs() == 0
+
+
+def test_lone_surrogates_anywhere_in_a_capture_line_are_stored_as_question_marks(
+    aws: MotoServer, owner: User, api_client_for: Any
+) -> None:
+    """UTF-8 cannot encode a lone surrogate: in an answer waiting for its other half, an
+    error message or an event id it failed the whole collection, at every collection."""
+    shadow = start_shadow(owner, live_endpoint(owner, api_client_for), sample_percent=100)
+    live = [
+        capture_event("e1", b'{"predictions": ["setosa"]}'),
+        capture_event("e2\ud800", b'{"predictions": ["setosa"]}'),
+        # Waits for a shadow half that never comes: stored in the record's jsonb.
+        capture_event("e3", b'{"predictions": ["\\ud800"]}'),
+    ]
+    write_capture(shadow, "main", "21-10-05-123-a.jsonl", [json.dumps(event) for event in live])
+    copies = [
+        capture_event("e1", b'{"error": "predict() failed \\udfff"}'),
+        capture_event("e2\ud800", '{"predictions": ["\ud800"]}'.encode("utf-8", "surrogatepass"), encoding="BASE64"),
+    ]
+    write_capture(shadow, "shadow", "21-10-05-456-b.jsonl", [json.dumps(event) for event in copies])
+
+    assert shadows_collect_pairs() == 2
+    assert [pair[1:5] for pair in pairs(shadow)] == [
+        (500, ["setosa"], None, "predict() failed ?"),
+        # Python's JSON reads bytes with "surrogatepass": the half-pair becomes "?" too.
+        (200, ["setosa"], ["?"], ""),
+    ]
+    record = shadow_config_record(shadow)
+    assert record is not None
+    assert record.details["capture_waiting"]["main"] == [["e3", ["?"], "", ""]]
+    assert shadows_collect_pairs() == 0
+
+
+def test_one_collection_reads_about_its_byte_budget_and_the_rest_next_time(
+    aws: MotoServer, owner: User, api_client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shadow_capture, "MAX_BYTES_PER_VARIANT", 1)
+    shadow = start_shadow(owner, live_endpoint(owner, api_client_for), sample_percent=100)
+    for number in (1, 2):
+        answer = json.dumps({"predictions": [number]}).encode()
+        write_capture(shadow, "main", f"21-10-0{number}-a.jsonl", [capture_event(f"e{number}", answer)])
+        write_capture(shadow, "shadow", f"21-10-0{number}-b.jsonl", [capture_event(f"e{number}", answer)])
+
+    assert shadows_collect_pairs() == 1
+    assert shadows_collect_pairs() == 1
+    assert shadows_collect_pairs() == 0
+    assert [pair[2] for pair in pairs(shadow)] == [[1], [2]]
+
+
+def test_answers_waiting_for_their_other_half_are_kept_newest_first_within_a_byte_budget() -> None:
+    newest = shadow_capture.MAX_PENDING - 1
+    answers = {f"e{n}": CapturedAnswer(f"e{n}", ["x" * 3000], "") for n in range(newest + 1)}
+
+    kept = shadow_capture._still_waiting(answers)
+
+    assert 0 < len(kept) < shadow_capture.MAX_PENDING
+    # As many of the newest as fit: one more would not.
+    size = sum(len(json.dumps(item)) for item in kept)
+    assert size <= shadow_capture.MAX_PENDING_BYTES < size + len(json.dumps(answers["e0"].as_json()))
+    assert [item[0] for item in kept] == [f"e{n}" for n in range(newest + 1 - len(kept), newest + 1)]
 
 
 @override_settings(SHADOW_MAX_PAIRS=2, SHADOW_MAX_ROWS=2)

@@ -10,10 +10,11 @@ docs/shadow.md) and stores one ``ShadowPair`` per request, keeping of each answe
 the gateway's copies keep.
 
 The files are the model's output: untrusted input to this privileged reader. Each
-collection reads a bounded number of files, at most ``MAX_FILE_BYTES`` of each (a ranged
-GET), skips lines longer than ``MAX_LINE_BYTES`` and JSON nested deeper than
-``MAX_JSON_DEPTH``, and keeps at most ``MAX_PENDING`` events per variant waiting for their
-other half. Per variant, a cursor (the last key read) and the waiting events live on the
+collection reads a bounded number of files per variant, at most ``MAX_FILE_BYTES`` of each
+(a ranged GET) and about ``MAX_BYTES_PER_VARIANT`` in all, skips lines longer than
+``MAX_LINE_BYTES`` and JSON nested deeper than ``MAX_JSON_DEPTH``, keeps of each answer what
+``deployer.shadow_answers`` keeps, and at most ``MAX_PENDING`` events (``MAX_PENDING_BYTES``)
+per variant waiting for their other half. Per variant, a cursor (the last key read) and the waiting events live on the
 shadow endpoint config's record, stored in the transaction that stores the pairs, with the
 row locked meanwhile: a rerun or a concurrent collection never stores a pair twice.
 """
@@ -32,14 +33,17 @@ from django.db.models import F
 
 from deployer.integrations.aws import s3
 from deployer.models import Endpoint, ExternalResource, Shadow, ShadowPair
-from deployer.shadow_answers import answer_kept, shadow_pairs_insert
+from deployer.shadow_answers import answer_kept, shadow_pairs_insert, text_clean
 from deployer.targets.sagemaker.names import SHADOW_VARIANT, VARIANT, endpoint_name, rollout_name, s3_location
 
 MAX_FILES_PER_VARIANT = 50
+# Read per variant and collection at most (whole files: the first one beyond it is the last).
+MAX_BYTES_PER_VARIANT = 32 * 1024 * 1024
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_LINE_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 MAX_PENDING = 500
+MAX_PENDING_BYTES = 1024 * 1024
 MAX_ERROR_CHARS = 500
 # The capture records no HTTP status: an answer carrying "error" (the runtime's error
 # body) counts as this one.
@@ -92,7 +96,8 @@ def _body(output: Any) -> bytes | None:
             return base64.b64decode(output["data"], validate=True)
         except (binascii.Error, ValueError):
             return None
-    return str(output["data"]).encode()
+    # "replace": a lone surrogate in the line's JSON has no UTF-8.
+    return str(output["data"]).encode("utf-8", "replace")
 
 
 def captured_answer(line: bytes) -> CapturedAnswer | None:
@@ -103,24 +108,25 @@ def captured_answer(line: bytes) -> CapturedAnswer | None:
     metadata, capture = event.get("eventMetadata"), event.get("captureData")
     if not isinstance(metadata, dict) or not isinstance(capture, dict) or not metadata.get("eventId"):
         return None
-    # Stored with the waiting events: PostgreSQL's jsonb refuses NUL.
-    event_id = str(metadata["eventId"]).replace("\x00", "")[:200]
+    # Stored with the waiting events, in jsonb.
+    event_id = text_clean(str(metadata["eventId"]))[:200]
     body = _body(capture.get("endpointOutput"))
     if body is None:
         return CapturedAnswer(event_id, None, "SageMaker captured no answer for this request.")
     kept = answer_kept(body)
     # An error body has no "predictions", so it is kept whole.
     if isinstance(kept.output, dict) and "error" in kept.output:
-        return CapturedAnswer(event_id, None, str(kept.output["error"])[:MAX_ERROR_CHARS] or "error")
+        return CapturedAnswer(event_id, None, text_clean(str(kept.output["error"]))[:MAX_ERROR_CHARS] or "error")
     return CapturedAnswer(event_id, kept.output, "", kept.reason)
 
 
-def _answers(bucket: str, key: str) -> list[CapturedAnswer]:
+def _answers(bucket: str, key: str) -> tuple[list[CapturedAnswer], int]:
+    """The file's answers, and how many bytes were read of it."""
     data = s3.read_start(bucket, key, max_bytes=MAX_FILE_BYTES)
     lines = data.split(b"\n")
     if len(data) >= MAX_FILE_BYTES:
         lines = lines[:-1]  # cut off by the cap: its last line is incomplete
-    return [answer for line in lines if line.strip() and (answer := captured_answer(line)) is not None]
+    return [answer for line in lines if line.strip() and (answer := captured_answer(line)) is not None], len(data)
 
 
 def _pair(shadow: Shadow, live: CapturedAnswer, copy: CapturedAnswer) -> ShadowPair:
@@ -161,6 +167,21 @@ def shadow_config_record(shadow: Shadow) -> ExternalResource | None:
     )
 
 
+def _still_waiting(answers: dict[str, CapturedAnswer]) -> list[list[Any]]:
+    """The newest answers waiting for their other half, at most MAX_PENDING of them and
+    MAX_PENDING_BYTES as JSON (a list: JSON keeps its order). Below 100 % sampling most live
+    requests never get a shadow half, so the list is always full: it is read and written at
+    every collection."""
+    kept: list[list[Any]] = []
+    size = 0
+    for answer in reversed(list(answers.values())[-MAX_PENDING:]):
+        size += len(json.dumps(answer.as_json()))
+        if size > MAX_PENDING_BYTES:
+            break
+        kept.append(answer.as_json())
+    return kept[::-1]
+
+
 def collect_shadow_pairs(shadow: Shadow) -> int:
     """Store the pairs of the capture files written since the last collection; returns how many."""
     record = shadow_config_record(shadow)
@@ -180,22 +201,22 @@ def collect_shadow_pairs(shadow: Shadow) -> int:
         for variant in (VARIANT, SHADOW_VARIANT):
             folder = f"{key_prefix}/{endpoint_name(shadow.endpoint)}/{variant}/"
             found = s3.objects_after(bucket, folder, start_after=cursors.get(variant, ""), limit=MAX_FILES_PER_VARIANT)
+            budget = MAX_BYTES_PER_VARIANT
             for stored in found:
-                for answer in _answers(bucket, stored.key):
+                if budget <= 0:  # the rest next time: one collection's work stays bounded
+                    break
+                answers, read = _answers(bucket, stored.key)
+                budget -= read
+                for answer in answers:
                     waiting[variant][answer.event_id] = answer
                     copies += variant == SHADOW_VARIANT
-            if found:
-                cursors[variant] = found[-1].key
+                cursors[variant] = stored.key
         pairs = []
         for event_id in [event_id for event_id in waiting[SHADOW_VARIANT] if event_id in waiting[VARIANT]]:
             pairs.append(_pair(shadow, waiting[VARIANT].pop(event_id), waiting[SHADOW_VARIANT].pop(event_id)))
         _store(shadow, pairs, copies)
         resource.merge_details(
             capture_cursors=cursors,
-            # The newest of each side wait for their other half (a list: JSON keeps its order).
-            capture_waiting={
-                variant: [answer.as_json() for answer in list(answers.values())[-MAX_PENDING:]]
-                for variant, answers in waiting.items()
-            },
+            capture_waiting={variant: _still_waiting(answers) for variant, answers in waiting.items()},
         )
     return len(pairs)
