@@ -11,7 +11,11 @@ Nothing here depends on whether a username exists: a name nobody has is counted 
 locked exactly like a real one, so the answers cannot tell them apart.
 
 Only ints are stored (counters, and a lock's end as a Unix time), so any cache
-serializer reads them back. When Redis does not answer, `ThrottleUnavailable` is raised
+serializer reads them back. Whatever else a key holds (anyone with Redis's password can
+write one) is not trusted: a counter INCR cannot add to, or one below 1, starts again at
+1; a lock that is not a deadline within one lockout is ignored. A counter planted without
+expiry only makes its subject stricter (failures add up across windows) until the next
+lock or successful sign-in deletes it. When Redis does not answer, `ThrottleUnavailable` is raised
 and the doors refuse the attempt (fail closed): a throttle that cannot count would let
 a guesser run unlimited.
 """
@@ -143,6 +147,13 @@ def _count(subject: str, limit: int) -> None:
         try:
             failures = cache.incr(counter)
         except ValueError:  # the window ended between add and incr: this failure opens the next
+            failures = 0
+        except redis.ResponseError:
+            # The key holds what INCR cannot add to (a string, a list, 2**63-1): not a count
+            # this module wrote. Failing here would answer 503 forever, never 429.
+            failures = 0
+        if type(failures) is not int or failures < 1:
+            # A negative planted count would have bought a guesser a billion tries.
             cache.set(counter, 1, timeout=window)
             failures = 1
         if failures >= limit:

@@ -227,3 +227,36 @@ def test_a_lock_the_throttle_wrote_still_locks_with_its_time_left(owner: User) -
 
     assert refused.status_code == 429
     assert 29 <= int(refused["Retry-After"]) <= 31
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        pytest.param("a signed string", id="signed-string"),
+        pytest.param(["a", "redis", "list"], id="redis-list"),
+        pytest.param(2**63 - 1, id="incr-would-overflow"),
+        pytest.param(-(10**9), id="a-billion-tries-bought"),
+    ],
+)
+@override_settings(LOGIN_FAILURES_PER_USERNAME=3, LOGIN_FAILURES_PER_ADDRESS=100)
+def test_a_failure_counter_holding_what_the_throttle_never_writes_still_counts_to_a_lock(
+    owner: User, planted: Any
+) -> None:
+    """Anyone with Redis's password can write a counter's key: what INCR cannot add to
+    answered 503 for ever (never 429), and a negative count disabled the username's limit.
+    Now such a counter starts again at 1, and the limit locks as it does from nothing."""
+    key = f"{KEY_PREFIX}:failures:{_username_subject('owner')}"
+    raw = redis.Redis.from_url(settings.REDIS_URL)
+    if isinstance(planted, list):
+        raw.rpush(cache.make_and_validate_key(key), *planted)
+    else:
+        cache.set(key, planted, timeout=None)
+    assert raw.exists(cache.make_and_validate_key(key)), "the planted counter must be there"
+
+    wrong = [sign_in("owner", "wrong-password").status_code for _ in range(3)]
+    right = sign_in("owner", "owner-password-123")
+
+    assert wrong == [200, 200, 200], "a wrong password is answered by the form, not 503"
+    assert right.status_code == 429
+    assert LOCKED in refusal(right)
+    assert raw.ttl(cache.make_and_validate_key(key)) == -2, "the lock started a fresh count"
