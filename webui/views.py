@@ -52,7 +52,7 @@ from deployer.services.endpoints import (
     endpoint_update,
 )
 from deployer.services.model_intake import UPLOAD_FILE_FIELDS, model_version_upload
-from deployer.services.shadow_comparison import shadow_comparison, shadow_latest
+from deployer.services.shadow_comparison import shadow_comparison_shown, shadow_latest
 from deployer.services.shadows import shadow_end, shadow_promote, shadow_start
 from deployer.services.tokens import api_token_create, api_token_revoke
 from webui.forms import DeployForm, InvokeForm, ShadowForm, UploadForm
@@ -267,7 +267,7 @@ def _shadow_context(endpoint: Endpoint) -> dict[str, Any]:
         "endpoint": endpoint,
         "shadow": shadow,
         "shadow_active": shadow is not None and shadow.status in Shadow.ACTIVE,
-        "panel": shadow_panel(shadow_comparison(shadow)) if shadow else None,
+        "panel": shadow_panel(shadow_comparison_shown(shadow)) if shadow else None,
         "shadow_form": ShadowForm(),
         "shadow_versions": selectors.model_versions_ready(user=endpoint.owner)
         .filter(owner=endpoint.owner)

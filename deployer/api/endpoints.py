@@ -35,7 +35,7 @@ from deployer.services import shadows
 from deployer.services.costs import endpoint_cost_estimate
 from deployer.services.endpoint_logs import endpoint_logs_collect
 from deployer.services.gateway import MAX_BODY_BYTES, gateway_public_invoke, token_principal
-from deployer.services.shadow_comparison import shadow_comparison, shadow_latest
+from deployer.services.shadow_comparison import shadow_comparison_shown, shadow_latest
 from deployer.targets.base import InvocationResult
 
 
@@ -227,7 +227,7 @@ class ShadowSerializer(serializers.ModelSerializer[Shadow]):
 
     @extend_schema_field(ShadowComparisonSerializer)
     def get_comparison(self, shadow: Shadow) -> dict[str, Any]:
-        return dict(ShadowComparisonSerializer(asdict(shadow_comparison(shadow))).data)
+        return dict(ShadowComparisonSerializer(asdict(shadow_comparison_shown(shadow))).data)
 
 
 class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Endpoint]):

@@ -21,7 +21,10 @@ thousand, each at most ``SHADOW_MAX_ROWS`` rows of predictions) and adds up
 
 The kind is the one most of the live rows have, so one odd answer does not change it.
 The REST API and the dashboard show the same figures (deployer/api/endpoints.py,
-webui/templates/webui/_shadow.html).
+webui/templates/webui/_shadow.html), through ``shadow_comparison_shown``: a full shadow is
+up to 5,000 pairs of 2 x 64 KiB, so each web process computes a shadow's comparison once
+per change of its pairs, one request at a time, and reuses a slow one for a while (a
+dashboard polling every 5 s must not keep a process parsing answers).
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ from __future__ import annotations
 import bisect
 import math
 import operator
-from collections import Counter
+import threading
+import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any
+
+from django.db.models import Count, Max
 
 from deployer.models import Endpoint, Shadow, ShadowPair
 
@@ -46,13 +53,25 @@ OTHER = "other"
 CONFUSION_LABELS = 10
 HISTOGRAM_BINS = 10
 TOP_ERRORS = 10
-# Pairs read from the database per round trip.
-CHUNK = 500
+# Pairs read from the database per round trip: a pair may hold 2 x 64 KiB of JSON, and
+# its numbers take several times that once parsed.
+CHUNK = 50
 # A label longer than this is compared and shown by its start (an answer may be any text).
 MAX_LABEL_CHARS = 200
 
+# Comparisons kept per web process, the least recently shown dropped first.
+MEMO_SHADOWS = 64
+# A comparison that took at least this long is shown again for twice its time, even when
+# pairs arrived meanwhile: at most a third of a process's time goes to one shadow.
+MEMO_SLOW_SECONDS = 0.25
+
 # A row that one of the two answers does not have.
 _MISSING = object()
+# Rows made only of these are counted in a hash table: str hashes are salted per process
+# and the others have a handful of values. Numbers are not: every multiple of 2**61 - 1
+# hashes alike, so a shadow answering those made each count walk every earlier one
+# (400 pairs took 54 s).
+_HASH_SAFE_TYPES = frozenset({str, bool, type(None)})
 
 
 @dataclass(frozen=True)
@@ -166,11 +185,10 @@ class _Tally:
     """Every kind's figures for every row, until the kind is known (at the end).
 
     Fast for the two common shapes, without a Python step per row: rows that are all
-    numbers with a decimal point give their differences in one C-level ``map``; other rows
-    of plain values (labels) are counted per distinct (live, shadow) pair at C speed, and
-    each distinct pair is looked at once, weighted by its count (a classifier's 500,000
-    rows are a few dozen pairs; Python's equality decides what is "the same value", so R's
-    TRUE and the number 1 would count as one)."""
+    numbers with a decimal point give their differences in one C-level ``map``; rows of
+    labels (strings, logicals, NA) are counted per distinct (live, shadow) pair at C speed,
+    and each distinct pair is looked at once, weighted by its count (a classifier's 500,000
+    rows are a few dozen pairs). Any other row is looked at on its own."""
 
     def __init__(self) -> None:
         self.values: Counter[tuple[Any, Any]] = Counter()
@@ -193,14 +211,12 @@ class _Tally:
                 self.equal += differences.count(0.0)
                 self.differences += differences
                 return
-        rows = list(zip_longest(live_rows, shadow_rows, fillvalue=_MISSING))
-        try:
-            hash(tuple(rows))  # unhashable rows (probabilities, lists) raise here, before counting
-        except TypeError:
+        rows = zip_longest(live_rows, shadow_rows, fillvalue=_MISSING)
+        if {*map(type, live_rows), *map(type, shadow_rows)} <= _HASH_SAFE_TYPES:
+            self.values.update(rows)
+        else:
             for live, shadow in rows:
                 self.add(live, shadow, 1)
-        else:
-            self.values.update(rows)
 
     def finish(self) -> None:
         for (live, shadow), count in self.values.items():
@@ -378,3 +394,54 @@ def shadow_comparison(shadow: Shadow) -> ShadowComparison:
         live_latency=_latency(live_ms),
         shadow_latency=_latency(shadow_ms),
     )
+
+
+@dataclass(frozen=True)
+class _Memo:
+    version: tuple[Any, ...]
+    comparison: ShadowComparison
+    computed_at: float
+    seconds: float
+
+
+_memos: OrderedDict[int, _Memo] = OrderedDict()
+# One computation per shadow at a time in a process: the others wait for its result.
+_computing: dict[int, threading.Lock] = {}
+_memos_lock = threading.Lock()
+_clock = time.monotonic
+
+
+def _pairs_version(shadow: Shadow) -> tuple[Any, ...]:
+    """Changes whenever the comparison can: a pair stored or removed, a copy counted, the
+    status; and with the shadow (SQLite gives a deleted row's id to the next one)."""
+    pairs = ShadowPair.objects.filter(shadow=shadow).aggregate(newest=Max("id"), count=Count("id"))
+    counts = (shadow.copies_sent, shadow.copies_dropped, pairs["newest"], pairs["count"])
+    return (shadow.created_at, shadow.status, *counts)
+
+
+def shadow_comparison_shown(shadow: Shadow) -> ShadowComparison:
+    """``shadow_comparison`` as the dashboard and the REST API show it: the last one this
+    process computed while the shadow's pairs are unchanged, or while a slow one is younger
+    than twice its computing time."""
+    version = _pairs_version(shadow)
+    with _memos_lock:
+        computing = _computing.setdefault(shadow.pk, threading.Lock())
+    with computing:
+        memo = _memos.get(shadow.pk)
+        if memo is not None and (
+            memo.version == version
+            or (memo.seconds >= MEMO_SLOW_SECONDS and _clock() - memo.computed_at < 2 * memo.seconds)
+        ):
+            with _memos_lock:
+                _memos.move_to_end(shadow.pk)
+            return memo.comparison
+        started = _clock()
+        comparison = shadow_comparison(shadow)
+        finished = _clock()
+        with _memos_lock:
+            _memos[shadow.pk] = _Memo(version, comparison, finished, finished - started)
+            _memos.move_to_end(shadow.pk)
+            while len(_memos) > MEMO_SHADOWS:
+                dropped, _ = _memos.popitem(last=False)
+                _computing.pop(dropped, None)
+        return comparison

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import connection
 
 from deployer.models import Endpoint, Shadow, ShadowPair
+from deployer.services import shadow_comparison as shadow_comparison_module
 from deployer.services.shadow_comparison import (
     CONFUSION_LABELS,
     MAX_LABEL_CHARS,
@@ -18,7 +22,10 @@ from deployer.services.shadow_comparison import (
     ErrorCount,
     Histogram,
     Latency,
+    _memos,
+    _Tally,
     shadow_comparison,
+    shadow_comparison_shown,
     shadow_latest,
 )
 from testsupport.factories import make_endpoint, make_model_version, make_shadow
@@ -318,3 +325,115 @@ def test_answers_kept_as_a_reason_count_with_the_errors_not_as_unmatched_rows(sh
     assert (comparison.requests, comparison.compared_requests, comparison.rows_compared) == (3, 1, 1)
     assert comparison.top_errors == (ErrorCount(f"Live: {too_large}", 1), ErrorCount(too_large, 1))
     assert comparison.shadow_errors == 2
+
+
+def test_numbers_that_all_hash_alike_are_compared_row_by_row_never_in_a_hash_table(shadow: Shadow) -> None:
+    """Every multiple of 2**61 - 1 hashes alike: counted in a Counter, each row walked every
+    earlier one (400 such pairs took 54 s). Counted here, not timed."""
+    flood = [k * (2**61 - 1) for k in range(1, 101)]
+    assert len({hash(number) for number in flood}) == 1, "the attack: every value in one bucket"
+    tally = _Tally()
+
+    tally.add_request(flood, flood[::-1])
+    tally.add_request([True, "b", None], [True, "c", "a"])
+
+    assert set(tally.values) == {(True, True), ("b", "c"), (None, "a")}, "only the labels were hashed"
+    store(shadow, *(pair(flood, flood) for _ in range(20)))
+    comparison = shadow_comparison(shadow)
+    assert (comparison.kind, comparison.rows_compared, comparison.rows_unmatched) == ("numeric", 2000, 0)
+    assert comparison.max_abs_difference == 0.0
+
+
+@pytest.fixture
+def no_memos() -> Iterator[None]:
+    _memos.clear()
+    yield
+    _memos.clear()
+
+
+def test_the_shown_comparison_is_computed_again_only_when_the_pairs_change(
+    shadow: Shadow, no_memos: None, django_assert_num_queries: Any
+) -> None:
+    store(shadow, pair(["setosa"], ["setosa"]))
+    first = shadow_comparison_shown(shadow)
+
+    with django_assert_num_queries(1):  # the pairs' version, not the pairs
+        assert shadow_comparison_shown(shadow) is first
+
+    store(shadow, pair(["setosa"], ["virginica"]))
+    second = shadow_comparison_shown(shadow)
+    assert (first.requests, second.requests, second.agreed) == (1, 2, 1)
+    shadow.copies_sent += 1
+    assert shadow_comparison_shown(shadow).copies_sent == 10
+
+
+def test_a_slow_comparison_is_shown_again_for_twice_its_time(
+    shadow: Shadow, no_memos: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its time is measured on a clock the test moves: computing "takes" 1 s."""
+    now = [1000.0]
+    monkeypatch.setattr(shadow_comparison_module, "_clock", lambda: now[0])
+    computed = shadow_comparison_module.shadow_comparison
+
+    def one_second(shadow: Shadow) -> Any:
+        now[0] += 1.0
+        return computed(shadow)
+
+    monkeypatch.setattr(shadow_comparison_module, "shadow_comparison", one_second)
+    store(shadow, pair(["setosa"], ["setosa"]))
+    first = shadow_comparison_shown(shadow)
+    store(shadow, pair(["setosa"], ["virginica"]))
+
+    now[0] += 1.9
+    assert shadow_comparison_shown(shadow) is first, "younger than 2 s: shown again"
+    now[0] += 0.2
+    assert shadow_comparison_shown(shadow).requests == 2
+
+
+def test_requests_for_one_shadow_wait_for_its_comparison_rather_than_compute_it_again(
+    transactional_db: None, owner: User, no_memos: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = make_model_version(owner)
+    endpoint = make_endpoint(owner, "iris", model_version=live, status=Endpoint.Status.LIVE)
+    shadow = make_shadow(endpoint, make_model_version(owner))
+    store(shadow, pair(["setosa"], ["setosa"]))
+    computed = shadow_comparison_module.shadow_comparison
+    versions_read = threading.Semaphore(0)
+    release = threading.Event()
+    computations: list[int] = []
+    read_version = shadow_comparison_module._pairs_version
+
+    def counted_version(shadow: Shadow) -> Any:
+        try:
+            return read_version(shadow)
+        finally:
+            versions_read.release()
+
+    def held(shadow: Shadow) -> Any:
+        computations.append(shadow.pk)
+        assert release.wait(60)
+        return computed(shadow)
+
+    monkeypatch.setattr(shadow_comparison_module, "_pairs_version", counted_version)
+    monkeypatch.setattr(shadow_comparison_module, "shadow_comparison", held)
+    shown: list[Any] = []
+
+    def show() -> None:
+        try:
+            shown.append(shadow_comparison_shown(Shadow.objects.get(pk=shadow.pk)))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=show) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    # Both have read the version, so the second is at the lock or past it.
+    assert versions_read.acquire(timeout=60)
+    assert versions_read.acquire(timeout=60)
+    release.set()
+    for thread in threads:
+        thread.join(60)
+
+    assert computations == [shadow.pk]
+    assert len(shown) == 2
+    assert shown[0] is shown[1]

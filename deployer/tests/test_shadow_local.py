@@ -323,9 +323,9 @@ def test_a_numeric_shadow_records_exact_differences_and_its_errors_callers_never
     assert running_containers("cars") == [live_container]
     assert engine_id(live_container) == live_engine_id
     assert not ExternalResource.objects.live().filter(deployment=shadow.deployment).exists()
-    # Asked from this process: gunicorn's kept connections to v1 have been idle past the
-    # runtime's 15 s keep-alive by now, and runtime_http's one retry may take a second stale
-    # one (reported; not what this test is about).
+    # Asked from this process, so the answer is v1's own: the gateway's route cache holds
+    # nothing of the shadow (runtime_http no longer reuses a connection idle past the
+    # runtime's keep-alive, 04fb4f2; gunicorn's would have been idle past it by now).
     gateway._routes.clear()
     group = groups[0]
     result = endpoint_invoke(
