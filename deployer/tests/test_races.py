@@ -24,7 +24,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from deployer import task_names
-from deployer.models import Deployment, Endpoint, ModelVersion
+from deployer.models import Deployment, Endpoint, ModelVersion, Shadow
 from deployer.services.endpoints import endpoint_create
 from deployer.services.tokens import api_token_create
 from deployer.targets import get_target
@@ -180,6 +180,30 @@ def test_updates_racing_deletes_leave_one_teardown_and_at_most_one_rollout_accep
     assert _kinds(endpoint) == ["create", *["update"] * len(accepted), "delete"]
     endpoint.refresh_from_db()
     assert endpoint.status == Endpoint.Status.DELETING
+    _assert_consistent(endpoint, broker)
+
+
+@pytest.mark.parametrize("mix", ["rollbacks", "rollbacks-updates-shadows"])
+def test_rollbacks_racing_each_other_updates_and_shadow_starts_start_one_deployment(
+    mix: str, owner: User, web: WebServer, broker: str
+) -> None:
+    endpoint = _live_endpoint(owner)
+    Endpoint.objects.filter(pk=endpoint.pk).update(previous_model_version=_ready(owner))
+    call = _client(web, owner)
+    rollback = call("POST", f"{ENDPOINTS}race/rollback")
+    update = call("POST", f"{ENDPOINTS}race/deployments", json={"model": _ready(owner).pk})
+    shadow_body = {"model": _ready(owner).pk, "sample_percent": 50, "duration": "1h"}
+    shadow = call("POST", f"{ENDPOINTS}race/shadow", json=shadow_body)
+    calls = [rollback] * CLIENTS if mix == "rollbacks" else [rollback, update, shadow] * (CLIENTS // 3)
+
+    outcome = race(calls, gate=AT_ENDPOINTS)
+
+    _assert_no_server_error(outcome.statuses)
+    assert outcome.statuses == {202: 1, 409: CLIENTS - 1}, outcome.statuses
+    won = [kind for kind in _kinds(endpoint) if kind != "create"]
+    assert len(won) == 1
+    assert won[0] in ({"rollback"} if mix == "rollbacks" else {"rollback", "update", "shadow"})
+    assert Shadow.objects.filter(endpoint=endpoint).count() == (won == ["shadow"])
     _assert_consistent(endpoint, broker)
 
 
