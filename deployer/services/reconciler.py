@@ -43,7 +43,8 @@ def pipeline_reconcile() -> dict[str, int]:
             target.check(endpoint)
             checked += 1
         except PermanentStepError as exc:
-            Endpoint.objects.filter(pk=endpoint.pk).update(
+            # Only a still serving endpoint fails: a stop or delete may have begun meanwhile.
+            Endpoint.objects.filter(pk=endpoint.pk, status__in=Endpoint.SERVING).update(
                 status=Endpoint.Status.FAILED, error=exc.message, updated_at=timezone.now()
             )
             LogLine.objects.create(

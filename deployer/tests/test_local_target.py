@@ -14,7 +14,13 @@ from django.core.files.base import ContentFile
 
 from deployer.integrations.containers import cli, runtimes
 from deployer.models import Deployment, DeploymentStep, Endpoint, ExternalResource, LogLine
-from deployer.services.endpoints import endpoint_create, endpoint_delete, endpoint_invoke, endpoint_update
+from deployer.services.endpoints import (
+    endpoint_create,
+    endpoint_delete,
+    endpoint_invoke,
+    endpoint_stop,
+    endpoint_update,
+)
 from deployer.services.reconciler import pipeline_reconcile
 from deployer.targets.base import TargetOptionsError
 from deployer.targets.local import LocalTarget
@@ -189,6 +195,27 @@ def test_a_killed_runtime_is_restarted_by_the_reconciler(owner: User, iris_model
     assert not Path(runtime["socket"]).exists()
     assert ExternalResource.objects.get(identifier=runtime["container"]).details["start"] == 1
     assert LogLine.objects.filter(endpoint=endpoint, message__contains="restarted it (restart 1)").exists()
+
+
+def test_a_runtime_a_stop_removes_is_not_restarted_by_a_reconciler_that_read_the_endpoint_before(
+    owner: User, iris_models: Path
+) -> None:
+    """The reconciler reads the serving endpoints, then supervises each: a stop requested
+    in between removes the container before it marks its resource removed, and the
+    reconciler saw a live resource whose container was gone and started it again (a
+    full CI run caught one left running after the stop)."""
+    issued = endpoint_create(owner=owner, name="no-zombie", model_version=iris_version(owner, iris_models, "v1"))
+    drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+    read_before = Endpoint.objects.get(name="no-zombie")
+    container = read_before.runtime["container"]
+    endpoint_stop(endpoint=read_before)
+    runtimes.stop(container)  # the stop step's removal, its resource not yet marked
+
+    LocalTarget().check(read_before)
+
+    assert ExternalResource.objects.live().filter(identifier=container).exists()
+    assert runtimes.names(endpoint="no-zombie") == []
+    assert not LogLine.objects.filter(endpoint=read_before, message__contains="restarted it").exists()
 
 
 def test_a_restart_waits_for_its_backoff(owner: User, iris_models: Path) -> None:

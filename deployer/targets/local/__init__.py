@@ -16,8 +16,8 @@ every web process has seen the switch (the gateway caches routes for
 ``ROUTE_CACHE_SECONDS``). Requests travel over keep-alive connections pooled per socket
 (``deployer.integrations.containers.runtime_http``).
 
-The modules: ``target`` (``LocalTarget``: options, ``STEPS``, invoke, supervision),
-``runtime`` (starting a container, locking its socket, ``/ping``), ``image`` (the
+The modules: ``target`` (``LocalTarget``: options, ``STEPS``, invoke), ``supervision``
+(the reconciler's restarts with backoff, and reaping), ``runtime`` (starting a container, locking its socket, ``/ping``), ``image`` (the
 rollout's serving image), ``logs`` (the runtime's output into LogLine) and ``paths``.
 """
 

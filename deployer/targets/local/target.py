@@ -1,6 +1,6 @@
 """The ``local`` target's operations: options, the rollout, shadow and teardown steps
-(``STEPS``), invocation through the runtime's socket, supervision (restarts with backoff),
-reaping and log collection. See the package's docstring for the design."""
+(``STEPS``), invocation through the runtime's socket and log collection; supervision
+and reaping are in ``supervision``. See the package's docstring for the design."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from django.conf import settings
-from django.utils import timezone
 
-from deployer.integrations import processes
 from deployer.integrations.containers import cli, images, runtime_http, runtimes
 from deployer.model_files import model_version_materialize
-from deployer.models import Deployment, Endpoint, ExternalResource, LogLine
+from deployer.models import Deployment, Endpoint, ExternalResource
 from deployer.targets.base import (
     ROUTE_CACHE_SECONDS,
     STOP_OPTIONS,
@@ -45,7 +43,6 @@ from deployer.targets.local.paths import (
 from deployer.targets.local.runtime import (
     DEFAULT_MEMORY_MB,
     DEFAULT_OPTIONS,
-    RESTART_SOCKET_WAIT,
     START_SOCKET_WAIT,
     example_request,
     foreign_container,
@@ -56,6 +53,7 @@ from deployer.targets.local.runtime import (
     runtime_request,
     start_container,
 )
+from deployer.targets.local.supervision import reap_removed_runtimes, supervise
 
 logger = logging.getLogger(__name__)
 
@@ -70,58 +68,11 @@ SHADOW_QUEUE_SECONDS = 2.0
 # A shadow's runtime is removed this long after copies stopped going to it: every web
 # process has seen that, and every copy already queued has been sent or dropped.
 SHADOW_DRAIN_SECONDS = DRAIN_SECONDS + SHADOW_QUEUE_SECONDS + SHADOW_INVOKE_SECONDS
-# Crash supervision: restart with exponential backoff; fail after this many crashes
-# within CRASH_WINDOW seconds.
-MAX_CRASHES = 5
-CRASH_WINDOW = 600
 
 
 def _gateway_error(status: int, message: str) -> InvocationResult:
     """An answer of the gateway's own, shaped as its other errors (deployer/services/gateway.py)."""
     return InvocationResult(status, json.dumps({"message": message}).encode(), {"Content-Type": "application/json"})
-
-
-class _Route:
-    """Where a supervised container's socket is routed: the live route or the shadow's.
-    Each write holds only while the route still names that container (a switch or an
-    end_shadow may have moved it since the reconciler read the endpoint)."""
-
-    # How its messages name the runtime.
-    runtime_name = "The R runtime"
-
-    def __init__(self, endpoint: Endpoint, container: str) -> None:
-        self.endpoint, self.container = endpoint, container
-
-    def socket(self) -> str | None:
-        return self.endpoint.runtime.get("socket")
-
-    def set_socket(self, socket_path: str | None) -> None:
-        runtime = {**self.endpoint.runtime, "socket": socket_path}
-        Endpoint.objects.filter(pk=self.endpoint.pk, runtime__container=self.container).update(
-            runtime=runtime, updated_at=timezone.now()
-        )
-        self.endpoint.runtime = runtime
-
-
-class _ShadowRoute(_Route):
-    runtime_name = "The shadow's R runtime"
-
-    def socket(self) -> str | None:
-        return (self.endpoint.shadow_runtime.get("runtime") or {}).get("socket")
-
-    def set_socket(self, socket_path: str | None) -> None:
-        facts = self.endpoint.shadow_runtime
-        value = {**facts, "runtime": {**facts["runtime"], "socket": socket_path}}
-        self._write(value)
-
-    def stop_copies(self) -> None:
-        self._write({})
-
-    def _write(self, value: dict[str, Any]) -> None:
-        Endpoint.objects.filter(pk=self.endpoint.pk, shadow_runtime__runtime__container=self.container).update(
-            shadow_runtime=value, updated_at=timezone.now()
-        )
-        self.endpoint.shadow_runtime = value
 
 
 class LocalTarget(Target):
@@ -483,112 +434,12 @@ class LocalTarget(Target):
             },
         )
 
+    # --- supervision (deployer/targets/local/supervision.py) -----------------------------
     def check(self, endpoint: Endpoint) -> None:
-        """Restart a runtime whose container stopped (a crash, the engine restarted), with
-        backoff; route traffic to the restarted one once its socket is locked and checked.
-        A shadow's runtime is supervised the same way, except that crashing too often
-        stops the copies to it (the live version is fine) instead of failing the endpoint."""
-        if legacy := endpoint.runtime.get("process"):
-            # Started by an rdeploy that ran runtimes as host processes: stop it, never serve
-            # model code outside a container again.
-            processes.stop(str(legacy), pid=endpoint.runtime.get("pid"), grace=1)
-            raise PermanentStepError(
-                "This endpoint's runtime ran as a process on the server, which rdeploy no longer does; it was "
-                "stopped. Deploy the model again: it will run in a container."
-            )
-        if name := endpoint.runtime.get("container"):
-            self._supervise(endpoint, _Route(endpoint, name))
-        if name := (endpoint.shadow_runtime.get("runtime") or {}).get("container"):
-            try:
-                self._supervise(endpoint, _ShadowRoute(endpoint, name))
-            except PermanentStepError as exc:
-                _ShadowRoute(endpoint, name).stop_copies()
-                LogLine.objects.create(
-                    endpoint=endpoint,
-                    source=LogLine.Source.ENDPOINT,
-                    level=LogLine.Level.WARNING,
-                    message=f"Copies to the shadow stopped; stop or promote it. {exc.message}",
-                )
-
-    def _supervise(self, endpoint: Endpoint, route: _Route) -> None:
-        name = route.container
-        resource = ExternalResource.objects.live().named(self.name, ExternalResource.Kind.CONTAINER, name).first()
-        if resource is None:
-            return
-        details = dict(resource.details)
-        current = runtimes.state(name)
-        if current is not None and current.running:
-            if not route.socket():
-                self._route_to_restarted(route, resource, wait=0)
-            return
-        now = time.time()
-        crashes = [t for t in details.get("crashes", []) if now - t < CRASH_WINDOW]
-        if len(crashes) >= MAX_CRASHES:
-            raise PermanentStepError(
-                f"{route.runtime_name} crashed {len(crashes)} times in {CRASH_WINDOW // 60} minutes and was not "
-                f"restarted again{oom_note(current)}. Its last log lines:\n{last_lines(name)}"
-            )
-        if crashes and now - crashes[-1] < min(2 ** len(crashes), 60):
-            return  # backing off; the next reconciler run restarts it
-        keep_last_logs(endpoint, resource)
-        start = int(details.get("start", 0)) + 1
-        # No route while the new container's socket is unchecked.
-        route.set_socket(None)
-        directory = Path(details["directory"])
-        shutil.rmtree(socket_dir(directory, start - 1), ignore_errors=True)
-        assert resource.deployment is not None  # a container is recorded by its rollout
-        try:
-            start_container(
-                name=name,
-                image=details["image"],
-                deployment=resource.deployment,
-                directory=directory,
-                start=start,
-                options=endpoint.options,
-            )
-        except runtimes.ForeignContainer as exc:
-            raise foreign_container(exc) from exc
-        resource.merge_details(start=start, socket=None, crashes=[*crashes, now], log_cursor=None)
-        LogLine.objects.create(
-            endpoint=endpoint,
-            source=LogLine.Source.ENDPOINT,
-            level=LogLine.Level.WARNING,
-            message=(
-                f"{route.runtime_name} had stopped{oom_note(current)}; restarted it (restart {len(crashes) + 1})."
-            ),
-        )
-        self._route_to_restarted(route, resource, wait=RESTART_SOCKET_WAIT)
-
-    def _route_to_restarted(self, route: _Route, resource: ExternalResource, *, wait: float) -> None:
-        directory = socket_dir(Path(resource.details["directory"]), int(resource.details["start"]))
-        socket_path = lock_when_made(directory, resource, wait=wait)
-        if socket_path is None:
-            return  # still starting: the next reconciler run looks again
-        resource.merge_details(socket=socket_path)
-        route.set_socket(socket_path)
+        supervise(endpoint, target=self.name)
 
     def reap(self) -> int:
-        """Remove runtime containers whose resource was removed but which still exist: one
-        a step started after its rollout was discarded or cancelled, or one a stop did not
-        end. (A container is recorded before it starts, so none runs unrecorded.)"""
-        existing = runtimes.names()
-        removed = (
-            ExternalResource.objects.removed()
-            .filter(target=self.name, kind=ExternalResource.Kind.CONTAINER, identifier__in=existing)
-            .select_related("endpoint")
-        )
-        stopped = 0
-        for resource in removed:
-            runtimes.stop(resource.identifier, grace=1)
-            stopped += 1
-            if resource.endpoint is not None:
-                LogLine.objects.create(
-                    endpoint=resource.endpoint,
-                    source=LogLine.Source.ENDPOINT,
-                    level=LogLine.Level.WARNING,
-                    message=f"Removed runtime {resource.identifier}: it ran though it had been removed.",
-                )
-        return stopped
+        return reap_removed_runtimes(target=self.name)
 
     def collect_logs(self, endpoint: Endpoint) -> int:
         # The reconciler supervises the endpoint (check) after this: a log that cannot be
