@@ -17,8 +17,9 @@ every web process has seen the switch (the gateway caches routes for
 (``deployer.integrations.containers.runtime_http``).
 
 The modules: ``target`` (``LocalTarget``: options, ``STEPS``, invoke), ``supervision``
-(the reconciler's restarts with backoff, and reaping), ``runtime`` (starting a container, locking its socket, ``/ping``), ``image`` (the
-rollout's serving image), ``logs`` (the runtime's output into LogLine) and ``paths``.
+(the reconciler's restarts with backoff, and reaping), ``runtime`` (starting a container,
+locking its socket, ``/ping``), ``image`` (the rollout's serving image), ``logs`` (the
+runtime's output into LogLine) and ``paths``.
 """
 
 from deployer.targets.local.target import LocalTarget
