@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import QuerySet
 
@@ -59,6 +59,19 @@ def log_lines_after(*, endpoint: Endpoint, after: int, limit: int = 200) -> list
         LogLine.objects.filter(endpoint=endpoint, id__gt=after)
         .only("id", "created_at", "source", "level", "message", "deployment")
         .order_by("id")[:limit]
+    )
+
+
+# A REST log page's fields, in LogLineSerializer's order.
+LOG_PAGE_FIELDS = ("id", "created_at", "source", "level", "message", "deployment")
+
+
+def log_line_rows_after(*, endpoint: Endpoint, after: int, limit: int) -> list[tuple[Any, ...]]:
+    """``log_lines_after`` as tuples of ``LOG_PAGE_FIELDS``: a page of 500 lines is polled
+    by every client following a log, and building 500 model instances cost about a third
+    of its time."""
+    return list(
+        LogLine.objects.filter(endpoint=endpoint, id__gt=after).order_by("id").values_list(*LOG_PAGE_FIELDS)[:limit]
     )
 
 

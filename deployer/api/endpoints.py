@@ -135,6 +135,16 @@ class LogLineSerializer(serializers.ModelSerializer[LogLine]):
         fields = ["id", "created_at", "source", "level", "message", "deployment"]
 
 
+def log_page_lines(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """What ``LogLineSerializer(lines, many=True).data`` gives for these rows, without a
+    serializer per line (a 500-line page took 17 ms, over half of it in DRF's fields)."""
+    created_at = serializers.DateTimeField()
+    return [
+        dict(zip(selectors.LOG_PAGE_FIELDS, (line_id, created_at.to_representation(created), *rest), strict=True))
+        for line_id, created, *rest in rows
+    ]
+
+
 class LogPageSerializer(serializers.Serializer[Any]):
     lines = LogLineSerializer(many=True)
     next = serializers.IntegerField(help_text="Pass as ?after= to get the following lines.")
@@ -314,8 +324,8 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         except ValueError:
             raise exceptions.ValidationError({"after": "Must be a whole number (a log line id)."}) from None
         endpoint_logs_collect(endpoint=endpoint)
-        lines = selectors.log_lines_after(endpoint=endpoint, after=after, limit=LOG_PAGE)
-        return Response({"lines": LogLineSerializer(lines, many=True).data, "next": lines[-1].pk if lines else after})
+        rows = selectors.log_line_rows_after(endpoint=endpoint, after=after, limit=LOG_PAGE)
+        return Response({"lines": log_page_lines(rows), "next": rows[-1][0] if rows else after})
 
     @extend_schema(request=None, responses={200: ApiKeySerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"], url_path="rotate-key")

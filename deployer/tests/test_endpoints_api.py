@@ -3,6 +3,7 @@ staff's side. No worker runs here: deployments are only recorded."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,7 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
+from deployer.api.endpoints import LogLineSerializer
 from deployer.models import Deployment, Endpoint, LogLine, ModelVersion
 from deployer.services.endpoints import endpoint_create
 from deployer.services.gateway import MAX_BODY_BYTES
@@ -189,6 +191,22 @@ def test_logs_are_tailed_by_cursor(owner: User, api_client_for: ClientFor) -> No
     tail = client.get(f"/api/v1/endpoints/chatty/logs?after={first['next']}").json()
     assert [line["message"] for line in tail["lines"]] == ["hello from R"]
     assert client.get("/api/v1/endpoints/chatty/logs?after=soon").status_code == 400
+
+
+def test_a_log_page_is_what_the_log_line_serializer_gives_each_line(owner: User, api_client_for: ClientFor) -> None:
+    """The page is built from rows without a serializer per line; the schema still names
+    LogLineSerializer, so both must give the same JSON (a line of a deployment and one
+    without, microseconds and a non-ASCII message included)."""
+    issued = endpoint_create(owner=owner, name="chatty", model_version=ready(owner))
+    LogLine.objects.create(
+        endpoint=issued.endpoint, source=LogLine.Source.RUNTIME, level=LogLine.Level.WARNING, message="Größe \u2603"
+    )
+
+    page = api_client_for(owner).get("/api/v1/endpoints/chatty/logs?after=0").json()
+
+    lines = LogLine.objects.filter(endpoint=issued.endpoint).order_by("id")
+    assert page["lines"] == json.loads(json.dumps(LogLineSerializer(lines, many=True).data))
+    assert {line["deployment"] is None for line in page["lines"]} == {True, False}
 
 
 def test_invoking_an_endpoint_that_is_not_live_is_a_503(owner: User, api_client_for: ClientFor) -> None:
