@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import models, transaction
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -360,15 +360,16 @@ class ExternalResource(models.Model):
         return f"{self.kind}:{self.identifier}"
 
     def update_record(self, *, details: Mapping[str, Any] | None = None, **fields: Any) -> None:
-        """The one write of a recorded resource's row, and of this instance: ``details``
-        merged into its details, ``fields`` (``endpoint``, ``deployment``) set."""
-        changes = {**fields, **({"details": {**self.details, **details}} if details else {})}
-        for name, value in changes.items():
+        """The one write of a recorded resource's row and this instance: ``details`` merged
+        into the row's details as they are now (locked: this copy may be older), ``fields`` set."""
+        with transaction.atomic():
+            if details:
+                fields["details"] = {**ExternalResource.objects.select_for_update().get(pk=self.pk).details, **details}
+            ExternalResource.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
             setattr(self, name, value)
-        ExternalResource.objects.filter(pk=self.pk).update(**changes)
 
     def merge_details(self, **details: Any) -> None:
-        """Merge ``details`` into this row's (and this instance's) details."""
         self.update_record(details=details)
 
     def locked(self) -> ExternalResource:

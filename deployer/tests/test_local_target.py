@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -23,7 +24,7 @@ from deployer.services.endpoints import (
 )
 from deployer.services.reconciler import pipeline_reconcile
 from deployer.targets.base import TargetOptionsError
-from deployer.targets.local import LocalTarget
+from deployer.targets.local import LocalTarget, supervision
 from deployer.targets.local.paths import container_name, endpoint_dir
 from deployer.tests.pipeline_support import broken_model, container_running, iris_version, kill_runtime
 from testsupport.pipeline import drive
@@ -216,6 +217,31 @@ def test_a_runtime_a_stop_removes_is_not_restarted_by_a_reconciler_that_read_the
     assert ExternalResource.objects.live().filter(identifier=container).exists()
     assert runtimes.names(endpoint="no-zombie") == []
     assert not LogLine.objects.filter(endpoint=read_before, message__contains="restarted it").exists()
+
+
+def test_a_runtime_restarted_while_a_stop_begins_is_removed_again(
+    owner: User, iris_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restart is recorded under the endpoint's lock, the container started without it
+    (a slow engine must not hold the row): a stop requested during the start is seen by
+    the check after it, and the container is not left running."""
+    issued = endpoint_create(owner=owner, name="late-stop", model_version=iris_version(owner, iris_models, "v1"))
+    drive(issued.endpoint.current_deployment)  # type: ignore[arg-type]
+    endpoint = Endpoint.objects.get(name="late-stop")
+    kill_runtime(endpoint.runtime["container"])
+    started = supervision.start_container
+
+    def start_while_a_stop_is_requested(**arguments: Any) -> None:
+        started(**arguments)
+        assert container_running(arguments["name"])
+        endpoint_stop(endpoint=Endpoint.objects.get(name="late-stop"))
+
+    monkeypatch.setattr(supervision, "start_container", start_while_a_stop_is_requested)
+
+    LocalTarget().check(endpoint)
+
+    assert runtimes.names(endpoint="late-stop") == []
+    assert not LogLine.objects.filter(endpoint=endpoint, message__contains="restarted it").exists()
 
 
 def test_a_restart_waits_for_its_backoff(owner: User, iris_models: Path) -> None:

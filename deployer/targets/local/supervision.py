@@ -3,8 +3,10 @@ stopped (a crash, the engine restarted) is started again with backoff and traffi
 it once its socket is locked and checked; a container whose resource was removed is reaped.
 
 Everything here acts on what it read a moment ago while steps change the same endpoint: a
-route's writes hold only while it still names the container, and a restart happens under
-the endpoint's row lock, only while the endpoint still serves through that container.
+route's writes hold only while it still names the container, and a restart is recorded
+under the endpoint's row lock only while the endpoint still serves through that container
+(and no other run restarted it meanwhile), then checked the same way once started; no
+engine call runs while the row is locked.
 """
 
 from __future__ import annotations
@@ -53,18 +55,16 @@ class Route:
     def routed_container(self, endpoint: Endpoint) -> str | None:
         return endpoint.runtime.get("container")
 
-    def still_supervised(self, resource: ExternalResource) -> bool:
-        """Under the endpoint's row lock (held until the caller's transaction ends): the
-        endpoint still serves, this route still names the container and its resource is
-        live. A stop, delete or switch that began after the reconciler read the endpoint
-        removes the container itself; restarting it then left one running that nothing
-        recorded (until the reaper found it)."""
-        locked = Endpoint.objects.select_for_update(no_key=True).get(pk=self.endpoint.pk)
-        return (
-            locked.status in Endpoint.SERVING
-            and self.routed_container(locked) == self.container
-            and ExternalResource.objects.live().filter(pk=resource.pk).exists()
-        )
+    def supervised_resource(self, resource: ExternalResource) -> ExternalResource | None:
+        """``resource`` read again, if the endpoint still serves, this route still names the
+        container and the resource is live; the endpoint's row, then the resource's, stay
+        locked until the caller's transaction ends (keep it short: no engine call in it).
+        A stop, delete or switch that began after the reconciler read the endpoint removes
+        the container itself; restarting it then left one running that nothing recorded."""
+        locked = Endpoint.objects.select_for_update(no_key=True).filter(pk=self.endpoint.pk).first()
+        if locked is None or locked.status not in Endpoint.SERVING or self.routed_container(locked) != self.container:
+            return None
+        return ExternalResource.objects.live().select_for_update().filter(pk=resource.pk).first()
 
     def set_socket(self, socket_path: str | None) -> None:
         runtime = {**self.endpoint.runtime, "socket": socket_path}
@@ -126,31 +126,42 @@ def supervise(endpoint: Endpoint, *, target: str) -> None:
             )
 
 
+def _recent_crashes(details: dict[str, Any], now: float) -> list[float]:
+    return [t for t in details.get("crashes", []) if now - t < CRASH_WINDOW]
+
+
 def _supervise(endpoint: Endpoint, route: Route, *, target: str) -> None:
     name = route.container
     resource = ExternalResource.objects.live().named(target, ExternalResource.Kind.CONTAINER, name).first()
     if resource is None:
         return
-    details = dict(resource.details)
     current = runtimes.state(name)
     if current is not None and current.running:
         if not route.socket():
             _route_to_restarted(route, resource, wait=0)
         return
-    now = time.time()
-    crashes = [t for t in details.get("crashes", []) if now - t < CRASH_WINDOW]
+    seen_start = int(resource.details.get("start", 0))
+    # Engine calls before the locks below: a slow engine must not hold the endpoint's row.
+    keep_last_logs(endpoint, resource)
+    crashed_out = len(_recent_crashes(resource.details, time.time())) >= MAX_CRASHES
+    tail = last_lines(name) if crashed_out else ""
     with transaction.atomic():
-        if not route.still_supervised(resource):
-            return
+        locked = route.supervised_resource(resource)
+        if locked is None or int(locked.details.get("start", 0)) != seen_start:
+            return  # removed meanwhile, or another reconciler run restarted it
+        now = time.time()
+        crashes = _recent_crashes(locked.details, now)
         if len(crashes) >= MAX_CRASHES:
             raise PermanentStepError(
                 f"{route.runtime_name} crashed {len(crashes)} times in {CRASH_WINDOW // 60} minutes and was not "
-                f"restarted again{oom_note(current)}. Its last log lines:\n{last_lines(name)}"
+                f"restarted again{oom_note(current)}. Its last log lines:\n{tail}"
             )
         if crashes and now - crashes[-1] < min(2 ** len(crashes), 60):
             return  # backing off; the next reconciler run restarts it
-        _restart(endpoint, route, resource, current, crashes, now)
-    _route_to_restarted(route, resource, wait=RESTART_SOCKET_WAIT)
+        # Recorded before it starts: a run that dies after this never restarts it unrecorded.
+        route.set_socket(None)  # no route while the new container's socket is unchecked
+        locked.merge_details(start=seen_start + 1, socket=None, crashes=[*crashes, now], log_cursor=None)
+    _restart(endpoint, route, locked, current, restart=len(crashes) + 1)
 
 
 def _restart(
@@ -158,14 +169,10 @@ def _restart(
     route: Route,
     resource: ExternalResource,
     current: runtimes.ContainerState | None,
-    crashes: list[float],
-    now: float,
+    *,
+    restart: int,
 ) -> None:
-    name, details = route.container, resource.details
-    keep_last_logs(endpoint, resource)
-    start = int(details.get("start", 0)) + 1
-    # No route while the new container's socket is unchecked.
-    route.set_socket(None)
+    name, details, start = route.container, resource.details, int(resource.details["start"])
     directory = Path(details["directory"])
     shutil.rmtree(socket_dir(directory, start - 1), ignore_errors=True)
     assert resource.deployment is not None  # a container is recorded by its rollout
@@ -180,13 +187,19 @@ def _restart(
         )
     except runtimes.ForeignContainer as exc:
         raise foreign_container(exc) from exc
-    resource.merge_details(start=start, socket=None, crashes=[*crashes, now], log_cursor=None)
+    with transaction.atomic():
+        supervised = route.supervised_resource(resource) is not None
+    if not supervised:
+        # A stop, delete or switch began while it started and may have looked already.
+        runtimes.stop(name, grace=1)
+        return
     LogLine.objects.create(
         endpoint=endpoint,
         source=LogLine.Source.ENDPOINT,
         level=LogLine.Level.WARNING,
-        message=(f"{route.runtime_name} had stopped{oom_note(current)}; restarted it (restart {len(crashes) + 1})."),
+        message=f"{route.runtime_name} had stopped{oom_note(current)}; restarted it (restart {restart}).",
     )
+    _route_to_restarted(route, resource, wait=RESTART_SOCKET_WAIT)
 
 
 def _route_to_restarted(route: Route, resource: ExternalResource, *, wait: float) -> None:
