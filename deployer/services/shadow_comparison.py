@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any
 
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Sum
 
 from deployer.models import Endpoint, Shadow, ShadowPair
 
@@ -414,8 +414,10 @@ _clock = time.monotonic
 def _pairs_version(shadow: Shadow) -> tuple[Any, ...]:
     """Changes whenever the comparison can: a pair stored or removed, a copy counted, the
     status; and with the shadow (SQLite gives a deleted row's id to the next one)."""
-    pairs = ShadowPair.objects.filter(shadow=shadow).aggregate(newest=Max("id"), count=Count("id"))
-    counts = (shadow.copies_sent, shadow.copies_dropped, pairs["newest"], pairs["count"])
+    # The sum of ids too: two processes' inserts committed out of order, then trimmed, can
+    # leave the newest id and the count as they were with one pair replaced.
+    pairs = ShadowPair.objects.filter(shadow=shadow).aggregate(newest=Max("id"), count=Count("id"), ids=Sum("id"))
+    counts = (shadow.copies_sent, shadow.copies_dropped, pairs["newest"], pairs["count"], pairs["ids"])
     return (shadow.created_at, shadow.status, *counts)
 
 
@@ -436,7 +438,13 @@ def shadow_comparison_shown(shadow: Shadow) -> ShadowComparison:
                 _memos.move_to_end(shadow.pk)
             return memo.comparison
         started = _clock()
-        comparison = shadow_comparison(shadow)
+        try:
+            comparison = shadow_comparison(shadow)
+        except BaseException:
+            with _memos_lock:  # no memo will drop its lock: not kept for a shadow that fails
+                if shadow.pk not in _memos:
+                    _computing.pop(shadow.pk, None)
+            raise
         finished = _clock()
         with _memos_lock:
             _memos[shadow.pk] = _Memo(version, comparison, finished, finished - started)

@@ -367,6 +367,29 @@ def test_the_shown_comparison_is_computed_again_only_when_the_pairs_change(
     assert shadow_comparison_shown(shadow).copies_sent == 10
 
 
+def test_a_pair_replaced_below_the_newest_is_seen_and_a_failed_computation_keeps_no_lock(
+    shadow: Shadow, no_memos: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two web processes' inserts can commit out of order and a trim remove the oldest:
+    the newest id and the count stay, one pair is another."""
+    ShadowPair.objects.bulk_create(
+        ShadowPair(shadow=shadow, id=pair_id, **pair(["setosa"], ["setosa"])) for pair_id in (10**9, 10**9 + 20)
+    )
+    assert shadow_comparison_shown(shadow).agreed == 2
+    ShadowPair.objects.filter(id=10**9).delete()
+    ShadowPair.objects.create(shadow=shadow, id=10**9 + 10, **pair(["setosa"], ["virginica"]))
+    assert shadow_comparison_shown(shadow).agreed == 1
+
+    def fails(shadow: Shadow) -> Any:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(shadow_comparison_module, "shadow_comparison", fails)
+    _memos.clear()
+    with pytest.raises(RuntimeError):
+        shadow_comparison_shown(shadow)
+    assert shadow.pk not in shadow_comparison_module._computing
+
+
 def test_a_slow_comparison_is_shown_again_for_twice_its_time(
     shadow: Shadow, no_memos: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
