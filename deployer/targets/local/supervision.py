@@ -158,7 +158,7 @@ def _supervise(endpoint: Endpoint, route: Route, *, target: str) -> None:
             )
         if crashes and now - crashes[-1] < min(2 ** len(crashes), 60):
             return  # backing off; the next reconciler run restarts it
-        # Recorded before it starts: a run that dies after this never restarts it unrecorded.
+        # Recorded before it starts: another reconciler run sees the new start and leaves it be.
         route.set_socket(None)  # no route while the new container's socket is unchecked
         locked.merge_details(start=seen_start + 1, socket=None, crashes=[*crashes, now], log_cursor=None)
     _restart(endpoint, route, locked, current, restart=len(crashes) + 1)
