@@ -53,26 +53,25 @@ def deployment_steps(*, deployment: Deployment | None) -> list[DeploymentStep]:
     return list(DeploymentStep.objects.filter(deployment=deployment).order_by("position"))
 
 
-def log_lines_after(*, endpoint: Endpoint, after: int, limit: int = 200) -> list[LogLine]:
-    """The next `limit` lines after the cursor: one range scan of the (endpoint, id) index."""
-    return list(
-        LogLine.objects.filter(endpoint=endpoint, id__gt=after)
-        .only("id", "created_at", "source", "level", "message", "deployment")
-        .order_by("id")[:limit]
-    )
-
-
-# A REST log page's fields, in LogLineSerializer's order.
+# The fields a log line is shown with, in LogLineSerializer's order.
 LOG_PAGE_FIELDS = ("id", "created_at", "source", "level", "message", "deployment")
+
+
+def _log_lines_after(endpoint: Endpoint, after: int) -> QuerySet[LogLine]:
+    # One range scan of the (endpoint, id) index.
+    return LogLine.objects.filter(endpoint=endpoint, id__gt=after).order_by("id")
+
+
+def log_lines_after(*, endpoint: Endpoint, after: int, limit: int = 200) -> list[LogLine]:
+    """The next `limit` lines after the cursor."""
+    return list(_log_lines_after(endpoint, after).only(*LOG_PAGE_FIELDS)[:limit])
 
 
 def log_line_rows_after(*, endpoint: Endpoint, after: int, limit: int) -> list[tuple[Any, ...]]:
     """``log_lines_after`` as tuples of ``LOG_PAGE_FIELDS``: a page of 500 lines is polled
     by every client following a log, and building 500 model instances cost about a third
     of its time."""
-    return list(
-        LogLine.objects.filter(endpoint=endpoint, id__gt=after).order_by("id").values_list(*LOG_PAGE_FIELDS)[:limit]
-    )
+    return list(_log_lines_after(endpoint, after).values_list(*LOG_PAGE_FIELDS)[:limit])
 
 
 def log_lines_tail(*, endpoint: Endpoint, limit: int = 200, sources: tuple[str, ...] = ()) -> list[LogLine]:

@@ -15,9 +15,9 @@ serializer reads them back. Whatever else a key holds (anyone with Redis's passw
 write one) is not trusted: a counter INCR cannot add to, or one below 1, starts again at
 1; a lock that is not a deadline within one lockout is ignored. A counter planted without
 expiry only makes its subject stricter (failures add up across windows) until the next
-lock or successful sign-in deletes it. When Redis does not answer, `ThrottleUnavailable` is raised
-and the doors refuse the attempt (fail closed): a throttle that cannot count would let
-a guesser run unlimited.
+lock or successful sign-in deletes it. When Redis does not answer, `ThrottleUnavailable`
+is raised and the doors refuse the attempt (fail closed): a throttle that cannot count
+would let a guesser run unlimited.
 """
 
 from __future__ import annotations
@@ -146,14 +146,13 @@ def _count(subject: str, limit: int) -> None:
         cache.add(counter, 0, timeout=window)
         try:
             failures = cache.incr(counter)
-        except ValueError:  # the window ended between add and incr: this failure opens the next
+        # ValueError: the window ended between add and incr. ResponseError: the key holds
+        # what INCR cannot add to (a string, a list, 2**63-1), which answered 503 for ever.
+        except (ValueError, redis.ResponseError):
             failures = 0
-        except redis.ResponseError:
-            # The key holds what INCR cannot add to (a string, a list, 2**63-1): not a count
-            # this module wrote. Failing here would answer 503 forever, never 429.
-            failures = 0
-        if type(failures) is not int or failures < 1:
-            # A negative planted count would have bought a guesser a billion tries.
+        if failures < 1:
+            # This failure opens a count; a negative planted one would have bought a
+            # guesser a billion tries.
             cache.set(counter, 1, timeout=window)
             failures = 1
         if failures >= limit:

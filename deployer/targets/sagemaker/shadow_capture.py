@@ -175,10 +175,11 @@ def _still_waiting(answers: dict[str, CapturedAnswer]) -> list[list[Any]]:
     kept: list[list[Any]] = []
     size = 0
     for answer in reversed(list(answers.values())[-MAX_PENDING:]):
-        size += len(json.dumps(answer.as_json()))
+        entry = answer.as_json()
+        size += len(json.dumps(entry))
         if size > MAX_PENDING_BYTES:
             break
-        kept.append(answer.as_json())
+        kept.append(entry)
     return kept[::-1]
 
 
